@@ -1,0 +1,6 @@
+//! The slurp node: the composition of the protocol, storage, crypto and
+//! index crates into a running service, and the client that talks to it.
+
+pub mod cache;
+pub mod metrics;
+pub mod tokens;

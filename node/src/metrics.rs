@@ -1,0 +1,293 @@
+//! Prometheus metrics of a node, in one registry.
+//!
+//! Every operation is counted and timed by tier (cache, local, index,
+//! crypto, api), so an operator can see where time goes; background workers
+//! report their state here too. The libraries below the node stay free of
+//! any metrics dependency: they expose observer hooks, and the node feeds
+//! those hooks into this registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// An operation on one tier, and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+    pub tier: &'static str,
+    pub outcome: &'static str,
+}
+
+/// An operation on one tier (for latency).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub op: &'static str,
+    pub tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~42 s, doubling.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 23))
+}
+
+/// All metrics of a node. Cheap to clone (every metric is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub ops: Family<OpLabels, Counter>,
+    pub op_seconds: Family<TierLabels, Histogram, fn() -> Histogram>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_evictions: Family<CauseLabels, Counter>,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub store_keys: Gauge,
+    pub store_versions: Gauge,
+    pub store_bytes: Gauge,
+    pub store_commits: Counter,
+    pub store_committed_writes: Counter,
+    pub index_docs: Gauge,
+    pub index_segments: Gauge,
+    pub worker_active: Family<WorkerLabels, Gauge>,
+    pub worker_runs: Family<WorkerLabels, Counter>,
+    pub worker_items: Family<WorkerLabels, Counter>,
+    pub worker_errors: Family<WorkerLabels, Counter>,
+    pub worker_last_run: Family<WorkerLabels, Gauge>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub audit_entries: Family<CauseLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("slurp");
+        let ops = Family::<OpLabels, Counter>::default();
+        r.register("ops", "Operations by kind, tier and outcome", ops.clone());
+        let op_seconds: Family<TierLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        r.register(
+            "op_duration_seconds",
+            "Latency of operations by kind and tier",
+            op_seconds.clone(),
+        );
+        let cache_hits = Counter::default();
+        r.register(
+            "cache_hits",
+            "Cache lookups that found an entry",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        r.register(
+            "cache_misses",
+            "Cache lookups that found nothing",
+            cache_misses.clone(),
+        );
+        let cache_evictions = Family::<CauseLabels, Counter>::default();
+        r.register(
+            "cache_evictions",
+            "Cache entries evicted, by cause (size, expired)",
+            cache_evictions.clone(),
+        );
+        let cache_entries = Gauge::default();
+        r.register(
+            "cache_entries",
+            "Entries in the cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        r.register(
+            "cache_bytes",
+            "Weighted size of the cache in bytes",
+            cache_bytes.clone(),
+        );
+        let store_keys = Gauge::default();
+        r.register(
+            "store_keys",
+            "Addresses in the local store",
+            store_keys.clone(),
+        );
+        let store_versions = Gauge::default();
+        r.register(
+            "store_versions",
+            "Versions in the local store",
+            store_versions.clone(),
+        );
+        let store_bytes = Gauge::default();
+        r.register(
+            "store_bytes",
+            "Size of the local store file in bytes",
+            store_bytes.clone(),
+        );
+        let store_commits = Counter::default();
+        r.register(
+            "store_commits",
+            "Durable transactions committed",
+            store_commits.clone(),
+        );
+        let store_committed_writes = Counter::default();
+        r.register(
+            "store_committed_writes",
+            "Writes made durable (a commit carries one or more)",
+            store_committed_writes.clone(),
+        );
+        let index_docs = Gauge::default();
+        r.register(
+            "index_docs",
+            "Documents in the full-text index",
+            index_docs.clone(),
+        );
+        let index_segments = Gauge::default();
+        r.register(
+            "index_segments",
+            "Segments in the full-text index",
+            index_segments.clone(),
+        );
+        let worker_active = Family::<WorkerLabels, Gauge>::default();
+        r.register(
+            "worker_active",
+            "1 while a background worker is working",
+            worker_active.clone(),
+        );
+        let worker_runs = Family::<WorkerLabels, Counter>::default();
+        r.register(
+            "worker_runs",
+            "Passes run by each background worker",
+            worker_runs.clone(),
+        );
+        let worker_items = Family::<WorkerLabels, Counter>::default();
+        r.register(
+            "worker_items",
+            "Items processed by each background worker",
+            worker_items.clone(),
+        );
+        let worker_errors = Family::<WorkerLabels, Counter>::default();
+        r.register(
+            "worker_errors",
+            "Failed passes of each background worker",
+            worker_errors.clone(),
+        );
+        let worker_last_run = Family::<WorkerLabels, Gauge>::default();
+        r.register(
+            "worker_last_run_timestamp_seconds",
+            "Unix time of the last finished pass of each worker",
+            worker_last_run.clone(),
+        );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        r.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        let http_seconds: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            http_seconds.clone(),
+        );
+        let audit_entries = Family::<CauseLabels, Counter>::default();
+        r.register(
+            "audit_entries",
+            "Access decisions written to the audit log, by decision",
+            audit_entries.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ops,
+            op_seconds,
+            cache_hits,
+            cache_misses,
+            cache_evictions,
+            cache_entries,
+            cache_bytes,
+            store_keys,
+            store_versions,
+            store_bytes,
+            store_commits,
+            store_committed_writes,
+            index_docs,
+            index_segments,
+            worker_active,
+            worker_runs,
+            worker_items,
+            worker_errors,
+            worker_last_run,
+            http_requests,
+            http_seconds,
+            audit_entries,
+        }
+    }
+
+    /// Counts one operation and records its latency.
+    pub fn record(&self, op: &'static str, tier: &'static str, ok: bool, took: Duration) {
+        self.ops
+            .get_or_create(&OpLabels {
+                op,
+                tier,
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+        self.op_seconds
+            .get_or_create(&TierLabels { op, tier })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The registry in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_our_names() {
+        let m = Metrics::new();
+        m.record("get", "cache", true, Duration::from_micros(50));
+        m.cache_hits.inc();
+        let text = m.encode();
+        assert!(text.contains("slurp_ops_total{op=\"get\",tier=\"cache\",outcome=\"ok\"} 1"));
+        assert!(text.contains("slurp_cache_hits_total 1"));
+        assert!(text.contains("slurp_op_duration_seconds_bucket"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
