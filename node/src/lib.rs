@@ -4,3 +4,4 @@
 pub mod cache;
 pub mod metrics;
 pub mod tokens;
+pub mod workers;

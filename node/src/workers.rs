@@ -1,0 +1,299 @@
+//! Background workers: every periodic job of a node, visible and throttled.
+//!
+//! Sweeping expired records, compaction, index merging and (later) hinted
+//! handoff, anti-entropy, rebalancing, key rotation and backups all share
+//! one shape: run a *pass* now and then, report what it did. The libraries
+//! provide the passes; this module schedules them, records their status
+//! (idle/active, runs, items, errors, last error, next run), feeds the
+//! metrics, and lets an operator trigger a pass now from the API or the
+//! CLI. Nothing runs in the background without showing up here.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::metrics::{Metrics, WorkerLabels};
+
+/// What one pass of a worker reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Items handled (records swept, segments merged, ...).
+    pub items: u64,
+    /// A short human note ("compacted 3.2 MiB"), shown in status.
+    pub note: String,
+}
+
+/// A worker pass: an async function returning what it did.
+pub type PassFn =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<PassReport, String>> + Send>> + Send>;
+
+/// Idle or working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Idle,
+    Active,
+    Stopped,
+}
+
+/// A worker's status, as the API and CLI show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub description: String,
+    pub state: WorkerState,
+    pub interval_ms: u64,
+    pub runs: u64,
+    pub errors: u64,
+    pub items_total: u64,
+    pub last_items: u64,
+    pub last_note: String,
+    pub last_error: Option<String>,
+    pub last_started_ms: Option<u64>,
+    pub last_finished_ms: Option<u64>,
+    pub last_duration_ms: Option<u64>,
+    pub next_run_ms: Option<u64>,
+}
+
+struct Worker {
+    status: Mutex<WorkerStatus>,
+    trigger: Notify,
+}
+
+/// All workers of a node.
+#[derive(Clone)]
+pub struct Workers {
+    inner: Arc<Mutex<BTreeMap<String, Arc<Worker>>>>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A worker name that is not registered.
+#[derive(Debug, thiserror::Error)]
+#[error("no worker named {0:?}")]
+pub struct NoSuchWorker(pub String);
+
+impl Workers {
+    /// A registry whose workers stop when `shutdown` turns true.
+    pub fn new(metrics: Metrics, shutdown: watch::Receiver<bool>) -> Self {
+        Workers {
+            inner: Arc::default(),
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// Starts a worker that runs `pass` every `interval` (and whenever
+    /// triggered). A zero interval means "only when triggered".
+    pub fn spawn(&self, name: &str, description: &str, interval: Duration, mut pass: PassFn) {
+        let worker = Arc::new(Worker {
+            status: Mutex::new(WorkerStatus {
+                name: name.to_string(),
+                description: description.to_string(),
+                state: WorkerState::Idle,
+                interval_ms: interval.as_millis() as u64,
+                runs: 0,
+                errors: 0,
+                items_total: 0,
+                last_items: 0,
+                last_note: String::new(),
+                last_error: None,
+                last_started_ms: None,
+                last_finished_ms: None,
+                last_duration_ms: None,
+                next_run_ms: (!interval.is_zero()).then(|| now_ms() + interval.as_millis() as u64),
+            }),
+            trigger: Notify::new(),
+        });
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), worker.clone());
+        let labels = WorkerLabels {
+            worker: name.to_string(),
+        };
+        let metrics = self.metrics.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let sleep = async {
+                    if interval.is_zero() {
+                        std::future::pending::<()>().await
+                    } else {
+                        tokio::time::sleep(interval).await
+                    }
+                };
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = worker.trigger.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    break;
+                }
+                let started = now_ms();
+                {
+                    let mut s = worker.status.lock().unwrap_or_else(|e| e.into_inner());
+                    s.state = WorkerState::Active;
+                    s.last_started_ms = Some(started);
+                }
+                metrics.worker_active.get_or_create(&labels).set(1);
+                let result = pass().await;
+                let finished = now_ms();
+                metrics.worker_active.get_or_create(&labels).set(0);
+                metrics.worker_runs.get_or_create(&labels).inc();
+                metrics
+                    .worker_last_run
+                    .get_or_create(&labels)
+                    .set((finished / 1000) as i64);
+                let mut s = worker.status.lock().unwrap_or_else(|e| e.into_inner());
+                s.state = WorkerState::Idle;
+                s.runs += 1;
+                s.last_finished_ms = Some(finished);
+                s.last_duration_ms = Some(finished.saturating_sub(started));
+                s.next_run_ms =
+                    (!interval.is_zero()).then(|| finished + interval.as_millis() as u64);
+                match result {
+                    Ok(report) => {
+                        s.items_total += report.items;
+                        s.last_items = report.items;
+                        s.last_note = report.note;
+                        s.last_error = None;
+                        metrics
+                            .worker_items
+                            .get_or_create(&labels)
+                            .inc_by(report.items);
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = %s.name, error = %e, "worker pass failed");
+                        s.errors += 1;
+                        s.last_error = Some(e);
+                        metrics.worker_errors.get_or_create(&labels).inc();
+                    }
+                }
+            }
+            let mut s = worker.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.state = WorkerState::Stopped;
+            s.next_run_ms = None;
+        });
+    }
+
+    /// Asks a worker to run a pass now.
+    pub fn trigger(&self, name: &str) -> Result<(), NoSuchWorker> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let w = map
+            .get(name)
+            .ok_or_else(|| NoSuchWorker(name.to_string()))?;
+        w.trigger.notify_one();
+        Ok(())
+    }
+
+    /// Status of every worker, by name.
+    pub fn list(&self) -> Vec<WorkerStatus> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .map(|w| w.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// Status of one worker.
+    pub fn get(&self, name: &str) -> Option<WorkerStatus> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name)
+            .map(|w| w.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    async fn wait_for(workers: &Workers, name: &str, runs: u64) -> WorkerStatus {
+        for _ in 0..200 {
+            let s = workers.get(name).unwrap();
+            if s.runs >= runs && s.state == WorkerState::Idle {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("worker {name} did not reach {runs} runs");
+    }
+
+    #[tokio::test]
+    async fn triggered_passes_report_items_and_errors() {
+        let (tx, rx) = watch::channel(false);
+        let metrics = Metrics::new();
+        let workers = Workers::new(metrics.clone(), rx);
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        workers.spawn(
+            "sweeper",
+            "deletes expired records",
+            Duration::ZERO,
+            Box::new(move || {
+                let c = c.clone();
+                Box::pin(async move {
+                    let n = c.fetch_add(1, Ordering::SeqCst);
+                    if n == 1 {
+                        Err("disk on fire".to_string())
+                    } else {
+                        Ok(PassReport {
+                            items: 5,
+                            note: "swept".into(),
+                        })
+                    }
+                })
+            }),
+        );
+        assert_eq!(workers.get("sweeper").unwrap().runs, 0);
+        workers.trigger("sweeper").unwrap();
+        let s = wait_for(&workers, "sweeper", 1).await;
+        assert_eq!(s.items_total, 5);
+        workers.trigger("sweeper").unwrap();
+        let s = wait_for(&workers, "sweeper", 2).await;
+        assert_eq!(s.errors, 1);
+        assert_eq!(s.last_error.as_deref(), Some("disk on fire"));
+        assert!(workers.trigger("nope").is_err());
+        let text = metrics.encode();
+        assert!(
+            text.contains("slurp_worker_items_total{worker=\"sweeper\"} 5"),
+            "{text}"
+        );
+        assert!(text.contains("slurp_worker_errors_total{worker=\"sweeper\"} 1"));
+        tx.send(true).unwrap();
+        for _ in 0..100 {
+            if workers.get("sweeper").unwrap().state == WorkerState::Stopped {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("worker did not stop");
+    }
+
+    #[tokio::test]
+    async fn interval_runs_on_its_own() {
+        let (_tx, rx) = watch::channel(false);
+        let workers = Workers::new(Metrics::new(), rx);
+        workers.spawn(
+            "tick",
+            "",
+            Duration::from_millis(20),
+            Box::new(|| Box::pin(async { Ok(PassReport::default()) })),
+        );
+        let s = wait_for(&workers, "tick", 2).await;
+        assert!(s.next_run_ms.is_some());
+    }
+}
