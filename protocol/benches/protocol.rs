@@ -14,7 +14,9 @@ fn benches(c: &mut Criterion) {
     );
     n.tags = vec!["auth".into(), "backend".into()];
     let bytes = n.encode().unwrap();
-    c.bench_function("context_encode", |b| b.iter(|| black_box(&n).encode().unwrap()));
+    c.bench_function("context_encode", |b| {
+        b.iter(|| black_box(&n).encode().unwrap())
+    });
     c.bench_function("context_decode", |b| {
         b.iter(|| ContextNode::decode(black_box(&bytes)).unwrap())
     });

@@ -284,7 +284,11 @@ impl UcxlAddress {
             )
         })?;
         let (who, what) = authority.split_once('@').ok_or_else(|| {
-            AddressError::new(AddressField::Whole, authority, "expected agent:role@project:task")
+            AddressError::new(
+                AddressField::Whole,
+                authority,
+                "expected agent:role@project:task",
+            )
         })?;
         let (agent, role) = who.split_once(':').ok_or_else(|| {
             AddressError::new(AddressField::Role, who, "expected agent:role before @")
@@ -425,15 +429,18 @@ mod tests {
 
     #[test]
     fn parses_the_example() {
-        let a = UcxlAddress::parse("ucxl://claude:architect@bzzz:v2-migration/*^/src/main.go")
-            .unwrap();
+        let a =
+            UcxlAddress::parse("ucxl://claude:architect@bzzz:v2-migration/*^/src/main.go").unwrap();
         assert_eq!(a.agent, Segment::Name("claude".into()));
         assert_eq!(a.role, Segment::Name("architect".into()));
         assert_eq!(a.project, Segment::Name("bzzz".into()));
         assert_eq!(a.task, Segment::Name("v2-migration".into()));
         assert_eq!(a.temporal, Temporal::Latest);
         assert_eq!(a.path, "src/main.go");
-        assert_eq!(a.key(), "ucxl://claude:architect@bzzz:v2-migration/src/main.go");
+        assert_eq!(
+            a.key(),
+            "ucxl://claude:architect@bzzz:v2-migration/src/main.go"
+        );
         assert!(!a.is_pattern());
     }
 
@@ -478,7 +485,10 @@ mod tests {
     #[test]
     fn too_long_is_rejected() {
         let long = format!("ucxl://a:b@c:d/*^/{}", "x".repeat(MAX_ADDRESS_LEN));
-        assert_eq!(UcxlAddress::parse(&long).unwrap_err().field, AddressField::Whole);
+        assert_eq!(
+            UcxlAddress::parse(&long).unwrap_err().field,
+            AddressField::Whole
+        );
     }
 
     #[test]

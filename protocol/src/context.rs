@@ -208,7 +208,9 @@ impl ContextNode {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/' | '.'))
         {
-            return Err(ValidationError::BadPath(self.path.chars().take(80).collect()));
+            return Err(ValidationError::BadPath(
+                self.path.chars().take(80).collect(),
+            ));
         }
         let text = |field: &'static str, s: &str| {
             if s.len() > limits.max_text {

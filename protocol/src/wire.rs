@@ -162,8 +162,10 @@ mod tests {
             "summary",
             vec![RoleName::new("developer").unwrap()],
         );
-        n.metadata
-            .insert("k".into(), serde_json::json!({"nested": [1, 2.5, "x", null]}));
+        n.metadata.insert(
+            "k".into(),
+            serde_json::json!({"nested": [1, 2.5, "x", null]}),
+        );
         n.rag_confidence = 0.25;
         n
     }
