@@ -2,6 +2,7 @@
 //! index crates into a running service, and the client that talks to it.
 
 pub mod cache;
+pub mod config;
 pub mod metrics;
 pub mod tokens;
 pub mod workers;
