@@ -193,6 +193,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
     fn defaults_file_env_flags_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("slurp.toml");
