@@ -1,1 +1,53 @@
-//! placeholder
+//! The local persistent tier of a slurp node, on redb.
+//!
+//! The store keeps what the node hands it, sealed envelopes (opaque bytes)
+//! and the non-secret [`slurp_protocol::RecordMeta`] beside each, and never
+//! sees plaintext. Its shape follows from how replicas work:
+//!
+//! - **Versions are append-only.** An address holds a set of versions
+//!   ordered by [`slurp_protocol::VersionId`]; nothing is overwritten, and
+//!   storing a version that is already there changes nothing. Replicas merge
+//!   by union: list what you have ([`Store::version_ids`],
+//!   [`Store::scan_slots`]) and put what the other side lacks
+//!   ([`Store::put_many`]).
+//! - **Partitions are ranges.** Every version key starts with its address's
+//!   [`slurp_protocol::Slot`], so a partition is one range scan.
+//! - **Expiry is exact.** An expired version is never returned, even before
+//!   the [`Sweeper`] deletes it.
+//! - **Writes share commits.** One writer thread commits everything queued
+//!   in one durable transaction (group commit); a write returns once it is
+//!   durable.
+//!
+//! The table layout is in [`layout`] and `docs/storage.md`.
+
+pub mod check;
+mod compress;
+pub mod config;
+pub mod error;
+pub mod layout;
+pub mod observer;
+mod read;
+pub mod record;
+mod store;
+mod validate;
+mod workers;
+mod writer;
+
+pub use check::{CheckReport, Inconsistency};
+pub use compress::DecompressError;
+pub use config::{CompactionConfig, CompressionConfig, ConfigError, StoreConfig, SweepConfig};
+pub use error::{
+    CorruptValue, Error, MaintenanceError, OpenError, ReadError, RecordProblem, WriteError,
+};
+pub use observer::{
+    CommitEvent, CompactionEvent, NoopObserver, ReadKind, ReadOutcome, StoreObserver, SweepEvent,
+};
+pub use read::{
+    Child, KeyEntry, KeyPage, Latest, Links, Listing, ScanCursor, ScanPage, ScannedVersion,
+    SlotScan, StoreStats, StoredRecord, Tombstone,
+};
+pub use record::{AclRecord, BackupKind, BackupMeta, Codec, TombstoneEntry};
+pub use store::{NewVersion, PutOutcome, Store, StoreBuilder};
+pub use validate::{check_backup_id, check_key, check_path};
+pub use workers::{Compactor, StatusHandle, SweepPass, Sweeper, WorkerState, WorkerStatus};
+pub use writer::{CompactionReport, SweepReport};

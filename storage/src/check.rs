@@ -1,0 +1,382 @@
+//! A full consistency check of the tables (`fsck`).
+//!
+//! Every derived table must agree with the versions table in every
+//! committed state: the latest entry names the greatest stored version and
+//! counts them, each expiring version has both TTL index entries, the
+//! hierarchy, links and tombstones follow each address's newest version.
+//! The check walks every table once in one read snapshot and lists each
+//! disagreement; the crash test runs it after every simulated crash, and an
+//! operator can run it on a live store.
+
+use std::collections::BTreeSet;
+
+use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use slurp_protocol::address::parent_path;
+use slurp_protocol::{Framed, RecordMeta, Slot};
+
+use crate::error::ReadError;
+use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
+use crate::record::{LatestEntry, TombstoneEntry, decode_version};
+use crate::store::Store;
+use crate::writer::links_of;
+
+/// One disagreement between tables, or a value that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inconsistency {
+    pub table: &'static str,
+    /// The storage key (or the table key, printed).
+    pub key: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Inconsistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}: {}", self.table, self.key, self.what)
+    }
+}
+
+/// The result of [`Store::check`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub keys: u64,
+    pub versions: u64,
+    pub problems: Vec<Inconsistency>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What the versions of one address imply for the other tables.
+struct KeyState {
+    key: String,
+    count: u64,
+    newest: Option<RecordMeta>,
+    min_expiry: Option<u64>,
+}
+
+type Bytes = ReadOnlyTable<&'static [u8], &'static [u8]>;
+type Units = ReadOnlyTable<&'static [u8], ()>;
+type Flags = ReadOnlyTable<&'static [u8], u8>;
+
+struct Checker {
+    latest: ReadOnlyTable<&'static str, &'static [u8]>,
+    ttl: Units,
+    key_ttl: Units,
+    hierarchy: Bytes,
+    links_out: Flags,
+    links_in: Flags,
+    tombstones: Bytes,
+    report: CheckReport,
+    expiring: u64,
+}
+
+impl Checker {
+    fn problem(&mut self, table: &'static str, key: &str, what: impl Into<String>) {
+        self.report.problems.push(Inconsistency {
+            table,
+            key: key.to_string(),
+            what: what.into(),
+        });
+    }
+
+    fn latest_meta(&mut self, key: &str) -> Result<Option<LatestEntry>, ReadError> {
+        let raw = self.latest.get(key)?.map(|g| g.value().to_vec());
+        match raw {
+            None => Ok(None),
+            Some(raw) => match LatestEntry::decode(&raw, key) {
+                Ok(e) => Ok(Some(e)),
+                Err(c) => {
+                    self.problem("latest", key, c.reason);
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// Compares what one address's versions imply with the derived tables.
+    fn finish_key(&mut self, st: KeyState) -> Result<(), ReadError> {
+        let key = st.key.as_str();
+        self.report.keys += 1;
+        let Some(newest) = st.newest else {
+            return Ok(());
+        };
+        match self.latest_meta(key)? {
+            None => self.problem("latest", key, "no entry for a key with versions"),
+            Some(e) => {
+                if e.meta.version != newest.version {
+                    self.problem(
+                        "latest",
+                        key,
+                        format!(
+                            "names {}, greatest stored is {}",
+                            e.meta.version, newest.version
+                        ),
+                    );
+                } else if e.meta != newest {
+                    self.problem("latest", key, "metadata differs from the stored version");
+                }
+                if e.versions != st.count {
+                    self.problem(
+                        "latest",
+                        key,
+                        format!("counts {} versions, {} stored", e.versions, st.count),
+                    );
+                }
+                if e.next_expiry != st.min_expiry {
+                    self.problem(
+                        "latest",
+                        key,
+                        format!(
+                            "next expiry {:?}, earliest stored {:?}",
+                            e.next_expiry, st.min_expiry
+                        ),
+                    );
+                }
+            }
+        }
+        let live = !newest.tombstone;
+        if let Some(parent) = parent_path(&newest.path).filter(|_| live) {
+            let hk = layout::hierarchy_key(parent, key);
+            let found = self
+                .hierarchy
+                .get(hk.as_slice())?
+                .map(|g| g.value().to_vec());
+            if found.as_deref() != Some(newest.path.as_bytes()) {
+                self.problem("hierarchy", key, format!("missing under {parent:?}"));
+            }
+        }
+        for (from, to, flag) in links_of(Some(&newest)) {
+            let out = self
+                .links_out
+                .get(layout::pair_key(&from, &to).as_slice())?
+                .map(|g| g.value());
+            let inn = self
+                .links_in
+                .get(layout::pair_key(&to, &from).as_slice())?
+                .map(|g| g.value());
+            if out.is_none_or(|f| f & flag == 0) || out != inn {
+                self.problem("links_out", key, format!("link {from} -> {to} missing"));
+            }
+        }
+        let tomb = self
+            .tombstones
+            .get(layout::slot_key(key).as_slice())?
+            .map(|g| g.value().to_vec());
+        match (newest.tombstone, tomb) {
+            (true, None) => self.problem("tombstones", key, "newest version is a tombstone"),
+            (false, Some(_)) => {
+                self.problem("tombstones", key, "newest version is not a tombstone")
+            }
+            (true, Some(raw)) => match TombstoneEntry::decode(&raw) {
+                Ok(t) if t.version == newest.version => {}
+                Ok(t) => self.problem(
+                    "tombstones",
+                    key,
+                    format!("names {}, newest is {}", t.version, newest.version),
+                ),
+                Err(e) => self.problem("tombstones", key, e.to_string()),
+            },
+            (false, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Every entry of the derived tables must be implied by some address.
+    fn reverse_checks(&mut self) -> Result<(), ReadError> {
+        let latest_len = self.latest.len()?;
+        if latest_len != self.report.keys {
+            self.problem(
+                "latest",
+                "*",
+                format!(
+                    "{latest_len} entries for {} keys with versions",
+                    self.report.keys
+                ),
+            );
+        }
+        for (name, len) in [("ttl", self.ttl.len()?), ("key_ttl", self.key_ttl.len()?)] {
+            if len != self.expiring {
+                self.problem(
+                    name,
+                    "*",
+                    format!("{len} entries for {} expiring versions", self.expiring),
+                );
+            }
+        }
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = self
+            .hierarchy
+            .iter()?
+            .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (k, v) in entries {
+            let Ok((parent, child)) = layout::decode_pair_key(&k) else {
+                self.problem("hierarchy", &String::from_utf8_lossy(&k), "malformed key");
+                continue;
+            };
+            let ok = self.latest_meta(child)?.is_some_and(|e| {
+                !e.meta.tombstone
+                    && e.meta.path.as_bytes() == v.as_slice()
+                    && parent_path(&e.meta.path) == Some(parent)
+            });
+            if !ok {
+                self.problem("hierarchy", child, format!("stale entry under {parent:?}"));
+            }
+        }
+        let out: Vec<(Vec<u8>, u8)> = self
+            .links_out
+            .iter()?
+            .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value())))
+            .collect::<Result<_, _>>()?;
+        if out.len() as u64 != self.links_in.len()? {
+            self.problem("links_in", "*", "does not mirror links_out");
+        }
+        for (k, flags) in out {
+            let Ok((from, to)) = layout::decode_pair_key(&k) else {
+                self.problem("links_out", &String::from_utf8_lossy(&k), "malformed key");
+                continue;
+            };
+            let (from, to) = (from.to_string(), to.to_string());
+            let mut implied = 0u8;
+            if let Some(e) = self.latest_meta(&from)?
+                && !e.meta.tombstone
+                && e.meta.influences.contains(&to)
+            {
+                implied |= LINK_BY_FROM;
+            }
+            if let Some(e) = self.latest_meta(&to)?
+                && !e.meta.tombstone
+                && e.meta.influenced_by.contains(&from)
+            {
+                implied |= LINK_BY_TO;
+            }
+            if implied != flags {
+                self.problem(
+                    "links_out",
+                    &from,
+                    format!("link to {to} has flags {flags}, newest versions imply {implied}"),
+                );
+            }
+        }
+        let tombs: Vec<Vec<u8>> = self
+            .tombstones
+            .iter()?
+            .map(|r| r.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in tombs {
+            match layout::decode_slot_key(&k) {
+                Ok((_, key)) => {
+                    if !self.latest_meta(key)?.is_some_and(|e| e.meta.tombstone) {
+                        self.problem(
+                            "tombstones",
+                            key,
+                            "entry for an address that is not deleted",
+                        );
+                    }
+                }
+                Err(e) => self.problem("tombstones", &e.hex, "malformed key"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Walks every table and reports each disagreement between them and
+    /// each value that does not decode. Holds one read transaction for the
+    /// whole walk (compaction waits for it).
+    pub fn check(&self) -> Result<CheckReport, ReadError> {
+        let shared = self.shared();
+        let db = shared.db();
+        let txn = db.begin_read()?;
+        let versions: Bytes = txn.open_table(layout::VERSIONS)?;
+        let mut c = Checker {
+            latest: txn.open_table(layout::LATEST)?,
+            ttl: txn.open_table(layout::TTL)?,
+            key_ttl: txn.open_table(layout::KEY_TTL)?,
+            hierarchy: txn.open_table(layout::HIERARCHY)?,
+            links_out: txn.open_table(layout::LINKS_OUT)?,
+            links_in: txn.open_table(layout::LINKS_IN)?,
+            tombstones: txn.open_table(layout::TOMBSTONES)?,
+            report: CheckReport::default(),
+            expiring: 0,
+        };
+        let mut current: Option<KeyState> = None;
+        let mut seen_keys = BTreeSet::new();
+        for r in versions.iter()? {
+            let (k, v) = r?;
+            c.report.versions += 1;
+            let vk = match layout::decode_version_key(k.value()) {
+                Ok(vk) => vk,
+                Err(e) => {
+                    c.problem("versions", &e.hex, e.reason);
+                    continue;
+                }
+            };
+            if Slot::of(vk.key) != vk.slot {
+                c.problem(
+                    "versions",
+                    vk.key,
+                    format!("stored under slot {}", vk.slot.0),
+                );
+            }
+            if current.as_ref().is_none_or(|s| s.key != vk.key) {
+                if let Some(done) = current.take() {
+                    c.finish_key(done)?;
+                }
+                if !seen_keys.insert(vk.key.to_string()) {
+                    c.problem("versions", vk.key, "versions are not contiguous");
+                }
+                current = Some(KeyState {
+                    key: vk.key.to_string(),
+                    count: 0,
+                    newest: None,
+                    min_expiry: None,
+                });
+            }
+            let Some(st) = current.as_mut() else { continue };
+            st.count += 1;
+            let meta = match decode_version(v.value(), vk.key, &vk.version) {
+                Ok(sv) => sv.meta,
+                Err(e) => {
+                    c.report.problems.push(Inconsistency {
+                        table: "versions",
+                        key: vk.key.to_string(),
+                        what: e.reason,
+                    });
+                    continue;
+                }
+            };
+            if let Some(exp) = meta.expires_at_ms {
+                c.expiring += 1;
+                st.min_expiry = Some(st.min_expiry.map_or(exp, |m| m.min(exp)));
+                let ttl_ok = c
+                    .ttl
+                    .get(layout::ttl_key(exp, vk.key, &vk.version).as_slice())?
+                    .is_some();
+                let key_ttl_ok = c
+                    .key_ttl
+                    .get(layout::key_ttl_key(exp, vk.key, &vk.version).as_slice())?
+                    .is_some();
+                if !ttl_ok || !key_ttl_ok {
+                    let key = vk.key.to_string();
+                    c.problem("ttl", &key, format!("version {} not indexed", vk.version));
+                }
+            }
+            // Versions of one key come in VersionId order: the last is the
+            // newest.
+            st.newest = Some(meta);
+        }
+        if let Some(done) = current.take() {
+            c.finish_key(done)?;
+        }
+        c.reverse_checks()?;
+        let report = c.report;
+        drop(versions);
+        drop(txn);
+        drop(db);
+        Ok(report)
+    }
+}

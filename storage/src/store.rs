@@ -1,0 +1,576 @@
+//! The store handle: opening the database and submitting writes.
+//!
+//! A [`Store`] is a cheap, cloneable handle. Writes are validated and
+//! encoded (and compressed) on the caller's thread, then queued to the one
+//! writer thread, which commits everything pending in one durable
+//! transaction (group commit) and answers each request; a write's call
+//! returns only after its transaction is durable. Reads open their own read
+//! transaction on the caller's thread (see [`crate::read`]). When the last
+//! handle is dropped the writer thread finishes the queue and the database
+//! is closed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+use slurp_protocol::version::{SystemTimeSource, TimeSource};
+use slurp_protocol::{Framed, RecordMeta};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::compress;
+use crate::config::StoreConfig;
+use crate::error::{MaintenanceError, OpenError, WriteError};
+use crate::layout::{self, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use crate::observer::{NoopObserver, StoreObserver};
+use crate::record::{AclRecord, BackupMeta, StoredVersion};
+use crate::validate;
+use crate::writer::{self, Command, CompactionReport, PreparedPut, SweepReport};
+
+/// A version to store: its metadata and the sealed envelope (opaque bytes;
+/// the store never looks inside). A tombstone may have an empty envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    pub meta: RecordMeta,
+    pub envelope: Vec<u8>,
+}
+
+/// What storing one version did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The version was added; `latest` tells whether it is now the greatest
+    /// version of its address.
+    Inserted { latest: bool },
+    /// A version with this address and id was already stored; nothing
+    /// changed. `identical` is false when the stored content differs from
+    /// the one offered (versions are immutable: the first one stays).
+    AlreadyPresent { identical: bool },
+    /// The version had already expired when it reached the writer; it was
+    /// not stored.
+    Expired,
+}
+
+pub(crate) struct Shared {
+    pub db: RwLock<Database>,
+    pub path: PathBuf,
+    pub config: StoreConfig,
+    pub observer: Arc<dyn StoreObserver>,
+    pub time: Arc<dyn TimeSource>,
+}
+
+impl Shared {
+    /// Shared access to the database: reads and write transactions. Held
+    /// only for the length of one transaction; compaction takes it
+    /// exclusively.
+    pub fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.time.now_ms()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is pending and exit;
+        // joining it releases its hold on the database before the file is
+        // closed, so the path can be reopened as soon as this returns.
+        self.tx.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The local store. Clone it freely; every clone talks to the same
+/// database and writer thread.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for opening a [`Store`] beyond its configuration.
+pub struct StoreBuilder {
+    path: PathBuf,
+    config: StoreConfig,
+    observer: Arc<dyn StoreObserver>,
+    time: Arc<dyn TimeSource>,
+}
+
+impl StoreBuilder {
+    pub fn config(mut self, config: StoreConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Where measurements go (default: nowhere).
+    pub fn observer(mut self, observer: Arc<dyn StoreObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The clock expiry is judged by (default: the system clock).
+    pub fn time_source(mut self, time: Arc<dyn TimeSource>) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// Opens (or creates) the database file and starts the writer thread.
+    pub fn open(self) -> Result<Store, OpenError> {
+        self.config.validate()?;
+        let display = self.path.display().to_string();
+        let db = redb::Builder::new()
+            .set_cache_size(self.config.cache_bytes)
+            .create(&self.path)
+            .map_err(|source| OpenError::Database {
+                path: display.clone(),
+                source,
+            })?;
+        check_schema(&db, &display)?;
+        let shared = Arc::new(Shared {
+            db: RwLock::new(db),
+            path: self.path,
+            config: self.config,
+            observer: self.observer,
+            time: self.time,
+        });
+        let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
+        let for_writer = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("slurp-store-writer".into())
+            .spawn(move || writer::run(for_writer, rx))
+            .map_err(OpenError::Thread)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Some(tx),
+                writer: Some(writer),
+            }),
+        })
+    }
+}
+
+/// Refuses a file written by a newer schema, and creates every table (and
+/// the schema record) in a new one.
+fn check_schema(db: &Database, path: &str) -> Result<(), OpenError> {
+    let unreadable = |reason: String| OpenError::SchemaUnreadable {
+        path: path.to_string(),
+        reason,
+    };
+    let found = {
+        let txn = db.begin_read().map_err(redb::Error::from)?;
+        match txn.open_table(layout::META) {
+            Ok(meta) => match meta.get(SCHEMA_VERSION_KEY).map_err(redb::Error::from)? {
+                Some(v) => {
+                    let bytes: [u8; 4] = v.value().try_into().map_err(|_| {
+                        unreadable(format!("{} bytes, expected 4", v.value().len()))
+                    })?;
+                    Some(u32::from_be_bytes(bytes))
+                }
+                None => None,
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(redb::Error::from(e).into()),
+        }
+    };
+    match found {
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(OpenError::SchemaTooNew {
+                path: path.to_string(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Some(0) => return Err(unreadable("version 0".into())),
+        _ => {}
+    }
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    {
+        let versions = txn
+            .open_table(layout::VERSIONS)
+            .map_err(redb::Error::from)?;
+        if found.is_none() && !versions.is_empty().map_err(redb::Error::from)? {
+            return Err(unreadable(
+                "no schema record in a file that holds versions".into(),
+            ));
+        }
+        txn.open_table(layout::LATEST).map_err(redb::Error::from)?;
+        txn.open_table(layout::TTL).map_err(redb::Error::from)?;
+        txn.open_table(layout::KEY_TTL).map_err(redb::Error::from)?;
+        txn.open_table(layout::HIERARCHY)
+            .map_err(redb::Error::from)?;
+        txn.open_table(layout::LINKS_OUT)
+            .map_err(redb::Error::from)?;
+        txn.open_table(layout::LINKS_IN)
+            .map_err(redb::Error::from)?;
+        txn.open_table(layout::ACL).map_err(redb::Error::from)?;
+        txn.open_table(layout::TOMBSTONES)
+            .map_err(redb::Error::from)?;
+        txn.open_table(layout::BACKUPS).map_err(redb::Error::from)?;
+        let mut meta = txn.open_table(layout::META).map_err(redb::Error::from)?;
+        if found.is_none() {
+            meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())
+                .map_err(redb::Error::from)?;
+        }
+    }
+    txn.commit().map_err(redb::Error::from)?;
+    Ok(())
+}
+
+impl Store {
+    /// A builder for a store at `path` with the default configuration.
+    pub fn builder(path: impl AsRef<Path>) -> StoreBuilder {
+        StoreBuilder {
+            path: path.as_ref().to_path_buf(),
+            config: StoreConfig::default(),
+            observer: Arc::new(NoopObserver),
+            time: Arc::new(SystemTimeSource),
+        }
+    }
+
+    /// Opens (or creates) a store at `path` with `config`.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
+        Store::builder(path).config(config).open()
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.shared.config
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.shared.path
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Command>, WriteError> {
+        self.inner.tx.as_ref().ok_or(WriteError::Closed)
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.sender().ok()?.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    fn submit_blocking<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.sender().ok()?.blocking_send(make(tx)).ok()?;
+        rx.blocking_recv().ok()
+    }
+
+    /// Validates, compresses and encodes one version for the writer thread.
+    fn prepare(&self, v: NewVersion) -> Result<PreparedPut, WriteError> {
+        let config = &self.inner.shared.config;
+        let key = v.meta.key.clone();
+        validate::check_version(&v.meta, v.envelope.len(), config.max_links).map_err(
+            |problem| WriteError::Invalid {
+                key: key.clone(),
+                problem,
+            },
+        )?;
+        let limit = config.max_value_bytes;
+        if v.envelope.len() > limit {
+            return Err(WriteError::TooLarge {
+                key,
+                size: v.envelope.len(),
+                limit,
+            });
+        }
+        let raw_len = v.envelope.len() as u64;
+        let (codec, data) = compress::encode(v.envelope, &config.compression);
+        let version_key = layout::version_key(&key, &v.meta.version);
+        let stored = StoredVersion {
+            meta: v.meta,
+            codec,
+            raw_len,
+            data: slurp_protocol::Bytes(data),
+        };
+        let value = stored.encode().map_err(|e| WriteError::Encode {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        if value.len() > limit {
+            return Err(WriteError::TooLarge {
+                key,
+                size: value.len(),
+                limit,
+            });
+        }
+        Ok(PreparedPut {
+            meta: stored.meta,
+            version_key,
+            value,
+        })
+    }
+
+    fn prepare_all(
+        &self,
+        versions: Vec<NewVersion>,
+    ) -> (Vec<PreparedPut>, Vec<Result<usize, WriteError>>) {
+        let mut ready = Vec::with_capacity(versions.len());
+        let mut slots = Vec::with_capacity(versions.len());
+        for v in versions {
+            match self.prepare(v) {
+                Ok(p) => {
+                    slots.push(Ok(ready.len()));
+                    ready.push(p);
+                }
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        (ready, slots)
+    }
+
+    fn merge(
+        slots: Vec<Result<usize, WriteError>>,
+        done: Option<Vec<Result<PutOutcome, WriteError>>>,
+    ) -> Vec<Result<PutOutcome, WriteError>> {
+        let done = done.map(|d| d.into_iter().map(Some).collect::<Vec<_>>());
+        let mut done = done;
+        slots
+            .into_iter()
+            .map(|s| match s {
+                Err(e) => Err(e),
+                Ok(i) => done
+                    .as_mut()
+                    .and_then(|d| d.get_mut(i).and_then(Option::take))
+                    .unwrap_or(Err(WriteError::Closed)),
+            })
+            .collect()
+    }
+
+    /// Stores one version; returns once it is durable. Invalid or oversized
+    /// versions are refused before they are queued.
+    pub async fn put(&self, version: NewVersion) -> Result<PutOutcome, WriteError> {
+        let item = self.prepare(version)?;
+        let mut out = self
+            .submit(|reply| Command::Put {
+                items: vec![item],
+                reply,
+            })
+            .await
+            .ok_or(WriteError::Closed)?;
+        out.pop().unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// [`Store::put`] for synchronous callers. Must not be called from
+    /// inside an async runtime (it blocks the thread until the commit).
+    pub fn put_blocking(&self, version: NewVersion) -> Result<PutOutcome, WriteError> {
+        let item = self.prepare(version)?;
+        let mut out = self
+            .submit_blocking(|reply| Command::Put {
+                items: vec![item],
+                reply,
+            })
+            .ok_or(WriteError::Closed)?;
+        out.pop().unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// Stores several versions (for example those a replica lacks) in one
+    /// request; each gets its own result, in order. A refused version does
+    /// not affect the others. Returns once all accepted versions are
+    /// durable.
+    pub async fn put_many(&self, versions: Vec<NewVersion>) -> Vec<Result<PutOutcome, WriteError>> {
+        let (items, slots) = self.prepare_all(versions);
+        let done = if items.is_empty() {
+            Some(vec![])
+        } else {
+            self.submit(|reply| Command::Put { items, reply }).await
+        };
+        Self::merge(slots, done)
+    }
+
+    /// [`Store::put_many`] for synchronous callers.
+    pub fn put_many_blocking(
+        &self,
+        versions: Vec<NewVersion>,
+    ) -> Vec<Result<PutOutcome, WriteError>> {
+        let (items, slots) = self.prepare_all(versions);
+        let done = if items.is_empty() {
+            Some(vec![])
+        } else {
+            self.submit_blocking(|reply| Command::Put { items, reply })
+        };
+        Self::merge(slots, done)
+    }
+
+    fn prepare_acl(&self, key: &str, acl: Option<&AclRecord>) -> Result<Command0, WriteError> {
+        let invalid = |problem| WriteError::Invalid {
+            key: key.to_string(),
+            problem,
+        };
+        validate::check_key(key).map_err(invalid)?;
+        let value = match acl {
+            None => None,
+            Some(acl) => {
+                if acl.owner.is_empty() || acl.owner.len() > 256 {
+                    return Err(invalid(crate::error::RecordProblem::BadOwner));
+                }
+                let max = self.inner.shared.config.max_links;
+                for (field, list) in [("acl.readers", &acl.readers), ("acl.writers", &acl.writers)]
+                {
+                    if list.len() > max {
+                        return Err(invalid(crate::error::RecordProblem::TooMany {
+                            field,
+                            len: list.len(),
+                            max,
+                        }));
+                    }
+                }
+                Some(acl.encode().map_err(|e| WriteError::Encode {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })?)
+            }
+        };
+        Ok(Command0::Acl {
+            key: key.to_string(),
+            value,
+        })
+    }
+
+    fn prepare_backup(&self, id: &str, meta: Option<&BackupMeta>) -> Result<Command0, WriteError> {
+        validate::check_backup_id(id).map_err(|problem| WriteError::Invalid {
+            key: id.to_string(),
+            problem,
+        })?;
+        let value = match meta {
+            None => None,
+            Some(m) => Some(m.encode().map_err(|e| WriteError::Encode {
+                key: id.to_string(),
+                reason: e.to_string(),
+            })?),
+        };
+        Ok(Command0::Backup {
+            id: id.to_string(),
+            value,
+        })
+    }
+
+    async fn submit_simple(&self, c: Command0) -> Result<bool, WriteError> {
+        self.submit(|reply| c.with_reply(reply))
+            .await
+            .unwrap_or(Err(WriteError::Closed))
+    }
+
+    fn submit_simple_blocking(&self, c: Command0) -> Result<bool, WriteError> {
+        self.submit_blocking(|reply| c.with_reply(reply))
+            .unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// Sets the access-control record of `key` (replacing any). Returns
+    /// whether one existed.
+    pub async fn put_acl(&self, key: &str, acl: &AclRecord) -> Result<bool, WriteError> {
+        let c = self.prepare_acl(key, Some(acl))?;
+        self.submit_simple(c).await
+    }
+
+    /// [`Store::put_acl`] for synchronous callers.
+    pub fn put_acl_blocking(&self, key: &str, acl: &AclRecord) -> Result<bool, WriteError> {
+        let c = self.prepare_acl(key, Some(acl))?;
+        self.submit_simple_blocking(c)
+    }
+
+    /// Removes the access-control record of `key`. Returns whether one
+    /// existed.
+    pub async fn delete_acl(&self, key: &str) -> Result<bool, WriteError> {
+        let c = self.prepare_acl(key, None)?;
+        self.submit_simple(c).await
+    }
+
+    /// [`Store::delete_acl`] for synchronous callers.
+    pub fn delete_acl_blocking(&self, key: &str) -> Result<bool, WriteError> {
+        let c = self.prepare_acl(key, None)?;
+        self.submit_simple_blocking(c)
+    }
+
+    /// Records a backup's metadata under its id (replacing any). Returns
+    /// whether one existed.
+    pub async fn put_backup(&self, meta: &BackupMeta) -> Result<bool, WriteError> {
+        let c = self.prepare_backup(&meta.id, Some(meta))?;
+        self.submit_simple(c).await
+    }
+
+    /// [`Store::put_backup`] for synchronous callers.
+    pub fn put_backup_blocking(&self, meta: &BackupMeta) -> Result<bool, WriteError> {
+        let c = self.prepare_backup(&meta.id, Some(meta))?;
+        self.submit_simple_blocking(c)
+    }
+
+    /// Forgets a backup. Returns whether it was recorded.
+    pub async fn delete_backup(&self, id: &str) -> Result<bool, WriteError> {
+        let c = self.prepare_backup(id, None)?;
+        self.submit_simple(c).await
+    }
+
+    /// [`Store::delete_backup`] for synchronous callers.
+    pub fn delete_backup_blocking(&self, id: &str) -> Result<bool, WriteError> {
+        let c = self.prepare_backup(id, None)?;
+        self.submit_simple_blocking(c)
+    }
+
+    /// Deletes up to `limit` expired versions in one transaction (fixing
+    /// the latest, hierarchy, link and tombstone tables of their
+    /// addresses). The [`crate::Sweeper`] worker calls this in a loop.
+    pub async fn sweep_expired(&self, limit: usize) -> Result<SweepReport, MaintenanceError> {
+        self.submit(|reply| Command::Sweep { limit, reply })
+            .await
+            .unwrap_or(Err(MaintenanceError::Closed))
+    }
+
+    /// [`Store::sweep_expired`] for synchronous callers.
+    pub fn sweep_expired_blocking(&self, limit: usize) -> Result<SweepReport, MaintenanceError> {
+        self.submit_blocking(|reply| Command::Sweep { limit, reply })
+            .unwrap_or(Err(MaintenanceError::Closed))
+    }
+
+    /// Compacts the database file if enough of it is free space (per
+    /// [`crate::config::CompactionConfig`]), or regardless with `force`.
+    /// Reads and writes wait while the file is compacted.
+    pub async fn compact(&self, force: bool) -> Result<CompactionReport, MaintenanceError> {
+        self.submit(|reply| Command::Compact { force, reply })
+            .await
+            .unwrap_or(Err(MaintenanceError::Closed))
+    }
+
+    /// [`Store::compact`] for synchronous callers.
+    pub fn compact_blocking(&self, force: bool) -> Result<CompactionReport, MaintenanceError> {
+        self.submit_blocking(|reply| Command::Compact { force, reply })
+            .unwrap_or(Err(MaintenanceError::Closed))
+    }
+}
+
+/// A simple write before its reply channel is attached.
+enum Command0 {
+    Acl { key: String, value: Option<Vec<u8>> },
+    Backup { id: String, value: Option<Vec<u8>> },
+}
+
+impl Command0 {
+    fn with_reply(self, reply: oneshot::Sender<Result<bool, WriteError>>) -> Command {
+        match self {
+            Command0::Acl { key, value } => Command::Acl { key, value, reply },
+            Command0::Backup { id, value } => Command::Backup { id, value, reply },
+        }
+    }
+}

@@ -1,0 +1,801 @@
+//! The writer thread: group commit, TTL sweeps and compaction.
+//!
+//! redb allows one write transaction at a time and each durable commit costs
+//! an fsync, so writes are funnelled through one thread that takes
+//! everything queued (up to `max_batch` requests), applies it in one
+//! transaction, commits once and then answers every request. Concurrent
+//! writers thus share the fsync. An item that cannot be applied (a corrupt
+//! value in its way) gets its own error and the rest of the batch is
+//! committed; a failed commit fails every request in it, and nothing of it
+//! is stored.
+//!
+//! Each version write also keeps the derived tables (latest, TTL indexes,
+//! hierarchy, links, tombstones) consistent in the same transaction: they
+//! are derived from the newest stored version of each address, so they are
+//! updated whenever that newest version changes. Items are applied in two
+//! steps, first every read and decode that can fail on bad data, then the
+//! inserts, so an item refused for bad data leaves nothing half-written.
+//!
+//! Sweeps and compaction run on this thread too, between batches: the sweep
+//! is a write transaction like any other, and compaction needs the database
+//! to itself (`Database::compact` takes `&mut`), which this thread gets by
+//! taking the database lock exclusively while no transaction is open.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use redb::{ReadableTable, Table, WriteTransaction};
+use slurp_protocol::address::parent_path;
+use slurp_protocol::{Framed, RecordMeta};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::error::{CorruptValue, MaintenanceError, WriteError};
+use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
+use crate::observer::{CommitEvent, CompactionEvent};
+use crate::record::{LatestEntry, TombstoneEntry, decode_version};
+use crate::store::{PutOutcome, Shared};
+
+/// One version, validated and encoded by the caller.
+pub(crate) struct PreparedPut {
+    pub meta: RecordMeta,
+    pub version_key: Vec<u8>,
+    /// The framed `StoredVersion`.
+    pub value: Vec<u8>,
+}
+
+pub(crate) enum Command {
+    Put {
+        items: Vec<PreparedPut>,
+        reply: oneshot::Sender<Vec<Result<PutOutcome, WriteError>>>,
+    },
+    Acl {
+        key: String,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<bool, WriteError>>,
+    },
+    Backup {
+        id: String,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<bool, WriteError>>,
+    },
+    Sweep {
+        limit: usize,
+        reply: oneshot::Sender<Result<SweepReport, MaintenanceError>>,
+    },
+    Compact {
+        force: bool,
+        reply: oneshot::Sender<Result<CompactionReport, MaintenanceError>>,
+    },
+}
+
+impl Command {
+    /// Sweeps and compactions run alone, not inside a batch of writes.
+    fn exclusive(&self) -> bool {
+        matches!(self, Command::Sweep { .. } | Command::Compact { .. })
+    }
+
+    /// How much of the batch budget the command uses.
+    fn weight(&self) -> usize {
+        match self {
+            Command::Put { items, .. } => items.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// What one sweep transaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Expired versions deleted.
+    pub removed: u64,
+    /// Index entries that pointed at nothing and were dropped.
+    pub stale_entries: u64,
+    /// Versions that could not be swept because a value in the way is
+    /// corrupt; they stay (and stay invisible to reads).
+    pub errors: Vec<CorruptValue>,
+    /// Whether more expired versions may be waiting.
+    pub more: bool,
+}
+
+/// What a compaction attempt did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionReport {
+    pub compacted: bool,
+    /// Free space inside the file before, as redb counts it.
+    pub free_bytes_before: u64,
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+    /// How long reads and writes were held off.
+    pub duration: Duration,
+}
+
+/// The writer thread's loop; returns when every [`crate::Store`] handle is
+/// gone and the queue is drained.
+pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
+    let max_batch = shared.config.max_batch;
+    let mut held: Option<Command> = None;
+    loop {
+        let first = match held.take() {
+            Some(c) => c,
+            None => match rx.blocking_recv() {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        if first.exclusive() {
+            run_exclusive(&shared, first);
+            continue;
+        }
+        let mut weight = first.weight();
+        let mut batch = vec![first];
+        while weight < max_batch {
+            match rx.try_recv() {
+                Ok(c) if c.exclusive() => {
+                    held = Some(c);
+                    break;
+                }
+                Ok(c) => {
+                    weight += c.weight();
+                    batch.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        shared.observer.on_queue_depth(rx.len());
+        commit_batch(&shared, batch);
+    }
+    debug!("store writer thread stopped");
+}
+
+fn run_exclusive(shared: &Shared, command: Command) {
+    match command {
+        Command::Sweep { limit, reply } => {
+            let _ = reply.send(sweep(shared, limit));
+        }
+        Command::Compact { force, reply } => {
+            let _ = reply.send(compact(shared, force));
+        }
+        other => commit_batch(shared, vec![other]),
+    }
+}
+
+/// The tables a transaction writes, opened once per transaction.
+pub(crate) struct Tables<'t> {
+    versions: Table<'t, &'static [u8], &'static [u8]>,
+    latest: Table<'t, &'static str, &'static [u8]>,
+    ttl: Table<'t, &'static [u8], ()>,
+    key_ttl: Table<'t, &'static [u8], ()>,
+    hierarchy: Table<'t, &'static [u8], &'static [u8]>,
+    links_out: Table<'t, &'static [u8], u8>,
+    links_in: Table<'t, &'static [u8], u8>,
+    tombstones: Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Tables {
+            versions: txn.open_table(layout::VERSIONS)?,
+            latest: txn.open_table(layout::LATEST)?,
+            ttl: txn.open_table(layout::TTL)?,
+            key_ttl: txn.open_table(layout::KEY_TTL)?,
+            hierarchy: txn.open_table(layout::HIERARCHY)?,
+            links_out: txn.open_table(layout::LINKS_OUT)?,
+            links_in: txn.open_table(layout::LINKS_IN)?,
+            tombstones: txn.open_table(layout::TOMBSTONES)?,
+        })
+    }
+}
+
+/// The result of one command inside a batch, before the commit.
+enum Applied {
+    Put(Vec<Result<PutOutcome, WriteError>>),
+    Simple(Result<bool, WriteError>),
+}
+
+#[derive(Default)]
+struct BatchCounts {
+    inserted: usize,
+    duplicates: usize,
+    rejected: usize,
+    bytes: u64,
+}
+
+fn begin(shared: &Shared, db: &redb::Database) -> Result<WriteTransaction, redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(shared.config.quick_repair);
+    Ok(txn)
+}
+
+fn commit_batch(shared: &Shared, batch: Vec<Command>) {
+    let start = Instant::now();
+    let now = shared.now_ms();
+    let mut counts = BatchCounts::default();
+    let result = {
+        let db = shared.db();
+        apply_batch(shared, &db, &batch, now, &mut counts)
+    };
+    let ok = result.is_ok();
+    shared.observer.on_commit(&CommitEvent {
+        requests: batch.len(),
+        inserted: if ok { counts.inserted } else { 0 },
+        duplicates: counts.duplicates,
+        rejected: counts.rejected,
+        bytes: counts.bytes,
+        duration: start.elapsed(),
+        ok,
+    });
+    match result {
+        Ok(applied) => {
+            for (command, outcome) in batch.into_iter().zip(applied) {
+                match (command, outcome) {
+                    (Command::Put { reply, .. }, Applied::Put(r)) => {
+                        let _ = reply.send(r);
+                    }
+                    (Command::Acl { reply, .. }, Applied::Simple(r))
+                    | (Command::Backup { reply, .. }, Applied::Simple(r)) => {
+                        let _ = reply.send(r);
+                    }
+                    // Commands and outcomes are built in the same order
+                    // from the same batch; a mismatch cannot happen, and
+                    // dropping the reply reports the request as failed.
+                    _ => {}
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, requests = batch.len(), "store commit failed");
+            let e = Arc::new(e);
+            let failed = || WriteError::CommitFailed(e.clone());
+            for command in batch {
+                match command {
+                    Command::Put { items, reply } => {
+                        let _ = reply.send(items.iter().map(|_| Err(failed())).collect());
+                    }
+                    Command::Acl { reply, .. } | Command::Backup { reply, .. } => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                    Command::Sweep { reply, .. } => {
+                        let _ = reply.send(Err(MaintenanceError::Storage(e.clone())));
+                    }
+                    Command::Compact { reply, .. } => {
+                        let _ = reply.send(Err(MaintenanceError::Storage(e.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn apply_batch(
+    shared: &Shared,
+    db: &redb::Database,
+    batch: &[Command],
+    now: u64,
+    counts: &mut BatchCounts,
+) -> Result<Vec<Applied>, redb::Error> {
+    let txn = begin(shared, db)?;
+    let mut applied = Vec::with_capacity(batch.len());
+    {
+        let mut t = Tables::open(&txn)?;
+        let mut acl = None;
+        let mut backups = None;
+        for command in batch {
+            match command {
+                Command::Put { items, .. } => {
+                    let mut results = Vec::with_capacity(items.len());
+                    for item in items {
+                        let r = apply_put(&mut t, item, now)?;
+                        match &r {
+                            Ok(PutOutcome::Inserted { .. }) => {
+                                counts.inserted += 1;
+                                counts.bytes += item.value.len() as u64;
+                            }
+                            Ok(PutOutcome::AlreadyPresent { .. }) => counts.duplicates += 1,
+                            Ok(PutOutcome::Expired) | Err(_) => counts.rejected += 1,
+                        }
+                        results.push(r);
+                    }
+                    applied.push(Applied::Put(results));
+                }
+                Command::Acl { key, value, .. } => {
+                    let table = match &mut acl {
+                        Some(t) => t,
+                        None => acl.insert(txn.open_table(layout::ACL)?),
+                    };
+                    let k = layout::slot_key(key);
+                    let existed = match value {
+                        Some(v) => {
+                            counts.bytes += v.len() as u64;
+                            table.insert(k.as_slice(), v.as_slice())?.is_some()
+                        }
+                        None => table.remove(k.as_slice())?.is_some(),
+                    };
+                    applied.push(Applied::Simple(Ok(existed)));
+                }
+                Command::Backup { id, value, .. } => {
+                    let table = match &mut backups {
+                        Some(t) => t,
+                        None => backups.insert(txn.open_table(layout::BACKUPS)?),
+                    };
+                    let existed = match value {
+                        Some(v) => {
+                            counts.bytes += v.len() as u64;
+                            table.insert(id.as_str(), v.as_slice())?.is_some()
+                        }
+                        None => table.remove(id.as_str())?.is_some(),
+                    };
+                    applied.push(Applied::Simple(Ok(existed)));
+                }
+                // Exclusive commands never enter a batch.
+                Command::Sweep { .. } | Command::Compact { .. } => {}
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(applied)
+}
+
+pub(crate) fn is_expired(meta: &RecordMeta, now: u64) -> bool {
+    meta.expires_at_ms.is_some_and(|e| e <= now)
+}
+
+/// Stores one version. The outer error aborts the whole batch (storage
+/// failure); the inner one refuses this item only, before anything of it
+/// was written.
+fn apply_put(
+    t: &mut Tables<'_>,
+    item: &PreparedPut,
+    now: u64,
+) -> Result<Result<PutOutcome, WriteError>, redb::Error> {
+    let meta = &item.meta;
+    let key = meta.key.as_str();
+    if is_expired(meta, now) {
+        return Ok(Ok(PutOutcome::Expired));
+    }
+    // Step 1: everything that can fail on bad data.
+    if let Some(existing) = t.versions.get(item.version_key.as_slice())? {
+        let existing = existing.value();
+        let identical = existing == item.value.as_slice()
+            || match same_content(existing, &item.value, meta) {
+                Ok(same) => same,
+                Err(c) => return Ok(Err(c.into())),
+            };
+        return Ok(Ok(PutOutcome::AlreadyPresent { identical }));
+    }
+    let old = match t.latest.get(key)? {
+        Some(raw) => match LatestEntry::decode(raw.value(), key) {
+            Ok(e) => Some(e),
+            Err(c) => return Ok(Err(c.into())),
+        },
+        None => None,
+    };
+    let becomes_latest = old.as_ref().is_none_or(|o| meta.version > o.meta.version);
+    let next_expiry = match (old.as_ref().and_then(|o| o.next_expiry), meta.expires_at_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let entry = LatestEntry {
+        meta: match (&old, becomes_latest) {
+            (Some(o), false) => o.meta.clone(),
+            _ => meta.clone(),
+        },
+        versions: old.as_ref().map_or(0, |o| o.versions) + 1,
+        next_expiry,
+    };
+    let entry_bytes = match entry.encode() {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(Err(WriteError::Encode {
+                key: key.to_string(),
+                reason: e.to_string(),
+            }));
+        }
+    };
+    let tombstone_bytes = match tombstone_value(becomes_latest.then_some(meta), now) {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(e)),
+    };
+    // Step 2: the writes.
+    t.versions
+        .insert(item.version_key.as_slice(), item.value.as_slice())?;
+    if let Some(exp) = meta.expires_at_ms {
+        t.ttl
+            .insert(layout::ttl_key(exp, key, &meta.version).as_slice(), ())?;
+        t.key_ttl
+            .insert(layout::key_ttl_key(exp, key, &meta.version).as_slice(), ())?;
+    }
+    t.latest.insert(key, entry_bytes.as_slice())?;
+    if becomes_latest {
+        rederive(t, key, old.as_ref().map(|o| &o.meta), Some(meta))?;
+        set_tombstone(t, key, tombstone_bytes)?;
+    }
+    Ok(Ok(PutOutcome::Inserted {
+        latest: becomes_latest,
+    }))
+}
+
+/// Whether two encoded versions hold the same metadata and envelope
+/// (their bytes may differ if compression settings changed in between).
+fn same_content(existing: &[u8], offered: &[u8], meta: &RecordMeta) -> Result<bool, CorruptValue> {
+    let a = decode_version(existing, &meta.key, &meta.version)?;
+    let b = decode_version(offered, &meta.key, &meta.version)?;
+    if a.meta != b.meta || a.raw_len != b.raw_len {
+        return Ok(false);
+    }
+    let limit = crate::config::MAX_VALUE_LIMIT;
+    let bad = |e: crate::compress::DecompressError| CorruptValue {
+        table: "versions",
+        key: meta.key.clone(),
+        reason: e.to_string(),
+    };
+    let ea = crate::compress::decode(a.codec, a.data.0, a.raw_len, limit).map_err(bad)?;
+    let eb = crate::compress::decode(b.codec, b.data.0, b.raw_len, limit).map_err(bad)?;
+    Ok(ea == eb)
+}
+
+/// The `tombstones` value for a new newest version: `Some` if it is a
+/// tombstone, `None` (remove the entry) otherwise. `newest` is `None` when
+/// the newest version does not change (nothing to do).
+fn tombstone_value(
+    newest: Option<&RecordMeta>,
+    now: u64,
+) -> Result<Option<Option<Vec<u8>>>, WriteError> {
+    match newest {
+        None => Ok(None),
+        Some(m) if m.tombstone => TombstoneEntry {
+            version: m.version.clone(),
+            recorded_at_ms: now,
+        }
+        .encode()
+        .map(|b| Some(Some(b)))
+        .map_err(|e| WriteError::Encode {
+            key: m.key.clone(),
+            reason: e.to_string(),
+        }),
+        Some(_) => Ok(Some(None)),
+    }
+}
+
+fn set_tombstone(
+    t: &mut Tables<'_>,
+    key: &str,
+    value: Option<Option<Vec<u8>>>,
+) -> Result<(), redb::Error> {
+    let k = layout::slot_key(key);
+    match value {
+        None => {}
+        Some(Some(v)) => {
+            t.tombstones.insert(k.as_slice(), v.as_slice())?;
+        }
+        Some(None) => {
+            t.tombstones.remove(k.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// The hierarchy entry a newest version implies: `(parent path, path)`.
+fn hierarchy_of(meta: Option<&RecordMeta>) -> Option<(&str, &str)> {
+    let m = meta.filter(|m| !m.tombstone)?;
+    parent_path(&m.path).map(|parent| (parent, m.path.as_str()))
+}
+
+/// The link assertions a newest version implies: `(from, to, flag)`.
+pub(crate) fn links_of(meta: Option<&RecordMeta>) -> BTreeSet<(String, String, u8)> {
+    let mut out = BTreeSet::new();
+    if let Some(m) = meta.filter(|m| !m.tombstone) {
+        for to in &m.influences {
+            out.insert((m.key.clone(), to.clone(), LINK_BY_FROM));
+        }
+        for from in &m.influenced_by {
+            out.insert((from.clone(), m.key.clone(), LINK_BY_TO));
+        }
+    }
+    out
+}
+
+/// Moves the hierarchy and link entries of `key` from what its old newest
+/// version implied to what the new one implies (`None`: no version left).
+fn rederive(
+    t: &mut Tables<'_>,
+    key: &str,
+    old: Option<&RecordMeta>,
+    new: Option<&RecordMeta>,
+) -> Result<(), redb::Error> {
+    let (oh, nh) = (hierarchy_of(old), hierarchy_of(new));
+    if oh != nh {
+        if let Some((parent, _)) = oh {
+            t.hierarchy
+                .remove(layout::hierarchy_key(parent, key).as_slice())?;
+        }
+        if let Some((parent, path)) = nh {
+            t.hierarchy.insert(
+                layout::hierarchy_key(parent, key).as_slice(),
+                path.as_bytes(),
+            )?;
+        }
+    }
+    let (ol, nl) = (links_of(old), links_of(new));
+    for (from, to, flag) in ol.difference(&nl) {
+        set_link_flag(t, from, to, *flag, false)?;
+    }
+    for (from, to, flag) in nl.difference(&ol) {
+        set_link_flag(t, from, to, *flag, true)?;
+    }
+    Ok(())
+}
+
+fn set_link_flag(
+    t: &mut Tables<'_>,
+    from: &str,
+    to: &str,
+    flag: u8,
+    on: bool,
+) -> Result<(), redb::Error> {
+    let out_key = layout::pair_key(from, to);
+    let in_key = layout::pair_key(to, from);
+    let current = t
+        .links_out
+        .get(out_key.as_slice())?
+        .map(|g| g.value())
+        .unwrap_or(0);
+    let next = if on { current | flag } else { current & !flag };
+    if next == current {
+        return Ok(());
+    }
+    if next == 0 {
+        t.links_out.remove(out_key.as_slice())?;
+        t.links_in.remove(in_key.as_slice())?;
+    } else {
+        t.links_out.insert(out_key.as_slice(), next)?;
+        t.links_in.insert(in_key.as_slice(), next)?;
+    }
+    Ok(())
+}
+
+/// Deletes up to `limit` expired versions in one transaction.
+fn sweep(shared: &Shared, limit: usize) -> Result<SweepReport, MaintenanceError> {
+    let now = shared.now_ms();
+    let db = shared.db();
+    let txn = begin(shared, &db)?;
+    let mut report = SweepReport::default();
+    {
+        let mut t = Tables::open(&txn)?;
+        // Entries that cannot be swept stay in the index; look a little
+        // past them so they do not block the ones behind.
+        let examine = limit.saturating_mul(2).max(limit.saturating_add(16));
+        let upper = now.saturating_add(1).to_be_bytes();
+        let candidates: Vec<Vec<u8>> = t
+            .ttl
+            .range::<&[u8]>(..upper.as_slice())?
+            .take(examine)
+            .map(|r| r.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        for tk in &candidates {
+            if report.removed as usize >= limit {
+                break;
+            }
+            match layout::decode_ttl_key(tk) {
+                Err(e) => {
+                    // An index entry that names nothing: drop it.
+                    t.ttl.remove(tk.as_slice())?;
+                    report.stale_entries += 1;
+                    report.errors.push(CorruptValue {
+                        table: "ttl",
+                        key: e.hex.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                Ok(d) => match sweep_one(&mut t, tk, &d, now)? {
+                    Ok(true) => report.removed += 1,
+                    Ok(false) => report.stale_entries += 1,
+                    Err(c) => report.errors.push(c),
+                },
+            }
+        }
+        report.more = report.removed as usize >= limit;
+    }
+    txn.commit()?;
+    Ok(report)
+}
+
+/// Deletes one expired version. `Ok(Ok(false))`: the index entry was stale
+/// (the version was gone) and was dropped.
+fn sweep_one(
+    t: &mut Tables<'_>,
+    ttl_key: &[u8],
+    d: &layout::TtlKey<'_>,
+    now: u64,
+) -> Result<Result<bool, CorruptValue>, redb::Error> {
+    let key = d.key;
+    let key_ttl_key = layout::key_ttl_key(d.expires_at, key, &d.version);
+    let exists = t.versions.get(d.version_key)?.is_some();
+    if !exists {
+        t.ttl.remove(ttl_key)?;
+        t.key_ttl.remove(key_ttl_key.as_slice())?;
+        return Ok(Ok(false));
+    }
+    // Step 1: reads and decodes.
+    let entry = match t.latest.get(key)? {
+        Some(raw) => match LatestEntry::decode(raw.value(), key) {
+            Ok(e) => Some(e),
+            Err(c) => return Ok(Err(c)),
+        },
+        None => None,
+    };
+    let prefix = layout::version_prefix(key);
+    let removing_newest = entry.as_ref().is_none_or(|e| e.meta.version == d.version);
+    let mut replacement: Option<RecordMeta> = None;
+    let mut others = false;
+    {
+        let end = layout::prefix_end(&prefix);
+        let range = match &end {
+            Some(end) => t
+                .versions
+                .range::<&[u8]>(prefix.as_slice()..end.as_slice())?,
+            None => t.versions.range::<&[u8]>(prefix.as_slice()..)?,
+        };
+        for r in range.rev() {
+            let (k, v) = r?;
+            if k.value() == d.version_key {
+                continue;
+            }
+            others = true;
+            if removing_newest {
+                let vk = match layout::decode_version_key(k.value()) {
+                    Ok(vk) => vk,
+                    Err(e) => {
+                        return Ok(Err(CorruptValue {
+                            table: "versions",
+                            key: key.to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                };
+                match decode_version(v.value(), key, &vk.version) {
+                    Ok(sv) => replacement = Some(sv.meta),
+                    Err(c) => return Ok(Err(c)),
+                }
+            }
+            break;
+        }
+    }
+    let next_expiry = {
+        let end = layout::prefix_end(&prefix);
+        let range = match &end {
+            Some(end) => t
+                .key_ttl
+                .range::<&[u8]>(prefix.as_slice()..end.as_slice())?,
+            None => t.key_ttl.range::<&[u8]>(prefix.as_slice()..)?,
+        };
+        let mut next = None;
+        for r in range {
+            let (k, _) = r?;
+            if k.value() != key_ttl_key.as_slice() {
+                next = layout::key_ttl_expiry(k.value(), prefix.len());
+                break;
+            }
+        }
+        next
+    };
+    let new_entry = if others {
+        let meta = match (&replacement, &entry) {
+            (Some(m), _) => m.clone(),
+            (None, Some(e)) => e.meta.clone(),
+            // Without a latest entry and without a replacement there is
+            // nothing to describe the address; `others` implies one of
+            // them unless the scan found only undecodable data, which
+            // returned above.
+            (None, None) => return Ok(Ok(false)),
+        };
+        let versions = entry
+            .as_ref()
+            .map_or(1, |e| e.versions.saturating_sub(1).max(1));
+        let e = LatestEntry {
+            meta,
+            versions,
+            next_expiry,
+        };
+        match e.encode() {
+            Ok(bytes) => Some((e, bytes)),
+            Err(err) => {
+                return Ok(Err(CorruptValue {
+                    table: "latest",
+                    key: key.to_string(),
+                    reason: err.to_string(),
+                }));
+            }
+        }
+    } else {
+        None
+    };
+    let tombstone = match (removing_newest, &replacement) {
+        (true, Some(m)) => match tombstone_value(Some(m), now) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(Err(CorruptValue {
+                    table: "tombstones",
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                }));
+            }
+        },
+        _ => None,
+    };
+    // Step 2: the writes.
+    t.versions.remove(d.version_key)?;
+    t.ttl.remove(ttl_key)?;
+    t.key_ttl.remove(key_ttl_key.as_slice())?;
+    match new_entry {
+        Some((e, bytes)) => {
+            t.latest.insert(key, bytes.as_slice())?;
+            if removing_newest {
+                rederive(t, key, entry.as_ref().map(|o| &o.meta), Some(&e.meta))?;
+                set_tombstone(t, key, tombstone)?;
+            }
+        }
+        None => {
+            t.latest.remove(key)?;
+            rederive(t, key, entry.as_ref().map(|o| &o.meta), None)?;
+            set_tombstone(t, key, Some(None))?;
+        }
+    }
+    Ok(Ok(true))
+}
+
+fn file_len(shared: &Shared) -> u64 {
+    std::fs::metadata(&shared.path).map_or(0, |m| m.len())
+}
+
+/// Compacts the file if it is worth it (or `force`), holding the database
+/// exclusively while it runs.
+fn compact(shared: &Shared, force: bool) -> Result<CompactionReport, MaintenanceError> {
+    let start = Instant::now();
+    let file_bytes_before = file_len(shared);
+    let result = (|| {
+        let mut db = shared.db.write().unwrap_or_else(PoisonError::into_inner);
+        let free = {
+            let txn = db.begin_write()?;
+            let free = txn.stats()?.fragmented_bytes();
+            txn.abort()?;
+            free
+        };
+        let c = &shared.config.compaction;
+        let worth =
+            free >= c.min_free_bytes && free as f64 >= c.min_free_ratio * file_bytes_before as f64;
+        let compacted = if force || worth {
+            db.compact()
+                .map_err(|e| MaintenanceError::Compaction(e.to_string()))?
+        } else {
+            false
+        };
+        Ok::<_, MaintenanceError>((free, compacted))
+    })();
+    let duration = start.elapsed();
+    let file_bytes_after = file_len(shared);
+    shared.observer.on_compaction(&CompactionEvent {
+        compacted: matches!(result, Ok((_, true))),
+        file_bytes_before,
+        file_bytes_after,
+        duration,
+        ok: result.is_ok(),
+    });
+    let (free_bytes_before, compacted) = result?;
+    if compacted {
+        debug!(
+            before = file_bytes_before,
+            after = file_bytes_after,
+            ms = duration.as_millis() as u64,
+            "store compacted"
+        );
+    }
+    Ok(CompactionReport {
+        compacted,
+        free_bytes_before,
+        file_bytes_before,
+        file_bytes_after,
+        duration,
+    })
+}
