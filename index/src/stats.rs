@@ -1,0 +1,522 @@
+//! BM25 statistics: scoped to the searching role, and exchangeable between
+//! nodes.
+//!
+//! BM25 ranks with corpus statistics: how many documents there are, how
+//! many contain each term, how long a field is on average. Two choices here
+//! follow from what the index promises.
+//!
+//! *Scoped to the role.* Statistics over the whole index would let a search
+//! by `developer` be influenced by architect-only documents: the score of a
+//! visible hit would change with how often a word appears in documents the
+//! role may not read, a side channel. So every statistic counts only the
+//! live documents the searching role may read ([`ScopedStats`]). Totals per
+//! role are cached per searcher generation; document frequencies are
+//! counted per query (an intersection of two posting lists).
+//!
+//! *Exchangeable.* Distributed search must rank as one global index would.
+//! [`QueryStatistics`] is what a node reports for a query (document count,
+//! per-term document frequency, per-field token totals), [`QueryStatistics::merge`]
+//! sums reports from several nodes, and a search with the merged figures
+//! ([`crate::ContextIndex::search_with_statistics`]) scores every local hit
+//! exactly as the union index would. Counting only live documents (not the
+//! deleted ones an engine keeps until a merge) and summing field lengths
+//! per document makes the figures independent of segment layout, so the
+//! equality is exact. Nodes holding replicas of the same document must
+//! report it once; deciding which node counts which partition is the
+//! caller's job.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, EnableScoring, Query, TermQuery};
+use tantivy::schema::{Facet, Field, IndexRecordOption, Schema, Type};
+use tantivy::{DocSet, Searcher, TERMINATED, Term};
+
+use slurp_protocol::RoleName;
+
+use crate::error::StatisticsError;
+use crate::schema::Fields;
+
+/// Per-role totals of one searcher generation.
+#[derive(Debug, Default)]
+pub(crate) struct RoleTotals {
+    /// Live documents the role may read.
+    pub docs: u64,
+    /// Sum over those documents of each text field's length in tokens (as
+    /// the engine encodes it for scoring).
+    pub tokens: HashMap<Field, u64>,
+}
+
+/// Walks the live documents readable by `role_term`, calling `visit` with
+/// each document's segment ordinal and id.
+fn for_each_role_doc(
+    searcher: &Searcher,
+    role_term: &Term,
+    mut visit: impl FnMut(usize, u32),
+) -> tantivy::Result<()> {
+    let weight = TermQuery::new(role_term.clone(), IndexRecordOption::Basic)
+        .weight(EnableScoring::disabled_from_searcher(searcher))?;
+    for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+        let mut scorer = weight.scorer(segment, 1.0)?;
+        let alive = segment.alive_bitset();
+        let mut doc = scorer.doc();
+        while doc != TERMINATED {
+            if alive.is_none_or(|a| a.is_alive(doc)) {
+                visit(ord, doc);
+            }
+            doc = scorer.advance();
+        }
+    }
+    Ok(())
+}
+
+/// Counts the role's live documents and sums each of `fields`' encoded
+/// lengths over them. A field without length norms counts one token per
+/// document, as the engine scores it.
+fn role_sums(
+    searcher: &Searcher,
+    role_term: &Term,
+    fields: &[Field],
+) -> tantivy::Result<(u64, Vec<u64>)> {
+    let mut norms = Vec::with_capacity(searcher.segment_readers().len());
+    for segment in searcher.segment_readers() {
+        let mut per_field = Vec::with_capacity(fields.len());
+        for f in fields {
+            per_field.push(segment.fieldnorms_readers().get_field(*f)?);
+        }
+        norms.push(per_field);
+    }
+    let mut docs = 0u64;
+    let mut sums = vec![0u64; fields.len()];
+    for_each_role_doc(searcher, role_term, |ord, doc| {
+        docs += 1;
+        for (sum, n) in sums.iter_mut().zip(&norms[ord]) {
+            *sum += n.as_ref().map_or(1, |n| u64::from(n.fieldnorm(doc)));
+        }
+    })?;
+    Ok((docs, sums))
+}
+
+fn compute_role_totals(
+    searcher: &Searcher,
+    fields: &Fields,
+    role_term: &Term,
+) -> tantivy::Result<RoleTotals> {
+    let text_fields = fields.text_fields();
+    let (docs, sums) = role_sums(searcher, role_term, &text_fields)?;
+    Ok(RoleTotals {
+        docs,
+        tokens: text_fields.into_iter().zip(sums).collect(),
+    })
+}
+
+/// Caches [`RoleTotals`] per (engine, searcher generation, role). A commit
+/// makes a new generation, so entries never go stale; old ones are evicted
+/// first-in first-out.
+#[derive(Default)]
+pub(crate) struct StatsCache {
+    entries: Mutex<VecDeque<((u64, u64, RoleName), Arc<RoleTotals>)>>,
+}
+
+const STATS_CACHE_ENTRIES: usize = 64;
+
+impl StatsCache {
+    pub fn totals(
+        &self,
+        engine_id: u64,
+        searcher: &Searcher,
+        fields: &Fields,
+        role: &RoleName,
+    ) -> tantivy::Result<Arc<RoleTotals>> {
+        let key = (
+            engine_id,
+            searcher.generation().generation_id(),
+            role.clone(),
+        );
+        {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, t)) = entries.iter().find(|(k, _)| *k == key) {
+                return Ok(t.clone());
+            }
+        }
+        let totals = Arc::new(compute_role_totals(
+            searcher,
+            fields,
+            &fields.reader_term(role),
+        )?);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= STATS_CACHE_ENTRIES {
+            entries.pop_front();
+        }
+        entries.push_back((key, totals.clone()));
+        Ok(totals)
+    }
+}
+
+/// BM25 statistics of one searcher restricted to one role's documents.
+pub(crate) struct ScopedStats<'a> {
+    searcher: &'a Searcher,
+    role_term: Term,
+    totals: Arc<RoleTotals>,
+    doc_freqs: Mutex<HashMap<Term, u64>>,
+    extra_tokens: Mutex<HashMap<Field, u64>>,
+}
+
+impl<'a> ScopedStats<'a> {
+    pub fn new(searcher: &'a Searcher, role_term: Term, totals: Arc<RoleTotals>) -> Self {
+        ScopedStats {
+            searcher,
+            role_term,
+            totals,
+            doc_freqs: Mutex::new(HashMap::new()),
+            extra_tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn docs(&self) -> u64 {
+        self.totals.docs
+    }
+
+    /// Live documents of the role containing `term`.
+    pub fn scoped_doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        if let Some(n) = self
+            .doc_freqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(term)
+        {
+            return Ok(*n);
+        }
+        let both = BooleanQuery::intersection(vec![
+            Box::new(TermQuery::new(term.clone(), IndexRecordOption::Basic)),
+            Box::new(TermQuery::new(
+                self.role_term.clone(),
+                IndexRecordOption::Basic,
+            )),
+        ]);
+        let n = both.count(self.searcher)? as u64;
+        self.doc_freqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(term.clone(), n);
+        Ok(n)
+    }
+
+    /// Total tokens of `field` over the role's documents.
+    pub fn scoped_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        if let Some(n) = self.totals.tokens.get(&field) {
+            return Ok(*n);
+        }
+        let mut extra = self.extra_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = extra.get(&field) {
+            return Ok(*n);
+        }
+        let (_, sums) = role_sums(self.searcher, &self.role_term, &[field])?;
+        let n = sums[0];
+        extra.insert(field, n);
+        Ok(n)
+    }
+}
+
+impl Bm25StatisticsProvider for ScopedStats<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        self.scoped_tokens(field)
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        // The engine divides by this; a role with no documents matches
+        // nothing, so 1 changes no score.
+        Ok(self.totals.docs.max(1))
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        Ok(self.scoped_doc_freq(term)?.min(self.totals.docs))
+    }
+}
+
+/// A term's value as exchanged between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TermValue {
+    /// A token of a text or keyword field.
+    Text(String),
+    /// A facet, as `/tag/security`.
+    Facet(String),
+}
+
+/// The document frequency of one query term.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermStatistic {
+    /// The field name (see [`crate::schema::names`]).
+    pub field: String,
+    pub value: TermValue,
+    /// Documents containing the term.
+    pub doc_freq: u64,
+}
+
+/// The BM25 statistics of one query over the documents one role may read.
+///
+/// What [`crate::ContextIndex::term_statistics`] returns and
+/// [`crate::ContextIndex::search_with_statistics`] accepts. Several nodes'
+/// reports [`merge`](QueryStatistics::merge) by summing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryStatistics {
+    /// The role the figures are scoped to.
+    pub role: RoleName,
+    /// Documents the role may read.
+    pub total_docs: u64,
+    /// Total tokens per field over those documents, for every field a
+    /// query term is in.
+    pub field_tokens: BTreeMap<String, u64>,
+    /// One entry per distinct query term, sorted by field then value.
+    pub terms: Vec<TermStatistic>,
+}
+
+impl QueryStatistics {
+    /// Adds `other` (another node's report for the same query and role).
+    /// Terms and fields only one side has are kept as they are.
+    pub fn merge(&mut self, other: &QueryStatistics) -> Result<(), StatisticsError> {
+        if self.role != other.role {
+            return Err(StatisticsError::RoleMismatch {
+                expected: self.role.to_string(),
+                found: other.role.to_string(),
+            });
+        }
+        self.total_docs = self
+            .total_docs
+            .checked_add(other.total_docs)
+            .ok_or(StatisticsError::Overflow)?;
+        for (field, n) in &other.field_tokens {
+            let slot = self.field_tokens.entry(field.clone()).or_insert(0);
+            *slot = slot.checked_add(*n).ok_or(StatisticsError::Overflow)?;
+        }
+        let mut terms: BTreeMap<(String, TermValue), u64> = self
+            .terms
+            .drain(..)
+            .map(|t| ((t.field, t.value), t.doc_freq))
+            .collect();
+        for t in &other.terms {
+            let slot = terms.entry((t.field.clone(), t.value.clone())).or_insert(0);
+            *slot = slot
+                .checked_add(t.doc_freq)
+                .ok_or(StatisticsError::Overflow)?;
+        }
+        self.terms = terms
+            .into_iter()
+            .map(|((field, value), doc_freq)| TermStatistic {
+                field,
+                value,
+                doc_freq,
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Collects the statistics of `query`'s terms.
+    pub(crate) fn collect(
+        role: &RoleName,
+        schema: &Schema,
+        query: Option<&dyn Query>,
+        stats: &ScopedStats<'_>,
+    ) -> tantivy::Result<QueryStatistics> {
+        let mut terms: BTreeSet<Term> = BTreeSet::new();
+        if let Some(q) = query {
+            q.query_terms(&mut |t, _| {
+                terms.insert(t.clone());
+            });
+        }
+        let mut field_tokens = BTreeMap::new();
+        let mut out = Vec::new();
+        for term in terms {
+            let Some(value) = term_value(&term) else {
+                continue;
+            };
+            let field = schema.get_field_name(term.field()).to_string();
+            if !field_tokens.contains_key(&field) {
+                field_tokens.insert(field.clone(), stats.scoped_tokens(term.field())?);
+            }
+            out.push(TermStatistic {
+                field,
+                value,
+                doc_freq: stats.scoped_doc_freq(&term)?,
+            });
+        }
+        out.sort_by(|a, b| (&a.field, &a.value).cmp(&(&b.field, &b.value)));
+        Ok(QueryStatistics {
+            role: role.clone(),
+            total_docs: stats.docs(),
+            field_tokens,
+            terms: out,
+        })
+    }
+}
+
+fn term_value(term: &Term) -> Option<TermValue> {
+    let v = term.value();
+    match v.typ() {
+        Type::Str => v.as_str().map(|s| TermValue::Text(s.to_string())),
+        Type::Facet => v.as_facet().map(|f| TermValue::Facet(f.to_string())),
+        _ => None,
+    }
+}
+
+/// Statistics supplied by the caller (merged from several nodes), falling
+/// back to the local scoped figures for anything they do not cover.
+pub(crate) struct SuppliedStats<'a> {
+    total_docs: u64,
+    tokens: HashMap<Field, u64>,
+    doc_freqs: HashMap<Term, u64>,
+    local: &'a ScopedStats<'a>,
+}
+
+impl<'a> SuppliedStats<'a> {
+    pub fn new(
+        stats: &QueryStatistics,
+        schema: &Schema,
+        local: &'a ScopedStats<'a>,
+    ) -> Result<Self, StatisticsError> {
+        let field = |name: &str| {
+            schema
+                .get_field(name)
+                .map_err(|_| StatisticsError::UnknownField(crate::error::quote(name)))
+        };
+        let mut tokens = HashMap::new();
+        for (name, n) in &stats.field_tokens {
+            tokens.insert(field(name)?, *n);
+        }
+        let mut doc_freqs = HashMap::new();
+        for t in &stats.terms {
+            if t.doc_freq > stats.total_docs {
+                return Err(StatisticsError::DocFreqOverTotal {
+                    field: crate::error::quote(&t.field),
+                    term: match &t.value {
+                        TermValue::Text(s) | TermValue::Facet(s) => crate::error::quote(s),
+                    },
+                    doc_freq: t.doc_freq,
+                    total_docs: stats.total_docs,
+                });
+            }
+            let f = field(&t.field)?;
+            let term = match &t.value {
+                TermValue::Text(s) => Term::from_field_text(f, s),
+                TermValue::Facet(s) => match Facet::from_text(s) {
+                    Ok(facet) => Term::from_facet(f, &facet),
+                    Err(_) => continue,
+                },
+            };
+            doc_freqs.insert(term, t.doc_freq);
+        }
+        Ok(SuppliedStats {
+            total_docs: stats.total_docs,
+            tokens,
+            doc_freqs,
+            local,
+        })
+    }
+}
+
+impl Bm25StatisticsProvider for SuppliedStats<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        match self.tokens.get(&field) {
+            Some(n) => Ok(*n),
+            None => self.local.scoped_tokens(field),
+        }
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(self.total_docs.max(1))
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        let n = match self.doc_freqs.get(term) {
+            Some(n) => *n,
+            None => self.local.scoped_doc_freq(term)?,
+        };
+        // The engine requires doc_freq <= total docs; a report missing a
+        // term must not break that.
+        Ok(n.min(self.total_docs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> RoleName {
+        RoleName::new(s).unwrap()
+    }
+
+    fn stats(role: &str, docs: u64, terms: &[(&str, &str, u64)]) -> QueryStatistics {
+        QueryStatistics {
+            role: r(role),
+            total_docs: docs,
+            field_tokens: terms
+                .iter()
+                .map(|(f, _, _)| (f.to_string(), docs * 3))
+                .collect(),
+            terms: terms
+                .iter()
+                .map(|(f, v, n)| TermStatistic {
+                    field: f.to_string(),
+                    value: TermValue::Text(v.to_string()),
+                    doc_freq: *n,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn merge_sums_and_keeps_one_sided_terms() {
+        let mut a = stats(
+            "developer",
+            10,
+            &[("summary", "cache", 2), ("summary", "auth", 1)],
+        );
+        let b = stats(
+            "developer",
+            5,
+            &[("summary", "cache", 3), ("insights", "lru", 4)],
+        );
+        a.merge(&b).unwrap();
+        assert_eq!(a.total_docs, 15);
+        assert_eq!(a.field_tokens["summary"], 45);
+        assert_eq!(a.field_tokens["insights"], 15);
+        let find = |f: &str, v: &str| {
+            a.terms
+                .iter()
+                .find(|t| t.field == f && t.value == TermValue::Text(v.into()))
+                .map(|t| t.doc_freq)
+        };
+        assert_eq!(find("summary", "cache"), Some(5));
+        assert_eq!(find("summary", "auth"), Some(1));
+        assert_eq!(find("insights", "lru"), Some(4));
+    }
+
+    #[test]
+    fn merge_refuses_another_role_and_overflow() {
+        let mut a = stats("developer", 10, &[]);
+        assert!(matches!(
+            a.merge(&stats("architect", 1, &[])),
+            Err(StatisticsError::RoleMismatch { .. })
+        ));
+        let mut big = stats("developer", u64::MAX, &[]);
+        assert_eq!(
+            big.merge(&stats("developer", 1, &[])),
+            Err(StatisticsError::Overflow)
+        );
+    }
+
+    #[test]
+    fn statistics_round_trip_through_json() {
+        let mut s = stats("developer", 7, &[("summary", "cache", 2)]);
+        s.terms.push(TermStatistic {
+            field: "facets".into(),
+            value: TermValue::Facet("/tag/security".into()),
+            doc_freq: 1,
+        });
+        let back: QueryStatistics =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
