@@ -16,7 +16,7 @@ use slurp_protocol::{Framed, RecordMeta, Slot};
 
 use crate::error::ReadError;
 use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
-use crate::record::{LatestEntry, TombstoneEntry, decode_version};
+use crate::record::{Head, LatestEntry, TombstoneEntry, decode_version};
 use crate::store::Store;
 use crate::writer::links_of;
 
@@ -106,16 +106,16 @@ impl Checker {
         match self.latest_meta(key)? {
             None => self.problem("latest", key, "no entry for a key with versions"),
             Some(e) => {
-                if e.meta.version != newest.version {
+                if e.head.version != newest.version {
                     self.problem(
                         "latest",
                         key,
                         format!(
                             "names {}, greatest stored is {}",
-                            e.meta.version, newest.version
+                            e.head.version, newest.version
                         ),
                     );
-                } else if e.meta != newest {
+                } else if e.head != Head::of(&newest) {
                     self.problem("latest", key, "metadata differs from the stored version");
                 }
                 if e.versions != st.count {
@@ -148,7 +148,7 @@ impl Checker {
                 self.problem("hierarchy", key, format!("missing under {parent:?}"));
             }
         }
-        for (from, to, flag) in links_of(Some(&newest)) {
+        for (from, to, flag) in links_of(key, Some(&Head::of(&newest))) {
             let out = self
                 .links_out
                 .get(layout::pair_key(&from, &to).as_slice())?
@@ -217,9 +217,9 @@ impl Checker {
                 continue;
             };
             let ok = self.latest_meta(child)?.is_some_and(|e| {
-                !e.meta.tombstone
-                    && e.meta.path.as_bytes() == v.as_slice()
-                    && parent_path(&e.meta.path) == Some(parent)
+                !e.head.tombstone
+                    && e.head.path.as_bytes() == v.as_slice()
+                    && parent_path(&e.head.path) == Some(parent)
             });
             if !ok {
                 self.problem("hierarchy", child, format!("stale entry under {parent:?}"));
@@ -241,14 +241,14 @@ impl Checker {
             let (from, to) = (from.to_string(), to.to_string());
             let mut implied = 0u8;
             if let Some(e) = self.latest_meta(&from)?
-                && !e.meta.tombstone
-                && e.meta.influences.contains(&to)
+                && !e.head.tombstone
+                && e.head.influences.contains(&to)
             {
                 implied |= LINK_BY_FROM;
             }
             if let Some(e) = self.latest_meta(&to)?
-                && !e.meta.tombstone
-                && e.meta.influenced_by.contains(&from)
+                && !e.head.tombstone
+                && e.head.influenced_by.contains(&from)
             {
                 implied |= LINK_BY_TO;
             }
@@ -268,7 +268,7 @@ impl Checker {
         for k in tombs {
             match layout::decode_slot_key(&k) {
                 Ok((_, key)) => {
-                    if !self.latest_meta(key)?.is_some_and(|e| e.meta.tombstone) {
+                    if !self.latest_meta(key)?.is_some_and(|e| e.head.tombstone) {
                         self.problem(
                             "tombstones",
                             key,

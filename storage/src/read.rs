@@ -23,11 +23,11 @@ use crate::error::{CorruptValue, ReadError};
 use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
 use crate::observer::{ReadKind, ReadOutcome};
 use crate::record::{
-    AclRecord, BackupMeta, LatestEntry, StoredVersion, TombstoneEntry, decode_framed,
+    AclRecord, BackupMeta, Head, LatestEntry, StoredVersion, TombstoneEntry, decode_framed,
     decode_version,
 };
 use crate::store::Store;
-use crate::writer::is_expired;
+use crate::writer::expired;
 
 /// A stored version with its envelope (decompressed, exactly as written).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,8 +229,8 @@ fn open_envelope(v: StoredVersion) -> Result<StoredRecord, CorruptValue> {
 }
 
 /// The newest live version of an address, resolved against expiry: its
-/// metadata and ordinal, or `None` when every version has expired.
-type Resolved = Option<(RecordMeta, u64)>;
+/// head and ordinal, or `None` when every version has expired.
+type Resolved = Option<(Head, u64)>;
 
 /// Reads within one read transaction.
 struct Snapshot {
@@ -258,22 +258,22 @@ impl Snapshot {
     /// otherwise the greatest unexpired version found by a backward scan.
     fn resolve(&self, key: &str, entry: &LatestEntry) -> Result<Resolved, ReadError> {
         if entry.next_expiry.is_none_or(|e| e > self.now) {
-            return Ok(Some((entry.meta.clone(), entry.versions)));
+            return Ok(Some((entry.head.clone(), entry.versions)));
         }
         let prefix = layout::version_prefix(key);
         let key_ttl: ReadOnlyTable<&[u8], ()> = self.txn.open_table(layout::KEY_TTL)?;
-        let mut expired = 0u64;
+        let mut gone = 0u64;
         for r in prefix_range(&key_ttl, &prefix)? {
             let (k, _) = r?;
             match layout::key_ttl_expiry(k.value(), prefix.len()) {
-                Some(e) if e <= self.now => expired += 1,
+                Some(e) if e <= self.now => gone += 1,
                 Some(_) => break,
                 None => return Err(corrupt("key_ttl", key, "short key").into()),
             }
         }
-        let live = entry.versions.saturating_sub(expired);
-        if !is_expired(&entry.meta, self.now) {
-            return Ok(Some((entry.meta.clone(), live)));
+        let live = entry.versions.saturating_sub(gone);
+        if !expired(entry.head.expires_at_ms, self.now) {
+            return Ok(Some((entry.head.clone(), live)));
         }
         let versions = self.table(layout::VERSIONS)?;
         for r in prefix_range(&versions, &prefix)?.rev() {
@@ -281,8 +281,8 @@ impl Snapshot {
             let vk =
                 layout::decode_version_key(k.value()).map_err(|e| corrupt("versions", key, e))?;
             let sv = decode_version(v.value(), key, &vk.version)?;
-            if !is_expired(&sv.meta, self.now) {
-                return Ok(Some((sv.meta, live)));
+            if !expired(sv.meta.expires_at_ms, self.now) {
+                return Ok(Some((Head::of(&sv.meta), live)));
             }
         }
         Ok(None)
@@ -297,7 +297,7 @@ impl Snapshot {
     ) -> Result<bool, ReadError> {
         Ok(self
             .latest_entry(latest, key)?
-            .is_some_and(|e| !e.meta.tombstone && !is_expired(&e.meta, self.now)))
+            .is_some_and(|e| !e.head.tombstone && !expired(e.head.expires_at_ms, self.now)))
     }
 
     fn version(&self, key: &str, version: &VersionId) -> Result<Option<StoredVersion>, ReadError> {
@@ -318,7 +318,7 @@ impl Snapshot {
             let vk =
                 layout::decode_version_key(k.value()).map_err(|e| corrupt("versions", key, e))?;
             let sv = decode_version(v.value(), key, &vk.version)?;
-            if !is_expired(&sv.meta, self.now) {
+            if !expired(sv.meta.expires_at_ms, self.now) {
                 out.push(sv.meta);
             }
         }
@@ -360,10 +360,10 @@ impl Store {
     /// One version of an address, if it is stored and has not expired.
     pub fn get(&self, key: &str, version: &VersionId) -> Result<Option<StoredRecord>, ReadError> {
         let start = Instant::now();
-        let mut expired = false;
+        let mut was_expired = false;
         let r = self.snapshot(|s| match s.version(key, version)? {
-            Some(v) if is_expired(&v.meta, s.now) => {
-                expired = true;
+            Some(v) if expired(v.meta.expires_at_ms, s.now) => {
+                was_expired = true;
                 Ok(None)
             }
             Some(v) => Ok(Some(open_envelope(v)?)),
@@ -371,7 +371,7 @@ impl Store {
         });
         self.observe(ReadKind::Version, start, &r, |v| match v {
             Some(_) => ReadOutcome::Found,
-            None if expired => ReadOutcome::Expired,
+            None if was_expired => ReadOutcome::Expired,
             None => ReadOutcome::Miss,
         });
         r
@@ -386,25 +386,26 @@ impl Store {
             let Some(entry) = s.latest_entry(&latest, key)? else {
                 return Ok(Latest::Absent);
             };
-            match s.resolve(key, &entry)? {
-                None => Ok(Latest::Absent),
-                Some((meta, ordinal)) if meta.tombstone => Ok(Latest::Deleted {
-                    tombstone: meta,
+            let Some((head, ordinal)) = s.resolve(key, &entry)? else {
+                return Ok(Latest::Absent);
+            };
+            let v = s.version(key, &head.version)?.ok_or_else(|| {
+                corrupt(
+                    "latest",
+                    key,
+                    format!("names missing version {}", head.version),
+                )
+            })?;
+            if v.meta.tombstone {
+                Ok(Latest::Deleted {
+                    tombstone: v.meta,
                     ordinal,
-                }),
-                Some((meta, ordinal)) => {
-                    let v = s.version(key, &meta.version)?.ok_or_else(|| {
-                        corrupt(
-                            "latest",
-                            key,
-                            format!("names missing version {}", meta.version),
-                        )
-                    })?;
-                    Ok(Latest::Live {
-                        record: open_envelope(v)?,
-                        ordinal,
-                    })
-                }
+                })
+            } else {
+                Ok(Latest::Live {
+                    record: open_envelope(v)?,
+                    ordinal,
+                })
             }
         });
         self.observe(ReadKind::Latest, start, &r, |l| match l {
@@ -422,7 +423,7 @@ impl Store {
             let Some(entry) = s.latest_entry(&latest, key)? else {
                 return Ok(false);
             };
-            Ok(matches!(s.resolve(key, &entry)?, Some((m, _)) if !m.tombstone))
+            Ok(matches!(s.resolve(key, &entry)?, Some((h, _)) if !h.tombstone))
         })
     }
 
@@ -495,10 +496,10 @@ impl Store {
                     }
                 };
                 match s.resolve(key, &entry) {
-                    Ok(Some((meta, versions))) if !meta.tombstone => {
+                    Ok(Some((head, versions))) if !head.tombstone => {
                         page.keys.push(KeyEntry {
                             key: key.to_string(),
-                            latest: meta.version,
+                            latest: head.version,
                             versions,
                         });
                     }
@@ -620,7 +621,7 @@ impl Store {
                         continue;
                     }
                 };
-                if is_expired(&sv.meta, s.now) {
+                if expired(sv.meta.expires_at_ms, s.now) {
                     continue;
                 }
                 if scan.envelopes {

@@ -3,9 +3,8 @@
 //! Every structured value is a [`Framed`] CBOR record (`[kind, version,
 //! body]`), so a value read from the wrong table or written by a newer build
 //! fails with a typed error instead of half-parsing. The one exception is
-//! the latest-version entry, read on every write: a fixed binary header (a
-//! format byte and two counters) followed by a framed [`RecordMeta`], so it
-//! needs no kind of its own. Decoding never panics; every failure becomes a
+//! the latest-version entry, read and rewritten on every write: a compact
+//! binary record with its own format byte ([`LatestEntry`]). Decoding never panics; every failure becomes a
 //! [`CorruptValue`] naming the table and the key.
 
 use serde::{Deserialize, Serialize};
@@ -128,16 +127,54 @@ impl Framed for BackupMeta {
     const VERSION: u16 = 1;
 }
 
+/// What the store keeps about the newest version of an address in the
+/// `latest` table: everything reads and derived-table maintenance need
+/// without opening the version itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub version: VersionId,
+    pub expires_at_ms: Option<u64>,
+    pub tombstone: bool,
+    pub path: String,
+    pub influences: Vec<String>,
+    pub influenced_by: Vec<String>,
+}
+
+impl Head {
+    /// The head of a version.
+    pub fn of(meta: &RecordMeta) -> Head {
+        Head {
+            version: meta.version.clone(),
+            expires_at_ms: meta.expires_at_ms,
+            tombstone: meta.tombstone,
+            path: meta.path.clone(),
+            influences: meta.influences.clone(),
+            influenced_by: meta.influenced_by.clone(),
+        }
+    }
+}
+
 /// A value of the `latest` table: the newest stored version of an address
 /// (expired or not) plus the counters the read path needs without scanning.
 ///
-/// Layout: `[format = 1][flags][versions: u64 BE][next_expiry: u64 BE]`
-/// then the framed [`RecordMeta`] of the newest version. Flag bit 0: the
-/// address has a version with an expiry, and `next_expiry` is the earliest.
+/// It is read and rewritten on every write, and there is one per address,
+/// so it is a compact binary record rather than CBOR:
+///
+/// ```text
+/// [format = 1][flags]
+/// [versions: u64][next_expiry: u64][expires_at: u64]
+/// [wall_ms: u64][logical: u32][writer_len: u8][writer]
+/// [path_len: u16][path]
+/// [CBOR ([influences], [influenced_by])]   only if flag bit 3
+/// ```
+///
+/// Integers are big-endian. Flags: bit 0 `next_expiry` is set, bit 1
+/// `expires_at` is set, bit 2 tombstone, bit 3 links follow. Absent values
+/// are written as 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LatestEntry {
-    /// Metadata of the greatest stored [`VersionId`].
-    pub meta: RecordMeta,
+    /// The greatest stored [`VersionId`] and what derives from it.
+    pub head: Head,
     /// Number of stored versions (expired ones not yet swept included).
     pub versions: u64,
     /// Earliest expiry among the stored versions.
@@ -145,17 +182,92 @@ pub struct LatestEntry {
 }
 
 const LATEST_FORMAT: u8 = 1;
-const LATEST_HEADER: usize = 1 + 1 + 8 + 8;
+const FLAG_NEXT_EXPIRY: u8 = 1;
+const FLAG_EXPIRES: u8 = 2;
+const FLAG_TOMBSTONE: u8 = 4;
+const FLAG_LINKS: u8 = 8;
+const LATEST_FIXED: usize = 1 + 1 + 8 + 8 + 8 + 8 + 4 + 1;
+
+/// A byte reader that fails instead of panicking.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let out = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Some(u32::from_be_bytes(a))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Some(u64::from_be_bytes(a))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        let out = self.bytes.get(self.at..).unwrap_or_default();
+        self.at = self.bytes.len();
+        out
+    }
+}
 
 impl LatestEntry {
     pub fn encode(&self) -> Result<Vec<u8>, slurp_protocol::EncodeError> {
-        let meta = self.meta.encode()?;
-        let mut out = Vec::with_capacity(LATEST_HEADER + meta.len());
+        let h = &self.head;
+        let writer = h.version.writer.as_str().as_bytes();
+        let links = !h.influences.is_empty() || !h.influenced_by.is_empty();
+        let path_len = u16::try_from(h.path.len())
+            .map_err(|_| slurp_protocol::EncodeError(format!("path of {} bytes", h.path.len())))?;
+        let writer_len = u8::try_from(writer.len()).map_err(|_| {
+            slurp_protocol::EncodeError(format!("writer id of {} bytes", writer.len()))
+        })?;
+        let mut flags = 0u8;
+        for (on, bit) in [
+            (self.next_expiry.is_some(), FLAG_NEXT_EXPIRY),
+            (h.expires_at_ms.is_some(), FLAG_EXPIRES),
+            (h.tombstone, FLAG_TOMBSTONE),
+            (links, FLAG_LINKS),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        let mut out = Vec::with_capacity(LATEST_FIXED + writer.len() + 2 + h.path.len());
         out.push(LATEST_FORMAT);
-        out.push(u8::from(self.next_expiry.is_some()));
+        out.push(flags);
         out.extend_from_slice(&self.versions.to_be_bytes());
         out.extend_from_slice(&self.next_expiry.unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(&meta);
+        out.extend_from_slice(&h.expires_at_ms.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&h.version.hlc.wall_ms.to_be_bytes());
+        out.extend_from_slice(&h.version.hlc.logical.to_be_bytes());
+        out.push(writer_len);
+        out.extend_from_slice(writer);
+        out.extend_from_slice(&path_len.to_be_bytes());
+        out.extend_from_slice(h.path.as_bytes());
+        if links {
+            out.extend_from_slice(&slurp_protocol::wire::to_cbor(&(
+                &h.influences,
+                &h.influenced_by,
+            ))?);
+        }
         Ok(out)
     }
 
@@ -165,35 +277,56 @@ impl LatestEntry {
             key: key.to_string(),
             reason,
         };
-        if bytes.len() < LATEST_HEADER {
-            return Err(bad(format!(
-                "{} bytes, shorter than the header",
-                bytes.len()
-            )));
+        let short = || bad(format!("{} bytes, truncated", bytes.len()));
+        let mut c = Cursor { bytes, at: 0 };
+        let format = c.u8().ok_or_else(short)?;
+        if format != LATEST_FORMAT {
+            return Err(bad(format!("unknown format {format}")));
         }
-        if bytes[0] != LATEST_FORMAT {
-            return Err(bad(format!("unknown format {}", bytes[0])));
-        }
-        let flags = bytes[1];
-        if flags & !1 != 0 {
+        let flags = c.u8().ok_or_else(short)?;
+        if flags & !(FLAG_NEXT_EXPIRY | FLAG_EXPIRES | FLAG_TOMBSTONE | FLAG_LINKS) != 0 {
             return Err(bad(format!("unknown flags {flags:#04x}")));
         }
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&bytes[2..10]);
-        let versions = u64::from_be_bytes(n);
-        n.copy_from_slice(&bytes[10..18]);
-        let next_expiry = (flags & 1 == 1).then_some(u64::from_be_bytes(n));
-        let meta = RecordMeta::decode(&bytes[LATEST_HEADER..]).map_err(|e| bad(e.to_string()))?;
-        if meta.key != key {
-            return Err(bad(format!("holds the record of {:?}", meta.key)));
-        }
+        let versions = c.u64().ok_or_else(short)?;
+        let next_expiry = c.u64().ok_or_else(short)?;
+        let expires_at = c.u64().ok_or_else(short)?;
+        let wall_ms = c.u64().ok_or_else(short)?;
+        let logical = c.u32().ok_or_else(short)?;
+        let writer_len = c.u8().ok_or_else(short)?;
+        let writer = std::str::from_utf8(c.take(usize::from(writer_len)).ok_or_else(short)?)
+            .ok()
+            .and_then(|w| slurp_protocol::WriterId::new(w).ok())
+            .ok_or_else(|| bad("invalid writer id".into()))?;
+        let path_len = c.u16().ok_or_else(short)?;
+        let path = std::str::from_utf8(c.take(usize::from(path_len)).ok_or_else(short)?)
+            .map_err(|_| bad("path is not UTF-8".into()))?
+            .to_string();
+        let rest = c.rest();
+        let (influences, influenced_by) = if flags & FLAG_LINKS != 0 {
+            slurp_protocol::wire::from_cbor::<(Vec<String>, Vec<String>)>(rest, DEFAULT_MAX_DECODE)
+                .map_err(|e| bad(format!("links: {e}")))?
+        } else if !rest.is_empty() {
+            return Err(bad(format!("{} trailing bytes", rest.len())));
+        } else {
+            (vec![], vec![])
+        };
         if versions == 0 {
             return Err(bad("counts zero versions".into()));
         }
         Ok(LatestEntry {
-            meta,
+            head: Head {
+                version: VersionId {
+                    hlc: Hlc { wall_ms, logical },
+                    writer,
+                },
+                expires_at_ms: (flags & FLAG_EXPIRES != 0).then_some(expires_at),
+                tombstone: flags & FLAG_TOMBSTONE != 0,
+                path,
+                influences,
+                influenced_by,
+            },
             versions,
-            next_expiry,
+            next_expiry: (flags & FLAG_NEXT_EXPIRY != 0).then_some(next_expiry),
         })
     }
 }
@@ -259,26 +392,36 @@ mod tests {
 
     #[test]
     fn latest_entry_round_trip_and_checks() {
+        let mut m = meta("k");
         let e = LatestEntry {
-            meta: meta("k"),
+            head: Head::of(&m),
             versions: 3,
             next_expiry: Some(7),
         };
         let bytes = e.encode().unwrap();
         assert_eq!(LatestEntry::decode(&bytes, "k").unwrap(), e);
-        let err = LatestEntry::decode(&bytes, "other").unwrap_err();
-        assert_eq!(err.key, "other");
-        assert!(err.reason.contains("holds the record"), "{err}");
         let mut wrong = bytes.clone();
         wrong[0] = 9;
-        assert!(LatestEntry::decode(&wrong, "k").is_err());
-        let none = LatestEntry {
+        let err = LatestEntry::decode(&wrong, "k").unwrap_err();
+        assert_eq!((err.table, err.key.as_str()), ("latest", "k"));
+        for cut in 0..bytes.len() {
+            assert!(
+                LatestEntry::decode(&bytes[..cut], "k").is_err(),
+                "cut {cut}"
+            );
+        }
+        m.influences = vec!["ucxl://a:b@c:d/x".into()];
+        m.influenced_by = vec!["ucxl://a:b@c:d/y".into()];
+        m.tombstone = true;
+        m.expires_at_ms = None;
+        let links = LatestEntry {
+            head: Head::of(&m),
+            versions: 1,
             next_expiry: None,
-            ..e
         };
         assert_eq!(
-            LatestEntry::decode(&none.encode().unwrap(), "k").unwrap(),
-            none
+            LatestEntry::decode(&links.encode().unwrap(), "k").unwrap(),
+            links
         );
     }
 
@@ -318,7 +461,7 @@ mod tests {
 
         #[test]
         fn mutated_latest_entries_never_panic(i in any::<prop::sample::Index>(), b in any::<u8>()) {
-            let mut bytes = LatestEntry { meta: meta("k"), versions: 1, next_expiry: None }
+            let mut bytes = LatestEntry { head: Head::of(&meta("k")), versions: 1, next_expiry: None }
                 .encode()
                 .unwrap();
             let at = i.index(bytes.len());

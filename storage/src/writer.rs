@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 use crate::error::{CorruptValue, MaintenanceError, WriteError};
 use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
 use crate::observer::{CommitEvent, CompactionEvent};
-use crate::record::{LatestEntry, TombstoneEntry, decode_version};
+use crate::record::{Head, LatestEntry, TombstoneEntry, decode_version};
 use crate::store::{PutOutcome, Shared};
 
 /// One version, validated and encoded by the caller.
@@ -337,8 +337,9 @@ fn apply_batch(
     Ok(applied)
 }
 
-pub(crate) fn is_expired(meta: &RecordMeta, now: u64) -> bool {
-    meta.expires_at_ms.is_some_and(|e| e <= now)
+/// Whether something expiring at `expires_at_ms` has expired at `now`.
+pub(crate) fn expired(expires_at_ms: Option<u64>, now: u64) -> bool {
+    expires_at_ms.is_some_and(|e| e <= now)
 }
 
 /// Stores one version. The outer error aborts the whole batch (storage
@@ -351,7 +352,7 @@ fn apply_put(
 ) -> Result<Result<PutOutcome, WriteError>, redb::Error> {
     let meta = &item.meta;
     let key = meta.key.as_str();
-    if is_expired(meta, now) {
+    if expired(meta.expires_at_ms, now) {
         return Ok(Ok(PutOutcome::Expired));
     }
     // Step 1: everything that can fail on bad data.
@@ -371,15 +372,16 @@ fn apply_put(
         },
         None => None,
     };
-    let becomes_latest = old.as_ref().is_none_or(|o| meta.version > o.meta.version);
+    let becomes_latest = old.as_ref().is_none_or(|o| meta.version > o.head.version);
     let next_expiry = match (old.as_ref().and_then(|o| o.next_expiry), meta.expires_at_ms) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    let new_head = Head::of(meta);
     let entry = LatestEntry {
-        meta: match (&old, becomes_latest) {
-            (Some(o), false) => o.meta.clone(),
-            _ => meta.clone(),
+        head: match (&old, becomes_latest) {
+            (Some(o), false) => o.head.clone(),
+            _ => new_head.clone(),
         },
         versions: old.as_ref().map_or(0, |o| o.versions) + 1,
         next_expiry,
@@ -393,9 +395,14 @@ fn apply_put(
             }));
         }
     };
-    let tombstone_bytes = match tombstone_value(becomes_latest.then_some(meta), now) {
-        Ok(b) => b,
-        Err(e) => return Ok(Err(e)),
+    let tombstone = if becomes_latest {
+        let old_tombstone = old.as_ref().is_some_and(|o| o.head.tombstone);
+        match tombstone_change(key, old_tombstone, Some(&new_head), now) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        }
+    } else {
+        TombstoneChange::Keep
     };
     // Step 2: the writes.
     t.versions
@@ -408,8 +415,8 @@ fn apply_put(
     }
     t.latest.insert(key, entry_bytes.as_slice())?;
     if becomes_latest {
-        rederive(t, key, old.as_ref().map(|o| &o.meta), Some(meta))?;
-        set_tombstone(t, key, tombstone_bytes)?;
+        rederive(t, key, old.as_ref().map(|o| &o.head), Some(&new_head))?;
+        set_tombstone(t, key, tombstone)?;
     }
     Ok(Ok(PutOutcome::Inserted {
         latest: becomes_latest,
@@ -435,41 +442,51 @@ fn same_content(existing: &[u8], offered: &[u8], meta: &RecordMeta) -> Result<bo
     Ok(ea == eb)
 }
 
-/// The `tombstones` value for a new newest version: `Some` if it is a
-/// tombstone, `None` (remove the entry) otherwise. `newest` is `None` when
-/// the newest version does not change (nothing to do).
-fn tombstone_value(
-    newest: Option<&RecordMeta>,
+/// What happens to an address's `tombstones` entry.
+enum TombstoneChange {
+    Keep,
+    Set(Vec<u8>),
+    Clear,
+}
+
+/// The change of the `tombstones` entry of `key` when its newest version
+/// changes from one that was (`old_tombstone`) or was not a tombstone to
+/// `new` (`None`: no version left). Untouched unless a tombstone is
+/// involved, so ordinary writes do not modify the table.
+fn tombstone_change(
+    key: &str,
+    old_tombstone: bool,
+    new: Option<&Head>,
     now: u64,
-) -> Result<Option<Option<Vec<u8>>>, WriteError> {
-    match newest {
-        None => Ok(None),
-        Some(m) if m.tombstone => TombstoneEntry {
-            version: m.version.clone(),
+) -> Result<TombstoneChange, WriteError> {
+    match new {
+        Some(h) if h.tombstone => TombstoneEntry {
+            version: h.version.clone(),
             recorded_at_ms: now,
         }
         .encode()
-        .map(|b| Some(Some(b)))
+        .map(TombstoneChange::Set)
         .map_err(|e| WriteError::Encode {
-            key: m.key.clone(),
+            key: key.to_string(),
             reason: e.to_string(),
         }),
-        Some(_) => Ok(Some(None)),
+        _ if old_tombstone => Ok(TombstoneChange::Clear),
+        _ => Ok(TombstoneChange::Keep),
     }
 }
 
 fn set_tombstone(
     t: &mut Tables<'_>,
     key: &str,
-    value: Option<Option<Vec<u8>>>,
+    change: TombstoneChange,
 ) -> Result<(), redb::Error> {
     let k = layout::slot_key(key);
-    match value {
-        None => {}
-        Some(Some(v)) => {
+    match change {
+        TombstoneChange::Keep => {}
+        TombstoneChange::Set(v) => {
             t.tombstones.insert(k.as_slice(), v.as_slice())?;
         }
-        Some(None) => {
+        TombstoneChange::Clear => {
             t.tombstones.remove(k.as_slice())?;
         }
     }
@@ -477,20 +494,21 @@ fn set_tombstone(
 }
 
 /// The hierarchy entry a newest version implies: `(parent path, path)`.
-fn hierarchy_of(meta: Option<&RecordMeta>) -> Option<(&str, &str)> {
-    let m = meta.filter(|m| !m.tombstone)?;
-    parent_path(&m.path).map(|parent| (parent, m.path.as_str()))
+fn hierarchy_of(head: Option<&Head>) -> Option<(&str, &str)> {
+    let h = head.filter(|h| !h.tombstone)?;
+    parent_path(&h.path).map(|parent| (parent, h.path.as_str()))
 }
 
-/// The link assertions a newest version implies: `(from, to, flag)`.
-pub(crate) fn links_of(meta: Option<&RecordMeta>) -> BTreeSet<(String, String, u8)> {
+/// The link assertions the newest version of `key` implies:
+/// `(from, to, flag)`.
+pub(crate) fn links_of(key: &str, head: Option<&Head>) -> BTreeSet<(String, String, u8)> {
     let mut out = BTreeSet::new();
-    if let Some(m) = meta.filter(|m| !m.tombstone) {
-        for to in &m.influences {
-            out.insert((m.key.clone(), to.clone(), LINK_BY_FROM));
+    if let Some(h) = head.filter(|h| !h.tombstone) {
+        for to in &h.influences {
+            out.insert((key.to_string(), to.clone(), LINK_BY_FROM));
         }
-        for from in &m.influenced_by {
-            out.insert((from.clone(), m.key.clone(), LINK_BY_TO));
+        for from in &h.influenced_by {
+            out.insert((from.clone(), key.to_string(), LINK_BY_TO));
         }
     }
     out
@@ -501,8 +519,8 @@ pub(crate) fn links_of(meta: Option<&RecordMeta>) -> BTreeSet<(String, String, u
 fn rederive(
     t: &mut Tables<'_>,
     key: &str,
-    old: Option<&RecordMeta>,
-    new: Option<&RecordMeta>,
+    old: Option<&Head>,
+    new: Option<&Head>,
 ) -> Result<(), redb::Error> {
     let (oh, nh) = (hierarchy_of(old), hierarchy_of(new));
     if oh != nh {
@@ -517,7 +535,12 @@ fn rederive(
             )?;
         }
     }
-    let (ol, nl) = (links_of(old), links_of(new));
+    if old.is_some_and(|h| h.influences.is_empty() && h.influenced_by.is_empty())
+        && new.is_some_and(|h| h.influences.is_empty() && h.influenced_by.is_empty())
+    {
+        return Ok(());
+    }
+    let (ol, nl) = (links_of(key, old), links_of(key, new));
     for (from, to, flag) in ol.difference(&nl) {
         set_link_flag(t, from, to, *flag, false)?;
     }
@@ -626,8 +649,8 @@ fn sweep_one(
         None => None,
     };
     let prefix = layout::version_prefix(key);
-    let removing_newest = entry.as_ref().is_none_or(|e| e.meta.version == d.version);
-    let mut replacement: Option<RecordMeta> = None;
+    let removing_newest = entry.as_ref().is_none_or(|e| e.head.version == d.version);
+    let mut replacement: Option<Head> = None;
     let mut others = false;
     {
         let end = layout::prefix_end(&prefix);
@@ -655,7 +678,7 @@ fn sweep_one(
                     }
                 };
                 match decode_version(v.value(), key, &vk.version) {
-                    Ok(sv) => replacement = Some(sv.meta),
+                    Ok(sv) => replacement = Some(Head::of(&sv.meta)),
                     Err(c) => return Ok(Err(c)),
                 }
             }
@@ -681,9 +704,9 @@ fn sweep_one(
         next
     };
     let new_entry = if others {
-        let meta = match (&replacement, &entry) {
-            (Some(m), _) => m.clone(),
-            (None, Some(e)) => e.meta.clone(),
+        let head = match (&replacement, &entry) {
+            (Some(h), _) => h.clone(),
+            (None, Some(e)) => e.head.clone(),
             // Without a latest entry and without a replacement there is
             // nothing to describe the address; `others` implies one of
             // them unless the scan found only undecodable data, which
@@ -694,7 +717,7 @@ fn sweep_one(
             .as_ref()
             .map_or(1, |e| e.versions.saturating_sub(1).max(1));
         let e = LatestEntry {
-            meta,
+            head,
             versions,
             next_expiry,
         };
@@ -711,8 +734,9 @@ fn sweep_one(
     } else {
         None
     };
+    let old_tombstone = entry.as_ref().is_some_and(|e| e.head.tombstone);
     let tombstone = match (removing_newest, &replacement) {
-        (true, Some(m)) => match tombstone_value(Some(m), now) {
+        (true, new) => match tombstone_change(key, old_tombstone, new.as_ref(), now) {
             Ok(v) => v,
             Err(e) => {
                 return Ok(Err(CorruptValue {
@@ -722,7 +746,7 @@ fn sweep_one(
                 }));
             }
         },
-        _ => None,
+        (false, _) => TombstoneChange::Keep,
     };
     // Step 2: the writes.
     t.versions.remove(d.version_key)?;
@@ -732,14 +756,14 @@ fn sweep_one(
         Some((e, bytes)) => {
             t.latest.insert(key, bytes.as_slice())?;
             if removing_newest {
-                rederive(t, key, entry.as_ref().map(|o| &o.meta), Some(&e.meta))?;
+                rederive(t, key, entry.as_ref().map(|o| &o.head), Some(&e.head))?;
                 set_tombstone(t, key, tombstone)?;
             }
         }
         None => {
             t.latest.remove(key)?;
-            rederive(t, key, entry.as_ref().map(|o| &o.meta), None)?;
-            set_tombstone(t, key, Some(None))?;
+            rederive(t, key, entry.as_ref().map(|o| &o.head), None)?;
+            set_tombstone(t, key, tombstone)?;
         }
     }
     Ok(Ok(true))
