@@ -317,7 +317,8 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut IndexConfig)>)> = vec![
+        type Edit = Box<dyn Fn(&mut IndexConfig)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("writer_threads", Box::new(|c| c.writer_threads = 0)),
             (
                 "writer_heap_bytes",

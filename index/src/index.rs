@@ -228,10 +228,11 @@ impl Shared {
         let due = w
             .pending_since
             .is_some_and(|t| t.elapsed() >= self.config.commit_interval());
-        if due && w.pending > 0 {
-            if let Err(e) = self.commit_locked(&mut w, CommitTrigger::Interval) {
-                tracing::warn!(error = %e, "timed index commit failed; will retry");
-            }
+        if due
+            && w.pending > 0
+            && let Err(e) = self.commit_locked(&mut w, CommitTrigger::Interval)
+        {
+            tracing::warn!(error = %e, "timed index commit failed; will retry");
         }
     }
 }
@@ -670,11 +671,8 @@ fn spawn_committer(shared: Weak<Shared>, interval: Duration) -> Result<Committer
     let handle = std::thread::Builder::new()
         .name("slurp-index-commit".into())
         .spawn(move || {
-            loop {
-                match rx.recv_timeout(tick) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                }
+            // A message or a disconnect (the index was dropped) stops it.
+            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(tick) {
                 let Some(shared) = shared.upgrade() else {
                     break;
                 };

@@ -170,6 +170,10 @@ pub struct SearchResults {
     pub took: Duration,
 }
 
+/// Parsed query text (none when the text is blank) and lenient-mode
+/// warnings.
+type ParsedText = (Option<Box<dyn Query>>, Vec<String>);
+
 /// A validated query turned into engine queries.
 struct Plan {
     /// The parsed text, if any.
@@ -329,11 +333,7 @@ impl ContextIndex {
         Ok(())
     }
 
-    fn parse_text(
-        &self,
-        engine: &Engine,
-        q: &SearchQuery,
-    ) -> Result<(Option<Box<dyn Query>>, Vec<String>), SearchError> {
+    fn parse_text(&self, engine: &Engine, q: &SearchQuery) -> Result<ParsedText, SearchError> {
         if q.text.trim().is_empty() {
             return Ok((None, vec![]));
         }

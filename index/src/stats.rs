@@ -111,12 +111,16 @@ fn compute_role_totals(
     })
 }
 
+/// Engine id, searcher generation and role.
+type TotalsKey = (u64, u64, RoleName);
+
 /// Caches [`RoleTotals`] per (engine, searcher generation, role). A commit
 /// makes a new generation, so entries never go stale; old ones are evicted
 /// first-in first-out.
 #[derive(Default)]
 pub(crate) struct StatsCache {
-    entries: Mutex<VecDeque<((u64, u64, RoleName), Arc<RoleTotals>)>>,
+    // (engine id, searcher generation, role) -> totals
+    entries: Mutex<VecDeque<(TotalsKey, Arc<RoleTotals>)>>,
 }
 
 const STATS_CACHE_ENTRIES: usize = 64;

@@ -22,22 +22,28 @@ fn finds_words_in_summary_purpose_insights_and_path() {
 
     let login = key_of("src/auth/login.rs");
     let lru = key_of("src/cache/lru.rs");
-    assert_eq!(keys(&index, &query("developer", "login")), [login.clone()]);
+    assert_eq!(
+        keys(&index, &query("developer", "login")),
+        vec![login.clone()]
+    );
     assert_eq!(
         keys(&index, &query("developer", "operators")),
-        [login.clone()]
+        vec![login.clone()]
     );
     assert_eq!(
         keys(&index, &query("developer", "contention")),
-        [lru.clone()]
+        vec![lru.clone()]
     );
     // Path components are words too.
-    assert_eq!(keys(&index, &query("developer", "auth")), [login.clone()]);
-    assert_eq!(keys(&index, &query("developer", "lru")), [lru.clone()]);
+    assert_eq!(
+        keys(&index, &query("developer", "auth")),
+        vec![login.clone()]
+    );
+    assert_eq!(keys(&index, &query("developer", "lru")), vec![lru.clone()]);
     // Case does not matter; all words must match by default.
     assert_eq!(
         keys(&index, &query("developer", "BOUNDED Cache")),
-        [lru.clone()]
+        vec![lru.clone()]
     );
     assert!(keys(&index, &query("developer", "bounded login")).is_empty());
     // Field-qualified terms.
@@ -355,7 +361,7 @@ fn newest_version_replaces_older_and_older_after_newer_does_not() {
     );
     index.commit().unwrap();
     assert!(keys(&index, &query("developer", "alpha")).is_empty());
-    assert_eq!(keys(&index, &query("developer", "beta")), [key.clone()]);
+    assert_eq!(keys(&index, &query("developer", "beta")), vec![key.clone()]);
 
     // An older version replicated late changes nothing.
     assert_eq!(
@@ -370,7 +376,7 @@ fn newest_version_replaces_older_and_older_after_newer_does_not() {
     );
     index.commit().unwrap();
     assert!(keys(&index, &query("developer", "gamma")).is_empty());
-    assert_eq!(keys(&index, &query("developer", "beta")), [key.clone()]);
+    assert_eq!(keys(&index, &query("developer", "beta")), vec![key.clone()]);
     let r = index.search(&query("developer", "draft")).unwrap();
     assert_eq!(r.total_hits, 1);
     assert_eq!(r.hits[0].version, version(20));
@@ -385,7 +391,10 @@ fn delete_removes_and_tombstones_stop_late_versions() {
     let v = |summary: &str, at: u64| entry(context("gone.rs", summary), at, &["developer"]);
     index.upsert(&v("doomed module", 10)).unwrap();
     index.commit().unwrap();
-    assert_eq!(keys(&index, &query("developer", "doomed")), [key.clone()]);
+    assert_eq!(
+        keys(&index, &query("developer", "doomed")),
+        vec![key.clone()]
+    );
 
     // A tombstone older than the indexed version is ignored.
     assert_eq!(
@@ -415,7 +424,10 @@ fn delete_removes_and_tombstones_stop_late_versions() {
     // A newer one does.
     index.upsert(&v("reborn module", 40)).unwrap();
     index.commit().unwrap();
-    assert_eq!(keys(&index, &query("developer", "reborn")), [key.clone()]);
+    assert_eq!(
+        keys(&index, &query("developer", "reborn")),
+        vec![key.clone()]
+    );
     let state = index.indexed_version(&key).unwrap();
     assert!(state.live);
     assert_eq!(state.version, version(40));
