@@ -373,10 +373,7 @@ impl AuditHead {
 
     fn from_line(line: &[u8]) -> Result<Self, String> {
         if line.len() != HEAD_LINE_LEN {
-            return Err(format!(
-                "{} bytes, expected {HEAD_LINE_LEN}",
-                line.len()
-            ));
+            return Err(format!("{} bytes, expected {HEAD_LINE_LEN}", line.len()));
         }
         let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_string())?;
         let body = &text[..HEAD_LINE_LEN - 18];
@@ -388,10 +385,7 @@ impl AuditHead {
             .strip_prefix(HEAD_MAGIC)
             .ok_or("wrong magic")?
             .split_ascii_whitespace();
-        let seq = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or("bad seq")?;
+        let seq = parts.next().and_then(|s| s.parse().ok()).ok_or("bad seq")?;
         let hash = parts.next().ok_or("missing hash")?.parse()?;
         Ok(AuditHead { seq, hash })
     }
@@ -477,7 +471,10 @@ impl AuditFilter {
     pub fn matches(&self, e: &AuditEntry) -> bool {
         self.actor.as_ref().is_none_or(|a| *a == e.actor)
             && self.target.as_ref().is_none_or(|t| *t == e.target)
-            && self.role.as_ref().is_none_or(|r| Some(r) == e.role.as_ref())
+            && self
+                .role
+                .as_ref()
+                .is_none_or(|r| Some(r) == e.role.as_ref())
             && self.action.as_ref().is_none_or(|a| *a == e.action)
             && self.decision.is_none_or(|d| d == e.decision)
             && self.since_seq.is_none_or(|s| e.seq >= s)
@@ -594,7 +591,10 @@ impl AuditIter {
         if len > self.max_entry_bytes as u64 {
             return Err(malformed(
                 self,
-                format!("record length {len} over the limit of {}", self.max_entry_bytes),
+                format!(
+                    "record length {len} over the limit of {}",
+                    self.max_entry_bytes
+                ),
             ));
         }
         if len > remaining - LEN_PREFIX {
@@ -1056,7 +1056,7 @@ mod tests {
     use std::sync::Arc;
 
     fn rec(i: usize) -> AuditRecord {
-        let r = if i % 3 == 0 {
+        let r = if i.is_multiple_of(3) {
             AuditRecord::deny(
                 format!("token-{}", i % 4),
                 AuditAction::Read,
@@ -1259,7 +1259,10 @@ mod tests {
         for i in 10..13 {
             log.append(&rec(i)).unwrap();
         }
-        assert!(log.verify().is_ok(), "a forger can rewrite everything local");
+        assert!(
+            log.verify().is_ok(),
+            "a forger can rewrite everything local"
+        );
         assert!(matches!(
             log.verify_against(Some(head)),
             Err(AuditError::HeadMismatch { seq: 3, .. })
@@ -1375,9 +1378,7 @@ mod tests {
             .collect();
         seqs.sort();
         assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
-        let batch = log
-            .append_batch(&[rec(1), rec(2), rec(3)])
-            .unwrap();
+        let batch = log.append_batch(&[rec(1), rec(2), rec(3)]).unwrap();
         assert_eq!(
             batch.iter().map(|h| h.seq).collect::<Vec<_>>(),
             vec![41, 42, 43]
@@ -1394,7 +1395,10 @@ mod tests {
         r.reason = "x".repeat(2000);
         assert!(matches!(
             log.append(&r),
-            Err(AuditError::FieldTooLong { field: "reason", .. })
+            Err(AuditError::FieldTooLong {
+                field: "reason",
+                ..
+            })
         ));
         let mut r = rec(1);
         r.actor.clear();

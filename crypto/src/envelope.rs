@@ -123,7 +123,11 @@ impl StanzaRef {
 
 impl fmt::Display for StanzaRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} epoch {} ({})", self.role, self.epoch, self.fingerprint)
+        write!(
+            f,
+            "{} epoch {} ({})",
+            self.role, self.epoch, self.fingerprint
+        )
     }
 }
 
@@ -476,11 +480,9 @@ impl Envelope {
             .decrypt(std::iter::once(&targeted as &dyn age::Identity))
             .map_err(|e| match targeted.fault.take() {
                 Some(OpenFault::Binding(why)) => EnvelopeError::HeaderMismatch(why.to_string()),
-                Some(OpenFault::StanzaCount { expected, found }) => {
-                    EnvelopeError::HeaderMismatch(format!(
-                        "header lists {expected} keys, age file has {found} X25519 stanzas"
-                    ))
-                }
+                Some(OpenFault::StanzaCount { expected, found }) => EnvelopeError::HeaderMismatch(
+                    format!("header lists {expected} keys, age file has {found} X25519 stanzas"),
+                ),
                 Some(OpenFault::KeyRejected) => EnvelopeError::Tampered(format!(
                     "stanza {index} does not open with the key the header names for it"
                 )),
@@ -704,7 +706,10 @@ mod tests {
     fn stanzas_of(age_file: &[u8]) -> Vec<Stanza> {
         let rec = Recorder::default();
         let d = Decryptor::new_buffered(age_file).unwrap();
-        assert!(d.decrypt(std::iter::once(&rec as &dyn age::Identity)).is_err());
+        assert!(
+            d.decrypt(std::iter::once(&rec as &dyn age::Identity))
+                .is_err()
+        );
         rec.0.into_inner()
     }
 
@@ -754,10 +759,7 @@ mod tests {
             saw_grease |= stanzas.iter().any(|s| s.tag.ends_with("-grease"));
             let x: Vec<&Stanza> = stanzas.iter().filter(|s| s.tag == X25519_TAG).collect();
             assert_eq!(x.len(), 4);
-            assert_eq!(
-                stanzas.iter().filter(|s| s.tag == BINDING_TAG).count(),
-                1
-            );
+            assert_eq!(stanzas.iter().filter(|s| s.tag == BINDING_TAG).count(), 1);
             for (i, entry) in env.sealed_to().iter().enumerate() {
                 assert_eq!(entry.fingerprint, order[i].fingerprint());
                 let key = ks
@@ -765,13 +767,19 @@ mod tests {
                     .find(|k| k.fingerprint() == entry.fingerprint)
                     .unwrap();
                 assert!(
-                    matches!(age::Identity::unwrap_stanza(key.identity(), x[i]), Some(Ok(_))),
+                    matches!(
+                        age::Identity::unwrap_stanza(key.identity(), x[i]),
+                        Some(Ok(_))
+                    ),
                     "stanza {i} belongs to {entry}"
                 );
                 assert_eq!(&env.open(&ring_of(&[key])).unwrap()[..], b"y");
             }
         }
-        assert!(saw_grease, "age greases headers; the mapping must ignore it");
+        assert!(
+            saw_grease,
+            "age greases headers; the mapping must ignore it"
+        );
     }
 
     #[test]
@@ -785,7 +793,10 @@ mod tests {
             other => panic!("expected NoKey, got {other:?}"),
         }
         let msg = err.to_string();
-        assert!(msg.contains("role0 epoch 1") && msg.contains("role1 epoch 1"), "{msg}");
+        assert!(
+            msg.contains("role0 epoch 1") && msg.contains("role1 epoch 1"),
+            "{msg}"
+        );
         assert!(matches!(
             env.open_with_key(&outsider),
             Err(EnvelopeError::NoKey { .. })
@@ -829,7 +840,7 @@ mod tests {
         let ks = keys(1);
         let mut plain = vec![];
         let enc = Encryptor::with_recipients(std::iter::once(
-            ks[0].public().recipient() as &dyn age::Recipient,
+            ks[0].public().recipient() as &dyn age::Recipient
         ))
         .unwrap();
         let mut w = enc.wrap_output(&mut plain).unwrap();
@@ -950,7 +961,10 @@ mod tests {
         let plain = age::encrypt(k.public().recipient(), b"from the cli").unwrap();
         let ring = ring_of(&[&k]);
         let cfg = EnvelopeConfig::default();
-        assert_eq!(&open_age_file(&plain, &ring, &cfg).unwrap()[..], b"from the cli");
+        assert_eq!(
+            &open_age_file(&plain, &ring, &cfg).unwrap()[..],
+            b"from the cli"
+        );
         let armored = age::encrypt_and_armor(k.public().recipient(), b"armored").unwrap();
         assert_eq!(
             &open_age_file(armored.as_bytes(), &ring, &cfg).unwrap()[..],

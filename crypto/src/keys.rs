@@ -36,7 +36,9 @@ pub enum KeyError {
     InvalidRecipient { input: String, reason: &'static str },
     #[error("invalid fingerprint {0:?}: expected {len} hex characters", len = FINGERPRINT_LEN * 2)]
     InvalidFingerprint(String),
-    #[error("fingerprint {claimed} does not match recipient {recipient} (its fingerprint is {actual})")]
+    #[error(
+        "fingerprint {claimed} does not match recipient {recipient} (its fingerprint is {actual})"
+    )]
     FingerprintMismatch {
         recipient: String,
         claimed: Fingerprint,
@@ -124,9 +126,10 @@ impl Serialize for Fingerprint {
 impl<'de> Deserialize<'de> for Fingerprint {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(d)?;
-        let fp: [u8; FINGERPRINT_LEN] = bytes.as_slice().try_into().map_err(|_| {
-            serde::de::Error::invalid_length(bytes.len(), &"a 16-byte fingerprint")
-        })?;
+        let fp: [u8; FINGERPRINT_LEN] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"a 16-byte fingerprint"))?;
         Ok(Fingerprint(fp))
     }
 }
@@ -493,7 +496,9 @@ mod tests {
             dev2.fingerprint()
         );
         assert_eq!(
-            ring.private_at(&role("developer"), 1).unwrap().fingerprint(),
+            ring.private_at(&role("developer"), 1)
+                .unwrap()
+                .fingerprint(),
             dev1.fingerprint()
         );
         assert_eq!(
@@ -504,10 +509,7 @@ mod tests {
         // A newer public key that we do not hold becomes the sealing target.
         let dev3 = RoleKey::generate(role("developer"), 3);
         ring.add_public(dev3.public().clone()).unwrap();
-        assert_eq!(
-            ring.current_public(&role("developer")).unwrap().epoch(),
-            3
-        );
+        assert_eq!(ring.current_public(&role("developer")).unwrap().epoch(), 3);
         assert_eq!(ring.current(&role("developer")).unwrap().epoch(), 2);
         assert_eq!(ring.len(), 2);
     }
@@ -515,7 +517,8 @@ mod tests {
     #[test]
     fn keyring_seals_to_roles_it_cannot_open() {
         let mut ring = Keyring::new();
-        ring.insert(RoleKey::generate(role("developer"), 1)).unwrap();
+        ring.insert(RoleKey::generate(role("developer"), 1))
+            .unwrap();
         let admin = RoleKey::generate(role("admin"), 1);
         ring.add_public(admin.public().clone()).unwrap();
         let rcpts = ring
@@ -537,7 +540,10 @@ mod tests {
         let b = RoleKey::generate(role("developer"), 1);
         ring.insert(a.clone()).unwrap();
         ring.insert(a.clone()).unwrap();
-        assert!(matches!(ring.insert(b), Err(KeyError::Conflict { epoch: 1, .. })));
+        assert!(matches!(
+            ring.insert(b),
+            Err(KeyError::Conflict { epoch: 1, .. })
+        ));
         assert_eq!(ring.len(), 1);
     }
 

@@ -77,7 +77,11 @@ pub enum KeystoreError {
         unlock: &'static str,
     },
     #[error("{path} needs scrypt work factor 2^{required}, over the configured maximum 2^{max}")]
-    WorkFactorTooHigh { path: PathBuf, required: u8, max: u8 },
+    WorkFactorTooHigh {
+        path: PathBuf,
+        required: u8,
+        max: u8,
+    },
     #[error("{path}: the sealed identity has fingerprint {actual}, the file claims {claimed}")]
     FingerprintMismatch {
         path: PathBuf,
@@ -98,7 +102,9 @@ pub enum KeystoreError {
         epoch: u32,
         path: PathBuf,
     },
-    #[error("{path} has mode {mode:o}; a node key file must not be readable by group or others (chmod 600)")]
+    #[error(
+        "{path} has mode {mode:o}; a node key file must not be readable by group or others (chmod 600)"
+    )]
     InsecurePermissions { path: PathBuf, mode: u32 },
     #[error("node key file {path} already exists; refusing to overwrite it")]
     NodeKeyExists { path: PathBuf },
@@ -640,7 +646,10 @@ impl Keystore {
             }
             (Unlock::Passphrase(pass), SealedWith::Passphrase { .. }) => {
                 if !decryptor.is_scrypt() {
-                    return Err(corrupt(path, "says passphrase but is not passphrase-sealed"));
+                    return Err(corrupt(
+                        path,
+                        "says passphrase but is not passphrase-sealed",
+                    ));
                 }
                 let mut identity = scrypt::Identity::new(pass.clone());
                 identity.set_max_work_factor(self.config.max_scrypt_log_n);
@@ -811,7 +820,8 @@ mod tests {
             "{err:?}"
         );
         // Unlocking a passphrase keystore with a node key says so.
-        let node = Keystore::open(dir.path(), Unlock::NodeKey(NodeKey::generate()), fast()).unwrap();
+        let node =
+            Keystore::open(dir.path(), Unlock::NodeKey(NodeKey::generate()), fast()).unwrap();
         assert!(matches!(
             node.load(&role("admin"), 1),
             Err(KeystoreError::SealedDifferently { .. })
@@ -874,7 +884,8 @@ mod tests {
     #[test]
     fn corrupt_and_relabelled_files_are_named_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Keystore::open(dir.path(), Unlock::NodeKey(NodeKey::generate()), fast()).unwrap();
+        let store =
+            Keystore::open(dir.path(), Unlock::NodeKey(NodeKey::generate()), fast()).unwrap();
         let key = RoleKey::generate(role("developer"), 1);
         let path = store.store(&key).unwrap();
         let good = fs::read(&path).unwrap();
@@ -925,7 +936,8 @@ mod tests {
     #[test]
     fn store_refuses_a_different_key_for_the_same_slot() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Keystore::open(dir.path(), Unlock::NodeKey(NodeKey::generate()), fast()).unwrap();
+        let store =
+            Keystore::open(dir.path(), Unlock::NodeKey(NodeKey::generate()), fast()).unwrap();
         let key = RoleKey::generate(role("developer"), 1);
         store.store(&key).unwrap();
         store.store(&key).unwrap();

@@ -290,10 +290,9 @@ impl fmt::Debug for Recovery {
 /// [`MAX_RECOVERY_ATTEMPTS`]) so altered shares are worked around when
 /// enough honest ones are present.
 pub fn recover_verbose(shares: &[KeyShare]) -> Result<Recovery, ShareError> {
-    let first = shares.first().ok_or(ShareError::NotEnoughShares {
-        have: 0,
-        need: 2,
-    })?;
+    let first = shares
+        .first()
+        .ok_or(ShareError::NotEnoughShares { have: 0, need: 2 })?;
     let mut indices = BTreeSet::new();
     for s in shares {
         if s.set_id != first.set_id {
@@ -467,8 +466,14 @@ mod tests {
             recover(&[a[0].clone(), a[0].clone()]).unwrap_err(),
             ShareError::DuplicateIndex(1)
         );
-        assert_eq!(split(&[1], 0, 3).unwrap_err(), ShareError::ThresholdTooLow(0));
-        assert_eq!(split(&[1], 1, 3).unwrap_err(), ShareError::ThresholdTooLow(1));
+        assert_eq!(
+            split(&[1], 0, 3).unwrap_err(),
+            ShareError::ThresholdTooLow(0)
+        );
+        assert_eq!(
+            split(&[1], 1, 3).unwrap_err(),
+            ShareError::ThresholdTooLow(1)
+        );
         assert_eq!(
             split(&[1], 4, 3).unwrap_err(),
             ShareError::ThresholdAboveTotal {
@@ -476,7 +481,10 @@ mod tests {
                 total: 3
             }
         );
-        assert_eq!(split(&[], 2, 3).unwrap_err(), ShareError::BadSecretLength(0));
+        assert_eq!(
+            split(&[], 2, 3).unwrap_err(),
+            ShareError::BadSecretLength(0)
+        );
         assert!(matches!(
             recover(&[]),
             Err(ShareError::NotEnoughShares { have: 0, .. })
@@ -511,7 +519,10 @@ mod tests {
         assert!(KeyShare::from_bytes(&forge(2, 3, 1)).is_ok());
         for (t, n, i) in [(1, 3, 1), (4, 3, 1), (2, 3, 0), (2, 3, 4)] {
             assert!(
-                matches!(KeyShare::from_bytes(&forge(t, n, i)), Err(ShareError::Decode(_))),
+                matches!(
+                    KeyShare::from_bytes(&forge(t, n, i)),
+                    Err(ShareError::Decode(_))
+                ),
                 "t={t} n={n} i={i}"
             );
         }
@@ -537,8 +548,8 @@ mod tests {
     fn identity_round_trip() {
         let id = x25519::Identity::generate();
         let shares = split_identity(&id, 3, 5).unwrap();
-        let back = recover_identity(&[shares[4].clone(), shares[0].clone(), shares[2].clone()])
-            .unwrap();
+        let back =
+            recover_identity(&[shares[4].clone(), shares[0].clone(), shares[2].clone()]).unwrap();
         assert_eq!(back.to_public().to_string(), id.to_public().to_string());
     }
 
