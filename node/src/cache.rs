@@ -11,8 +11,17 @@
 //! Invalidation: every write and delete of an address drops the
 //! "latest" entries of that address for every role. Entries for an exact
 //! version never go stale, because versions are append-only.
+//!
+//! A reader that loaded a record just before a write must not put the old
+//! version back after the writer invalidated it. Each address hashes to one
+//! of a fixed set of *generation* counters; a writer bumps the counter
+//! before invalidating, and a reader inserts only if the counter it saw
+//! before reading is unchanged after inserting (else it removes its own
+//! entry again). Either the reader sees the bump, or the writer's
+//! invalidation comes after the reader's insert.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -94,12 +103,22 @@ impl Entry {
     }
 }
 
+/// Generation counters, striped by address hash.
+const GENERATIONS: usize = 4096;
+
 /// The role-keyed context cache.
 #[derive(Clone)]
 pub struct ContextCache {
     inner: Option<Cache<CacheKey, Entry>>,
+    generations: Arc<[AtomicU64]>,
     compress_above: usize,
     metrics: Metrics,
+}
+
+fn stripe(key: &str) -> usize {
+    let h = blake3::hash(key.as_bytes());
+    let b = h.as_bytes();
+    (u16::from_le_bytes([b[0], b[1]]) as usize) % GENERATIONS
 }
 
 impl ContextCache {
@@ -127,6 +146,7 @@ impl ContextCache {
         });
         ContextCache {
             inner,
+            generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
             compress_above: config.compress_above,
             metrics,
         }
@@ -169,11 +189,28 @@ impl ContextCache {
         })
     }
 
-    /// Remembers what `role` read.
-    pub async fn insert(&self, role: &RoleName, key: &str, selector: Selector, read: &CachedRead) {
+    /// The generation of `key`; read it before loading what will be
+    /// inserted.
+    pub fn generation(&self, key: &str) -> u64 {
+        self.generations[stripe(key)].load(Ordering::SeqCst)
+    }
+
+    /// Remembers what `role` read, unless `key` was invalidated since
+    /// `generation` was read.
+    pub async fn insert(
+        &self,
+        role: &RoleName,
+        key: &str,
+        selector: Selector,
+        read: &CachedRead,
+        generation: u64,
+    ) {
         let Some(cache) = self.inner.as_ref() else {
             return;
         };
+        if self.generation(key) != generation {
+            return;
+        }
         let encoded_len = read
             .node
             .summary
@@ -201,13 +238,16 @@ impl ContextCache {
         };
         cache
             .insert(
-                key,
+                key.clone(),
                 Entry {
                     stored,
                     ordinal: read.ordinal,
                 },
             )
             .await;
+        if self.generation(&key.key) != generation {
+            cache.invalidate(&key).await;
+        }
     }
 
     /// Drops the latest-version entries of `key` for every role in `roles`.
@@ -216,6 +256,7 @@ impl ContextCache {
         key: &str,
         roles: impl Iterator<Item = &'a RoleName>,
     ) {
+        self.generations[stripe(key)].fetch_add(1, Ordering::SeqCst);
         let Some(cache) = self.inner.as_ref() else {
             return;
         };
@@ -281,8 +322,9 @@ mod tests {
             node: node("hello"),
             ordinal: 1,
         };
+        let g = cache.generation("k");
         cache
-            .insert(&role("developer"), "k", Selector::Latest, &read)
+            .insert(&role("developer"), "k", Selector::Latest, &read, g)
             .await;
         assert!(
             cache
@@ -307,6 +349,9 @@ mod tests {
         );
         assert_eq!(metrics.cache_hits.get(), 1);
         assert_eq!(metrics.cache_misses.get(), 2);
+        // A reader that loaded before the write may not insert after it.
+        cache.insert(&role("developer"), "k", Selector::Latest, &read, g).await;
+        assert!(cache.get(&role("developer"), "k", &Selector::Latest).await.is_none());
     }
 
     #[tokio::test]
@@ -324,7 +369,7 @@ mod tests {
             ordinal: 3,
         };
         cache
-            .insert(&role("developer"), "k", Selector::Latest, &read)
+            .insert(&role("developer"), "k", Selector::Latest, &read, 0)
             .await;
         cache.maintain().await;
         assert!(cache.weighted_size() < 2000, "{}", cache.weighted_size());
@@ -358,6 +403,7 @@ mod tests {
                     &format!("k{i}"),
                     Selector::Latest,
                     &read,
+                    0,
                 )
                 .await;
         }

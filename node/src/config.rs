@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use slurp_protocol::ContextLimits;
 
 use crate::cache::CacheConfig;
+use crate::keys::KeysConfig;
 
 /// HTTP API settings (`[api]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -113,6 +114,11 @@ pub struct NodeConfig {
     pub store_options: StoreOptions,
     pub cache: CacheConfig,
     pub limits: ContextLimits,
+    /// The local store (`slurp-storage`).
+    pub store: slurp_storage::StoreConfig,
+    /// The full-text index (`slurp-index`).
+    pub index: slurp_index::IndexConfig,
+    pub keys: KeysConfig,
 }
 
 impl Default for NodeConfig {
@@ -127,6 +133,9 @@ impl Default for NodeConfig {
             store_options: StoreOptions::default(),
             cache: CacheConfig::default(),
             limits: ContextLimits::default(),
+            store: slurp_storage::StoreConfig::default(),
+            index: slurp_index::IndexConfig::default(),
+            keys: KeysConfig::default(),
         }
     }
 }

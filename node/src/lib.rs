@@ -1,8 +1,14 @@
 //! The slurp node: the composition of the protocol, storage, crypto and
 //! index crates into a running service, and the client that talks to it.
 
+pub mod api;
+pub mod audit;
 pub mod cache;
 pub mod config;
+pub mod error;
+pub mod keys;
 pub mod metrics;
+pub mod node;
+pub mod store;
 pub mod tokens;
 pub mod workers;

@@ -275,6 +275,34 @@ impl Metrics {
     }
 }
 
+/// Feeds the local store's hooks into the registry.
+pub struct StoreMetrics(pub Metrics);
+
+impl slurp_storage::StoreObserver for StoreMetrics {
+    fn on_commit(&self, e: &slurp_storage::CommitEvent) {
+        self.0.store_commits.inc();
+        self.0.store_committed_writes.inc_by(e.inserted as u64);
+        self.0.record("commit", "local", e.ok, e.duration);
+    }
+
+    fn on_sweep(&self, e: &slurp_storage::SweepEvent) {
+        self.0.record("sweep", "local", e.errors == 0, e.duration);
+    }
+
+    fn on_compaction(&self, e: &slurp_storage::CompactionEvent) {
+        self.0.record("compact", "local", e.ok, e.duration);
+    }
+}
+
+/// Feeds the index's hooks into the registry.
+pub struct IndexMetrics(pub Metrics);
+
+impl slurp_index::IndexObserver for IndexMetrics {
+    fn on_commit(&self, e: &slurp_index::CommitEvent) {
+        self.0.record("commit", "index", true, e.took);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

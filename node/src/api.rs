@@ -1,0 +1,661 @@
+//! The HTTP API: JSON over HTTP, versioned under `/v1`.
+//!
+//! Every `/v1` route needs a bearer token; the token's role is the role the
+//! request acts as, so the API never trusts a role named in a body. Errors
+//! are JSON `{"error": {"code", "message"}}` with a status that tells
+//! not-found (404), deleted (410), forbidden (403), conflict (409) and bad
+//! input (400) apart; bad input never yields a 500. Request bodies are
+//! limited in size, requests in number and time, all from `[api]` config.
+//! `/health*` and `/metrics` are open: they carry no context data.
+//! `docs/openapi.yaml` describes every route; a test keeps the two equal.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use slurp_index::{QuerySyntax, SearchQuery};
+use slurp_protocol::{Authority, RoleName, UcxlAddress};
+
+use crate::error::StoreError;
+use crate::metrics::{HttpLabels, RouteLabels};
+use crate::node::Node;
+use crate::store::{BatchStoreItem, PutRequest};
+use crate::tokens::{Principal, TokenError};
+
+/// An API error: a status and a JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::Address(_)
+            | StoreError::Invalid(_)
+            | StoreError::BadRequest(_)
+            | StoreError::Search(_)
+            | StoreError::TooMany { .. } => StatusCode::BAD_REQUEST,
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Deleted { .. } => StatusCode::GONE,
+            StoreError::Forbidden { .. } | StoreError::NoKey(_) => StatusCode::FORBIDDEN,
+            StoreError::Conflict { .. } => StatusCode::CONFLICT,
+            StoreError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Storage(_)
+            | StoreError::Crypto(_)
+            | StoreError::Index(_)
+            | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = match &r {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_json"
+        };
+        ApiError::new(status, code, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_query_string", r.body_text())
+    }
+}
+
+/// `Json` whose rejection is an [`ApiError`].
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ApiJson(Json::<T>::from_request(req, state).await?.0))
+    }
+}
+
+/// `Query` whose rejection is an [`ApiError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ApiQuery(
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?.0,
+        ))
+    }
+}
+
+type Shared = Arc<Node>;
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, node: &Shared) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing Authorization: Bearer <token>",
+                )
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "expected a Bearer token"))?;
+        match node.tokens.authenticate(token.trim()) {
+            Ok(p) => Ok(Caller(p)),
+            Err(TokenError::Malformed) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "token is malformed",
+            )),
+            Err(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "token is unknown or revoked",
+            )),
+        }
+    }
+}
+
+fn require_admin(node: &Node, caller: &Principal) -> Result<(), ApiError> {
+    if node.store.roles().authority(&caller.role) == Some(Authority::Master) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {} may not manage the node (needs master authority)", caller.role),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressQuery {
+    address: String,
+}
+
+fn parse_address(s: &str) -> Result<UcxlAddress, ApiError> {
+    UcxlAddress::parse(s).map_err(|e| StoreError::Address(e).into())
+}
+
+async fn put_context(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(req): ApiJson<PutRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let r = node.store.put(&caller, req).await?;
+    let status = if r.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(r)))
+}
+
+async fn get_context(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<AddressQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let a = parse_address(&q.address)?;
+    Ok(Json(node.store.get(&caller, &a).await?))
+}
+
+async fn delete_context(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<AddressQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let a = parse_address(&q.address)?;
+    Ok(Json(node.store.delete(&caller, &a).await?))
+}
+
+async fn history(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<AddressQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let a = parse_address(&q.address)?;
+    Ok(Json(json!({"address": a.with_temporal(slurp_protocol::Temporal::Any).to_string(), "versions": node.store.history(&caller, &a).await?})))
+}
+
+async fn exists(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<AddressQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let a = parse_address(&q.address)?;
+    Ok(Json(json!({"exists": node.store.exists(&caller, &a).await?})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    pattern: String,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let p = parse_address(&q.pattern)?;
+    Ok(Json(
+        node.store
+            .list(&caller, &p, q.after.as_deref(), q.limit.unwrap_or(100))
+            .await?,
+    ))
+}
+
+/// A search request; the role is the caller's.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub syntax: QuerySyntax,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub technologies: Vec<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub generated_after: Option<u64>,
+    #[serde(default)]
+    pub generated_before: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub offset: Option<usize>,
+    #[serde(default)]
+    pub facets: Option<bool>,
+    #[serde(default)]
+    pub snippets: Option<bool>,
+}
+
+impl SearchRequest {
+    fn into_query(self, role: RoleName) -> SearchQuery {
+        let mut q = SearchQuery::new(role, self.text);
+        q.syntax = self.syntax;
+        q.tags = self.tags;
+        q.technologies = self.technologies;
+        q.path_prefix = self.path_prefix;
+        q.generated_after = self.generated_after;
+        q.generated_before = self.generated_before;
+        if let Some(l) = self.limit {
+            q.limit = l;
+        }
+        if let Some(o) = self.offset {
+            q.offset = o;
+        }
+        if let Some(f) = self.facets {
+            q.facets = f;
+        }
+        if let Some(s) = self.snippets {
+            q.snippets = s;
+        }
+        q
+    }
+}
+
+async fn search(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(req): ApiJson<SearchRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let q = req.into_query(caller.role.clone());
+    Ok(Json(node.store.search(&caller, q).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchPutBody {
+    items: Vec<BatchStoreItem>,
+    #[serde(default)]
+    atomic: bool,
+}
+
+async fn batch_put(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<BatchPutBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.store.batch_put(&caller, body.items, body.atomic).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchGetBody {
+    addresses: Vec<String>,
+}
+
+async fn batch_get(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<BatchGetBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.store.batch_get(&caller, body.addresses).await?))
+}
+
+async fn batches(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
+    Json(json!({"batches": node.store.batches().list()}))
+}
+
+async fn resolve(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<AddressQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let a = parse_address(&q.address)?;
+    Ok(Json(node.store.resolve(&caller, &a).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinksQuery {
+    address: String,
+    #[serde(default)]
+    hops: Option<u32>,
+}
+
+async fn links(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<LinksQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let a = parse_address(&q.address)?;
+    Ok(Json(node.store.links(&caller, &a, q.hops.unwrap_or(1)).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    role: String,
+    #[serde(default)]
+    label: String,
+}
+
+async fn create_token(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    let role = node
+        .store
+        .roles()
+        .get(&body.role)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "unknown_role", e.to_string()))?;
+    let (entry, token) = node
+        .tokens
+        .create(role, &body.label)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tokens", e.to_string()))?;
+    node.store
+        .audit()
+        .allow(&caller.token_id, &caller.role, slurp_crypto::AuditAction::Other("token_create".into()), &entry.id)
+        .await;
+    Ok((StatusCode::CREATED, Json(json!({"id": entry.id, "role": entry.role, "label": entry.label, "token": token}))))
+}
+
+async fn list_tokens(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    Ok(Json(json!({"tokens": node.tokens.list()})))
+}
+
+async fn revoke_token(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    let entry = node.tokens.revoke(&id).map_err(|e| match e {
+        TokenError::NoSuchId(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tokens", e.to_string()),
+    })?;
+    node.store
+        .audit()
+        .allow(&caller.token_id, &caller.role, slurp_crypto::AuditAction::Other("token_revoke".into()), &id)
+        .await;
+    Ok(Json(entry))
+}
+
+async fn whoami(Caller(caller): Caller) -> impl IntoResponse {
+    Json(json!({"token_id": caller.token_id, "role": caller.role}))
+}
+
+async fn status(State(node): State<Shared>, Caller(_): Caller) -> Result<impl IntoResponse, ApiError> {
+    let stats = node.store.local().stats().map_err(StoreError::from)?;
+    let index = match node.store.index() {
+        Some(i) => {
+            let s = i.status().map_err(StoreError::from)?;
+            json!({"enabled": true, "ready": node.index_ready.load(Ordering::SeqCst), "docs": s.docs,
+                   "segments": s.segments, "bytes": s.index_bytes, "pending_ops": s.pending_ops})
+        }
+        None => json!({"enabled": false}),
+    };
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "writer_id": node.store.writer().as_str(),
+        "store": {"keys": stats.keys, "versions": stats.versions, "tombstones": stats.tombstones,
+                  "expiring": stats.expiring, "file_bytes": stats.file_bytes, "stored_bytes": stats.stored_bytes},
+        "index": index,
+        "cache": {"entries": node.store.cache().entry_count(), "bytes": node.store.cache().weighted_size()},
+        "workers": node.workers.list(),
+        "batches": node.store.batches().list(),
+        "roles": node.store.roles().roles().collect::<Vec<_>>(),
+    })))
+}
+
+async fn workers(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
+    Json(json!({"workers": node.workers.list()}))
+}
+
+async fn run_worker(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    node.workers
+        .trigger(&name)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"triggered": name}))))
+}
+
+fn component(ok: bool, detail: String) -> serde_json::Value {
+    json!({"ok": ok, "detail": detail})
+}
+
+/// Liveness and readiness with per-component status.
+async fn health(State(node): State<Shared>) -> impl IntoResponse {
+    let store = match node.store.local().stats() {
+        Ok(s) => component(true, format!("{} keys, {} versions", s.keys, s.versions)),
+        Err(e) => component(false, e.to_string()),
+    };
+    let index_ready = node.index_ready.load(Ordering::SeqCst);
+    let index = match node.store.index() {
+        None => component(true, "disabled".into()),
+        Some(i) => match i.status() {
+            Ok(s) if index_ready => component(true, format!("{} docs in {} segments", s.docs, s.segments)),
+            Ok(_) => component(false, "rebuilding from the store".into()),
+            Err(e) => component(false, e.to_string()),
+        },
+    };
+    let cache = component(true, format!("{} entries", node.store.cache().entry_count()));
+    let keyring = node.custody.keyring();
+    let missing: Vec<String> = node
+        .store
+        .roles()
+        .roles()
+        .filter(|r| keyring.current(r).is_none())
+        .map(|r| r.to_string())
+        .collect();
+    let keys = if missing.is_empty() {
+        component(true, format!("{} role keys held", keyring.len()))
+    } else {
+        component(false, format!("no key for roles {}", missing.join(", ")))
+    };
+    let ready = [&store, &index, &keys]
+        .iter()
+        .all(|c| c["ok"].as_bool().unwrap_or(false));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "live": true,
+            "ready": ready,
+            "components": {"store": store, "index": index, "cache": cache, "keys": keys},
+        })),
+    )
+}
+
+async fn live() -> impl IntoResponse {
+    Json(json!({"live": true}))
+}
+
+async fn ready(state: State<Shared>) -> Response {
+    health(state).await.into_response()
+}
+
+async fn metrics(State(node): State<Shared>) -> impl IntoResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            .parse()
+            .expect("static header"),
+    );
+    (headers, node.metrics.encode())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route; see docs/openapi.yaml")
+}
+
+/// Counts and times every request by route.
+async fn observe(State(node): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    node.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    node.metrics
+        .http_seconds
+        .get_or_create(&RouteLabels { route })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Every route of the API as (method, path), for the OpenAPI check.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/health/live"),
+    ("get", "/health/ready"),
+    ("get", "/metrics"),
+    ("post", "/v1/contexts"),
+    ("get", "/v1/contexts"),
+    ("delete", "/v1/contexts"),
+    ("get", "/v1/contexts/history"),
+    ("get", "/v1/contexts/exists"),
+    ("get", "/v1/list"),
+    ("post", "/v1/search"),
+    ("post", "/v1/batch/put"),
+    ("post", "/v1/batch/get"),
+    ("get", "/v1/batches"),
+    ("get", "/v1/resolve"),
+    ("get", "/v1/links"),
+    ("post", "/v1/tokens"),
+    ("get", "/v1/tokens"),
+    ("delete", "/v1/tokens/{id}"),
+    ("get", "/v1/whoami"),
+    ("get", "/v1/status"),
+    ("get", "/v1/workers"),
+    ("post", "/v1/workers/{name}/run"),
+];
+
+/// The API router over a node.
+pub fn router(node: Shared) -> Router {
+    let cfg = node.config.api.clone();
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route(
+            "/v1/contexts",
+            post(put_context).get(get_context).delete(delete_context),
+        )
+        .route("/v1/contexts/history", get(history))
+        .route("/v1/contexts/exists", get(exists))
+        .route("/v1/list", get(list))
+        .route("/v1/search", post(search))
+        .route("/v1/batch/put", post(batch_put))
+        .route("/v1/batch/get", post(batch_get))
+        .route("/v1/batches", get(batches))
+        .route("/v1/resolve", get(resolve))
+        .route("/v1/links", get(links))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/status", get(status))
+        .route("/v1/workers", get(workers))
+        .route("/v1/workers/{name}/run", post(run_worker))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(node.clone(), observe))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            cfg.max_concurrent_requests.max(1),
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            cfg.request_timeout,
+        ))
+        .with_state(node)
+}
+
+/// Serves the API until `shutdown` resolves.
+pub async fn serve(
+    node: Shared,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,109 @@
+//! The node's audit trail: every access decision, written off the hot path.
+//!
+//! A read must not wait for an fsync, so decisions go into a bounded queue
+//! and one task appends whatever has queued in one durable batch (group
+//! commit, like the store). On a crash the last few milliseconds of
+//! decisions can be lost; the chain stays verifiable because the log
+//! repairs a torn tail on open. When the queue is full a request waits for
+//! room rather than dropping its entry: audit is never silently skipped.
+
+use std::sync::Arc;
+
+use slurp_crypto::{AuditAction, AuditLog, AuditRecord, Decision};
+use slurp_protocol::RoleName;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{CauseLabels, Metrics};
+
+enum Msg {
+    Record(AuditRecord),
+    /// Answered once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Where requests hand their audit records.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Msg>,
+    metrics: Metrics,
+}
+
+impl AuditSink {
+    /// Starts the writer task over `log`. It stops when every sink is
+    /// dropped, after writing what was queued.
+    pub fn start(log: Arc<AuditLog>, metrics: Metrics, queue: usize) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Msg>(queue.max(1));
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(256);
+            loop {
+                if rx.recv_many(&mut batch, 1024).await == 0 {
+                    break;
+                }
+                let mut records = Vec::with_capacity(batch.len());
+                let mut waiters = Vec::new();
+                for m in batch.drain(..) {
+                    match m {
+                        Msg::Record(r) => records.push(r),
+                        Msg::Flush(w) => waiters.push(w),
+                    }
+                }
+                if !records.is_empty() {
+                    let log = log.clone();
+                    let res =
+                        tokio::task::spawn_blocking(move || log.append_batch(&records)).await;
+                    match res {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "audit append failed"),
+                        Err(e) => tracing::error!(error = %e, "audit writer panicked"),
+                    }
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+        });
+        AuditSink { tx, metrics }
+    }
+
+    /// Records one decision.
+    pub async fn record(&self, record: AuditRecord) {
+        let cause = match record.decision {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        };
+        self.metrics
+            .audit_entries
+            .get_or_create(&CauseLabels { cause })
+            .inc();
+        if self.tx.send(Msg::Record(record)).await.is_err() {
+            tracing::error!("audit writer stopped; decision not recorded");
+        }
+    }
+
+    /// Records an allowed action.
+    pub async fn allow(&self, actor: &str, role: &RoleName, action: AuditAction, target: &str) {
+        self.record(AuditRecord::allow(actor, action, target).with_role(role.clone()))
+            .await
+    }
+
+    /// Records a denied action and why.
+    pub async fn deny(
+        &self,
+        actor: &str,
+        role: &RoleName,
+        action: AuditAction,
+        target: &str,
+        reason: &str,
+    ) {
+        self.record(AuditRecord::deny(actor, action, target, reason).with_role(role.clone()))
+            .await
+    }
+
+    /// Waits until everything queued so far is written (tests, shutdown).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Errors of the context store, each one a caller can act on.
+//!
+//! The API maps each variant to one HTTP status and the CLI to one exit
+//! code, so "not found", "forbidden" and "bad input" stay distinguishable
+//! from the edge of the system to a script's `$?`.
+
+use slurp_protocol::{AddressError, RoleName, ValidationError, VersionId};
+
+/// What went wrong with a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error("invalid context: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("no context at {0}")]
+    NotFound(String),
+    #[error("{address} was deleted (tombstone {version})")]
+    Deleted { address: String, version: VersionId },
+    #[error("role {role} may not {action} {target}")]
+    Forbidden {
+        role: RoleName,
+        action: &'static str,
+        target: String,
+    },
+    #[error("{address} changed: latest is {actual}, the write expected {expected}")]
+    Conflict {
+        address: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{what} has {len} items, over the limit of {max}")]
+    TooMany {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("operation timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("this node holds no key of role {0}; it cannot open records for it")]
+    NoKey(RoleName),
+    #[error("local store: {0}")]
+    Storage(String),
+    #[error("encryption: {0}")]
+    Crypto(String),
+    #[error("index: {0}")]
+    Index(String),
+    #[error("search: {0}")]
+    Search(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// A short machine-readable code for API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Address(_) => "bad_address",
+            StoreError::Invalid(_) => "invalid_context",
+            StoreError::BadRequest(_) => "bad_request",
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Deleted { .. } => "deleted",
+            StoreError::Forbidden { .. } => "forbidden",
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::TooMany { .. } => "too_many",
+            StoreError::Timeout(_) => "timeout",
+            StoreError::NoKey(_) => "no_key",
+            StoreError::Storage(_) => "storage",
+            StoreError::Crypto(_) => "crypto",
+            StoreError::Index(_) => "index",
+            StoreError::Search(_) => "bad_query",
+            StoreError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<slurp_storage::ReadError> for StoreError {
+    fn from(e: slurp_storage::ReadError) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+impl From<slurp_storage::WriteError> for StoreError {
+    fn from(e: slurp_storage::WriteError) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+impl From<slurp_crypto::EnvelopeError> for StoreError {
+    fn from(e: slurp_crypto::EnvelopeError) -> Self {
+        StoreError::Crypto(e.to_string())
+    }
+}
+
+impl From<slurp_crypto::KeyError> for StoreError {
+    fn from(e: slurp_crypto::KeyError) -> Self {
+        StoreError::Crypto(e.to_string())
+    }
+}
+
+impl From<slurp_index::IndexError> for StoreError {
+    fn from(e: slurp_index::IndexError) -> Self {
+        StoreError::Index(e.to_string())
+    }
+}
+
+impl From<slurp_index::SearchError> for StoreError {
+    fn from(e: slurp_index::SearchError) -> Self {
+        use slurp_index::SearchError as S;
+        match e {
+            S::StoredField { .. } | S::Statistics(_) | S::Engine(_) => {
+                StoreError::Index(e.to_string())
+            }
+            _ => StoreError::Search(e.to_string()),
+        }
+    }
+}

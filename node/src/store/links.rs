@@ -1,0 +1,125 @@
+//! Decision links: which decisions shaped which, within N hops.
+//!
+//! A context lists the addresses its decision influenced and was influenced
+//! by; the local store keeps both directions as a table, so walking the
+//! graph never opens an envelope except to show a summary. The walk is
+//! breadth-first and only passes through contexts the caller may read: an
+//! unreadable context is neither shown nor expanded, so the graph leaks
+//! neither its existence nor its neighbours.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use slurp_protocol::UcxlAddress;
+
+use super::ContextStore;
+use crate::error::StoreError;
+use crate::tokens::Principal;
+
+/// A context in the graph.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkNode {
+    pub address: String,
+    /// Hops from the starting address.
+    pub hops: u32,
+    pub summary: String,
+}
+
+/// A link: `from` influenced `to`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LinkEdge {
+    pub from: String,
+    pub to: String,
+}
+
+/// The neighbourhood of an address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkGraph {
+    pub root: String,
+    pub nodes: Vec<LinkNode>,
+    pub edges: Vec<LinkEdge>,
+}
+
+impl ContextStore {
+    /// The contexts within `hops` links of `address`, both directions.
+    pub async fn links(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+        hops: u32,
+    ) -> Result<LinkGraph, StoreError> {
+        let hops = hops.min(self.0.options.max_link_hops);
+        let root = address.with_temporal(slurp_protocol::Temporal::Latest);
+        // The root must be readable; this also audits the access.
+        let first = self.get(caller, &root).await?;
+        let root_key = root.key();
+        let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+        let mut nodes = vec![LinkNode {
+            address: first.address.clone(),
+            hops: 0,
+            summary: first.context.summary.clone(),
+        }];
+        seen.insert(root_key.clone(), 0);
+        let mut edges = std::collections::BTreeSet::new();
+        let mut queue = VecDeque::from([(root_key, 0u32)]);
+        let max_nodes = self.0.options.batch_size.max(1);
+        while let Some((key, depth)) = queue.pop_front() {
+            if depth >= hops {
+                continue;
+            }
+            let links = self.0.store.links(&key)?;
+            let out = links.influences.iter().map(|t| (key.clone(), t.clone(), t.clone()));
+            let inc = links.influenced_by.iter().map(|f| (f.clone(), key.clone(), f.clone()));
+            for (from, to, next) in out.chain(inc).collect::<Vec<_>>() {
+                let readable = match seen.get(&next) {
+                    Some(_) => true,
+                    None => {
+                        if nodes.len() >= max_nodes {
+                            continue;
+                        }
+                        let Ok(addr) = UcxlAddress::parse(&next) else {
+                            continue;
+                        };
+                        match self.get(caller, &addr).await {
+                            Ok(read) => {
+                                seen.insert(next.clone(), depth + 1);
+                                nodes.push(LinkNode {
+                                    address: read.address,
+                                    hops: depth + 1,
+                                    summary: read.context.summary,
+                                });
+                                queue.push_back((next.clone(), depth + 1));
+                                true
+                            }
+                            Err(
+                                StoreError::NotFound(_)
+                                | StoreError::Deleted { .. }
+                                | StoreError::Forbidden { .. },
+                            ) => false,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                };
+                if readable {
+                    edges.insert(LinkEdge { from, to });
+                }
+            }
+        }
+        let display = |k: &str| {
+            UcxlAddress::parse(k)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| k.to_string())
+        };
+        Ok(LinkGraph {
+            root: first.address,
+            nodes,
+            edges: edges
+                .into_iter()
+                .map(|e| LinkEdge {
+                    from: display(&e.from),
+                    to: display(&e.to),
+                })
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,836 @@
+//! The context store: the one place a node turns requests into sealed,
+//! versioned, indexed, cached records and back.
+//!
+//! Every path through here follows the same order. A write validates,
+//! checks the caller's authority, assigns a version (hybrid logical clock +
+//! this node's writer id), seals the context once to the reader closure of
+//! its roles, persists the sealed bytes, indexes the plaintext in memory and
+//! invalidates the cache. A read picks the version the address's temporal
+//! part names, looks in the cache (per role), then the local store, checks
+//! that the caller's role is among the record's readers, opens the envelope
+//! with that role's key and caches the plaintext for that role only. Every
+//! access decision, allowed or denied, goes to the audit log.
+//!
+//! The local store is the only storage tier for now; the cluster issue puts
+//! a replicated tier behind the same `put`/`latest`/`history` calls, so the
+//! store keeps all tier access in a few private helpers.
+
+mod batch;
+mod links;
+mod resolve;
+mod search;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use slurp_crypto::{AuditAction, Envelope, EnvelopeConfig, Keyring};
+use slurp_index::{ContextIndex, IndexEntry};
+use slurp_protocol::{
+    Authority, ContextLimits, ContextNode, Framed, HlcClock, RecordMeta, RoleName, RoleSet,
+    Temporal, UcxlAddress, VersionId, VersionInfo, WriterId,
+};
+use slurp_storage::{Latest, NewVersion, PutOutcome, Store, StoredRecord};
+
+pub use batch::{BatchItemResult, BatchProgress, BatchReport, BatchStoreItem, Batches};
+pub use links::{LinkEdge, LinkGraph, LinkNode};
+pub use resolve::{FieldSource, Resolved};
+pub use search::{SearchResponse, SearchResultHit};
+
+use crate::audit::AuditSink;
+use crate::cache::{CachedRead, ContextCache, Selector};
+use crate::config::StoreOptions;
+use crate::error::StoreError;
+use crate::keys::Custody;
+use crate::metrics::Metrics;
+use crate::tokens::Principal;
+
+/// A write request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRequest {
+    pub context: ContextNode,
+    /// Why this version was written.
+    #[serde(default)]
+    pub change_reason: Option<String>,
+    /// The record expires this many seconds after the write.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Refuse the write unless the latest version is this one
+    /// (`wall.logical@writer`), or, with `""`, unless there is none.
+    #[serde(default)]
+    pub expect_latest: Option<String>,
+}
+
+impl PutRequest {
+    pub fn new(context: ContextNode) -> Self {
+        PutRequest {
+            context,
+            change_reason: None,
+            ttl_secs: None,
+            expect_latest: None,
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PutResult {
+    /// The address of the new version (`*~N` form is not stable under
+    /// concurrent writers, so this is the `*^` address).
+    pub address: String,
+    pub version: String,
+    pub parent: Option<String>,
+    /// Roles that can read the new version.
+    pub readers: Vec<RoleName>,
+    /// False when this exact version was already stored (a retry).
+    pub created: bool,
+}
+
+/// A read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReadResult {
+    pub address: String,
+    pub version: String,
+    /// 1-based position in the address's history.
+    pub ordinal: u64,
+    pub context: ContextNode,
+}
+
+/// One address in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListEntry {
+    pub address: String,
+    pub latest: String,
+    pub versions: u64,
+    pub path: String,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListPage {
+    pub entries: Vec<ListEntry>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
+/// One version in a history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HistoryEntry {
+    pub ordinal: u64,
+    pub version: String,
+    pub parent: Option<String>,
+    pub tombstone: bool,
+    pub expires_at_ms: Option<u64>,
+    pub readers: Vec<RoleName>,
+}
+
+/// Everything the store is built from.
+pub struct StoreParts {
+    pub roles: RoleSet,
+    pub limits: ContextLimits,
+    pub options: StoreOptions,
+    pub writer: WriterId,
+    pub store: Store,
+    pub index: Option<Arc<ContextIndex>>,
+    pub custody: Arc<Custody>,
+    pub cache: ContextCache,
+    pub audit: AuditSink,
+    pub metrics: Metrics,
+}
+
+pub(crate) struct Inner {
+    roles: RoleSet,
+    limits: ContextLimits,
+    options: StoreOptions,
+    writer: WriterId,
+    clock: HlcClock,
+    store: Store,
+    index: Option<Arc<ContextIndex>>,
+    custody: Arc<Custody>,
+    cache: ContextCache,
+    audit: AuditSink,
+    metrics: Metrics,
+    envelope: EnvelopeConfig,
+    batches: Batches,
+}
+
+/// The context store. Cheap to clone.
+#[derive(Clone)]
+pub struct ContextStore(Arc<Inner>);
+
+fn parse_version(s: &str) -> Result<VersionId, StoreError> {
+    s.parse::<VersionId>()
+        .map_err(|e| StoreError::BadRequest(e.to_string()))
+}
+
+/// Fails an operation that runs past `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Timeout(limit)),
+    }
+}
+
+impl ContextStore {
+    pub fn new(parts: StoreParts) -> Self {
+        let batches = Batches::default();
+        ContextStore(Arc::new(Inner {
+            roles: parts.roles,
+            limits: parts.limits,
+            options: parts.options,
+            writer: parts.writer,
+            clock: HlcClock::default(),
+            store: parts.store,
+            index: parts.index,
+            custody: parts.custody,
+            cache: parts.cache,
+            audit: parts.audit,
+            metrics: parts.metrics,
+            envelope: EnvelopeConfig::default(),
+            batches,
+        }))
+    }
+
+    pub fn roles(&self) -> &RoleSet {
+        &self.0.roles
+    }
+
+    pub fn local(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn index(&self) -> Option<&Arc<ContextIndex>> {
+        self.0.index.as_ref()
+    }
+
+    pub fn cache(&self) -> &ContextCache {
+        &self.0.cache
+    }
+
+    pub fn audit(&self) -> &AuditSink {
+        &self.0.audit
+    }
+
+    pub fn batches(&self) -> &Batches {
+        &self.0.batches
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.0.options
+    }
+
+    pub fn writer(&self) -> &WriterId {
+        &self.0.writer
+    }
+
+    fn time<T>(&self, op: &'static str, tier: &'static str, start: Instant, r: &Result<T, StoreError>) {
+        self.0.metrics.record(op, tier, r.is_ok(), start.elapsed());
+    }
+
+    async fn deny(
+        &self,
+        caller: &Principal,
+        action: AuditAction,
+        target: &str,
+        verb: &'static str,
+        reason: &str,
+    ) -> StoreError {
+        self.0
+            .audit
+            .deny(&caller.token_id, &caller.role, action, target, reason)
+            .await;
+        StoreError::Forbidden {
+            role: caller.role.clone(),
+            action: verb,
+            target: target.to_string(),
+        }
+    }
+
+    /// Whether `role` may write (anything but read-only authority).
+    fn may_write(&self, role: &RoleName) -> bool {
+        !matches!(self.0.roles.authority(role), Some(Authority::ReadOnly) | None)
+    }
+
+    // ---- writes ------------------------------------------------------
+
+    /// Stores a new version of a context.
+    pub async fn put(&self, caller: &Principal, req: PutRequest) -> Result<PutResult, StoreError> {
+        let limit = self.0.options.operation_timeout;
+        let start = Instant::now();
+        let r = bounded(limit, async {
+            let (version, target) = self.prepare_put(caller, req).await?;
+            self.commit_put(vec![version]).await.pop().unwrap_or_else(|| {
+                Err(StoreError::Internal(format!("no result for {target}")))
+            })
+        })
+        .await;
+        self.time("put", "store", start, &r);
+        r
+    }
+
+    /// Validates, checks authority, versions and seals one write; nothing is
+    /// stored yet.
+    pub(crate) async fn prepare_put(
+        &self,
+        caller: &Principal,
+        req: PutRequest,
+    ) -> Result<(Prepared, String), StoreError> {
+        let mut node = req.context;
+        node.address = node.address.with_temporal(Temporal::Latest);
+        if node.path.is_empty() {
+            node.path = node.address.path.clone();
+        }
+        if let Some(reason) = &req.change_reason {
+            if reason.len() > self.0.limits.max_text {
+                return Err(StoreError::BadRequest(format!(
+                    "change_reason is {} bytes, over the limit of {}",
+                    reason.len(),
+                    self.0.limits.max_text
+                )));
+            }
+        }
+        node.version = None;
+        node.validate(&self.0.roles, &self.0.limits)?;
+        let key = node.address.key();
+        if !self.may_write(&caller.role) {
+            return Err(self
+                .deny(caller, AuditAction::Write, &key, "write", "role has read-only authority")
+                .await);
+        }
+        let readers = self
+            .0
+            .roles
+            .reader_closure(&node.encrypted_for)
+            .map_err(|e| StoreError::BadRequest(e.to_string()))?;
+        if !readers.contains(&caller.role) {
+            return Err(self
+                .deny(
+                    caller,
+                    AuditAction::Write,
+                    &key,
+                    "write",
+                    "a role may only write records it can read",
+                )
+                .await);
+        }
+        let history = self.0.store.history(&key)?;
+        let parent = history.last();
+        if let Some(p) = parent {
+            if !p.tombstone && !p.readers.contains(&caller.role) {
+                return Err(self
+                    .deny(
+                        caller,
+                        AuditAction::Write,
+                        &key,
+                        "write",
+                        "the current version is not readable by this role",
+                    )
+                    .await);
+            }
+        }
+        if let Some(expect) = &req.expect_latest {
+            let actual = parent.map(|p| p.version.to_string()).unwrap_or_default();
+            let matches = if expect.is_empty() {
+                parent.is_none()
+            } else {
+                parent.is_some_and(|p| Some(&p.version) == parse_version(expect).ok().as_ref())
+            };
+            if !matches {
+                return Err(StoreError::Conflict {
+                    address: key,
+                    expected: expect.clone(),
+                    actual,
+                });
+            }
+        }
+        if let Some(p) = parent {
+            self.0.clock.observe(p.version.hlc);
+        }
+        let version = VersionId {
+            hlc: self.0.clock.now(),
+            writer: self.0.writer.clone(),
+        };
+        node.version = Some(VersionInfo {
+            id: version.clone(),
+            parent: parent.map(|p| p.version.clone()),
+            change_reason: req.change_reason.unwrap_or_default(),
+        });
+        let expires_at_ms = req
+            .ttl_secs
+            .map(|s| version.hlc.wall_ms.saturating_add(s.saturating_mul(1000)));
+        let meta = RecordMeta {
+            key: key.clone(),
+            path: node.path.clone(),
+            version: version.clone(),
+            parent_version: parent.map(|p| p.version.clone()),
+            readers: readers.clone(),
+            influences: node.links.influences.iter().map(|a| a.key()).collect(),
+            influenced_by: node.links.influenced_by.iter().map(|a| a.key()).collect(),
+            expires_at_ms,
+            tombstone: false,
+        };
+        let seal_start = Instant::now();
+        let sealed = self.seal(&node, &readers);
+        self.time("seal", "crypto", seal_start, &sealed);
+        Ok((
+            Prepared {
+                meta,
+                envelope: sealed?,
+                node: Some(node),
+                caller: caller.clone(),
+            },
+            key,
+        ))
+    }
+
+    fn seal(&self, node: &ContextNode, readers: &[RoleName]) -> Result<Vec<u8>, StoreError> {
+        let plaintext = slurp_crypto::Zeroizing::new(
+            node.encode()
+                .map_err(|e| StoreError::Internal(e.to_string()))?,
+        );
+        let keyring = self.0.custody.keyring();
+        let recipients = keyring.recipients_for(readers)?;
+        Ok(Envelope::seal_with(&plaintext, &recipients, &self.0.envelope)?.to_bytes()?)
+    }
+
+    /// Persists prepared versions in one durable commit, then indexes them
+    /// and invalidates the cache. One result per version, in order.
+    pub(crate) async fn commit_put(
+        &self,
+        prepared: Vec<Prepared>,
+    ) -> Vec<Result<PutResult, StoreError>> {
+        let start = Instant::now();
+        let outcomes = self
+            .0
+            .store
+            .put_many(
+                prepared
+                    .iter()
+                    .map(|p| NewVersion {
+                        meta: p.meta.clone(),
+                        envelope: p.envelope.clone(),
+                    })
+                    .collect(),
+            )
+            .await;
+        self.0
+            .metrics
+            .record("put", "local", outcomes.iter().all(|o| o.is_ok()), start.elapsed());
+        let mut results = Vec::with_capacity(prepared.len());
+        for (p, outcome) in prepared.into_iter().zip(outcomes) {
+            results.push(self.after_put(p, outcome).await);
+        }
+        results
+    }
+
+    async fn after_put(
+        &self,
+        p: Prepared,
+        outcome: Result<PutOutcome, slurp_storage::WriteError>,
+    ) -> Result<PutResult, StoreError> {
+        let key = p.meta.key.clone();
+        let created = match outcome? {
+            PutOutcome::Inserted { .. } => true,
+            PutOutcome::AlreadyPresent { .. } => false,
+            PutOutcome::Expired => {
+                return Err(StoreError::BadRequest(format!(
+                    "{key}: the version had already expired when it was stored"
+                )));
+            }
+        };
+        self.0.cache.invalidate_latest(&key, self.0.roles.roles()).await;
+        let action = if p.meta.tombstone {
+            AuditAction::Delete
+        } else {
+            AuditAction::Write
+        };
+        self.0
+            .audit
+            .allow(&p.caller.token_id, &p.caller.role, action, &key)
+            .await;
+        if let Some(index) = &self.0.index {
+            if self.0.options.indexing {
+                let start = Instant::now();
+                let r = match &p.node {
+                    Some(node) => index
+                        .upsert(&IndexEntry {
+                            key: key.clone(),
+                            version: p.meta.version.clone(),
+                            readers: p.meta.readers.clone(),
+                            context: node.clone(),
+                        })
+                        .map(|_| ()),
+                    None => index.delete(&key, &p.meta.version).map(|_| ()),
+                };
+                let r = r.map_err(StoreError::from);
+                self.time("index", "index", start, &r);
+                if let Err(e) = r {
+                    // The record is durable; the index catches up on the
+                    // next rebuild. Say so rather than fail the write.
+                    tracing::warn!(key = %key, error = %e, "indexing failed");
+                }
+            }
+        }
+        let address = UcxlAddress::parse(&key)
+            .map(|a| a.to_string())
+            .unwrap_or(key);
+        Ok(PutResult {
+            address,
+            version: p.meta.version.to_string(),
+            parent: p.meta.parent_version.as_ref().map(|v| v.to_string()),
+            readers: p.meta.readers,
+            created,
+        })
+    }
+
+    /// Deletes an address: writes a tombstone version. History keeps every
+    /// version; reads of the latest answer "deleted".
+    pub async fn delete(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+    ) -> Result<PutResult, StoreError> {
+        let start = Instant::now();
+        let r = bounded(self.0.options.operation_timeout, async {
+            if address.is_pattern() {
+                return Err(StoreError::BadRequest(
+                    "delete needs a concrete address, not a pattern".into(),
+                ));
+            }
+            let key = address.key();
+            if !self.may_write(&caller.role) {
+                return Err(self
+                    .deny(caller, AuditAction::Delete, &key, "delete", "role has read-only authority")
+                    .await);
+            }
+            let history = self.0.store.history(&key)?;
+            let Some(latest) = history.last() else {
+                return Err(StoreError::NotFound(address.to_string()));
+            };
+            if latest.tombstone {
+                return Err(StoreError::Deleted {
+                    address: address.to_string(),
+                    version: latest.version.clone(),
+                });
+            }
+            if !latest.readers.contains(&caller.role) {
+                return Err(self
+                    .deny(caller, AuditAction::Delete, &key, "delete", "role may not read the record")
+                    .await);
+            }
+            self.0.clock.observe(latest.version.hlc);
+            let version = VersionId {
+                hlc: self.0.clock.now(),
+                writer: self.0.writer.clone(),
+            };
+            let meta = RecordMeta {
+                key: key.clone(),
+                path: latest.path.clone(),
+                version,
+                parent_version: Some(latest.version.clone()),
+                readers: latest.readers.clone(),
+                influences: vec![],
+                influenced_by: vec![],
+                expires_at_ms: None,
+                tombstone: true,
+            };
+            let prepared = Prepared {
+                meta,
+                envelope: Vec::new(),
+                node: None,
+                caller: caller.clone(),
+            };
+            self.commit_put(vec![prepared])
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(StoreError::Internal("no delete result".into())))
+        })
+        .await;
+        self.time("delete", "store", start, &r);
+        r
+    }
+
+    // ---- reads -------------------------------------------------------
+
+    /// Reads the version of a context its address names.
+    pub async fn get(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+    ) -> Result<ReadResult, StoreError> {
+        let start = Instant::now();
+        let r = bounded(self.0.options.operation_timeout, self.get_inner(caller, address)).await;
+        self.time("get", "store", start, &r);
+        r
+    }
+
+    async fn get_inner(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+    ) -> Result<ReadResult, StoreError> {
+        if address.is_pattern() {
+            return Err(StoreError::BadRequest(
+                "get needs a concrete address; use list for patterns".into(),
+            ));
+        }
+        let key = address.key();
+        let role = &caller.role;
+        let latest = matches!(address.temporal, Temporal::Latest | Temporal::Any);
+        if latest {
+            let start = Instant::now();
+            if let Some(hit) = self.0.cache.get(role, &key, &Selector::Latest).await {
+                self.0.metrics.record("get", "cache", true, start.elapsed());
+                self.0.audit.allow(&caller.token_id, role, AuditAction::Read, &key).await;
+                return Ok(read_result(&key, &hit));
+            }
+        }
+        let generation = self.0.cache.generation(&key);
+        let start = Instant::now();
+        let (record, ordinal) = if latest {
+            match self.0.store.latest(&key)? {
+                Latest::Live { record, ordinal } => (record, ordinal),
+                Latest::Deleted { tombstone, .. } => {
+                    return Err(StoreError::Deleted {
+                        address: address.to_string(),
+                        version: tombstone.version,
+                    });
+                }
+                Latest::Absent => return Err(StoreError::NotFound(address.to_string())),
+            }
+        } else {
+            let history = self.0.store.history(&key)?;
+            let i = address
+                .temporal
+                .select(history.len())
+                .ok_or_else(|| StoreError::NotFound(address.to_string()))?;
+            let meta = &history[i];
+            if !meta.readers.contains(role) {
+                return Err(self
+                    .deny(caller, AuditAction::Read, &key, "read", "role is not a reader of the record")
+                    .await);
+            }
+            if meta.tombstone {
+                return Err(StoreError::Deleted {
+                    address: address.to_string(),
+                    version: meta.version.clone(),
+                });
+            }
+            let sel = Selector::Exact(meta.version.clone());
+            if let Some(hit) = self.0.cache.get(role, &key, &sel).await {
+                self.0.audit.allow(&caller.token_id, role, AuditAction::Read, &key).await;
+                return Ok(read_result(&key, &hit));
+            }
+            let record = self
+                .0
+                .store
+                .get(&key, &meta.version)?
+                .ok_or_else(|| StoreError::NotFound(address.to_string()))?;
+            (record, i as u64 + 1)
+        };
+        self.0.metrics.record("get", "local", true, start.elapsed());
+        if !record.meta.readers.contains(role) {
+            return Err(self
+                .deny(caller, AuditAction::Read, &key, "read", "role is not a reader of the record")
+                .await);
+        }
+        let node = self.open(role, &record)?;
+        let read = CachedRead {
+            node: Arc::new(node),
+            ordinal,
+        };
+        let sel = if latest {
+            Selector::Latest
+        } else {
+            Selector::Exact(record.meta.version.clone())
+        };
+        self.0.cache.insert(role, &key, sel, &read, generation).await;
+        self.0.audit.allow(&caller.token_id, role, AuditAction::Read, &key).await;
+        Ok(read_result(&key, &read))
+    }
+
+    /// Opens a stored record with `role`'s key: the stanza for that role is
+    /// named in the envelope header, so exactly one key is tried.
+    fn open(&self, role: &RoleName, record: &StoredRecord) -> Result<ContextNode, StoreError> {
+        let start = Instant::now();
+        let keyring: Arc<Keyring> = self.0.custody.keyring();
+        let r = (|| {
+            let env = Envelope::from_bytes(&record.envelope, &self.0.envelope)?;
+            let key = env
+                .sealed_to()
+                .iter()
+                .filter(|s| &s.role == role)
+                .find_map(|s| keyring.get(&s.fingerprint))
+                .ok_or_else(|| StoreError::NoKey(role.clone()))?;
+            let plain = env.open_with_key(key)?;
+            ContextNode::decode(&plain).map_err(|e| {
+                StoreError::Crypto(format!("{}: sealed context does not decode: {e}", record.meta.key))
+            })
+        })();
+        self.time("open", "crypto", start, &r);
+        r
+    }
+
+    /// Whether the address has a live, undeleted version `caller` may read.
+    pub async fn exists(&self, caller: &Principal, address: &UcxlAddress) -> Result<bool, StoreError> {
+        let key = address.key();
+        let history = self.0.store.history(&key)?;
+        Ok(matches!(history.last(), Some(m) if !m.tombstone && m.readers.contains(&caller.role)))
+    }
+
+    /// Every version of an address the caller may read, oldest first.
+    pub async fn history(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let key = address.key();
+        let history = self.0.store.history(&key)?;
+        if history.is_empty() {
+            return Err(StoreError::NotFound(address.to_string()));
+        }
+        let visible: Vec<HistoryEntry> = history
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.readers.contains(&caller.role))
+            .map(|(i, m)| HistoryEntry {
+                ordinal: i as u64 + 1,
+                version: m.version.to_string(),
+                parent: m.parent_version.as_ref().map(|v| v.to_string()),
+                tombstone: m.tombstone,
+                expires_at_ms: m.expires_at_ms,
+                readers: m.readers.clone(),
+            })
+            .collect();
+        if visible.is_empty() {
+            return Err(self
+                .deny(caller, AuditAction::History, &key, "read the history of", "role reads no version")
+                .await);
+        }
+        self.0
+            .audit
+            .allow(&caller.token_id, &caller.role, AuditAction::History, &key)
+            .await;
+        Ok(visible)
+    }
+
+    /// Addresses matching a pattern (segments may be `any`; the path is a
+    /// prefix) whose latest version the caller may read, in key order.
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        pattern: &UcxlAddress,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let limit = limit.clamp(1, self.0.options.batch_size.max(1));
+        let prefix = list_prefix(pattern);
+        let mut entries = Vec::new();
+        let mut cursor = after.map(str::to_string);
+        // Pages of keys are filtered by pattern and readability; keep
+        // reading pages until the answer is full or the keys run out,
+        // bounded so one request cannot walk the whole store.
+        let mut examined = 0usize;
+        let budget = limit.saturating_mul(50).max(10_000);
+        let next = loop {
+            let page = self
+                .0
+                .store
+                .list_keys(&prefix, cursor.as_deref(), limit.max(256))?;
+            let mut stopped_at = None;
+            for k in &page.keys {
+                examined += 1;
+                let Ok(addr) = UcxlAddress::parse(&k.key) else {
+                    continue;
+                };
+                if !pattern.matches(&addr) {
+                    continue;
+                }
+                let history = self.0.store.history(&k.key)?;
+                let Some(meta) = history.last() else { continue };
+                if meta.tombstone || !meta.readers.contains(&caller.role) {
+                    continue;
+                }
+                entries.push(ListEntry {
+                    address: addr.to_string(),
+                    latest: k.latest.to_string(),
+                    versions: k.versions,
+                    path: meta.path.clone(),
+                });
+                if entries.len() >= limit {
+                    stopped_at = Some(k.key.clone());
+                    break;
+                }
+            }
+            if let Some(at) = stopped_at {
+                break Some(at);
+            }
+            match page.next_after {
+                Some(n) if examined < budget => cursor = Some(n),
+                Some(n) => break Some(n),
+                None => break None,
+            }
+        };
+        self.0
+            .audit
+            .allow(&caller.token_id, &caller.role, AuditAction::List, &pattern.to_string())
+            .await;
+        Ok(ListPage { entries, next })
+    }
+}
+
+/// A write that has been validated, versioned and sealed.
+pub(crate) struct Prepared {
+    meta: RecordMeta,
+    envelope: Vec<u8>,
+    /// The plaintext, for the index; `None` for a tombstone.
+    node: Option<ContextNode>,
+    caller: Principal,
+}
+
+fn read_result(key: &str, read: &CachedRead) -> ReadResult {
+    let version = read
+        .node
+        .version
+        .as_ref()
+        .map(|v| v.id.to_string())
+        .unwrap_or_default();
+    ReadResult {
+        address: UcxlAddress::parse(key)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| key.to_string()),
+        version,
+        ordinal: read.ordinal,
+        context: (*read.node).clone(),
+    }
+}
+
+/// The longest key prefix every match of `pattern` shares.
+fn list_prefix(pattern: &UcxlAddress) -> String {
+    use slurp_protocol::Segment;
+    let mut prefix = String::from(slurp_protocol::address::SCHEME);
+    let parts = [
+        (&pattern.agent, ":"),
+        (&pattern.role, "@"),
+        (&pattern.project, ":"),
+        (&pattern.task, "/"),
+    ];
+    for (seg, sep) in parts {
+        match seg {
+            Segment::Any => return prefix,
+            Segment::Name(n) => {
+                prefix.push_str(n);
+                prefix.push_str(sep);
+            }
+        }
+    }
+    prefix.push_str(&pattern.path);
+    prefix
+}
+
+#[cfg(test)]
+mod tests;
