@@ -371,5 +371,46 @@ fn paired(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, paired, raw_redb, store, zstd_cost);
+/// Compaction is a one-off, not a loop: build a store of 4,000 versions
+/// of 4 KiB (16 MiB), let half of them expire, sweep, then time a forced
+/// compaction (reads and writes wait for all of it) and print the result.
+fn compaction_once(_c: &mut Criterion) {
+    let dir = bench_dir();
+    let store = Store::open(dir.path().join("compact.redb"), StoreConfig::default()).unwrap();
+    let writer = WriterId::new("compact").unwrap();
+    // Half the versions expire two seconds after they are written.
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 2_000;
+    for chunk in 0..40u64 {
+        let batch = (0..100u64)
+            .map(|j| {
+                let i = chunk * 100 + j;
+                let mut v = record(i * (KEYS + 1), 0, &writer);
+                v.envelope = random(4096);
+                if i % 2 == 0 {
+                    v.meta.expires_at_ms = Some(soon);
+                }
+                v
+            })
+            .collect::<Vec<_>>();
+        for r in store.put_many_blocking(batch) {
+            r.unwrap();
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    while store.sweep_expired_blocking(512).unwrap().more {}
+    let r = store.compact_blocking(true).unwrap();
+    eprintln!(
+        "compaction of a {:.1} MiB file with {:.1} MiB free: {:?}, file now {:.1} MiB",
+        r.file_bytes_before as f64 / 1048576.0,
+        r.free_bytes_before as f64 / 1048576.0,
+        r.duration,
+        r.file_bytes_after as f64 / 1048576.0
+    );
+}
+
+criterion_group!(benches, paired, compaction_once, raw_redb, store, zstd_cost);
 criterion_main!(benches);

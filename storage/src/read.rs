@@ -15,7 +15,7 @@ use std::time::Instant;
 use redb::{
     ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
 };
-use slurp_protocol::{Hlc, RecordMeta, Slot, Temporal, VersionId};
+use slurp_protocol::{Hlc, RecordMeta, Temporal, VersionId};
 
 use crate::compress;
 use crate::config::MAX_VALUE_LIMIT;
@@ -765,11 +765,6 @@ impl Store {
         })?;
         stats.file_bytes = std::fs::metadata(self.path()).map_or(0, |m| m.len());
         Ok(stats)
-    }
-
-    /// The slot of a storage key (where its versions sort).
-    pub fn slot_of(key: &str) -> Slot {
-        Slot::of(key)
     }
 }
 

@@ -323,39 +323,43 @@ impl Store {
         })
     }
 
-    fn prepare_all(
-        &self,
-        versions: Vec<NewVersion>,
-    ) -> (Vec<PreparedPut>, Vec<Result<usize, WriteError>>) {
-        let mut ready = Vec::with_capacity(versions.len());
-        let mut slots = Vec::with_capacity(versions.len());
-        for v in versions {
-            match self.prepare(v) {
-                Ok(p) => {
-                    slots.push(Ok(ready.len()));
-                    ready.push(p);
-                }
-                Err(e) => slots.push(Err(e)),
-            }
-        }
-        (ready, slots)
+    /// Prepares every version; refused ones keep their error, in place.
+    fn prepare_all(&self, versions: Vec<NewVersion>) -> Vec<Result<PreparedPut, WriteError>> {
+        versions.into_iter().map(|v| self.prepare(v)).collect()
     }
 
-    fn merge(
-        slots: Vec<Result<usize, WriteError>>,
-        done: Option<Vec<Result<PutOutcome, WriteError>>>,
+    /// Splits prepared versions into those to queue and the final results
+    /// (refusals already known, the rest to be filled in by the writer).
+    fn split(
+        prepared: Vec<Result<PreparedPut, WriteError>>,
+    ) -> (
+        Vec<PreparedPut>,
+        Vec<Option<Result<PutOutcome, WriteError>>>,
+    ) {
+        let mut queued = Vec::new();
+        let mut results = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            match p {
+                Ok(item) => {
+                    queued.push(item);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        (queued, results)
+    }
+
+    /// Fills the open results with the writer's answers, in order; if the
+    /// writer never answered, the store closed under the request.
+    fn join(
+        results: Vec<Option<Result<PutOutcome, WriteError>>>,
+        answers: Option<Vec<Result<PutOutcome, WriteError>>>,
     ) -> Vec<Result<PutOutcome, WriteError>> {
-        let done = done.map(|d| d.into_iter().map(Some).collect::<Vec<_>>());
-        let mut done = done;
-        slots
+        let mut answers = answers.unwrap_or_default().into_iter();
+        results
             .into_iter()
-            .map(|s| match s {
-                Err(e) => Err(e),
-                Ok(i) => done
-                    .as_mut()
-                    .and_then(|d| d.get_mut(i).and_then(Option::take))
-                    .unwrap_or(Err(WriteError::Closed)),
-            })
+            .map(|r| r.unwrap_or_else(|| answers.next().unwrap_or(Err(WriteError::Closed))))
             .collect()
     }
 
@@ -391,13 +395,13 @@ impl Store {
     /// not affect the others. Returns once all accepted versions are
     /// durable.
     pub async fn put_many(&self, versions: Vec<NewVersion>) -> Vec<Result<PutOutcome, WriteError>> {
-        let (items, slots) = self.prepare_all(versions);
-        let done = if items.is_empty() {
+        let (items, results) = Self::split(self.prepare_all(versions));
+        let answers = if items.is_empty() {
             Some(vec![])
         } else {
             self.submit(|reply| Command::Put { items, reply }).await
         };
-        Self::merge(slots, done)
+        Self::join(results, answers)
     }
 
     /// [`Store::put_many`] for synchronous callers.
@@ -405,16 +409,16 @@ impl Store {
         &self,
         versions: Vec<NewVersion>,
     ) -> Vec<Result<PutOutcome, WriteError>> {
-        let (items, slots) = self.prepare_all(versions);
-        let done = if items.is_empty() {
+        let (items, results) = Self::split(self.prepare_all(versions));
+        let answers = if items.is_empty() {
             Some(vec![])
         } else {
             self.submit_blocking(|reply| Command::Put { items, reply })
         };
-        Self::merge(slots, done)
+        Self::join(results, answers)
     }
 
-    fn prepare_acl(&self, key: &str, acl: Option<&AclRecord>) -> Result<Command0, WriteError> {
+    fn prepare_acl(&self, key: &str, acl: Option<&AclRecord>) -> Result<SimpleWrite, WriteError> {
         let invalid = |problem| WriteError::Invalid {
             key: key.to_string(),
             problem,
@@ -443,13 +447,17 @@ impl Store {
                 })?)
             }
         };
-        Ok(Command0::Acl {
+        Ok(SimpleWrite::Acl {
             key: key.to_string(),
             value,
         })
     }
 
-    fn prepare_backup(&self, id: &str, meta: Option<&BackupMeta>) -> Result<Command0, WriteError> {
+    fn prepare_backup(
+        &self,
+        id: &str,
+        meta: Option<&BackupMeta>,
+    ) -> Result<SimpleWrite, WriteError> {
         validate::check_backup_id(id).map_err(|problem| WriteError::Invalid {
             key: id.to_string(),
             problem,
@@ -461,19 +469,19 @@ impl Store {
                 reason: e.to_string(),
             })?),
         };
-        Ok(Command0::Backup {
+        Ok(SimpleWrite::Backup {
             id: id.to_string(),
             value,
         })
     }
 
-    async fn submit_simple(&self, c: Command0) -> Result<bool, WriteError> {
+    async fn submit_simple(&self, c: SimpleWrite) -> Result<bool, WriteError> {
         self.submit(|reply| c.with_reply(reply))
             .await
             .unwrap_or(Err(WriteError::Closed))
     }
 
-    fn submit_simple_blocking(&self, c: Command0) -> Result<bool, WriteError> {
+    fn submit_simple_blocking(&self, c: SimpleWrite) -> Result<bool, WriteError> {
         self.submit_blocking(|reply| c.with_reply(reply))
             .unwrap_or(Err(WriteError::Closed))
     }
@@ -560,17 +568,17 @@ impl Store {
     }
 }
 
-/// A simple write before its reply channel is attached.
-enum Command0 {
+/// An ACL or backup-metadata write, before its reply channel is attached.
+enum SimpleWrite {
     Acl { key: String, value: Option<Vec<u8>> },
     Backup { id: String, value: Option<Vec<u8>> },
 }
 
-impl Command0 {
+impl SimpleWrite {
     fn with_reply(self, reply: oneshot::Sender<Result<bool, WriteError>>) -> Command {
         match self {
-            Command0::Acl { key, value } => Command::Acl { key, value, reply },
-            Command0::Backup { id, value } => Command::Backup { id, value, reply },
+            SimpleWrite::Acl { key, value } => Command::Acl { key, value, reply },
+            SimpleWrite::Backup { id, value } => Command::Backup { id, value, reply },
         }
     }
 }
