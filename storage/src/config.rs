@@ -78,7 +78,7 @@ impl Default for CompressionConfig {
     fn default() -> Self {
         CompressionConfig {
             enabled: true,
-            min_bytes: 2048,
+            min_bytes: 4096,
             level: 1,
             min_saving_bytes: 64,
         }
