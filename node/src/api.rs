@@ -14,7 +14,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -125,7 +127,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Ok(ApiQuery(
-            axum::extract::Query::<T>::from_request_parts(parts, state).await?.0,
+            axum::extract::Query::<T>::from_request_parts(parts, state)
+                .await?
+                .0,
         ))
     }
 }
@@ -149,9 +153,13 @@ impl FromRequestParts<Shared> for Caller {
                     "missing Authorization: Bearer <token>",
                 )
             })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "expected a Bearer token"))?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "expected a Bearer token",
+            )
+        })?;
         match node.tokens.authenticate(token.trim()) {
             Ok(p) => Ok(Caller(p)),
             Err(TokenError::Malformed) => Err(ApiError::new(
@@ -175,7 +183,10 @@ fn require_admin(node: &Node, caller: &Principal) -> Result<(), ApiError> {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("role {} may not manage the node (needs master authority)", caller.role),
+            format!(
+                "role {} may not manage the node (needs master authority)",
+                caller.role
+            ),
         ))
     }
 }
@@ -228,7 +239,9 @@ async fn history(
     ApiQuery(q): ApiQuery<AddressQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
-    Ok(Json(json!({"address": a.with_temporal(slurp_protocol::Temporal::Any).to_string(), "versions": node.store.history(&caller, &a).await?})))
+    Ok(Json(
+        json!({"address": a.with_temporal(slurp_protocol::Temporal::Any).to_string(), "versions": node.store.history(&caller, &a).await?}),
+    ))
 }
 
 async fn exists(
@@ -237,7 +250,9 @@ async fn exists(
     ApiQuery(q): ApiQuery<AddressQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
-    Ok(Json(json!({"exists": node.store.exists(&caller, &a).await?})))
+    Ok(Json(
+        json!({"exists": node.store.exists(&caller, &a).await?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -338,7 +353,11 @@ async fn batch_put(
     Caller(caller): Caller,
     ApiJson(body): ApiJson<BatchPutBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(node.store.batch_put(&caller, body.items, body.atomic).await?))
+    Ok(Json(
+        node.store
+            .batch_put(&caller, body.items, body.atomic)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -382,7 +401,9 @@ async fn links(
     ApiQuery(q): ApiQuery<LinksQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
-    Ok(Json(node.store.links(&caller, &a, q.hops.unwrap_or(1)).await?))
+    Ok(Json(
+        node.store.links(&caller, &a, q.hops.unwrap_or(1)).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -410,9 +431,17 @@ async fn create_token(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tokens", e.to_string()))?;
     node.store
         .audit()
-        .allow(&caller.token_id, &caller.role, slurp_crypto::AuditAction::Other("token_create".into()), &entry.id)
+        .allow(
+            &caller.token_id,
+            &caller.role,
+            slurp_crypto::AuditAction::Other("token_create".into()),
+            &entry.id,
+        )
         .await;
-    Ok((StatusCode::CREATED, Json(json!({"id": entry.id, "role": entry.role, "label": entry.label, "token": token}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": entry.id, "role": entry.role, "label": entry.label, "token": token})),
+    ))
 }
 
 async fn list_tokens(
@@ -435,7 +464,12 @@ async fn revoke_token(
     })?;
     node.store
         .audit()
-        .allow(&caller.token_id, &caller.role, slurp_crypto::AuditAction::Other("token_revoke".into()), &id)
+        .allow(
+            &caller.token_id,
+            &caller.role,
+            slurp_crypto::AuditAction::Other("token_revoke".into()),
+            &id,
+        )
         .await;
     Ok(Json(entry))
 }
@@ -444,7 +478,10 @@ async fn whoami(Caller(caller): Caller) -> impl IntoResponse {
     Json(json!({"token_id": caller.token_id, "role": caller.role}))
 }
 
-async fn status(State(node): State<Shared>, Caller(_): Caller) -> Result<impl IntoResponse, ApiError> {
+async fn status(
+    State(node): State<Shared>,
+    Caller(_): Caller,
+) -> Result<impl IntoResponse, ApiError> {
     let stats = node.store.local().stats().map_err(StoreError::from)?;
     let index = match node.store.index() {
         Some(i) => {
@@ -497,12 +534,17 @@ async fn health(State(node): State<Shared>) -> impl IntoResponse {
     let index = match node.store.index() {
         None => component(true, "disabled".into()),
         Some(i) => match i.status() {
-            Ok(s) if index_ready => component(true, format!("{} docs in {} segments", s.docs, s.segments)),
+            Ok(s) if index_ready => {
+                component(true, format!("{} docs in {} segments", s.docs, s.segments))
+            }
             Ok(_) => component(false, "rebuilding from the store".into()),
             Err(e) => component(false, e.to_string()),
         },
     };
-    let cache = component(true, format!("{} entries", node.store.cache().entry_count()));
+    let cache = component(
+        true,
+        format!("{} entries", node.store.cache().entry_count()),
+    );
     let keyring = node.custody.keyring();
     let missing: Vec<String> = node
         .store
@@ -554,7 +596,11 @@ async fn metrics(State(node): State<Shared>) -> impl IntoResponse {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route; see docs/openapi.yaml")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route; see docs/openapi.yaml",
+    )
 }
 
 /// Counts and times every request by route.

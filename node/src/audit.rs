@@ -49,8 +49,7 @@ impl AuditSink {
                 }
                 if !records.is_empty() {
                     let log = log.clone();
-                    let res =
-                        tokio::task::spawn_blocking(move || log.append_batch(&records)).await;
+                    let res = tokio::task::spawn_blocking(move || log.append_batch(&records)).await;
                     match res {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::error!(error = %e, "audit append failed"),

@@ -350,8 +350,15 @@ mod tests {
         assert_eq!(metrics.cache_hits.get(), 1);
         assert_eq!(metrics.cache_misses.get(), 2);
         // A reader that loaded before the write may not insert after it.
-        cache.insert(&role("developer"), "k", Selector::Latest, &read, g).await;
-        assert!(cache.get(&role("developer"), "k", &Selector::Latest).await.is_none());
+        cache
+            .insert(&role("developer"), "k", Selector::Latest, &read, g)
+            .await;
+        assert!(
+            cache
+                .get(&role("developer"), "k", &Selector::Latest)
+                .await
+                .is_none()
+        );
     }
 
     #[tokio::test]

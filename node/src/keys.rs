@@ -77,7 +77,9 @@ impl Custody {
                 let (key, _created) = NodeKey::load_or_create(&node_key_path(data_dir))?;
                 Unlock::NodeKey(key)
             }
-            UnlockMode::Passphrase => Unlock::Passphrase(passphrase.ok_or(CustodyError::NoPassphrase)?),
+            UnlockMode::Passphrase => {
+                Unlock::Passphrase(passphrase.ok_or(CustodyError::NoPassphrase)?)
+            }
         };
         let ks_config = KeystoreConfig {
             scrypt_log_n: config.scrypt_log_n,

@@ -340,6 +340,22 @@ impl UcxlAddress {
         )
     }
 
+    /// The latest-version address of a storage key (the inverse of
+    /// [`UcxlAddress::key`]).
+    pub fn from_key(key: &str) -> Result<Self, AddressError> {
+        let rest = key.strip_prefix(SCHEME).ok_or_else(|| {
+            AddressError::new(AddressField::Scheme, key, "must start with ucxl://")
+        })?;
+        let (authority, path) = rest.split_once('/').ok_or_else(|| {
+            AddressError::new(
+                AddressField::Path,
+                rest,
+                "a key needs /path after project:task",
+            )
+        })?;
+        UcxlAddress::parse(&format!("{SCHEME}{authority}/*^/{path}"))
+    }
+
     /// The same address with another temporal selector.
     pub fn with_temporal(&self, temporal: Temporal) -> Self {
         UcxlAddress {
@@ -555,6 +571,10 @@ mod tests {
                 path,
             };
             let shown = addr.to_string();
+            prop_assert_eq!(
+                UcxlAddress::from_key(&addr.key()).unwrap(),
+                addr.with_temporal(Temporal::Latest)
+            );
             let back = UcxlAddress::parse(&shown).unwrap();
             prop_assert_eq!(&back, &addr);
             prop_assert_eq!(back.to_string(), shown);

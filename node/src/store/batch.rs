@@ -162,7 +162,10 @@ impl Batches {
     }
 
     fn finish(&self, t: &Tracker) {
-        t.progress.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
+        t.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished = true;
     }
 
     /// Running and recently finished batches, newest first.
@@ -265,7 +268,11 @@ impl ContextStore {
         } else {
             // Phase 2: durable commits, one transaction per chunk (the whole
             // batch in one when atomic).
-            let chunk = if atomic { ready.len().max(1) } else { COMMIT_CHUNK };
+            let chunk = if atomic {
+                ready.len().max(1)
+            } else {
+                COMMIT_CHUNK
+            };
             let mut ready = ready.into_iter().peekable();
             while ready.peek().is_some() {
                 let part: Vec<(usize, Prepared)> = ready.by_ref().take(chunk).collect();

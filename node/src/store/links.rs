@@ -68,8 +68,14 @@ impl ContextStore {
                 continue;
             }
             let links = self.0.store.links(&key)?;
-            let out = links.influences.iter().map(|t| (key.clone(), t.clone(), t.clone()));
-            let inc = links.influenced_by.iter().map(|f| (f.clone(), key.clone(), f.clone()));
+            let out = links
+                .influences
+                .iter()
+                .map(|t| (key.clone(), t.clone(), t.clone()));
+            let inc = links
+                .influenced_by
+                .iter()
+                .map(|f| (f.clone(), key.clone(), f.clone()));
             for (from, to, next) in out.chain(inc).collect::<Vec<_>>() {
                 let readable = match seen.get(&next) {
                     Some(_) => true,
@@ -77,7 +83,7 @@ impl ContextStore {
                         if nodes.len() >= max_nodes {
                             continue;
                         }
-                        let Ok(addr) = UcxlAddress::parse(&next) else {
+                        let Ok(addr) = UcxlAddress::from_key(&next) else {
                             continue;
                         };
                         match self.get(caller, &addr).await {
@@ -106,7 +112,7 @@ impl ContextStore {
             }
         }
         let display = |k: &str| {
-            UcxlAddress::parse(k)
+            UcxlAddress::from_key(k)
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| k.to_string())
         };

@@ -227,7 +227,13 @@ impl ContextStore {
         &self.0.writer
     }
 
-    fn time<T>(&self, op: &'static str, tier: &'static str, start: Instant, r: &Result<T, StoreError>) {
+    fn time<T>(
+        &self,
+        op: &'static str,
+        tier: &'static str,
+        start: Instant,
+        r: &Result<T, StoreError>,
+    ) {
         self.0.metrics.record(op, tier, r.is_ok(), start.elapsed());
     }
 
@@ -252,7 +258,10 @@ impl ContextStore {
 
     /// Whether `role` may write (anything but read-only authority).
     fn may_write(&self, role: &RoleName) -> bool {
-        !matches!(self.0.roles.authority(role), Some(Authority::ReadOnly) | None)
+        !matches!(
+            self.0.roles.authority(role),
+            Some(Authority::ReadOnly) | None
+        )
     }
 
     // ---- writes ------------------------------------------------------
@@ -263,9 +272,10 @@ impl ContextStore {
         let start = Instant::now();
         let r = bounded(limit, async {
             let (version, target) = self.prepare_put(caller, req).await?;
-            self.commit_put(vec![version]).await.pop().unwrap_or_else(|| {
-                Err(StoreError::Internal(format!("no result for {target}")))
-            })
+            self.commit_put(vec![version])
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(StoreError::Internal(format!("no result for {target}"))))
         })
         .await;
         self.time("put", "store", start, &r);
@@ -284,21 +294,27 @@ impl ContextStore {
         if node.path.is_empty() {
             node.path = node.address.path.clone();
         }
-        if let Some(reason) = &req.change_reason {
-            if reason.len() > self.0.limits.max_text {
-                return Err(StoreError::BadRequest(format!(
-                    "change_reason is {} bytes, over the limit of {}",
-                    reason.len(),
-                    self.0.limits.max_text
-                )));
-            }
+        if let Some(reason) = &req.change_reason
+            && reason.len() > self.0.limits.max_text
+        {
+            return Err(StoreError::BadRequest(format!(
+                "change_reason is {} bytes, over the limit of {}",
+                reason.len(),
+                self.0.limits.max_text
+            )));
         }
         node.version = None;
         node.validate(&self.0.roles, &self.0.limits)?;
         let key = node.address.key();
         if !self.may_write(&caller.role) {
             return Err(self
-                .deny(caller, AuditAction::Write, &key, "write", "role has read-only authority")
+                .deny(
+                    caller,
+                    AuditAction::Write,
+                    &key,
+                    "write",
+                    "role has read-only authority",
+                )
                 .await);
         }
         let readers = self
@@ -319,18 +335,19 @@ impl ContextStore {
         }
         let history = self.0.store.history(&key)?;
         let parent = history.last();
-        if let Some(p) = parent {
-            if !p.tombstone && !p.readers.contains(&caller.role) {
-                return Err(self
-                    .deny(
-                        caller,
-                        AuditAction::Write,
-                        &key,
-                        "write",
-                        "the current version is not readable by this role",
-                    )
-                    .await);
-            }
+        if let Some(p) = parent
+            && !p.tombstone
+            && !p.readers.contains(&caller.role)
+        {
+            return Err(self
+                .deny(
+                    caller,
+                    AuditAction::Write,
+                    &key,
+                    "write",
+                    "the current version is not readable by this role",
+                )
+                .await);
         }
         if let Some(expect) = &req.expect_latest {
             let actual = parent.map(|p| p.version.to_string()).unwrap_or_default();
@@ -417,9 +434,12 @@ impl ContextStore {
                     .collect(),
             )
             .await;
-        self.0
-            .metrics
-            .record("put", "local", outcomes.iter().all(|o| o.is_ok()), start.elapsed());
+        self.0.metrics.record(
+            "put",
+            "local",
+            outcomes.iter().all(|o| o.is_ok()),
+            start.elapsed(),
+        );
         let mut results = Vec::with_capacity(prepared.len());
         for (p, outcome) in prepared.into_iter().zip(outcomes) {
             results.push(self.after_put(p, outcome).await);
@@ -442,7 +462,10 @@ impl ContextStore {
                 )));
             }
         };
-        self.0.cache.invalidate_latest(&key, self.0.roles.roles()).await;
+        self.0
+            .cache
+            .invalidate_latest(&key, self.0.roles.roles())
+            .await;
         let action = if p.meta.tombstone {
             AuditAction::Delete
         } else {
@@ -452,30 +475,30 @@ impl ContextStore {
             .audit
             .allow(&p.caller.token_id, &p.caller.role, action, &key)
             .await;
-        if let Some(index) = &self.0.index {
-            if self.0.options.indexing {
-                let start = Instant::now();
-                let r = match &p.node {
-                    Some(node) => index
-                        .upsert(&IndexEntry {
-                            key: key.clone(),
-                            version: p.meta.version.clone(),
-                            readers: p.meta.readers.clone(),
-                            context: node.clone(),
-                        })
-                        .map(|_| ()),
-                    None => index.delete(&key, &p.meta.version).map(|_| ()),
-                };
-                let r = r.map_err(StoreError::from);
-                self.time("index", "index", start, &r);
-                if let Err(e) = r {
-                    // The record is durable; the index catches up on the
-                    // next rebuild. Say so rather than fail the write.
-                    tracing::warn!(key = %key, error = %e, "indexing failed");
-                }
+        if let Some(index) = &self.0.index
+            && self.0.options.indexing
+        {
+            let start = Instant::now();
+            let r = match &p.node {
+                Some(node) => index
+                    .upsert(&IndexEntry {
+                        key: key.clone(),
+                        version: p.meta.version.clone(),
+                        readers: p.meta.readers.clone(),
+                        context: node.clone(),
+                    })
+                    .map(|_| ()),
+                None => index.delete(&key, &p.meta.version).map(|_| ()),
+            };
+            let r = r.map_err(StoreError::from);
+            self.time("index", "index", start, &r);
+            if let Err(e) = r {
+                // The record is durable; the index catches up on the
+                // next rebuild. Say so rather than fail the write.
+                tracing::warn!(key = %key, error = %e, "indexing failed");
             }
         }
-        let address = UcxlAddress::parse(&key)
+        let address = UcxlAddress::from_key(&key)
             .map(|a| a.to_string())
             .unwrap_or(key);
         Ok(PutResult {
@@ -504,7 +527,13 @@ impl ContextStore {
             let key = address.key();
             if !self.may_write(&caller.role) {
                 return Err(self
-                    .deny(caller, AuditAction::Delete, &key, "delete", "role has read-only authority")
+                    .deny(
+                        caller,
+                        AuditAction::Delete,
+                        &key,
+                        "delete",
+                        "role has read-only authority",
+                    )
                     .await);
             }
             let history = self.0.store.history(&key)?;
@@ -519,7 +548,13 @@ impl ContextStore {
             }
             if !latest.readers.contains(&caller.role) {
                 return Err(self
-                    .deny(caller, AuditAction::Delete, &key, "delete", "role may not read the record")
+                    .deny(
+                        caller,
+                        AuditAction::Delete,
+                        &key,
+                        "delete",
+                        "role may not read the record",
+                    )
                     .await);
             }
             self.0.clock.observe(latest.version.hlc);
@@ -563,7 +598,11 @@ impl ContextStore {
         address: &UcxlAddress,
     ) -> Result<ReadResult, StoreError> {
         let start = Instant::now();
-        let r = bounded(self.0.options.operation_timeout, self.get_inner(caller, address)).await;
+        let r = bounded(
+            self.0.options.operation_timeout,
+            self.get_inner(caller, address),
+        )
+        .await;
         self.time("get", "store", start, &r);
         r
     }
@@ -585,7 +624,10 @@ impl ContextStore {
             let start = Instant::now();
             if let Some(hit) = self.0.cache.get(role, &key, &Selector::Latest).await {
                 self.0.metrics.record("get", "cache", true, start.elapsed());
-                self.0.audit.allow(&caller.token_id, role, AuditAction::Read, &key).await;
+                self.0
+                    .audit
+                    .allow(&caller.token_id, role, AuditAction::Read, &key)
+                    .await;
                 return Ok(read_result(&key, &hit));
             }
         }
@@ -611,7 +653,13 @@ impl ContextStore {
             let meta = &history[i];
             if !meta.readers.contains(role) {
                 return Err(self
-                    .deny(caller, AuditAction::Read, &key, "read", "role is not a reader of the record")
+                    .deny(
+                        caller,
+                        AuditAction::Read,
+                        &key,
+                        "read",
+                        "role is not a reader of the record",
+                    )
                     .await);
             }
             if meta.tombstone {
@@ -622,7 +670,10 @@ impl ContextStore {
             }
             let sel = Selector::Exact(meta.version.clone());
             if let Some(hit) = self.0.cache.get(role, &key, &sel).await {
-                self.0.audit.allow(&caller.token_id, role, AuditAction::Read, &key).await;
+                self.0
+                    .audit
+                    .allow(&caller.token_id, role, AuditAction::Read, &key)
+                    .await;
                 return Ok(read_result(&key, &hit));
             }
             let record = self
@@ -635,7 +686,13 @@ impl ContextStore {
         self.0.metrics.record("get", "local", true, start.elapsed());
         if !record.meta.readers.contains(role) {
             return Err(self
-                .deny(caller, AuditAction::Read, &key, "read", "role is not a reader of the record")
+                .deny(
+                    caller,
+                    AuditAction::Read,
+                    &key,
+                    "read",
+                    "role is not a reader of the record",
+                )
                 .await);
         }
         let node = self.open(role, &record)?;
@@ -648,8 +705,14 @@ impl ContextStore {
         } else {
             Selector::Exact(record.meta.version.clone())
         };
-        self.0.cache.insert(role, &key, sel, &read, generation).await;
-        self.0.audit.allow(&caller.token_id, role, AuditAction::Read, &key).await;
+        self.0
+            .cache
+            .insert(role, &key, sel, &read, generation)
+            .await;
+        self.0
+            .audit
+            .allow(&caller.token_id, role, AuditAction::Read, &key)
+            .await;
         Ok(read_result(&key, &read))
     }
 
@@ -668,7 +731,10 @@ impl ContextStore {
                 .ok_or_else(|| StoreError::NoKey(role.clone()))?;
             let plain = env.open_with_key(key)?;
             ContextNode::decode(&plain).map_err(|e| {
-                StoreError::Crypto(format!("{}: sealed context does not decode: {e}", record.meta.key))
+                StoreError::Crypto(format!(
+                    "{}: sealed context does not decode: {e}",
+                    record.meta.key
+                ))
             })
         })();
         self.time("open", "crypto", start, &r);
@@ -676,7 +742,11 @@ impl ContextStore {
     }
 
     /// Whether the address has a live, undeleted version `caller` may read.
-    pub async fn exists(&self, caller: &Principal, address: &UcxlAddress) -> Result<bool, StoreError> {
+    pub async fn exists(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+    ) -> Result<bool, StoreError> {
         let key = address.key();
         let history = self.0.store.history(&key)?;
         Ok(matches!(history.last(), Some(m) if !m.tombstone && m.readers.contains(&caller.role)))
@@ -708,7 +778,13 @@ impl ContextStore {
             .collect();
         if visible.is_empty() {
             return Err(self
-                .deny(caller, AuditAction::History, &key, "read the history of", "role reads no version")
+                .deny(
+                    caller,
+                    AuditAction::History,
+                    &key,
+                    "read the history of",
+                    "role reads no version",
+                )
                 .await);
         }
         self.0
@@ -744,7 +820,7 @@ impl ContextStore {
             let mut stopped_at = None;
             for k in &page.keys {
                 examined += 1;
-                let Ok(addr) = UcxlAddress::parse(&k.key) else {
+                let Ok(addr) = UcxlAddress::from_key(&k.key) else {
                     continue;
                 };
                 if !pattern.matches(&addr) {
@@ -777,7 +853,12 @@ impl ContextStore {
         };
         self.0
             .audit
-            .allow(&caller.token_id, &caller.role, AuditAction::List, &pattern.to_string())
+            .allow(
+                &caller.token_id,
+                &caller.role,
+                AuditAction::List,
+                &pattern.to_string(),
+            )
             .await;
         Ok(ListPage { entries, next })
     }
@@ -800,7 +881,7 @@ fn read_result(key: &str, read: &CachedRead) -> ReadResult {
         .map(|v| v.id.to_string())
         .unwrap_or_default();
     ReadResult {
-        address: UcxlAddress::parse(key)
+        address: UcxlAddress::from_key(key)
             .map(|a| a.to_string())
             .unwrap_or_else(|_| key.to_string()),
         version,

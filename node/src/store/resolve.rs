@@ -133,11 +133,15 @@ impl ContextStore {
         let (_, best_src, best_node) = &counted[best];
         let purpose = purpose.map(|(_, _, i)| &counted[i]);
         Ok(Resolved {
-            address: address.with_temporal(slurp_protocol::Temporal::Latest).to_string(),
+            address: address
+                .with_temporal(slurp_protocol::Temporal::Latest)
+                .to_string(),
             path: address.path.clone(),
             summary: best_node.summary.clone(),
             summary_source: best_src.clone(),
-            purpose: purpose.map(|(_, _, n)| n.purpose.clone()).unwrap_or_default(),
+            purpose: purpose
+                .map(|(_, _, n)| n.purpose.clone())
+                .unwrap_or_default(),
             purpose_source: purpose.map(|(_, s, _)| s.clone()),
             technologies,
             tags,
@@ -153,7 +157,10 @@ mod tests {
 
     #[test]
     fn ancestors_root_first() {
-        assert_eq!(ancestors("src/auth/x.rs"), vec!["", "src", "src/auth", "src/auth/x.rs"]);
+        assert_eq!(
+            ancestors("src/auth/x.rs"),
+            vec!["", "src", "src/auth", "src/auth/x.rs"]
+        );
         assert_eq!(ancestors(""), vec![""]);
         assert_eq!(ancestors("/a/"), vec!["", "a"]);
     }

@@ -67,7 +67,7 @@ impl ContextStore {
                 .record("search", "index", true, index_start.elapsed());
             let mut hits = Vec::with_capacity(results.hits.len());
             for hit in results.hits {
-                let Ok(addr) = UcxlAddress::parse(&hit.key) else {
+                let Ok(addr) = UcxlAddress::from_key(&hit.key) else {
                     continue;
                 };
                 match self.get(caller, &addr).await {
@@ -98,7 +98,12 @@ impl ContextStore {
         resp.took_micros = start.elapsed().as_micros() as u64;
         self.0
             .audit
-            .allow(&caller.token_id, &caller.role, AuditAction::Search, "search")
+            .allow(
+                &caller.token_id,
+                &caller.role,
+                AuditAction::Search,
+                "search",
+            )
             .await;
         Ok(resp)
     }

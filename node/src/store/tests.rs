@@ -49,17 +49,26 @@ async fn put_get_versions_and_temporal_addresses() {
     let (_d, node) = node().await;
     let s = &node.store;
     let dev = who("developer");
-    let r1 = s.put(&dev, PutRequest::new(ctx(A, "first", &["developer"]))).await.unwrap();
+    let r1 = s
+        .put(&dev, PutRequest::new(ctx(A, "first", &["developer"])))
+        .await
+        .unwrap();
     assert!(r1.created);
     assert_eq!(
         r1.readers,
-        vec![RoleName::new("admin").unwrap(), RoleName::new("architect").unwrap(), RoleName::new("developer").unwrap()]
+        vec![
+            RoleName::new("admin").unwrap(),
+            RoleName::new("architect").unwrap(),
+            RoleName::new("developer").unwrap()
+        ]
     );
     let mut req = PutRequest::new(ctx(A, "second", &["developer"]));
     req.change_reason = Some("rewrote it".into());
     let r2 = s.put(&dev, req).await.unwrap();
     assert_eq!(r2.parent.as_deref(), Some(r1.version.as_str()));
-    s.put(&dev, PutRequest::new(ctx(A, "third", &["developer"]))).await.unwrap();
+    s.put(&dev, PutRequest::new(ctx(A, "third", &["developer"])))
+        .await
+        .unwrap();
 
     let latest = s.get(&dev, &addr(A)).await.unwrap();
     assert_eq!(latest.context.summary, "third");
@@ -67,12 +76,24 @@ async fn put_get_versions_and_temporal_addresses() {
     // Cached read gives the same answer.
     assert_eq!(s.get(&dev, &addr(A)).await.unwrap(), latest);
     let a = addr(A);
-    let v1 = s.get(&dev, &a.with_temporal(Temporal::Version(1))).await.unwrap();
+    let v1 = s
+        .get(&dev, &a.with_temporal(Temporal::Version(1)))
+        .await
+        .unwrap();
     assert_eq!(v1.context.summary, "first");
-    let back1 = s.get(&dev, &a.with_temporal(Temporal::Back(1))).await.unwrap();
+    let back1 = s
+        .get(&dev, &a.with_temporal(Temporal::Back(1)))
+        .await
+        .unwrap();
     assert_eq!(back1.context.summary, "second");
-    assert_eq!(back1.context.version.as_ref().unwrap().change_reason, "rewrote it");
-    let fwd = s.get(&dev, &a.with_temporal(Temporal::Forward(2))).await.unwrap();
+    assert_eq!(
+        back1.context.version.as_ref().unwrap().change_reason,
+        "rewrote it"
+    );
+    let fwd = s
+        .get(&dev, &a.with_temporal(Temporal::Forward(2)))
+        .await
+        .unwrap();
     assert_eq!(fwd.context.summary, "third");
     assert!(matches!(
         s.get(&dev, &a.with_temporal(Temporal::Version(9))).await,
@@ -88,30 +109,52 @@ async fn forbidden_reads_and_writes_are_refused_and_audited() {
     let (_d, node) = node().await;
     let s = &node.store;
     let arch_addr = "ucxl://claude:architect@slurp:core/*^/docs/adr-1.md";
-    s.put(&who("architect"), PutRequest::new(ctx(arch_addr, "secret plan", &["architect"])))
-        .await
-        .unwrap();
+    s.put(
+        &who("architect"),
+        PutRequest::new(ctx(arch_addr, "secret plan", &["architect"])),
+    )
+    .await
+    .unwrap();
     // A developer cannot read architect records; admin can.
-    let e = s.get(&who("developer"), &addr(arch_addr)).await.unwrap_err();
+    let e = s
+        .get(&who("developer"), &addr(arch_addr))
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::Forbidden { .. }), "{e}");
-    assert_eq!(s.get(&who("admin"), &addr(arch_addr)).await.unwrap().context.summary, "secret plan");
+    assert_eq!(
+        s.get(&who("admin"), &addr(arch_addr))
+            .await
+            .unwrap()
+            .context
+            .summary,
+        "secret plan"
+    );
     // Even after admin's read is cached, the developer still gets nothing.
     assert!(s.get(&who("developer"), &addr(arch_addr)).await.is_err());
     // Observers have read-only authority.
     let e = s
-        .put(&who("observer"), PutRequest::new(ctx("ucxl://a:observer@p:t/*^/x", "x", &["observer"])))
+        .put(
+            &who("observer"),
+            PutRequest::new(ctx("ucxl://a:observer@p:t/*^/x", "x", &["observer"])),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::Forbidden { .. }));
     // A developer may not write a record only architects can read.
     let e = s
-        .put(&who("developer"), PutRequest::new(ctx("ucxl://a:dev@p:t/*^/y", "y", &["architect"])))
+        .put(
+            &who("developer"),
+            PutRequest::new(ctx("ucxl://a:dev@p:t/*^/y", "y", &["architect"])),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::Forbidden { .. }));
     // Nor overwrite it.
     let e = s
-        .put(&who("developer"), PutRequest::new(ctx(arch_addr, "mine now", &["developer"])))
+        .put(
+            &who("developer"),
+            PutRequest::new(ctx(arch_addr, "mine now", &["developer"])),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::Forbidden { .. }));
@@ -132,17 +175,27 @@ async fn delete_is_a_tombstone_and_history_keeps_versions() {
     let (_d, node) = node().await;
     let s = &node.store;
     let dev = who("developer");
-    s.put(&dev, PutRequest::new(ctx(A, "alive", &["developer"]))).await.unwrap();
+    s.put(&dev, PutRequest::new(ctx(A, "alive", &["developer"])))
+        .await
+        .unwrap();
     s.get(&dev, &addr(A)).await.unwrap();
     s.delete(&dev, &addr(A)).await.unwrap();
-    assert!(matches!(s.get(&dev, &addr(A)).await, Err(StoreError::Deleted { .. })));
+    assert!(matches!(
+        s.get(&dev, &addr(A)).await,
+        Err(StoreError::Deleted { .. })
+    ));
     assert!(!s.exists(&dev, &addr(A)).await.unwrap());
     let h = s.history(&dev, &addr(A)).await.unwrap();
     assert_eq!(h.len(), 2);
     assert!(h[1].tombstone);
-    assert!(matches!(s.delete(&dev, &addr(A)).await, Err(StoreError::Deleted { .. })));
+    assert!(matches!(
+        s.delete(&dev, &addr(A)).await,
+        Err(StoreError::Deleted { .. })
+    ));
     // Writing again revives it.
-    s.put(&dev, PutRequest::new(ctx(A, "back", &["developer"]))).await.unwrap();
+    s.put(&dev, PutRequest::new(ctx(A, "back", &["developer"])))
+        .await
+        .unwrap();
     assert_eq!(s.get(&dev, &addr(A)).await.unwrap().context.summary, "back");
 }
 
@@ -154,7 +207,10 @@ async fn conflicting_expectations_are_refused() {
     let mut req = PutRequest::new(ctx(A, "one", &["developer"]));
     req.expect_latest = Some(String::new());
     let r1 = s.put(&dev, req.clone()).await.unwrap();
-    assert!(matches!(s.put(&dev, req).await, Err(StoreError::Conflict { .. })));
+    assert!(matches!(
+        s.put(&dev, req).await,
+        Err(StoreError::Conflict { .. })
+    ));
     let mut req = PutRequest::new(ctx(A, "two", &["developer"]));
     req.expect_latest = Some(r1.version.clone());
     s.put(&dev, req).await.unwrap();
@@ -165,13 +221,30 @@ async fn list_by_pattern_and_prefix_hides_unreadable() {
     let (_d, node) = node().await;
     let s = &node.store;
     for (a, roles) in [
-        ("ucxl://claude:developer@slurp:core/*^/src/a.rs", &["developer"][..]),
-        ("ucxl://claude:developer@slurp:core/*^/src/b.rs", &["developer"][..]),
-        ("ucxl://gpt:developer@slurp:core/*^/src/c.rs", &["developer"][..]),
-        ("ucxl://claude:architect@slurp:core/*^/src/d.rs", &["architect"][..]),
-        ("ucxl://claude:developer@other:core/*^/src/e.rs", &["developer"][..]),
+        (
+            "ucxl://claude:developer@slurp:core/*^/src/a.rs",
+            &["developer"][..],
+        ),
+        (
+            "ucxl://claude:developer@slurp:core/*^/src/b.rs",
+            &["developer"][..],
+        ),
+        (
+            "ucxl://gpt:developer@slurp:core/*^/src/c.rs",
+            &["developer"][..],
+        ),
+        (
+            "ucxl://claude:architect@slurp:core/*^/src/d.rs",
+            &["architect"][..],
+        ),
+        (
+            "ucxl://claude:developer@other:core/*^/src/e.rs",
+            &["developer"][..],
+        ),
     ] {
-        s.put(&who("admin"), PutRequest::new(ctx(a, "x", roles))).await.unwrap();
+        s.put(&who("admin"), PutRequest::new(ctx(a, "x", roles)))
+            .await
+            .unwrap();
     }
     let dev = who("developer");
     let page = s
@@ -181,12 +254,22 @@ async fn list_by_pattern_and_prefix_hides_unreadable() {
     let paths: Vec<&str> = page.entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, vec!["src/a.rs", "src/b.rs", "src/c.rs"]);
     let page = s
-        .list(&who("admin"), &addr("ucxl://claude:any@any:any/*~/src"), None, 2)
+        .list(
+            &who("admin"),
+            &addr("ucxl://claude:any@any:any/*~/src"),
+            None,
+            2,
+        )
         .await
         .unwrap();
     assert_eq!(page.entries.len(), 2);
     let rest = s
-        .list(&who("admin"), &addr("ucxl://claude:any@any:any/*~/src"), page.next.as_deref(), 10)
+        .list(
+            &who("admin"),
+            &addr("ucxl://claude:any@any:any/*~/src"),
+            page.next.as_deref(),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(rest.entries.len(), 2);
@@ -201,19 +284,34 @@ async fn resolve_merges_parents() {
     let mut root = ctx("ucxl://c:developer@p:t/*^/", "the project", &["developer"]);
     root.tags = vec!["rust".into()];
     root.purpose = "store contexts".into();
-    let mut src = ctx("ucxl://c:developer@p:t/*^/src", "the sources", &["developer"]);
+    let mut src = ctx(
+        "ucxl://c:developer@p:t/*^/src",
+        "the sources",
+        &["developer"],
+    );
     src.tags = vec!["code".into()];
     src.context_specificity = 5;
-    let mut hidden = ctx("ucxl://c:developer@p:t/*^/src/auth", "auth only", &["developer"]);
+    let mut hidden = ctx(
+        "ucxl://c:developer@p:t/*^/src/auth",
+        "auth only",
+        &["developer"],
+    );
     hidden.applies_to_children = false;
     hidden.tags = vec!["not-inherited".into()];
-    let mut leaf = ctx("ucxl://c:developer@p:t/*^/src/auth/login.rs", "login", &["developer"]);
+    let mut leaf = ctx(
+        "ucxl://c:developer@p:t/*^/src/auth/login.rs",
+        "login",
+        &["developer"],
+    );
     leaf.tags = vec!["security".into(), "rust".into()];
     for c in [root, src, hidden, leaf] {
         s.put(&admin, PutRequest::new(c)).await.unwrap();
     }
     let r = s
-        .resolve(&who("developer"), &addr("ucxl://c:developer@p:t/*^/src/auth/login.rs"))
+        .resolve(
+            &who("developer"),
+            &addr("ucxl://c:developer@p:t/*^/src/auth/login.rs"),
+        )
         .await
         .unwrap();
     // src has the highest specificity.
@@ -226,11 +324,18 @@ async fn resolve_merges_parents() {
     assert_eq!(r.chain.len(), 3);
 
     // An override drops what the parents said.
-    let mut leaf = ctx("ucxl://c:developer@p:t/*^/src/auth/login.rs", "login v2", &["developer"]);
+    let mut leaf = ctx(
+        "ucxl://c:developer@p:t/*^/src/auth/login.rs",
+        "login v2",
+        &["developer"],
+    );
     leaf.overrides_parent = true;
     s.put(&admin, PutRequest::new(leaf)).await.unwrap();
     let r = s
-        .resolve(&who("developer"), &addr("ucxl://c:developer@p:t/*^/src/auth/login.rs"))
+        .resolve(
+            &who("developer"),
+            &addr("ucxl://c:developer@p:t/*^/src/auth/login.rs"),
+        )
         .await
         .unwrap();
     assert_eq!(r.summary, "login v2");
@@ -272,14 +377,26 @@ async fn search_is_role_scoped_and_decrypted() {
     let (_d, node) = node().await;
     let s = &node.store;
     let admin = who("admin");
-    let mut dev = ctx("ucxl://c:developer@p:t/*^/src/auth.rs", "token authentication middleware", &["developer"]);
+    let mut dev = ctx(
+        "ucxl://c:developer@p:t/*^/src/auth.rs",
+        "token authentication middleware",
+        &["developer"],
+    );
     dev.tags = vec!["security".into()];
     s.put(&admin, PutRequest::new(dev)).await.unwrap();
-    s.put(&admin, PutRequest::new(ctx("ucxl://c:architect@p:t/*^/adr", "authentication redesign", &["architect"])))
-        .await
-        .unwrap();
+    s.put(
+        &admin,
+        PutRequest::new(ctx(
+            "ucxl://c:architect@p:t/*^/adr",
+            "authentication redesign",
+            &["architect"],
+        )),
+    )
+    .await
+    .unwrap();
     s.index().unwrap().commit().unwrap();
-    let q = |role: &str| slurp_index::SearchQuery::new(RoleName::new(role).unwrap(), "authentication");
+    let q =
+        |role: &str| slurp_index::SearchQuery::new(RoleName::new(role).unwrap(), "authentication");
     let r = s.search(&who("developer"), q("developer")).await.unwrap();
     assert_eq!(r.total_hits, 1);
     assert_eq!(r.hits[0].context.summary, "token authentication middleware");
@@ -351,7 +468,10 @@ async fn expired_records_are_never_returned() {
     assert!(s.get(&dev, &addr(A)).await.is_ok());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     s.cache().clear();
-    assert!(matches!(s.get(&dev, &addr(A)).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.get(&dev, &addr(A)).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -364,7 +484,10 @@ async fn index_is_rebuilt_from_the_store_on_restart() {
     {
         let node = Node::open(config.clone()).await.unwrap();
         node.store
-            .put(&who("admin"), PutRequest::new(ctx(A, "persistent marmalade", &["developer"])))
+            .put(
+                &who("admin"),
+                PutRequest::new(ctx(A, "persistent marmalade", &["developer"])),
+            )
             .await
             .unwrap();
         node.close().await;
@@ -378,7 +501,10 @@ async fn index_is_rebuilt_from_the_store_on_restart() {
     }
     let r = node
         .store
-        .search(&who("developer"), slurp_index::SearchQuery::new(RoleName::new("developer").unwrap(), "marmalade"))
+        .search(
+            &who("developer"),
+            slurp_index::SearchQuery::new(RoleName::new("developer").unwrap(), "marmalade"),
+        )
         .await
         .unwrap();
     assert_eq!(r.total_hits, 1);
