@@ -23,6 +23,11 @@ pub struct StoreConfig {
     /// Write requests that may wait for the writer thread; callers wait
     /// (async callers yield) when the queue is full.
     pub queue_capacity: usize,
+    /// Longest the writer thread waits for more requests before starting a
+    /// transaction, in microseconds, when the previous batch showed
+    /// concurrent writers (never for a lone writer; never longer than half
+    /// the previous commit). 0 disables waiting.
+    pub group_commit_wait_us: u64,
     /// Largest stored value (sealed envelope plus its metadata, encoded)
     /// in bytes; larger writes are refused before they are queued.
     pub max_value_bytes: usize,
@@ -45,6 +50,7 @@ impl Default for StoreConfig {
         StoreConfig {
             max_batch: 256,
             queue_capacity: 4096,
+            group_commit_wait_us: 300,
             max_value_bytes: 4 * 1024 * 1024,
             max_links: 256,
             cache_bytes: 64 * 1024 * 1024,

@@ -75,6 +75,9 @@ struct Inner {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
+    /// The writer thread, unparked after each request is queued (it may be
+    /// waiting for more before committing).
+    writer_thread: std::thread::Thread,
 }
 
 impl Drop for Inner {
@@ -159,6 +162,7 @@ impl StoreBuilder {
             inner: Arc::new(Inner {
                 shared,
                 tx: Some(tx),
+                writer_thread: writer.thread().clone(),
                 writer: Some(writer),
             }),
         })
@@ -269,12 +273,14 @@ impl Store {
     async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.sender().ok()?.send(make(tx)).await.ok()?;
+        self.inner.writer_thread.unpark();
         rx.await.ok()
     }
 
     fn submit_blocking<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.sender().ok()?.blocking_send(make(tx)).ok()?;
+        self.inner.writer_thread.unpark();
         rx.blocking_recv().ok()
     }
 

@@ -111,11 +111,43 @@ pub struct CompactionReport {
     pub duration: Duration,
 }
 
+/// Takes queued commands into `batch` until the queue is empty, the batch
+/// is full, or an exclusive command turns up (kept in `held`).
+fn drain(
+    rx: &mut mpsc::Receiver<Command>,
+    batch: &mut Vec<Command>,
+    weight: &mut usize,
+    held: &mut Option<Command>,
+    max_batch: usize,
+) {
+    while *weight < max_batch && held.is_none() {
+        match rx.try_recv() {
+            Ok(c) if c.exclusive() => *held = Some(c),
+            Ok(c) => {
+                *weight += c.weight();
+                batch.push(c);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 /// The writer thread's loop; returns when every [`crate::Store`] handle is
 /// gone and the queue is drained.
+///
+/// Linger: when the previous batch had several requests, writers are
+/// probably about to send their next ones (they were waiting for that
+/// batch's answer). Starting a transaction with the first one alone would
+/// spend a whole commit on it, so the thread waits, for at most
+/// `group_commit_wait_us` and at most half the previous commit's duration,
+/// until as many requests as last time are queued. A lone writer (batches
+/// of one) never waits.
 pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
     let max_batch = shared.config.max_batch;
+    let max_wait = Duration::from_micros(shared.config.group_commit_wait_us);
     let mut held: Option<Command> = None;
+    let mut expected = 1usize;
+    let mut last_commit = Duration::ZERO;
     loop {
         let first = match held.take() {
             Some(c) => c,
@@ -130,21 +162,25 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
         }
         let mut weight = first.weight();
         let mut batch = vec![first];
-        while weight < max_batch {
-            match rx.try_recv() {
-                Ok(c) if c.exclusive() => {
-                    held = Some(c);
+        drain(&mut rx, &mut batch, &mut weight, &mut held, max_batch);
+        let wait = max_wait.min(last_commit / 2);
+        if batch.len() < expected && !wait.is_zero() {
+            let deadline = Instant::now() + wait;
+            while batch.len() < expected && weight < max_batch && held.is_none() {
+                let now = Instant::now();
+                if now >= deadline {
                     break;
                 }
-                Ok(c) => {
-                    weight += c.weight();
-                    batch.push(c);
-                }
-                Err(_) => break,
+                // Senders unpark this thread after queueing.
+                std::thread::park_timeout(deadline - now);
+                drain(&mut rx, &mut batch, &mut weight, &mut held, max_batch);
             }
         }
+        expected = batch.len();
         shared.observer.on_queue_depth(rx.len());
+        let started = Instant::now();
         commit_batch(&shared, batch);
+        last_commit = started.elapsed();
     }
     debug!("store writer thread stopped");
 }
