@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod audit;
+pub mod bench;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod keys;

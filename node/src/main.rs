@@ -1,16 +1,928 @@
 //! The `slurp` binary: runs a node and, from the same executable, talks to
 //! one as a client.
+//!
+//! Flags are parsed into plain argument structs here and resolved into the
+//! library's settings (`NodeConfig`, the HTTP client) in one place each, so
+//! help text, completions and behaviour come from the same table.
 
-use anyhow::Result;
-use clap::Parser;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use serde_json::{Value, json};
+use slurp_node::client::{Client, ClientError};
+use slurp_node::config::{ApiOverrides, ConfigOverrides, LogFormat, NodeConfig};
+use slurp_node::node::Node;
+use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
 
 /// A peer-to-peer, encrypted store for codebase context.
+///
+/// Exit codes: 0 success, 1 error, 2 usage, 3 not found (or deleted),
+/// 4 forbidden (or bad token), 5 invalid input, 6 node unreachable or failing.
 #[derive(Parser, Debug)]
-#[command(name = "slurp", version, about)]
-struct Cli {}
+#[command(name = "slurp", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> Result<()> {
-    let _cli = Cli::parse();
-    println!("slurp {}", env!("CARGO_PKG_VERSION"));
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// The node to talk to.
+    #[arg(
+        long,
+        env = "SLURP_NODE",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    node: String,
+    /// API token (see `admin.token` in the node's data directory).
+    #[arg(long, env = "SLURP_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Request timeout.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run or inspect a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Store a new version of a context.
+    Put(PutArgs),
+    /// Read a context (the address's temporal part picks the version).
+    Get {
+        address: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Delete a context (writes a tombstone; history keeps the versions).
+    Delete {
+        address: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List addresses matching a pattern (`any` segments, path prefix).
+    List {
+        pattern: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Every version of an address.
+    History {
+        address: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Full-text search.
+    Search(SearchArgs),
+    /// Resolve a path through its parents' contexts.
+    Resolve {
+        address: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Contexts linked by decisions, within N hops.
+    Links {
+        address: String,
+        #[arg(long, default_value_t = 1)]
+        hops: u32,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Bulk operations.
+    #[command(subcommand)]
+    Batch(BatchCommand),
+    /// Write every readable context matching a pattern as JSON lines.
+    Export {
+        #[arg(default_value = "ucxl://any:any@any:any/*^/")]
+        pattern: String,
+        /// Output file (standard output if absent).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Node status: store, index, cache, workers, batches.
+    Status {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Background workers; `--run NAME` triggers one now (admin).
+    Workers {
+        #[arg(long)]
+        run: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Health of the node's components.
+    Health {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Who the token is.
+    Whoami {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Drive a running node with a load mix and print throughput and latency.
+    Bench(slurp_node::bench::BenchArgs),
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Run a node in the foreground.
+    Run(RunArgs),
+    /// Print the effective configuration as TOML.
+    Config(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "SLURP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// HTTP listen address.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Roles file (TOML).
+    #[arg(long)]
+    roles: Option<PathBuf>,
+    /// Node name (writer id of its versions).
+    #[arg(long)]
+    name: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+impl RunArgs {
+    fn load(&self) -> Result<NodeConfig> {
+        let overrides = ConfigOverrides {
+            data_dir: self.data.clone(),
+            roles_file: self.roles.clone(),
+            node_name: self.name.clone(),
+            log_format: self.log_json.then_some(LogFormat::Json),
+            api: self.listen.map(|l| ApiOverrides { listen: Some(l) }),
+        };
+        Ok(NodeConfig::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+#[derive(Args, Debug)]
+struct PutArgs {
+    /// The address (`ucxl://agent:role@project:task/*^/path`).
+    address: Option<String>,
+    /// A JSON file with the context (or `-` for standard input).
+    #[arg(long, short)]
+    file: Option<PathBuf>,
+    #[arg(long)]
+    summary: Option<String>,
+    #[arg(long)]
+    purpose: Option<String>,
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    #[arg(long = "tech")]
+    technologies: Vec<String>,
+    #[arg(long = "insight")]
+    insights: Vec<String>,
+    /// Roles the context is for, comma separated (default: the address's role).
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// Why this version was written.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Expire after this many seconds.
+    #[arg(long)]
+    ttl: Option<u64>,
+    #[command(flatten)]
+    c: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+struct SearchArgs {
+    /// Query text (words, "phrases", AND/OR/-term).
+    text: Vec<String>,
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    #[arg(long = "tech")]
+    technologies: Vec<String>,
+    /// Only paths under this prefix.
+    #[arg(long)]
+    path: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    #[command(flatten)]
+    c: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum BatchCommand {
+    /// Import contexts from a JSON-lines file (one context per line).
+    Import {
+        file: PathBuf,
+        /// Items per request.
+        #[arg(long, default_value_t = 500)]
+        chunk: usize,
+        /// Each request stores all of its items or none.
+        #[arg(long)]
+        atomic: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token for a role; prints it once.
+    Create {
+        role: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List tokens (ids and roles; never secrets).
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+fn client(c: &ClientArgs) -> Result<Client> {
+    Ok(Client::new(&c.node, c.token.clone(), c.timeout)?)
+}
+
+fn print(c: &ClientArgs, v: &Value, text: impl FnOnce(&Value) -> String) {
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        let t = text(v);
+        if !t.is_empty() {
+            println!("{t}");
+        }
+    }
+}
+
+fn show_context(v: &Value) -> String {
+    let ctx = &v["context"];
+    let mut out = format!(
+        "{}\n  version {} (#{})\n  summary: {}",
+        v["address"].as_str().unwrap_or(""),
+        v["version"].as_str().unwrap_or(""),
+        v["ordinal"],
+        ctx["summary"].as_str().unwrap_or("")
+    );
+    if let Some(p) = ctx["purpose"].as_str().filter(|p| !p.is_empty()) {
+        out.push_str(&format!("\n  purpose: {p}"));
+    }
+    for (label, field) in [("tags", "tags"), ("technologies", "technologies")] {
+        if let Some(a) = ctx[field].as_array().filter(|a| !a.is_empty()) {
+            let items: Vec<&str> = a.iter().filter_map(|x| x.as_str()).collect();
+            out.push_str(&format!("\n  {label}: {}", items.join(", ")));
+        }
+    }
+    if let Some(a) = ctx["insights"].as_array() {
+        for i in a.iter().filter_map(|x| x.as_str()) {
+            out.push_str(&format!("\n  - {i}"));
+        }
+    }
+    let roles: Vec<&str> = ctx["encrypted_for"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    out.push_str(&format!("\n  for: {}", roles.join(", ")));
+    out
+}
+
+fn read_context_file(path: &PathBuf) -> Result<ContextNode> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a context (JSON)", path.display()))
+}
+
+async fn put(a: PutArgs) -> Result<()> {
+    let mut ctx = match (&a.file, &a.address) {
+        (Some(f), _) => read_context_file(f)?,
+        (None, Some(addr)) => {
+            let address = UcxlAddress::parse(addr)?;
+            let summary = a
+                .summary
+                .clone()
+                .context("--summary is required without --file")?;
+            let role = address.role.as_str().to_string();
+            ContextNode::new(address, summary, vec![RoleName::new(role)?])
+        }
+        (None, None) => bail!("give an address with --summary, or --file"),
+    };
+    if let (Some(_), Some(addr)) = (&a.file, &a.address) {
+        ctx.address = UcxlAddress::parse(addr)?;
+        if ctx.path.is_empty() {
+            ctx.path = ctx.address.path.clone();
+        }
+    }
+    if let Some(s) = a.summary {
+        ctx.summary = s;
+    }
+    if let Some(p) = a.purpose {
+        ctx.purpose = p;
+    }
+    ctx.tags.extend(a.tags);
+    ctx.technologies.extend(a.technologies);
+    ctx.insights.extend(a.insights);
+    if !a.roles.is_empty() {
+        ctx.encrypted_for = a
+            .roles
+            .iter()
+            .map(|r| RoleName::new(r.trim()))
+            .collect::<Result<_, _>>()?;
+    }
+    let body = json!({"context": ctx, "change_reason": a.reason, "ttl_secs": a.ttl});
+    let v = client(&a.c)?.post("/v1/contexts", &body).await?;
+    print(&a.c, &v, |v| {
+        format!(
+            "stored {} version {}",
+            v["address"].as_str().unwrap_or(""),
+            v["version"].as_str().unwrap_or("")
+        )
+    });
     Ok(())
+}
+
+async fn search(a: SearchArgs) -> Result<()> {
+    let body = json!({
+        "text": a.text.join(" "),
+        "tags": a.tags,
+        "technologies": a.technologies,
+        "path_prefix": a.path,
+        "limit": a.limit,
+        "offset": a.offset,
+    });
+    let v = client(&a.c)?.post("/v1/search", &body).await?;
+    print(&a.c, &v, |v| {
+        let mut out = format!("{} hits ({} µs)\n", v["total_hits"], v["took_micros"]);
+        for h in v["hits"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{:>6.2}  {}\n        {}\n",
+                h["score"].as_f64().unwrap_or(0.0),
+                h["address"].as_str().unwrap_or(""),
+                h["context"]["summary"].as_str().unwrap_or("")
+            ));
+        }
+        for (label, key) in [("tags", "tags"), ("technologies", "technologies")] {
+            let f: Vec<String> = v["facets"][key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| format!("{} ({})", f["value"].as_str().unwrap_or(""), f["count"]))
+                .collect();
+            if !f.is_empty() {
+                out.push_str(&format!("{label}: {}\n", f.join(", ")));
+            }
+        }
+        out.trim_end().to_string()
+    });
+    Ok(())
+}
+
+async fn import(file: PathBuf, chunk: usize, atomic: bool, c: ClientArgs) -> Result<()> {
+    let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let lines: Vec<String> = std::io::BufReader::new(f)
+        .lines()
+        .collect::<Result<_, _>>()?;
+    let mut items = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
+        // A line is a context, or an item {"context": ..., "roles": ...}.
+        let item = if v.get("context").is_some() {
+            v
+        } else {
+            json!({"context": v})
+        };
+        items.push((n + 1, item));
+    }
+    let client = client(&c)?;
+    let bar = indicatif::ProgressBar::new(items.len() as u64);
+    if c.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut errors = Vec::new();
+    for part in items.chunks(chunk.max(1)) {
+        let body =
+            json!({"items": part.iter().map(|(_, i)| i).collect::<Vec<_>>(), "atomic": atomic});
+        let v = client.post("/v1/batch/put", &body).await?;
+        ok += v["succeeded"].as_u64().unwrap_or(0) as usize;
+        failed += v["failed"].as_u64().unwrap_or(0) as usize;
+        for r in v["results"].as_array().into_iter().flatten() {
+            if let Some(e) = r.get("error") {
+                let idx = r["index"].as_u64().unwrap_or(0) as usize;
+                let line = part.get(idx).map(|(n, _)| *n).unwrap_or(0);
+                errors.push(json!({"line": line, "error": e}));
+            }
+        }
+        bar.inc(part.len() as u64);
+    }
+    bar.finish_and_clear();
+    let v = json!({"stored": ok, "failed": failed, "errors": errors});
+    print(&c, &v, |v| {
+        let mut out = format!("imported {} contexts, {} failed", v["stored"], v["failed"]);
+        for e in v["errors"].as_array().into_iter().flatten().take(20) {
+            out.push_str(&format!(
+                "\n  line {}: {}",
+                e["line"],
+                e["error"]["message"].as_str().unwrap_or("")
+            ));
+        }
+        out
+    });
+    if failed > 0 {
+        std::process::exit(5);
+    }
+    Ok(())
+}
+
+async fn export(pattern: String, output: Option<PathBuf>, c: ClientArgs) -> Result<()> {
+    let client = client(&c)?;
+    let mut out: Box<dyn Write> = match &output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    if output.is_none() || c.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut after: Option<String> = None;
+    let mut n = 0u64;
+    loop {
+        let mut q = vec![("pattern", pattern.clone()), ("limit", "500".to_string())];
+        if let Some(a) = &after {
+            q.push(("after", a.clone()));
+        }
+        let page = client.get("/v1/list", &q).await?;
+        let addrs: Vec<String> = page["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["address"].as_str().map(str::to_string))
+            .collect();
+        if !addrs.is_empty() {
+            let got = client
+                .post("/v1/batch/get", &json!({"addresses": addrs}))
+                .await?;
+            for r in got["results"].as_array().into_iter().flatten() {
+                if let Some(ok) = r.get("ok") {
+                    let mut ctx = ok["context"].clone();
+                    if let Some(o) = ctx.as_object_mut() {
+                        o.remove("version");
+                    }
+                    writeln!(out, "{}", serde_json::to_string(&ctx)?)?;
+                    n += 1;
+                    bar.set_message(format!("{n} contexts"));
+                    bar.tick();
+                }
+            }
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    if output.is_some() {
+        eprintln!("exported {n} contexts");
+    }
+    Ok(())
+}
+
+async fn run_node(args: RunArgs) -> Result<()> {
+    let config = args.load()?;
+    init_logging(&config);
+    let listen = config.api.listen;
+    let node = Arc::new(Node::open(config).await?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(
+        listen = %bound,
+        data = %node.data_dir().display(),
+        writer = %node.store.writer(),
+        "slurp node running"
+    );
+    println!("slurp node listening on http://{bound}");
+    if let Some(p) = &node.admin_token_file {
+        println!("admin token written to {}", p.display());
+    }
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    };
+    slurp_node::api::serve(node.clone(), listener, shutdown).await?;
+    tracing::info!("shutting down");
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.close().await,
+        Err(node) => node.shutdown(),
+    }
+    Ok(())
+}
+
+fn init_logging(config: &NodeConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLURP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Node(NodeCommand::Run(args)) => run_node(args).await,
+        Command::Node(NodeCommand::Config(args)) => {
+            print!("{}", args.load()?.to_toml());
+            Ok(())
+        }
+        Command::Put(a) => put(a).await,
+        Command::Get { address, c } => {
+            UcxlAddress::parse(&address)?;
+            let v = client(&c)?
+                .get("/v1/contexts", &[("address", address)])
+                .await?;
+            print(&c, &v, show_context);
+            Ok(())
+        }
+        Command::Delete { address, c } => {
+            let v = client(&c)?
+                .delete("/v1/contexts", &[("address", address)])
+                .await?;
+            print(&c, &v, |v| {
+                format!(
+                    "deleted (tombstone {})",
+                    v["version"].as_str().unwrap_or("")
+                )
+            });
+            Ok(())
+        }
+        Command::List {
+            pattern,
+            limit,
+            after,
+            c,
+        } => {
+            let mut q = vec![("pattern", pattern), ("limit", limit.to_string())];
+            if let Some(a) = after {
+                q.push(("after", a));
+            }
+            let v = client(&c)?.get("/v1/list", &q).await?;
+            print(&c, &v, |v| {
+                let mut out: Vec<String> = v["entries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "{}  ({} versions)",
+                            e["address"].as_str().unwrap_or(""),
+                            e["versions"]
+                        )
+                    })
+                    .collect();
+                if let Some(n) = v["next"].as_str() {
+                    out.push(format!("more: --after '{n}'"));
+                }
+                out.join("\n")
+            });
+            Ok(())
+        }
+        Command::History { address, c } => {
+            let v = client(&c)?
+                .get("/v1/contexts/history", &[("address", address)])
+                .await?;
+            print(&c, &v, |v| {
+                v["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "#{:<4} {}{}",
+                            e["ordinal"],
+                            e["version"].as_str().unwrap_or(""),
+                            if e["tombstone"].as_bool() == Some(true) {
+                                "  (deleted)"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(())
+        }
+        Command::Search(a) => search(a).await,
+        Command::Resolve { address, c } => {
+            let v = client(&c)?
+                .get("/v1/resolve", &[("address", address)])
+                .await?;
+            print(&c, &v, |v| {
+                let mut out = format!(
+                    "{}\n  summary: {}\n    from {}",
+                    v["address"].as_str().unwrap_or(""),
+                    v["summary"].as_str().unwrap_or(""),
+                    v["summary_source"].as_str().unwrap_or("")
+                );
+                if let Some(p) = v["purpose"].as_str().filter(|p| !p.is_empty()) {
+                    out.push_str(&format!(
+                        "\n  purpose: {p}\n    from {}",
+                        v["purpose_source"].as_str().unwrap_or("")
+                    ));
+                }
+                for field in ["technologies", "tags", "insights"] {
+                    for f in v[field].as_array().into_iter().flatten() {
+                        out.push_str(&format!(
+                            "\n  {field}: {}  (from {})",
+                            f["value"].as_str().unwrap_or(""),
+                            f["source"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+                out
+            });
+            Ok(())
+        }
+        Command::Links { address, hops, c } => {
+            let v = client(&c)?
+                .get(
+                    "/v1/links",
+                    &[("address", address), ("hops", hops.to_string())],
+                )
+                .await?;
+            print(&c, &v, |v| {
+                let mut out: Vec<String> = v["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| {
+                        format!(
+                            "[{}] {}  {}",
+                            n["hops"],
+                            n["address"].as_str().unwrap_or(""),
+                            n["summary"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                for e in v["edges"].as_array().into_iter().flatten() {
+                    out.push(format!(
+                        "{} -> {}",
+                        e["from"].as_str().unwrap_or(""),
+                        e["to"].as_str().unwrap_or("")
+                    ));
+                }
+                out.join("\n")
+            });
+            Ok(())
+        }
+        Command::Batch(BatchCommand::Import {
+            file,
+            chunk,
+            atomic,
+            c,
+        }) => import(file, chunk, atomic, c).await,
+        Command::Export { pattern, output, c } => export(pattern, output, c).await,
+        Command::Token(TokenCommand::Create { role, label, c }) => {
+            let v = client(&c)?
+                .post("/v1/tokens", &json!({"role": role, "label": label}))
+                .await?;
+            print(&c, &v, |v| v["token"].as_str().unwrap_or("").to_string());
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { id, c }) => {
+            let v = client(&c)?.delete(&format!("/v1/tokens/{id}"), &[]).await?;
+            print(&c, &v, |v| {
+                format!("revoked {}", v["id"].as_str().unwrap_or(""))
+            });
+            Ok(())
+        }
+        Command::Token(TokenCommand::List { c }) => {
+            let v = client(&c)?.get("/v1/tokens", &[]).await?;
+            print(&c, &v, |v| {
+                v["tokens"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        format!(
+                            "{}  {:<10} {}{}",
+                            t["id"].as_str().unwrap_or(""),
+                            t["role"].as_str().unwrap_or(""),
+                            t["label"].as_str().unwrap_or(""),
+                            if t["revoked_at_ms"].is_null() {
+                                ""
+                            } else {
+                                "  (revoked)"
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(())
+        }
+        Command::Status { c } => {
+            let v = client(&c)?.get("/v1/status", &[]).await?;
+            print(&c, &v, |v| {
+                let mut out = format!(
+                    "slurp {} writer {}\nstore: {} keys, {} versions, {} bytes\nindex: {} docs, {} segments\ncache: {} entries, {} bytes\nworkers:",
+                    v["version"].as_str().unwrap_or(""),
+                    v["writer_id"].as_str().unwrap_or(""),
+                    v["store"]["keys"],
+                    v["store"]["versions"],
+                    v["store"]["file_bytes"],
+                    v["index"]["docs"],
+                    v["index"]["segments"],
+                    v["cache"]["entries"],
+                    v["cache"]["bytes"],
+                );
+                out.push_str(&workers_text(&v["workers"]));
+                for b in v["batches"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\nbatch {} {}: {}/{} done, {} failed{}",
+                        b["id"],
+                        b["kind"].as_str().unwrap_or(""),
+                        b["done"],
+                        b["total"],
+                        b["failed"],
+                        if b["finished"].as_bool() == Some(true) {
+                            ""
+                        } else {
+                            " (running)"
+                        }
+                    ));
+                }
+                out
+            });
+            Ok(())
+        }
+        Command::Workers { run, c } => {
+            let client = client(&c)?;
+            if let Some(name) = run {
+                client
+                    .post(&format!("/v1/workers/{name}/run"), &json!({}))
+                    .await?;
+            }
+            let v = client.get("/v1/workers", &[]).await?;
+            print(&c, &v, |v| {
+                workers_text(&v["workers"]).trim_start().to_string()
+            });
+            Ok(())
+        }
+        Command::Health { c } => {
+            let v = client(&c)?.get("/health", &[]).await?;
+            print(&c, &v, |v| {
+                let mut out = format!("ready: {}", v["ready"]);
+                if let Some(m) = v["components"].as_object() {
+                    for (k, c) in m {
+                        out.push_str(&format!(
+                            "\n  {k:<6} {}  {}",
+                            if c["ok"].as_bool() == Some(true) {
+                                "ok "
+                            } else {
+                                "BAD"
+                            },
+                            c["detail"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+                out
+            });
+            Ok(())
+        }
+        Command::Whoami { c } => {
+            let v = client(&c)?.get("/v1/whoami", &[]).await?;
+            print(&c, &v, |v| {
+                format!(
+                    "token {} role {}",
+                    v["token_id"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or("")
+                )
+            });
+            Ok(())
+        }
+        Command::Bench(args) => slurp_node::bench::run(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "slurp", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+fn workers_text(workers: &Value) -> String {
+    workers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            format!(
+                "\n  {:<12} {:<7} runs {} items {} errors {}{}",
+                w["name"].as_str().unwrap_or(""),
+                w["state"].as_str().unwrap_or(""),
+                w["runs"],
+                w["items_total"],
+                w["errors"],
+                w["last_error"]
+                    .as_str()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if let Some(c) = e.downcast_ref::<ClientError>() {
+                c.kind.exit_code()
+            } else if e.downcast_ref::<slurp_protocol::AddressError>().is_some() {
+                5
+            } else {
+                1
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
 }
