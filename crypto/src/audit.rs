@@ -490,6 +490,7 @@ pub struct AuditIter {
     end: u64,
     next_seq: u64,
     prev: EntryHash,
+    last_time_ms: u64,
     max_entry_bytes: usize,
     failed: bool,
 }
@@ -504,6 +505,7 @@ impl AuditIter {
             end,
             next_seq: 1,
             prev: EntryHash::genesis(),
+            last_time_ms: 0,
             max_entry_bytes: config.max_entry_bytes,
             failed: false,
         })
@@ -624,6 +626,7 @@ impl AuditIter {
         self.offset += LEN_PREFIX + len;
         self.next_seq += 1;
         self.prev = hash;
+        self.last_time_ms = entry.time_ms;
         Ok(Some((at, entry, hash)))
     }
 }
@@ -636,6 +639,7 @@ impl Iterator for AuditIter {
 }
 
 /// Walks a log of `len` bytes, checking it against `anchor` if given.
+/// Returns the report and the time of the last entry.
 fn walk(
     path: &Path,
     len: u64,
@@ -672,7 +676,7 @@ fn walk(
             anchored: anchor,
             unanchored_entries: last.seq - anchor.map_or(0, |a| a.seq),
         },
-        it.offset(),
+        it.last_time_ms,
     ))
 }
 
@@ -781,8 +785,8 @@ impl AuditLog {
         let anchor = read_head_file(&head_path)?;
         let mut len = file.metadata().map_err(io_err(&path))?.len();
         let mut repaired = None;
-        let report = match walk(&path, len, anchor, &config) {
-            Ok((report, _)) => report,
+        let (report, last_time_ms) = match walk(&path, len, anchor, &config) {
+            Ok(done) => done,
             Err(AuditError::TruncatedTail { offset, .. }) if config.repair_truncated_tail => {
                 file.set_len(offset).map_err(io_err(&path))?;
                 file.sync_all().map_err(io_err(&path))?;
@@ -791,14 +795,13 @@ impl AuditLog {
                     dropped_bytes: len - offset,
                 });
                 len = offset;
-                walk(&path, len, anchor, &config)?.0
+                walk(&path, len, anchor, &config)?
             }
             Err(e) => return Err(e),
         };
         let sync_file = file.try_clone().map_err(io_err(&path))?;
         let mut file = file;
         file.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
-        let last_time_ms = Self::last_time(&path, &report, len, &config)?;
         let log = AuditLog {
             write: Mutex::new(WriteState {
                 file,
@@ -826,22 +829,6 @@ impl AuditLog {
             log.write_head(report.last)?;
         }
         Ok(log)
-    }
-
-    fn last_time(
-        path: &Path,
-        report: &VerifyReport,
-        len: u64,
-        config: &AuditConfig,
-    ) -> Result<u64, AuditError> {
-        if report.entries == 0 {
-            return Ok(0);
-        }
-        let mut last = 0;
-        for e in AuditIter::new(path, len, config)? {
-            last = e?.time_ms;
-        }
-        Ok(last)
     }
 
     pub fn path(&self) -> &Path {

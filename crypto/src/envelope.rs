@@ -207,11 +207,14 @@ impl EnvelopeHeader {
     /// Domain-separated BLAKE3 of the canonical CBOR of the header; carried
     /// in the age header's `slurp-header` stanza.
     fn digest(&self) -> Result<[u8; 32], EncodeError> {
-        let bytes = wire::to_cbor(self)?;
-        Ok(*blake3::Hasher::new_derive_key("slurp envelope header v1")
-            .update(&bytes)
+        Ok(Self::digest_of(&wire::to_cbor(self)?))
+    }
+
+    fn digest_of(encoded: &[u8]) -> [u8; 32] {
+        *blake3::Hasher::new_derive_key("slurp envelope header v1")
+            .update(encoded)
             .finalize()
-            .as_bytes())
+            .as_bytes()
     }
 }
 
@@ -378,7 +381,8 @@ impl Envelope {
             });
         }
         let header = EnvelopeHeader::new(recipients.iter().map(StanzaRef::of).collect())?;
-        let binding = HeaderBinding(hex::encode(header.digest()?));
+        let encoded_header = wire::to_cbor(&header)?;
+        let binding = HeaderBinding(hex::encode(EnvelopeHeader::digest_of(&encoded_header)));
         let stanzas = recipients
             .iter()
             .map(|r| r.recipient() as &dyn age::Recipient)
@@ -394,15 +398,17 @@ impl Envelope {
             .write_all(plaintext)
             .and_then(|_| writer.finish().map(|_| ()))
             .map_err(|e| EnvelopeError::Seal(e.to_string()))?;
-        let envelope = Envelope { header, age };
-        let approx = envelope.age.len() + 64 * recipients.len() + 32;
-        if approx > config.max_envelope_bytes {
+        // Encoded size: the header, the age bytes, and at most 24 bytes of
+        // framing (frame array, kind, version, body map, two keys, byte
+        // string length).
+        let encoded_len = age.len() + encoded_header.len() + 24;
+        if encoded_len > config.max_envelope_bytes {
             return Err(EnvelopeError::TooLarge {
-                len: approx,
+                len: encoded_len,
                 limit: config.max_envelope_bytes,
             });
         }
-        Ok(envelope)
+        Ok(Envelope { header, age })
     }
 
     /// The clear header.
@@ -584,8 +590,9 @@ pub fn rewrap(
 #[derive(Deserialize)]
 struct PeekBody {
     header: EnvelopeHeader,
-    #[allow(dead_code)]
-    age: IgnoredAny,
+    /// Required to be present, never kept.
+    #[serde(rename = "age")]
+    _age: IgnoredAny,
 }
 
 /// Reads only the header of encoded envelope bytes, without decrypting or
@@ -897,6 +904,12 @@ mod tests {
         ));
         let env = Envelope::seal(&[7u8; 900], &publics(&ks)).unwrap();
         let bytes = env.to_bytes().unwrap();
+        // What seal accepts, decoding accepts: the bound is never short.
+        let exact = EnvelopeConfig {
+            max_envelope_bytes: bytes.len(),
+            max_recipients: 2,
+        };
+        assert!(Envelope::from_bytes(&bytes, &exact).is_ok());
         assert!(matches!(
             Envelope::from_bytes(&bytes, &tight),
             Err(EnvelopeError::TooLarge { .. })

@@ -591,6 +591,17 @@ impl Keystore {
                 actual: key.fingerprint(),
             });
         }
+        if let Some(claimed) = &parsed.public_key
+            && *claimed != file.recipient
+        {
+            return Err(KeystoreError::LabelMismatch {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "sealed public key comment {claimed} differs from the recipient {}",
+                    file.recipient
+                ),
+            });
+        }
         let epoch = file.epoch.to_string();
         if parsed.role.as_deref() != Some(file.role.as_str())
             || parsed.epoch.as_deref() != Some(epoch.as_str())
