@@ -121,7 +121,7 @@ impl Default for IndexConfig {
             writer_threads: 1,
             writer_heap_bytes: 50_000_000,
             rebuild_threads: 2,
-            rebuild_heap_bytes: 512_000_000,
+            rebuild_heap_bytes: 256_000_000,
             merge_threads: 1,
             commit_every_ops: 1_000,
             commit_interval_ms: 1_000,

@@ -10,8 +10,9 @@
 //! visible hit would change with how often a word appears in documents the
 //! role may not read, a side channel. So every statistic counts only the
 //! live documents the searching role may read ([`ScopedStats`]). Totals per
-//! role are cached per searcher generation; document frequencies are
-//! counted per query (an intersection of two posting lists).
+//! role are computed once per searcher generation; a term's document
+//! frequency is an intersection count of two posting lists, remembered for
+//! the rest of the generation (a commit starts a new one).
 //!
 //! *Exchangeable.* Distributed search must rank as one global index would.
 //! [`QueryStatistics`] is what a node reports for a query (document count,
@@ -38,7 +39,9 @@ use slurp_protocol::RoleName;
 use crate::error::StatisticsError;
 use crate::schema::Fields;
 
-/// Per-role totals of one searcher generation.
+/// Per-role figures of one searcher generation. Immutable data, so they
+/// are shared by every search of that generation; the memo of document
+/// frequencies fills as queries come.
 #[derive(Debug, Default)]
 pub(crate) struct RoleTotals {
     /// Live documents the role may read.
@@ -46,7 +49,15 @@ pub(crate) struct RoleTotals {
     /// Sum over those documents of each text field's length in tokens (as
     /// the engine encodes it for scoring).
     pub tokens: HashMap<Field, u64>,
+    /// Terms' document frequencies among those documents, as counted so far.
+    doc_freqs: Mutex<HashMap<Term, u64>>,
+    /// Token totals of fields other than the text fields, as counted so far.
+    extra_tokens: Mutex<HashMap<Field, u64>>,
 }
+
+/// Most document frequencies remembered per role and generation; past it
+/// the memo starts over.
+const DOC_FREQ_MEMO: usize = 16_384;
 
 /// Walks the live documents readable by `role_term`, calling `visit` with
 /// each document's segment ordinal and id.
@@ -108,6 +119,7 @@ fn compute_role_totals(
     Ok(RoleTotals {
         docs,
         tokens: text_fields.into_iter().zip(sums).collect(),
+        ..RoleTotals::default()
     })
 }
 
@@ -163,8 +175,6 @@ pub(crate) struct ScopedStats<'a> {
     searcher: &'a Searcher,
     role_term: Term,
     totals: Arc<RoleTotals>,
-    doc_freqs: Mutex<HashMap<Term, u64>>,
-    extra_tokens: Mutex<HashMap<Field, u64>>,
 }
 
 impl<'a> ScopedStats<'a> {
@@ -173,8 +183,6 @@ impl<'a> ScopedStats<'a> {
             searcher,
             role_term,
             totals,
-            doc_freqs: Mutex::new(HashMap::new()),
-            extra_tokens: Mutex::new(HashMap::new()),
         }
     }
 
@@ -184,12 +192,8 @@ impl<'a> ScopedStats<'a> {
 
     /// Live documents of the role containing `term`.
     pub fn scoped_doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
-        if let Some(n) = self
-            .doc_freqs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(term)
-        {
+        let memo = &self.totals.doc_freqs;
+        if let Some(n) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(term) {
             return Ok(*n);
         }
         let both = BooleanQuery::intersection(vec![
@@ -200,10 +204,11 @@ impl<'a> ScopedStats<'a> {
             )),
         ]);
         let n = both.count(self.searcher)? as u64;
-        self.doc_freqs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(term.clone(), n);
+        let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+        if memo.len() >= DOC_FREQ_MEMO {
+            memo.clear();
+        }
+        memo.insert(term.clone(), n);
         Ok(n)
     }
 
@@ -212,7 +217,11 @@ impl<'a> ScopedStats<'a> {
         if let Some(n) = self.totals.tokens.get(&field) {
             return Ok(*n);
         }
-        let mut extra = self.extra_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut extra = self
+            .totals
+            .extra_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = extra.get(&field) {
             return Ok(*n);
         }

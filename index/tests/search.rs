@@ -512,6 +512,21 @@ fn limits_are_typed_errors() {
         index.search(&query("developer", &deep)),
         Err(SearchError::QueryTooDeep { .. })
     ));
+    // At the limits themselves the parser copes, in both syntaxes.
+    let max_depth = index.config().max_query_depth;
+    let nested = format!("{}x{}", "(".repeat(max_depth), ")".repeat(max_depth));
+    let long: String = "alpha AND (beta OR \"gamma delta\") -x +y ~ ^ : "
+        .chars()
+        .cycle()
+        .take(index.config().max_query_len)
+        .collect();
+    for text in [nested, long] {
+        for syntax in [QuerySyntax::Lenient, QuerySyntax::Strict] {
+            let mut q = query("developer", &text);
+            q.syntax = syntax;
+            let _ = index.search(&q);
+        }
+    }
     let mut q = query("developer", "x");
     q.tags = vec!["t".into(); index.config().max_filter_values + 1];
     assert!(matches!(
