@@ -1,8 +1,8 @@
 //! A full consistency check of the tables (`fsck`).
 //!
-//! Every derived table must agree with the versions table in every
-//! committed state: the latest entry names the greatest stored version and
-//! counts them, each expiring version has both TTL index entries, the
+//! Every derived record must agree with the versions in every committed
+//! state: each address's head names its greatest stored version and counts
+//! them, the key list holds exactly the addresses with a head, each expiring version has both TTL index entries, the
 //! hierarchy, links and tombstones follow each address's newest version.
 //! The check walks every table once in one read snapshot and lists each
 //! disagreement; the crash test runs it after every simulated crash, and an
@@ -19,6 +19,9 @@ use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
 use crate::record::{Head, LatestEntry, TombstoneEntry, decode_version};
 use crate::store::Store;
 use crate::writer::links_of;
+
+/// How problems with an address's head record are labelled.
+const HEAD: &str = "versions/head";
 
 /// One disagreement between tables, or a value that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +55,23 @@ impl CheckReport {
 /// What the versions of one address imply for the other tables.
 struct KeyState {
     key: String,
+    /// The head record's bytes, if the address has one.
+    head: Option<Vec<u8>>,
     count: u64,
     newest: Option<RecordMeta>,
     min_expiry: Option<u64>,
+}
+
+impl KeyState {
+    fn new(key: &str, head: Option<Vec<u8>>) -> Self {
+        KeyState {
+            key: key.to_string(),
+            head,
+            count: 0,
+            newest: None,
+            min_expiry: None,
+        }
+    }
 }
 
 type Bytes = ReadOnlyTable<&'static [u8], &'static [u8]>;
@@ -62,7 +79,9 @@ type Units = ReadOnlyTable<&'static [u8], ()>;
 type Flags = ReadOnlyTable<&'static [u8], u8>;
 
 struct Checker {
-    latest: ReadOnlyTable<&'static str, &'static [u8]>,
+    versions: Bytes,
+    keys: ReadOnlyTable<&'static str, ()>,
+    heads: u64,
     ttl: Units,
     key_ttl: Units,
     hierarchy: Bytes,
@@ -82,33 +101,44 @@ impl Checker {
         });
     }
 
-    fn latest_meta(&mut self, key: &str) -> Result<Option<LatestEntry>, ReadError> {
-        let raw = self.latest.get(key)?.map(|g| g.value().to_vec());
-        match raw {
-            None => Ok(None),
-            Some(raw) => match LatestEntry::decode(&raw, key) {
-                Ok(e) => Ok(Some(e)),
-                Err(c) => {
-                    self.problem("latest", key, c.reason);
-                    Ok(None)
-                }
-            },
+    fn decode_head(&mut self, key: &str, raw: Option<&[u8]>) -> Option<LatestEntry> {
+        match LatestEntry::decode(raw?, key) {
+            Ok(e) => Some(e),
+            Err(c) => {
+                self.problem(HEAD, key, c.reason);
+                None
+            }
         }
+    }
+
+    fn latest_meta(&mut self, key: &str) -> Result<Option<LatestEntry>, ReadError> {
+        let raw = self
+            .versions
+            .get(layout::head_key(key).as_slice())?
+            .map(|g| g.value().to_vec());
+        Ok(self.decode_head(key, raw.as_deref()))
     }
 
     /// Compares what one address's versions imply with the derived tables.
     fn finish_key(&mut self, st: KeyState) -> Result<(), ReadError> {
         let key = st.key.as_str();
         self.report.keys += 1;
+        if st.head.is_some() && self.keys.get(key)?.is_none() {
+            self.problem("keys", key, "address missing from the key list");
+        }
         let Some(newest) = st.newest else {
+            if st.count == 0 {
+                self.problem(HEAD, key, "head of an address without versions");
+            }
             return Ok(());
         };
-        match self.latest_meta(key)? {
-            None => self.problem("latest", key, "no entry for a key with versions"),
+        match self.decode_head(key, st.head.as_deref()) {
+            None if st.head.is_none() => self.problem(HEAD, key, "no head for a key with versions"),
+            None => {}
             Some(e) => {
                 if e.head.version != newest.version {
                     self.problem(
-                        "latest",
+                        HEAD,
                         key,
                         format!(
                             "names {}, greatest stored is {}",
@@ -116,18 +146,18 @@ impl Checker {
                         ),
                     );
                 } else if e.head != Head::of(&newest) {
-                    self.problem("latest", key, "metadata differs from the stored version");
+                    self.problem(HEAD, key, "metadata differs from the stored version");
                 }
                 if e.versions != st.count {
                     self.problem(
-                        "latest",
+                        HEAD,
                         key,
                         format!("counts {} versions, {} stored", e.versions, st.count),
                     );
                 }
                 if e.next_expiry != st.min_expiry {
                     self.problem(
-                        "latest",
+                        HEAD,
                         key,
                         format!(
                             "next expiry {:?}, earliest stored {:?}",
@@ -186,15 +216,12 @@ impl Checker {
 
     /// Every entry of the derived tables must be implied by some address.
     fn reverse_checks(&mut self) -> Result<(), ReadError> {
-        let latest_len = self.latest.len()?;
-        if latest_len != self.report.keys {
+        let listed = self.keys.len()?;
+        if listed != self.heads {
             self.problem(
-                "latest",
+                "keys",
                 "*",
-                format!(
-                    "{latest_len} entries for {} keys with versions",
-                    self.report.keys
-                ),
+                format!("{listed} addresses listed, {} heads stored", self.heads),
             );
         }
         for (name, len) in [("ttl", self.ttl.len()?), ("key_ttl", self.key_ttl.len()?)] {
@@ -293,7 +320,9 @@ impl Store {
         let txn = db.begin_read()?;
         let versions: Bytes = txn.open_table(layout::VERSIONS)?;
         let mut c = Checker {
-            latest: txn.open_table(layout::LATEST)?,
+            versions: txn.open_table(layout::VERSIONS)?,
+            keys: txn.open_table(layout::KEYS)?,
+            heads: 0,
             ttl: txn.open_table(layout::TTL)?,
             key_ttl: txn.open_table(layout::KEY_TTL)?,
             hierarchy: txn.open_table(layout::HIERARCHY)?,
@@ -307,6 +336,17 @@ impl Store {
         let mut seen_keys = BTreeSet::new();
         for r in versions.iter()? {
             let (k, v) = r?;
+            if let Some(key) = layout::head_key_name(k.value()) {
+                c.heads += 1;
+                if let Some(done) = current.take() {
+                    c.finish_key(done)?;
+                }
+                if !seen_keys.insert(key.to_string()) {
+                    c.problem(HEAD, key, "versions are not contiguous");
+                }
+                current = Some(KeyState::new(key, Some(v.value().to_vec())));
+                continue;
+            }
             c.report.versions += 1;
             let vk = match layout::decode_version_key(k.value()) {
                 Ok(vk) => vk,
@@ -329,12 +369,7 @@ impl Store {
                 if !seen_keys.insert(vk.key.to_string()) {
                     c.problem("versions", vk.key, "versions are not contiguous");
                 }
-                current = Some(KeyState {
-                    key: vk.key.to_string(),
-                    count: 0,
-                    newest: None,
-                    min_expiry: None,
-                });
+                current = Some(KeyState::new(vk.key, None));
             }
             let Some(st) = current.as_mut() else { continue };
             st.count += 1;

@@ -18,10 +18,18 @@
 use redb::TableDefinition;
 use slurp_protocol::{Hlc, Slot, VersionId, WriterId};
 
-/// `slot | key | 0x00 | version` → framed [`crate::record::StoredVersion`].
+/// Two kinds of record per address, adjacent:
+/// - `slot | key | 0x00` → the address's *head*, its latest-version entry
+///   ([`crate::record::LatestEntry`]);
+/// - `slot | key | 0x00 | version` → framed
+///   [`crate::record::StoredVersion`], one per version.
+///
+/// The head sorts right before the address's versions, so a write, which
+/// adds a version and rewrites the head, usually changes one page.
 pub const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
-/// `key` → latest entry (see [`crate::record::LatestEntry`]).
-pub const LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("latest");
+/// `key` → `()`: every address that has a head, in key order (for listing
+/// by prefix). Written only when an address appears or disappears.
+pub const KEYS: TableDefinition<&str, ()> = TableDefinition::new("keys");
 /// `expires_at | slot | key | 0x00 | version` → `()`.
 pub const TTL: TableDefinition<&[u8], ()> = TableDefinition::new("ttl");
 /// `slot | key | 0x00 | expires_at | version` → `()`: the TTL index by key.
@@ -67,13 +75,33 @@ pub fn slot_key(key: &str) -> Vec<u8> {
     out
 }
 
-/// `slot | key | 0x00`: every version of `key` starts with this.
+/// `slot | key | 0x00`: the head key of `key` in [`VERSIONS`]; every version
+/// of `key` starts with it.
 pub fn version_prefix(key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(3 + key.len() + VERSION_FIXED + 16);
     out.extend_from_slice(&Slot::of(key).0.to_be_bytes());
     out.extend_from_slice(key.as_bytes());
     out.push(0);
     out
+}
+
+/// The [`VERSIONS`] key of an address's head (same as [`version_prefix`]).
+pub fn head_key(key: &str) -> Vec<u8> {
+    version_prefix(key)
+}
+
+/// Whether a [`VERSIONS`] key is a head (`slot | key | 0x00`) rather than a
+/// version: its first `0x00` after the slot is its last byte.
+pub fn is_head_key(bytes: &[u8]) -> bool {
+    bytes.len() >= 3 && bytes[2..].iter().position(|b| *b == 0) == Some(bytes.len() - 3)
+}
+
+/// The storage key of a head key, if it is one.
+pub fn head_key_name(bytes: &[u8]) -> Option<&str> {
+    if !is_head_key(bytes) {
+        return None;
+    }
+    std::str::from_utf8(&bytes[2..bytes.len() - 1]).ok()
 }
 
 /// The [`VERSIONS`] key of one version.
@@ -316,6 +344,21 @@ mod tests {
         assert!(decode_slot_key(b"\x00").is_err());
     }
 
+    #[test]
+    fn heads_and_versions_are_told_apart() {
+        let k = "ucxl://a:b@c:d/x";
+        let head = head_key(k);
+        assert!(is_head_key(&head));
+        assert_eq!(head_key_name(&head), Some(k));
+        // Zero bytes inside the version must not look like a head.
+        let v = version_key(k, &vid(0, 0, "w"));
+        assert!(!is_head_key(&v));
+        assert_eq!(head_key_name(&v), None);
+        assert!(decode_version_key(&head).is_err());
+        // The head sorts before every version of its key.
+        assert!(head < v);
+    }
+
     fn writer() -> impl Strategy<Value = String> {
         "[A-Za-z0-9_-]{1,8}"
     }
@@ -370,6 +413,8 @@ mod tests {
             let _ = decode_slot_key(&bytes);
             let _ = version_key_hlc(&bytes);
             let _ = key_ttl_expiry(&bytes, 3);
+            let _ = is_head_key(&bytes);
+            let _ = head_key_name(&bytes);
         }
     }
 }

@@ -210,6 +210,18 @@ fn prefix_range<V: redb::Value + 'static>(
     }
 }
 
+/// The versions of one address: the range after its head.
+fn versions_of(
+    table: &BytesTable,
+    prefix: &[u8],
+) -> Result<redb::Range<'static, &'static [u8], &'static [u8]>, redb::StorageError> {
+    let lower = Bound::Excluded(prefix);
+    match layout::prefix_end(prefix) {
+        Some(end) => table.range::<&[u8]>((lower, Bound::Excluded(end.as_slice()))),
+        None => table.range::<&[u8]>((lower, Bound::Unbounded)),
+    }
+}
+
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> CorruptValue {
     CorruptValue {
         table,
@@ -243,12 +255,13 @@ impl Snapshot {
         Ok(self.txn.open_table(def)?)
     }
 
+    /// The head of an address.
     fn latest_entry(
         &self,
-        latest: &ReadOnlyTable<&'static str, &'static [u8]>,
+        versions: &BytesTable,
         key: &str,
     ) -> Result<Option<LatestEntry>, ReadError> {
-        match latest.get(key)? {
+        match versions.get(layout::head_key(key).as_slice())? {
             Some(raw) => Ok(Some(LatestEntry::decode(raw.value(), key)?)),
             None => Ok(None),
         }
@@ -276,7 +289,7 @@ impl Snapshot {
             return Ok(Some((entry.head.clone(), live)));
         }
         let versions = self.table(layout::VERSIONS)?;
-        for r in prefix_range(&versions, &prefix)?.rev() {
+        for r in versions_of(&versions, &prefix)?.rev() {
             let (k, v) = r?;
             let vk =
                 layout::decode_version_key(k.value()).map_err(|e| corrupt("versions", key, e))?;
@@ -290,13 +303,9 @@ impl Snapshot {
 
     /// Whether the newest stored version of `key` is live and not a
     /// tombstone: the condition for its hierarchy and link entries to show.
-    fn newest_is_live(
-        &self,
-        latest: &ReadOnlyTable<&'static str, &'static [u8]>,
-        key: &str,
-    ) -> Result<bool, ReadError> {
+    fn newest_is_live(&self, versions: &BytesTable, key: &str) -> Result<bool, ReadError> {
         Ok(self
-            .latest_entry(latest, key)?
+            .latest_entry(versions, key)?
             .is_some_and(|e| !e.head.tombstone && !expired(e.head.expires_at_ms, self.now)))
     }
 
@@ -313,7 +322,7 @@ impl Snapshot {
         let versions = self.table(layout::VERSIONS)?;
         let prefix = layout::version_prefix(key);
         let mut out = Vec::new();
-        for r in prefix_range(&versions, &prefix)? {
+        for r in versions_of(&versions, &prefix)? {
             let (k, v) = r?;
             let vk =
                 layout::decode_version_key(k.value()).map_err(|e| corrupt("versions", key, e))?;
@@ -382,8 +391,8 @@ impl Store {
     pub fn latest(&self, key: &str) -> Result<Latest, ReadError> {
         let start = Instant::now();
         let r = self.snapshot(|s| {
-            let latest = s.txn.open_table(layout::LATEST)?;
-            let Some(entry) = s.latest_entry(&latest, key)? else {
+            let versions = s.table(layout::VERSIONS)?;
+            let Some(entry) = s.latest_entry(&versions, key)? else {
                 return Ok(Latest::Absent);
             };
             let Some((head, ordinal)) = s.resolve(key, &entry)? else {
@@ -391,7 +400,7 @@ impl Store {
             };
             let v = s.version(key, &head.version)?.ok_or_else(|| {
                 corrupt(
-                    "latest",
+                    "versions/head",
                     key,
                     format!("names missing version {}", head.version),
                 )
@@ -419,8 +428,8 @@ impl Store {
     /// Whether the address has a live version that is not a tombstone.
     pub fn exists(&self, key: &str) -> Result<bool, ReadError> {
         self.snapshot(|s| {
-            let latest = s.txn.open_table(layout::LATEST)?;
-            let Some(entry) = s.latest_entry(&latest, key)? else {
+            let versions = s.table(layout::VERSIONS)?;
+            let Some(entry) = s.latest_entry(&versions, key)? else {
                 return Ok(false);
             };
             Ok(matches!(s.resolve(key, &entry)?, Some((h, _)) if !h.tombstone))
@@ -468,7 +477,8 @@ impl Store {
         limit: usize,
     ) -> Result<KeyPage, ReadError> {
         self.snapshot(|s| {
-            let latest = s.txn.open_table(layout::LATEST)?;
+            let keys: ReadOnlyTable<&str, ()> = s.txn.open_table(layout::KEYS)?;
+            let versions = s.table(layout::VERSIONS)?;
             let lower = match after {
                 Some(a) if a >= prefix => Bound::Excluded(a),
                 _ => Bound::Included(prefix),
@@ -477,8 +487,8 @@ impl Store {
             let mut page = KeyPage::default();
             let max_examined = examine_limit(limit);
             let mut last: Option<String> = None;
-            for (examined, r) in latest.range::<&str>((lower, Bound::Unbounded))?.enumerate() {
-                let (k, v) = r?;
+            for (examined, r) in keys.range::<&str>((lower, Bound::Unbounded))?.enumerate() {
+                let (k, _) = r?;
                 let key = k.value();
                 if !key.starts_with(prefix) {
                     break;
@@ -488,12 +498,18 @@ impl Store {
                     break;
                 }
                 last = Some(key.to_string());
-                let entry = match LatestEntry::decode(v.value(), key) {
-                    Ok(e) => e,
-                    Err(c) => {
+                let entry = match s.latest_entry(&versions, key) {
+                    Ok(Some(e)) => e,
+                    Ok(None) => {
+                        page.corrupt
+                            .push(corrupt("keys", key, "listed address has no head"));
+                        continue;
+                    }
+                    Err(ReadError::Corrupt(c)) => {
                         page.corrupt.push(c);
                         continue;
                     }
+                    Err(e) => return Err(e),
                 };
                 match s.resolve(key, &entry) {
                     Ok(Some((head, versions))) if !head.tombstone => {
@@ -517,7 +533,7 @@ impl Store {
     pub fn children(&self, parent_path: &str) -> Result<Vec<Child>, ReadError> {
         self.snapshot(|s| {
             let hierarchy = s.table(layout::HIERARCHY)?;
-            let latest = s.txn.open_table(layout::LATEST)?;
+            let versions = s.table(layout::VERSIONS)?;
             let prefix = layout::pair_prefix(parent_path);
             let mut out = Vec::new();
             for r in prefix_range(&hierarchy, &prefix)? {
@@ -526,7 +542,7 @@ impl Store {
                     .map_err(|e| corrupt("hierarchy", parent_path, e))?;
                 let path =
                     std::str::from_utf8(v.value()).map_err(|e| corrupt("hierarchy", child, e))?;
-                if s.newest_is_live(&latest, child)? {
+                if s.newest_is_live(&versions, child)? {
                     out.push(Child {
                         key: child.to_string(),
                         path: path.to_string(),
@@ -542,7 +558,7 @@ impl Store {
     /// asserts it is live.
     pub fn links(&self, key: &str) -> Result<Links, ReadError> {
         self.snapshot(|s| {
-            let latest = s.txn.open_table(layout::LATEST)?;
+            let versions = s.table(layout::VERSIONS)?;
             let prefix = layout::pair_prefix(key);
             let mut links = Links::default();
             for (def, outgoing) in [(layout::LINKS_OUT, true), (layout::LINKS_IN, false)] {
@@ -553,8 +569,8 @@ impl Store {
                         .map_err(|e| corrupt(def_name(outgoing), key, e))?;
                     let (from, to) = if outgoing { (key, other) } else { (other, key) };
                     let flags = v.value();
-                    let shown = (flags & LINK_BY_FROM != 0 && s.newest_is_live(&latest, from)?)
-                        || (flags & LINK_BY_TO != 0 && s.newest_is_live(&latest, to)?);
+                    let shown = (flags & LINK_BY_FROM != 0 && s.newest_is_live(&versions, from)?)
+                        || (flags & LINK_BY_TO != 0 && s.newest_is_live(&versions, to)?);
                     if shown {
                         if outgoing {
                             links.influences.push(other.to_string());
@@ -602,6 +618,9 @@ impl Store {
                     break;
                 }
                 last = Some(kb.to_vec());
+                if layout::is_head_key(kb) {
+                    continue;
+                }
                 if let (Some(since), Some(hlc)) = (scan.since, layout::version_key_hlc(kb))
                     && hlc <= since
                 {
@@ -735,12 +754,13 @@ impl Store {
         let mut stats = self.snapshot(|s| {
             let mut st = StoreStats::default();
             let mut bytes = 0u64;
+            let keys: ReadOnlyTable<&str, ()> = s.txn.open_table(layout::KEYS)?;
+            st.keys = keys.len()?;
+            bytes += keys.stats()?.stored_bytes();
             let versions = s.table(layout::VERSIONS)?;
-            st.versions = versions.len()?;
+            // One head per address sits among the versions.
+            st.versions = versions.len()?.saturating_sub(st.keys);
             bytes += versions.stats()?.stored_bytes();
-            let latest: ReadOnlyTable<&str, &[u8]> = s.txn.open_table(layout::LATEST)?;
-            st.keys = latest.len()?;
-            bytes += latest.stats()?.stored_bytes();
             let ttl: ReadOnlyTable<&[u8], ()> = s.txn.open_table(layout::TTL)?;
             st.expiring = ttl.len()?;
             bytes += ttl.stats()?.stored_bytes();

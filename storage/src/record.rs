@@ -3,8 +3,9 @@
 //! Every structured value is a [`Framed`] CBOR record (`[kind, version,
 //! body]`), so a value read from the wrong table or written by a newer build
 //! fails with a typed error instead of half-parsing. The one exception is
-//! the latest-version entry, read and rewritten on every write: a compact
-//! binary record with its own format byte ([`LatestEntry`]). Decoding never panics; every failure becomes a
+//! the address head (latest-version entry), read and rewritten on every
+//! write: a compact binary record with its own format byte
+//! ([`LatestEntry`]). Decoding never panics; every failure becomes a
 //! [`CorruptValue`] naming the table and the key.
 
 use serde::{Deserialize, Serialize};
@@ -127,9 +128,9 @@ impl Framed for BackupMeta {
     const VERSION: u16 = 1;
 }
 
-/// What the store keeps about the newest version of an address in the
-/// `latest` table: everything reads and derived-table maintenance need
-/// without opening the version itself.
+/// What the store keeps about the newest version of an address in its head
+/// record: everything reads and derived-table maintenance need without
+/// opening the version itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub version: VersionId,
@@ -154,8 +155,10 @@ impl Head {
     }
 }
 
-/// A value of the `latest` table: the newest stored version of an address
-/// (expired or not) plus the counters the read path needs without scanning.
+/// An address's head, its latest-version entry (stored in the `versions`
+/// table just before its versions): the newest stored version of the
+/// address (expired or not) plus the counters the read path needs without
+/// scanning.
 ///
 /// It is read and rewritten on every write, and there is one per address,
 /// so it is a compact binary record rather than CBOR:
@@ -273,7 +276,7 @@ impl LatestEntry {
 
     pub fn decode(bytes: &[u8], key: &str) -> Result<Self, CorruptValue> {
         let bad = |reason: String| CorruptValue {
-            table: "latest",
+            table: "versions/head",
             key: key.to_string(),
             reason,
         };
@@ -403,7 +406,7 @@ mod tests {
         let mut wrong = bytes.clone();
         wrong[0] = 9;
         let err = LatestEntry::decode(&wrong, "k").unwrap_err();
-        assert_eq!((err.table, err.key.as_str()), ("latest", "k"));
+        assert_eq!((err.table, err.key.as_str()), ("versions/head", "k"));
         for cut in 0..bytes.len() {
             assert!(
                 LatestEntry::decode(&bytes[..cut], "k").is_err(),

@@ -213,7 +213,7 @@ fn check_schema(db: &Database, path: &str) -> Result<(), OpenError> {
                 "no schema record in a file that holds versions".into(),
             ));
         }
-        txn.open_table(layout::LATEST).map_err(redb::Error::from)?;
+        txn.open_table(layout::KEYS).map_err(redb::Error::from)?;
         txn.open_table(layout::TTL).map_err(redb::Error::from)?;
         txn.open_table(layout::KEY_TTL).map_err(redb::Error::from)?;
         txn.open_table(layout::HIERARCHY)

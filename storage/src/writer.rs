@@ -9,8 +9,9 @@
 //! committed; a failed commit fails every request in it, and nothing of it
 //! is stored.
 //!
-//! Each version write also keeps the derived tables (latest, TTL indexes,
-//! hierarchy, links, tombstones) consistent in the same transaction: they
+//! Each version write also keeps the derived records (the address's head,
+//! the TTL indexes, hierarchy, links, tombstones) consistent in the same
+//! transaction: they
 //! are derived from the newest stored version of each address, so they are
 //! updated whenever that newest version changes. Items are applied in two
 //! steps, first every read and decode that can fail on bad data, then the
@@ -22,6 +23,7 @@
 //! taking the database lock exclusively while no transaction is open.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -200,7 +202,7 @@ fn run_exclusive(shared: &Shared, command: Command) {
 /// The tables a transaction writes, opened once per transaction.
 pub(crate) struct Tables<'t> {
     versions: Table<'t, &'static [u8], &'static [u8]>,
-    latest: Table<'t, &'static str, &'static [u8]>,
+    keys: Table<'t, &'static str, ()>,
     ttl: Table<'t, &'static [u8], ()>,
     key_ttl: Table<'t, &'static [u8], ()>,
     hierarchy: Table<'t, &'static [u8], &'static [u8]>,
@@ -213,7 +215,7 @@ impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
         Ok(Tables {
             versions: txn.open_table(layout::VERSIONS)?,
-            latest: txn.open_table(layout::LATEST)?,
+            keys: txn.open_table(layout::KEYS)?,
             ttl: txn.open_table(layout::TTL)?,
             key_ttl: txn.open_table(layout::KEY_TTL)?,
             hierarchy: txn.open_table(layout::HIERARCHY)?,
@@ -401,7 +403,8 @@ fn apply_put(
             };
         return Ok(Ok(PutOutcome::AlreadyPresent { identical }));
     }
-    let old = match t.latest.get(key)? {
+    let head_key = layout::head_key(key);
+    let old = match t.versions.get(head_key.as_slice())? {
         Some(raw) => match LatestEntry::decode(raw.value(), key) {
             Ok(e) => Some(e),
             Err(c) => return Ok(Err(c.into())),
@@ -449,7 +452,11 @@ fn apply_put(
         t.key_ttl
             .insert(layout::key_ttl_key(exp, key, &meta.version).as_slice(), ())?;
     }
-    t.latest.insert(key, entry_bytes.as_slice())?;
+    t.versions
+        .insert(head_key.as_slice(), entry_bytes.as_slice())?;
+    if old.is_none() {
+        t.keys.insert(key, ())?;
+    }
     if becomes_latest {
         rederive(t, key, old.as_ref().map(|o| &o.head), Some(&new_head))?;
         set_tombstone(t, key, tombstone)?;
@@ -677,24 +684,26 @@ fn sweep_one(
         return Ok(Ok(false));
     }
     // Step 1: reads and decodes.
-    let entry = match t.latest.get(key)? {
+    let prefix = layout::version_prefix(key);
+    let entry = match t.versions.get(prefix.as_slice())? {
         Some(raw) => match LatestEntry::decode(raw.value(), key) {
             Ok(e) => Some(e),
             Err(c) => return Ok(Err(c)),
         },
         None => None,
     };
-    let prefix = layout::version_prefix(key);
     let removing_newest = entry.as_ref().is_none_or(|e| e.head.version == d.version);
     let mut replacement: Option<Head> = None;
     let mut others = false;
     {
+        // The key's versions, after its head.
         let end = layout::prefix_end(&prefix);
+        let lower = Bound::Excluded(prefix.as_slice());
         let range = match &end {
             Some(end) => t
                 .versions
-                .range::<&[u8]>(prefix.as_slice()..end.as_slice())?,
-            None => t.versions.range::<&[u8]>(prefix.as_slice()..)?,
+                .range::<&[u8]>((lower, Bound::Excluded(end.as_slice())))?,
+            None => t.versions.range::<&[u8]>((lower, Bound::Unbounded))?,
         };
         for r in range.rev() {
             let (k, v) = r?;
@@ -761,7 +770,7 @@ fn sweep_one(
             Ok(bytes) => Some((e, bytes)),
             Err(err) => {
                 return Ok(Err(CorruptValue {
-                    table: "latest",
+                    table: "versions/head",
                     key: key.to_string(),
                     reason: err.to_string(),
                 }));
@@ -790,14 +799,15 @@ fn sweep_one(
     t.key_ttl.remove(key_ttl_key.as_slice())?;
     match new_entry {
         Some((e, bytes)) => {
-            t.latest.insert(key, bytes.as_slice())?;
+            t.versions.insert(prefix.as_slice(), bytes.as_slice())?;
             if removing_newest {
                 rederive(t, key, entry.as_ref().map(|o| &o.head), Some(&e.head))?;
                 set_tombstone(t, key, tombstone)?;
             }
         }
         None => {
-            t.latest.remove(key)?;
+            t.versions.remove(prefix.as_slice())?;
+            t.keys.remove(key)?;
             rederive(t, key, entry.as_ref().map(|o| &o.head), None)?;
             set_tombstone(t, key, tombstone)?;
         }

@@ -735,7 +735,7 @@ fn a_corrupt_value_fails_only_its_own_address() {
 }
 
 #[test]
-fn a_corrupt_latest_entry_fails_its_item_and_not_the_batch() {
+fn a_corrupt_head_fails_its_item_and_not_the_batch() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(T0);
     let bad = key("bad.rs");
@@ -748,9 +748,12 @@ fn a_corrupt_latest_entry_fails_its_item_and_not_the_batch() {
     {
         let db = redb::Database::open(dir.path().join("store.redb")).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(layout::LATEST)
+        txn.open_table(layout::VERSIONS)
             .unwrap()
-            .insert(bad.as_str(), b"\x01\x00short".as_slice())
+            .insert(
+                layout::head_key(&bad).as_slice(),
+                b"\x01\x00short".as_slice(),
+            )
             .unwrap();
         txn.commit().unwrap();
     }
@@ -763,7 +766,7 @@ fn a_corrupt_latest_entry_fails_its_item_and_not_the_batch() {
     assert!(r[0].is_ok() && r[2].is_ok(), "{r:?}");
     match &r[1] {
         Err(WriteError::Corrupt(c)) => {
-            assert_eq!((c.table, c.key.as_str()), ("latest", bad.as_str()))
+            assert_eq!((c.table, c.key.as_str()), ("versions/head", bad.as_str()))
         }
         other => panic!("expected corrupt, got {other:?}"),
     }
@@ -774,6 +777,11 @@ fn a_corrupt_latest_entry_fails_its_item_and_not_the_batch() {
     let page = store.list_keys("", None, 10).unwrap();
     assert_eq!(page.keys.len(), 2);
     assert_eq!(page.corrupt.len(), 1);
+    // Scans skip heads, damaged or not.
+    let scan = store.scan_slots(&SlotScan::metas(0..=u16::MAX)).unwrap();
+    assert_eq!((scan.versions.len(), scan.corrupt.len()), (3, 0));
+    let check = store.check().unwrap();
+    assert!(check.problems.iter().any(|p| p.key == bad), "{check:?}");
 }
 
 #[test]
