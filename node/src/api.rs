@@ -584,15 +584,27 @@ async fn ready(state: State<Shared>) -> Response {
     health(state).await.into_response()
 }
 
-async fn metrics(State(node): State<Shared>) -> impl IntoResponse {
+/// Prometheus metrics: OpenMetrics when the scraper asks for it (as
+/// Prometheus does), the classic text format otherwise.
+async fn metrics(State(node): State<Shared>, req_headers: HeaderMap) -> impl IntoResponse {
+    let open_metrics = req_headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-            .parse()
-            .expect("static header"),
-    );
-    (headers, node.metrics.encode())
+    let (ctype, body) = if open_metrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            node.metrics.encode(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            node.metrics.encode_classic(),
+        )
+    };
+    headers.insert(header::CONTENT_TYPE, ctype.parse().expect("static header"));
+    (headers, body)
 }
 
 async fn not_found() -> ApiError {
@@ -704,4 +716,41 @@ pub async fn serve(
     axum::serve(listener, router(node))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+    use std::collections::BTreeSet;
+
+    /// `docs/openapi.json` describes exactly the routes the router serves.
+    #[test]
+    fn openapi_matches_the_router() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+                .expect("docs/openapi.json");
+        let spec: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let mut documented = BTreeSet::new();
+        for (path, ops) in spec["paths"].as_object().expect("paths") {
+            for method in ops.as_object().expect("operations").keys() {
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, served);
+        // Every $ref resolves.
+        for r in text.match_indices("#/components/schemas/") {
+            let name: String = text[r.0 + 21..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric())
+                .collect();
+            assert!(
+                spec["components"]["schemas"].get(&name).is_some(),
+                "dangling $ref {name}"
+            );
+        }
+    }
 }

@@ -4,8 +4,9 @@
 //! Every limit and interval of the node is a key here with a default that
 //! works, so `slurp node run` needs no file at all. Nested keys map to
 //! environment variables with `__`: `[api] listen` is `SLURP_API__LISTEN`.
-//! `SLURP_NODE`, `SLURP_TOKEN` and `SLURP_CONFIG` belong to the client and
-//! the launcher and are not config keys.
+//! `SLURP_NODE`, `SLURP_TOKEN`, `SLURP_CONFIG`, `SLURP_LOG` (a log filter)
+//! and `SLURP_KEYSTORE_PASSPHRASE` belong to the client and the launcher and
+//! are not config keys.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -183,7 +184,7 @@ impl NodeConfig {
         fig = fig
             .merge(
                 Env::prefixed("SLURP_")
-                    .ignore(&["NODE", "TOKEN", "CONFIG"])
+                    .ignore(&["NODE", "TOKEN", "CONFIG", "LOG", "KEYSTORE_PASSPHRASE"])
                     .split("__"),
             )
             .merge(Serialized::defaults(overrides));
@@ -222,6 +223,8 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SLURP_API__MAX_BODY_BYTES", "2000");
             jail.set_env("SLURP_NODE", "http://ignored");
+            jail.set_env("SLURP_LOG", "debug");
+            jail.set_env("SLURP_KEYSTORE_PASSPHRASE", "not a config key");
             let overrides = ConfigOverrides {
                 data_dir: Some(PathBuf::from("/from/flag")),
                 ..Default::default()

@@ -266,11 +266,44 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The registry in the Prometheus text exposition format.
+    /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The registry in the classic Prometheus text format (0.0.4), for
+    /// scrapers and tools (such as `promtool check metrics`) that do not
+    /// speak OpenMetrics. The two differ for counters, whose `HELP` and
+    /// `TYPE` lines name the `_total` sample in the classic format, and in
+    /// the `# EOF` trailer.
+    pub fn encode_classic(&self) -> String {
+        let open = self.encode();
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len() + 256);
+        for line in open.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+                let rest = line.strip_prefix(p)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters
+                    .contains(name)
+                    .then(|| format!("{p}{name}_total {tail}"))
+            });
+            match renamed {
+                Some(l) => out.push_str(&l),
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
         out
     }
 }
@@ -317,5 +350,10 @@ mod tests {
         assert!(text.contains("slurp_cache_hits_total 1"));
         assert!(text.contains("slurp_op_duration_seconds_bucket"));
         assert!(text.ends_with("# EOF\n"));
+        let classic = m.encode_classic();
+        assert!(classic.contains("# TYPE slurp_cache_hits_total counter"));
+        assert!(classic.contains("# HELP slurp_cache_hits_total "));
+        assert!(classic.contains("# TYPE slurp_cache_entries gauge"));
+        assert!(!classic.contains("# EOF"));
     }
 }

@@ -1,0 +1,196 @@
+//! A real `slurp` node process on 127.0.0.1 for end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_slurp");
+
+/// A node process; killed on drop.
+pub struct TestNode {
+    pub child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    pub admin: String,
+    /// Everything the process wrote to stdout and stderr.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl TestNode {
+    /// Starts a node on a free port with its data in `data`.
+    pub fn start(data: &Path) -> TestNode {
+        Self::start_with(data, &[])
+    }
+
+    pub fn start_with(data: &Path, extra: &[&str]) -> TestNode {
+        let mut child = Command::new(BIN)
+            .args(["node", "run", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("SLURP_LOG", "info")
+            .env_remove("SLURP_NODE")
+            .env_remove("SLURP_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting slurp");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            l2.lock().unwrap().push_str(&s);
+        });
+        let mut url = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut line = String::new();
+        while url.is_none() && Instant::now() < deadline {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            log.lock().unwrap().push_str(&line);
+            if let Some(u) = line.trim().strip_prefix("slurp node listening on ") {
+                url = Some(u.to_string());
+            }
+        }
+        let l3 = log.clone();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            l3.lock().unwrap().push_str(&s);
+        });
+        let url = url.unwrap_or_else(|| panic!("node did not start: {}", log.lock().unwrap()));
+        let admin = std::fs::read_to_string(data.join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string();
+        let node = TestNode {
+            child: Some(child),
+            url,
+            data: data.to_path_buf(),
+            admin,
+            log,
+        };
+        node.wait_ready();
+        node
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(out) = self.cli(&self.admin, &["health", "--json"])
+                && out.status.success()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node never became ready");
+    }
+
+    /// Runs the CLI against this node with `token`.
+    pub fn cli(&self, token: &str, args: &[&str]) -> std::io::Result<Output> {
+        Command::new(BIN)
+            .args(args)
+            .env("SLURP_NODE", &self.url)
+            .env("SLURP_TOKEN", token)
+            .output()
+    }
+
+    /// Runs the CLI and returns stdout, panicking on failure.
+    pub fn ok(&self, token: &str, args: &[&str]) -> String {
+        let out = self.cli(token, args).expect("running slurp");
+        assert!(
+            out.status.success(),
+            "slurp {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// Runs the CLI with `--json` and parses stdout.
+    pub fn json(&self, token: &str, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(token, &a)).expect("json output")
+    }
+
+    /// Creates a token for `role`.
+    pub fn token(&self, role: &str) -> String {
+        self.json(&self.admin, &["token", "create", role])["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    }
+
+    /// Stops the node with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            #[cfg(unix)]
+            unsafe {
+                libc_kill(child.id() as i32, 15);
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+#[cfg(unix)]
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An HTTP client for raw API checks.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
