@@ -336,15 +336,24 @@ impl Store {
         let mut seen_keys = BTreeSet::new();
         for r in versions.iter()? {
             let (k, v) = r?;
+            // A head closes its address's range (it sorts after the
+            // versions).
             if let Some(key) = layout::head_key_name(k.value()) {
                 c.heads += 1;
-                if let Some(done) = current.take() {
-                    c.finish_key(done)?;
-                }
-                if !seen_keys.insert(key.to_string()) {
-                    c.problem(HEAD, key, "versions are not contiguous");
-                }
-                current = Some(KeyState::new(key, Some(v.value().to_vec())));
+                let mut st = match current.take() {
+                    Some(st) if st.key == key => st,
+                    other => {
+                        if let Some(done) = other {
+                            c.finish_key(done)?;
+                        }
+                        if !seen_keys.insert(key.to_string()) {
+                            c.problem(HEAD, key, "versions are not contiguous");
+                        }
+                        KeyState::new(key, None)
+                    }
+                };
+                st.head = Some(v.value().to_vec());
+                c.finish_key(st)?;
                 continue;
             }
             c.report.versions += 1;

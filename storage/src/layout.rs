@@ -19,13 +19,14 @@ use redb::TableDefinition;
 use slurp_protocol::{Hlc, Slot, VersionId, WriterId};
 
 /// Two kinds of record per address, adjacent:
-/// - `slot | key | 0x00` → the address's *head*, its latest-version entry
-///   ([`crate::record::LatestEntry`]);
 /// - `slot | key | 0x00 | version` → framed
-///   [`crate::record::StoredVersion`], one per version.
+///   [`crate::record::StoredVersion`], one per version;
+/// - `slot | key | 0x01` → the address's *head*, its latest-version entry
+///   ([`crate::record::LatestEntry`]).
 ///
-/// The head sorts right before the address's versions, so a write, which
-/// adds a version and rewrites the head, usually changes one page.
+/// The head sorts right after the address's greatest version, so a write,
+/// which adds a version (usually the greatest) and rewrites the head,
+/// usually changes one page.
 pub const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
 /// `key` → `()`: every address that has a head, in key order (for listing
 /// by prefix). Written only when an address appears or disappears.
@@ -75,8 +76,7 @@ pub fn slot_key(key: &str) -> Vec<u8> {
     out
 }
 
-/// `slot | key | 0x00`: the head key of `key` in [`VERSIONS`]; every version
-/// of `key` starts with it.
+/// `slot | key | 0x00`: every version of `key` starts with this.
 pub fn version_prefix(key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(3 + key.len() + VERSION_FIXED + 16);
     out.extend_from_slice(&Slot::of(key).0.to_be_bytes());
@@ -85,15 +85,21 @@ pub fn version_prefix(key: &str) -> Vec<u8> {
     out
 }
 
-/// The [`VERSIONS`] key of an address's head (same as [`version_prefix`]).
+/// `slot | key | 0x01`: the [`VERSIONS`] key of an address's head. It is
+/// also the exclusive end of the address's versions
+/// (`version_prefix(key)..head_key(key)`).
 pub fn head_key(key: &str) -> Vec<u8> {
-    version_prefix(key)
+    let mut out = version_prefix(key);
+    if let Some(last) = out.last_mut() {
+        *last = 1;
+    }
+    out
 }
 
-/// Whether a [`VERSIONS`] key is a head (`slot | key | 0x00`) rather than a
-/// version: its first `0x00` after the slot is its last byte.
+/// Whether a [`VERSIONS`] key is a head (`slot | key | 0x01`) rather than a
+/// version (which has a `0x00` after the key).
 pub fn is_head_key(bytes: &[u8]) -> bool {
-    bytes.len() >= 3 && bytes[2..].iter().position(|b| *b == 0) == Some(bytes.len() - 3)
+    bytes.len() >= 3 && bytes.last() == Some(&1) && !bytes[2..].contains(&0)
 }
 
 /// The storage key of a head key, if it is one.
@@ -355,8 +361,11 @@ mod tests {
         assert!(!is_head_key(&v));
         assert_eq!(head_key_name(&v), None);
         assert!(decode_version_key(&head).is_err());
-        // The head sorts before every version of its key.
-        assert!(head < v);
+        // The head sorts after every version of its key and before any
+        // other key.
+        let last = version_key(k, &vid(u64::MAX, u32::MAX, "zzzz"));
+        assert!(v < head && last < head);
+        assert_eq!(prefix_end(&version_prefix(k)), Some(head.clone()));
     }
 
     fn writer() -> impl Strategy<Value = String> {
@@ -398,6 +407,12 @@ mod tests {
             let b = version_key(&k2, &vid(v2.0, v2.1, &v2.2));
             let (pa, pb) = (version_prefix(&k1), version_prefix(&k2));
             prop_assert!(!b.starts_with(&pa) && !a.starts_with(&pb));
+            // Each key's records (versions, then head) form one range that
+            // holds nothing of the other key.
+            let (ha, hb) = (head_key(&k1), head_key(&k2));
+            let within = |x: &Vec<u8>, lo: &Vec<u8>, hi: &Vec<u8>| lo <= x && x <= hi;
+            prop_assert!(!within(&b, &pa, &ha) && !within(&hb, &pa, &ha));
+            prop_assert!(!within(&a, &pb, &hb) && !within(&ha, &pb, &hb));
             if Slot::of(&k1) == Slot::of(&k2) {
                 prop_assert_eq!(k1.cmp(&k2), a.cmp(&b));
             } else {

@@ -210,16 +210,13 @@ fn prefix_range<V: redb::Value + 'static>(
     }
 }
 
-/// The versions of one address: the range after its head.
+/// The versions of one address (`prefix` is its version prefix; its head
+/// sorts right after the range).
 fn versions_of(
     table: &BytesTable,
     prefix: &[u8],
 ) -> Result<redb::Range<'static, &'static [u8], &'static [u8]>, redb::StorageError> {
-    let lower = Bound::Excluded(prefix);
-    match layout::prefix_end(prefix) {
-        Some(end) => table.range::<&[u8]>((lower, Bound::Excluded(end.as_slice()))),
-        None => table.range::<&[u8]>((lower, Bound::Unbounded)),
-    }
+    prefix_range(table, prefix)
 }
 
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> CorruptValue {

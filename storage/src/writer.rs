@@ -23,7 +23,6 @@
 //! taking the database lock exclusively while no transaction is open.
 
 use std::collections::BTreeSet;
-use std::ops::Bound;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -685,7 +684,8 @@ fn sweep_one(
     }
     // Step 1: reads and decodes.
     let prefix = layout::version_prefix(key);
-    let entry = match t.versions.get(prefix.as_slice())? {
+    let head_key = layout::head_key(key);
+    let entry = match t.versions.get(head_key.as_slice())? {
         Some(raw) => match LatestEntry::decode(raw.value(), key) {
             Ok(e) => Some(e),
             Err(c) => return Ok(Err(c)),
@@ -696,15 +696,10 @@ fn sweep_one(
     let mut replacement: Option<Head> = None;
     let mut others = false;
     {
-        // The key's versions, after its head.
-        let end = layout::prefix_end(&prefix);
-        let lower = Bound::Excluded(prefix.as_slice());
-        let range = match &end {
-            Some(end) => t
-                .versions
-                .range::<&[u8]>((lower, Bound::Excluded(end.as_slice())))?,
-            None => t.versions.range::<&[u8]>((lower, Bound::Unbounded))?,
-        };
+        // The key's versions (its head sorts right after them).
+        let range = t
+            .versions
+            .range::<&[u8]>(prefix.as_slice()..head_key.as_slice())?;
         for r in range.rev() {
             let (k, v) = r?;
             if k.value() == d.version_key {
@@ -799,14 +794,14 @@ fn sweep_one(
     t.key_ttl.remove(key_ttl_key.as_slice())?;
     match new_entry {
         Some((e, bytes)) => {
-            t.versions.insert(prefix.as_slice(), bytes.as_slice())?;
+            t.versions.insert(head_key.as_slice(), bytes.as_slice())?;
             if removing_newest {
                 rederive(t, key, entry.as_ref().map(|o| &o.head), Some(&e.head))?;
                 set_tombstone(t, key, tombstone)?;
             }
         }
         None => {
-            t.versions.remove(prefix.as_slice())?;
+            t.versions.remove(head_key.as_slice())?;
             t.keys.remove(key)?;
             rederive(t, key, entry.as_ref().map(|o| &o.head), None)?;
             set_tombstone(t, key, tombstone)?;
