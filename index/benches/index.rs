@@ -13,13 +13,16 @@
 //!   top 10 with snippets and facet counts, for a one-word and a two-word
 //!   query;
 //! - `index/upsert_10k`: 10,000 upserts and a commit into a fresh index
-//!   (throughput in documents per second);
-//! - `rebuild/100k`: `ContextIndex::rebuild` of the whole corpus.
+//!   (throughput in documents per second), beside `index/floor_plain_10k`,
+//!   the same text into a plain index with the same writer settings;
+//! - `rebuild/100k`: `ContextIndex::rebuild` of the whole corpus, beside
+//!   `rebuild/floor_plain_100k`, the plain index with the rebuild's writer
+//!   settings.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use slurp_index::{ContextIndex, IndexConfig, IndexEntry, RebuildProgress, SearchQuery};
 use slurp_protocol::{ContextNode, Hlc, RoleName, UcxlAddress, VersionId, WriterId};
 use tantivy::collector::TopDocs;
@@ -212,12 +215,18 @@ fn rebuild(index: &ContextIndex, entries: &[IndexEntry]) -> RebuildProgress {
         .expect("rebuild")
 }
 
-fn plain_index(entries: &[IndexEntry]) -> (Index, tantivy::schema::Field) {
+/// The plain engine index: one text field holding the same text, no
+/// filters, no stored fields. The floor every figure is compared with.
+fn plain_index(
+    entries: &[IndexEntry],
+    threads: usize,
+    heap: usize,
+) -> (Index, tantivy::schema::Field) {
     let mut b = Schema::builder();
     let body = b.add_text_field("body", TEXT);
     let index = Index::create_in_ram(b.build());
     let mut w = index
-        .writer_with_num_threads(2, 512_000_000)
+        .writer_with_num_threads(threads, heap)
         .expect("plain writer");
     for e in entries {
         let mut doc = TantivyDocument::default();
@@ -270,7 +279,8 @@ fn benches(c: &mut Criterion) {
         status.index_bytes as f64 / 1e6,
         rss_after.saturating_sub(rss_before) as f64 / 1e6
     );
-    let (plain, body) = plain_index(&entries);
+    let config = IndexConfig::default();
+    let (plain, body) = plain_index(&entries, config.rebuild_threads, config.rebuild_heap_bytes);
     let plain_reader = plain.reader().expect("reader");
     let plain_parser = QueryParser::for_index(&plain, vec![body]);
 
@@ -328,8 +338,18 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("index");
     g.sample_size(10);
-    g.measurement_time(Duration::from_secs(10));
+    g.sampling_mode(SamplingMode::Flat);
+    g.measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(10_000));
+    g.bench_function("floor_plain_10k", |b| {
+        b.iter(|| {
+            black_box(plain_index(
+                &entries[..10_000],
+                config.writer_threads,
+                config.writer_heap_bytes,
+            ))
+        })
+    });
     g.bench_function("upsert_10k", |b| {
         b.iter_batched(
             || {
@@ -353,8 +373,18 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("rebuild");
     g.sample_size(10);
-    g.measurement_time(Duration::from_secs(30));
+    g.sampling_mode(SamplingMode::Flat);
+    g.measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(DOCS as u64));
+    g.bench_function("floor_plain_100k", |b| {
+        b.iter(|| {
+            black_box(plain_index(
+                &entries,
+                config.rebuild_threads,
+                config.rebuild_heap_bytes,
+            ))
+        })
+    });
     g.bench_function("100k", |b| b.iter(|| black_box(rebuild(&index, &entries))));
     g.finish();
     eprintln!(

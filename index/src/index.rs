@@ -437,32 +437,36 @@ impl ContextIndex {
     pub fn optimize(&self) -> Result<MergeReport, IndexError> {
         const ATTEMPTS: usize = 20;
         let start = Instant::now();
-        let engine = self.shared.engine();
         let mut last_error = String::new();
         for attempt in 0..ATTEMPTS {
-            let before = engine.reader.searcher();
-            let segments_before = before.segment_readers().len();
-            let deleted_before: u64 = before
-                .segment_readers()
-                .iter()
-                .map(|s| u64::from(s.num_deleted_docs()))
-                .sum();
-            let future = {
+            let started = {
                 let mut w = lock(&self.shared.write);
                 if w.pending > 0 {
                     self.shared.commit_locked(&mut w, CommitTrigger::Explicit)?;
                 }
+                // Under the write lock the engine cannot be swapped by a
+                // rebuild, so the writer and the segment ids belong together.
+                let engine = self.shared.engine();
+                let before = engine.reader.searcher();
+                let segments_before = before.segment_readers().len();
+                let deleted_before: u64 = before
+                    .segment_readers()
+                    .iter()
+                    .map(|s| u64::from(s.num_deleted_docs()))
+                    .sum();
                 let ids = engine.index.searchable_segment_ids()?;
-                let single_clean = ids.len() == 1 && deleted_before == 0;
-                if ids.is_empty() || single_clean {
-                    None
-                } else {
-                    Some(w.writer.merge(&ids))
+                if ids.is_empty() || (ids.len() == 1 && deleted_before == 0) {
+                    return Ok(self.record_merge(segments_before, 0, start));
                 }
+                (
+                    engine,
+                    segments_before,
+                    deleted_before,
+                    w.writer.merge(&ids),
+                )
             };
-            let Some(future) = future else {
-                return Ok(self.record_merge(segments_before, 0, start));
-            };
+            let (engine, segments_before, deleted_before, future) = started;
+            // Wait without the lock: writes go on while the merge runs.
             match future.wait() {
                 Ok(_) => {
                     {

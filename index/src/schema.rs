@@ -157,11 +157,16 @@ impl IndexEntry {
     }
 }
 
-/// The normal form of a tag or technology: trimmed, lowercased, cut to
+/// The normal form of a tag or technology: control characters (which the
+/// facet encoding reserves) turned into spaces, trimmed, lowercased, cut to
 /// [`MAX_FACET_VALUE_LEN`] bytes. Filters are normalised the same way, so
 /// matching is case-insensitive. Empty after trimming means "no value".
 pub fn normalize_facet_value(value: &str) -> Option<String> {
-    let v = value.trim().to_lowercase();
+    let cleaned: String = value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let v = cleaned.trim().to_lowercase();
     if v.is_empty() {
         return None;
     }
@@ -288,6 +293,7 @@ mod tests {
     fn facet_values_are_normalized() {
         assert_eq!(normalize_facet_value("  Rust "), Some("rust".into()));
         assert_eq!(normalize_facet_value("   "), None);
+        assert_eq!(normalize_facet_value("a\u{0}b\n"), Some("a b".into()));
         let long = "é".repeat(MAX_FACET_VALUE_LEN);
         let cut = normalize_facet_value(&long).unwrap();
         assert!(cut.len() <= MAX_FACET_VALUE_LEN);

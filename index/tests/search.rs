@@ -579,6 +579,45 @@ fn searches_as_json_require_a_role() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any text in any field indexes without panicking, and every tag that
+    /// has a normal form finds its document.
+    #[test]
+    fn arbitrary_contexts_are_indexed_and_found_by_their_tags(
+        summary in "\\PC{0,120}",
+        tags in proptest::collection::vec("\\PC{0,16}|.{0,16}", 0..4),
+        path in ".{0,40}",
+        insight in ".{0,60}",
+    ) {
+        let index = open();
+        let mut c = context("p.rs", &summary);
+        c.path = path;
+        c.tags = tags.clone();
+        c.technologies = tags.clone();
+        c.insights = vec![insight];
+        let outcome = index.upsert(&entry(c, 1, &["developer"]));
+        index.commit().unwrap();
+        if outcome.is_ok() {
+            for tag in &tags {
+                let mut q = query("developer", "");
+                q.tags = vec![tag.clone()];
+                q.technologies = vec![tag.clone()];
+                match index.search(&q) {
+                    Ok(r) => prop_assert_eq!(r.total_hits, 1, "tag {:?}", tag),
+                    Err(SearchError::EmptyFilterValue { .. }) => {
+                        prop_assert!(slurp_index::schema::normalize_facet_value(tag).is_none())
+                    }
+                    Err(e) => prop_assert!(false, "tag {:?}: {}", tag, e),
+                }
+            }
+            let r = index.search(&query("developer", "")).unwrap();
+            prop_assert_eq!(r.total_hits, 1);
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Any text, in either syntax, gives results or a typed error.
