@@ -356,13 +356,13 @@ impl Store {
         (queued, results)
     }
 
-    /// Fills the open results with the writer's answers, in order; if the
-    /// writer never answered, the store closed under the request.
+    /// Fills the open results with the writer's answers, in order; those
+    /// the writer never answered were cut off by the store closing.
     fn join(
         results: Vec<Option<Result<PutOutcome, WriteError>>>,
-        answers: Option<Vec<Result<PutOutcome, WriteError>>>,
+        answers: Vec<Result<PutOutcome, WriteError>>,
     ) -> Vec<Result<PutOutcome, WriteError>> {
-        let mut answers = answers.unwrap_or_default().into_iter();
+        let mut answers = answers.into_iter();
         results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| answers.next().unwrap_or(Err(WriteError::Closed))))
@@ -396,17 +396,50 @@ impl Store {
         out.pop().unwrap_or(Err(WriteError::Closed))
     }
 
-    /// Stores several versions (for example those a replica lacks) in one
-    /// request; each gets its own result, in order. A refused version does
-    /// not affect the others. Returns once all accepted versions are
-    /// durable.
+    /// Cuts prepared versions into requests of at most `max_batch`, so a
+    /// large `put_many` does not hold the writer in one huge transaction.
+    fn chunks(&self, items: Vec<PreparedPut>) -> Vec<Vec<PreparedPut>> {
+        let size = self.inner.shared.config.max_batch.max(1);
+        let mut out = Vec::with_capacity(items.len().div_ceil(size));
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            out.push(items.by_ref().take(size).collect());
+        }
+        out
+    }
+
+    /// Stores several versions (for example those a replica lacks); each
+    /// gets its own result, in order. A refused version does not affect the
+    /// others. Versions are committed in transactions of at most
+    /// `max_batch` (so the call is not atomic as a whole); it returns once
+    /// all accepted versions are durable.
     pub async fn put_many(&self, versions: Vec<NewVersion>) -> Vec<Result<PutOutcome, WriteError>> {
         let (items, results) = Self::split(self.prepare_all(versions));
-        let answers = if items.is_empty() {
-            Some(vec![])
-        } else {
-            self.submit(|reply| Command::Put { items, reply }).await
-        };
+        let mut pending = Vec::new();
+        if let Ok(sender) = self.sender() {
+            for chunk in self.chunks(items) {
+                let (tx, rx) = oneshot::channel();
+                if sender
+                    .send(Command::Put {
+                        items: chunk,
+                        reply: tx,
+                    })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                self.inner.writer_thread.unpark();
+                pending.push(rx);
+            }
+        }
+        let mut answers = Vec::new();
+        for rx in pending {
+            match rx.await {
+                Ok(a) => answers.extend(a),
+                Err(_) => break,
+            }
+        }
         Self::join(results, answers)
     }
 
@@ -416,11 +449,30 @@ impl Store {
         versions: Vec<NewVersion>,
     ) -> Vec<Result<PutOutcome, WriteError>> {
         let (items, results) = Self::split(self.prepare_all(versions));
-        let answers = if items.is_empty() {
-            Some(vec![])
-        } else {
-            self.submit_blocking(|reply| Command::Put { items, reply })
-        };
+        let mut pending = Vec::new();
+        if let Ok(sender) = self.sender() {
+            for chunk in self.chunks(items) {
+                let (tx, rx) = oneshot::channel();
+                if sender
+                    .blocking_send(Command::Put {
+                        items: chunk,
+                        reply: tx,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+                self.inner.writer_thread.unpark();
+                pending.push(rx);
+            }
+        }
+        let mut answers = Vec::new();
+        for rx in pending {
+            match rx.blocking_recv() {
+                Ok(a) => answers.extend(a),
+                Err(_) => break,
+            }
+        }
         Self::join(results, answers)
     }
 

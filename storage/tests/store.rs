@@ -809,3 +809,30 @@ fn stats_count_what_is_stored() {
     assert!(st.stored_bytes > 0);
     assert!(st.file_bytes >= st.stored_bytes);
 }
+
+#[test]
+fn a_large_put_many_is_committed_in_bounded_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(T0);
+    let observer = Arc::new(CountingObserver::default());
+    let store = Store::builder(dir.path().join("s.redb"))
+        .config(StoreConfig {
+            max_batch: 16,
+            ..StoreConfig::default()
+        })
+        .time_source(Arc::new(clock))
+        .observer(observer.clone())
+        .open()
+        .unwrap();
+    let mut batch: Vec<_> = (0..100)
+        .map(|i| version(&format!("f{i}.rs"), vid(T0, i, "w")))
+        .collect();
+    batch[50].envelope.clear();
+    let r = store.put_many_blocking(batch);
+    assert_eq!(r.len(), 100);
+    assert!(matches!(r[50], Err(WriteError::Invalid { .. })));
+    assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 99);
+    assert_eq!(store.stats().unwrap().versions, 99);
+    assert!(observer.commits.load(Ordering::SeqCst) >= 7);
+    assert_eq!(observer.largest_insert.load(Ordering::SeqCst), 16);
+}

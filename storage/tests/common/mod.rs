@@ -33,6 +33,7 @@ pub struct CountingObserver {
     pub commits: AtomicUsize,
     pub inserted: AtomicUsize,
     pub largest_batch: AtomicUsize,
+    pub largest_insert: AtomicUsize,
 }
 
 impl StoreObserver for CountingObserver {
@@ -41,6 +42,7 @@ impl StoreObserver for CountingObserver {
             self.commits.fetch_add(1, Ordering::SeqCst);
             self.inserted.fetch_add(e.inserted, Ordering::SeqCst);
             self.largest_batch.fetch_max(e.requests, Ordering::SeqCst);
+            self.largest_insert.fetch_max(e.inserted, Ordering::SeqCst);
         }
     }
 }
