@@ -40,8 +40,11 @@ fn bench_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
+/// A version of one of `KEYS` addresses (`i % KEYS`); after the warm-up
+/// every put adds a version to an existing address.
 fn record(i: u64, logical: u32, writer: &WriterId) -> NewVersion {
-    let path = format!("src/module{}/file{}.rs", i % 17, i % KEYS);
+    let k = i % KEYS;
+    let path = format!("src/module{}/file{k}.rs", k % 17);
     let key = format!("ucxl://agent:developer@proj:task/{path}");
     NewVersion {
         meta: RecordMeta {
