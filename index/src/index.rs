@@ -76,7 +76,8 @@ pub struct RebuildProgress {
     pub read: u64,
     /// Entries added to the new index.
     pub indexed: u64,
-    /// Entries skipped because a newer version of the key came earlier.
+    /// Entries skipped because the same or a newer version of the key came
+    /// earlier in the feed.
     pub superseded: u64,
     /// Entries refused as invalid (see [`IndexError::InvalidEntry`]); each
     /// is logged with its key.
