@@ -5,7 +5,8 @@
 //! then commits them in chunks, each chunk one durable transaction of the
 //! local store. By default a failing item fails alone; with `atomic` every
 //! item is validated and sealed first and either all are committed in one
-//! transaction or none is. Running batches report progress, which the API
+//! transaction or none is; such a batch holds at most `store.max_batch`
+//! items (the most the local store commits in one transaction). Running batches report progress, which the API
 //! (`GET /v1/batches`) and the CLI show.
 
 use std::collections::BTreeMap;
@@ -207,6 +208,16 @@ impl ContextStore {
         atomic: bool,
     ) -> Result<BatchReport<PutResult>, StoreError> {
         check_size(self, items.len())?;
+        // An atomic batch is one transaction of the local store, whose
+        // writer commits at most `store.max_batch` writes at once.
+        let max_atomic = self.0.store.config().max_batch;
+        if atomic && items.len() > max_atomic {
+            return Err(StoreError::TooMany {
+                what: "atomic batch (store.max_batch)",
+                len: items.len(),
+                max: max_atomic,
+            });
+        }
         let start = Instant::now();
         let total = items.len();
         let (id, tracker) = self.0.batches.start("put", &caller.role, total);

@@ -455,6 +455,15 @@ async fn batch_put_partial_and_atomic() {
     assert_eq!(got.succeeded, 1);
     assert_eq!(got.results[2].error.as_ref().unwrap().code, "bad_address");
     assert!(s.batches().list().iter().all(|b| b.finished));
+    // An atomic batch must fit one transaction of the local store.
+    let max = s.local().config().max_batch;
+    let many: Vec<_> = (0..=max)
+        .map(|i| item(&format!("ucxl://c:developer@p:t/*^/many/{i}"), "x"))
+        .collect();
+    assert!(matches!(
+        s.batch_put(&admin, many, true).await,
+        Err(StoreError::TooMany { .. })
+    ));
 }
 
 #[tokio::test]
