@@ -294,21 +294,7 @@ impl ContextStore {
                 }
             }
         }
-        results.sort_by_key(|r| r.index);
-        self.0.batches.finish(&tracker);
-        let failed = results.iter().filter(|r| r.error.is_some()).count();
-        self.0
-            .metrics
-            .record("batch_put", "store", failed == 0, start.elapsed());
-        Ok(BatchReport {
-            id,
-            total,
-            succeeded: total - failed,
-            failed,
-            aborted,
-            took_ms: start.elapsed().as_millis() as u64,
-            results,
-        })
+        Ok(self.report("batch_put", id, &tracker, start, aborted, results))
     }
 
     /// Reads many addresses, each like a get.
@@ -342,20 +328,34 @@ impl ContextStore {
             tracker.step(r.is_ok());
             results.push(BatchItemResult::from_result(i, r));
         }
+        Ok(self.report("batch_get", id, &tracker, start, false, results))
+    }
+
+    /// Finishes a batch: marks it done, records it and builds the report.
+    fn report<T>(
+        &self,
+        op: &'static str,
+        id: u64,
+        tracker: &Tracker,
+        start: Instant,
+        aborted: bool,
+        mut results: Vec<BatchItemResult<T>>,
+    ) -> BatchReport<T> {
         results.sort_by_key(|r| r.index);
-        self.0.batches.finish(&tracker);
+        self.0.batches.finish(tracker);
+        let total = results.len();
         let failed = results.iter().filter(|r| r.error.is_some()).count();
         self.0
             .metrics
-            .record("batch_get", "store", failed == 0, start.elapsed());
-        Ok(BatchReport {
+            .record(op, "store", failed == 0, start.elapsed());
+        BatchReport {
             id,
             total,
             succeeded: total - failed,
             failed,
-            aborted: false,
+            aborted,
             took_ms: start.elapsed().as_millis() as u64,
             results,
-        })
+        }
     }
 }

@@ -256,6 +256,19 @@ impl ContextStore {
         }
     }
 
+    /// A new version id of this node, greater than `after` (the version it
+    /// is written on top of) even if that came from a node whose clock is
+    /// ahead.
+    fn next_version(&self, after: Option<&VersionId>) -> VersionId {
+        if let Some(v) = after {
+            self.0.clock.observe(v.hlc);
+        }
+        VersionId {
+            hlc: self.0.clock.now(),
+            writer: self.0.writer.clone(),
+        }
+    }
+
     /// Whether `role` may write (anything but read-only authority).
     fn may_write(&self, role: &RoleName) -> bool {
         !matches!(
@@ -364,13 +377,7 @@ impl ContextStore {
                 });
             }
         }
-        if let Some(p) = parent {
-            self.0.clock.observe(p.version.hlc);
-        }
-        let version = VersionId {
-            hlc: self.0.clock.now(),
-            writer: self.0.writer.clone(),
-        };
+        let version = self.next_version(parent.map(|p| &p.version));
         node.version = Some(VersionInfo {
             id: version.clone(),
             parent: parent.map(|p| p.version.clone()),
@@ -557,11 +564,7 @@ impl ContextStore {
                     )
                     .await);
             }
-            self.0.clock.observe(latest.version.hlc);
-            let version = VersionId {
-                hlc: self.0.clock.now(),
-                writer: self.0.writer.clone(),
-            };
+            let version = self.next_version(Some(&latest.version));
             let meta = RecordMeta {
                 key: key.clone(),
                 path: latest.path.clone(),
