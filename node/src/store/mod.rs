@@ -11,9 +11,9 @@
 //! with that role's key and caches the plaintext for that role only. Every
 //! access decision, allowed or denied, goes to the audit log.
 //!
-//! The local store is the only storage tier for now; the cluster issue puts
-//! a replicated tier behind the same `put`/`latest`/`history` calls, so the
-//! store keeps all tier access in a few private helpers.
+//! The local store is the single storage tier of a lone node; a replicated
+//! tier goes behind the same `put_many`/`latest`/`history`/`get` calls, so
+//! the store reaches its tier only through those.
 
 mod batch;
 mod links;
