@@ -8,6 +8,11 @@
 //! vocabulary, so searches find something), then runs `--clients`
 //! concurrent clients for `--duration`, each picking operations by the
 //! `--mix` weights. Latencies go into HDR histograms per operation.
+//!
+//! Text is mostly filler words (`--filler-words` distinct ones) with a
+//! share of domain words (`--domain-ratio`), which searches look for, so a
+//! search matches a realistic fraction of the corpus rather than all of it;
+//! the report gives the average number of matches per search.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,6 +100,13 @@ pub struct BenchArgs {
     /// `--prefix` and `--keys`).
     #[arg(long)]
     pub no_load: bool,
+    /// Share of words drawn from the 40 domain words searches use; the rest
+    /// are filler words.
+    #[arg(long, default_value_t = 0.1)]
+    pub domain_ratio: f64,
+    /// Distinct filler words.
+    #[arg(long, default_value_t = 5000)]
+    pub filler_words: usize,
     /// Project segment of the bench's addresses.
     #[arg(long, default_value = "bench")]
     pub prefix: String,
@@ -144,15 +156,27 @@ fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>> {
     Ok(out)
 }
 
-fn text(rng: &mut impl Rng, bytes: usize) -> String {
-    let mut s = String::with_capacity(bytes + 16);
-    while s.len() < bytes {
+/// How the bench writes text.
+#[derive(Clone, Copy)]
+struct TextShape {
+    bytes: usize,
+    domain_ratio: f64,
+    filler_words: usize,
+}
+
+fn text(rng: &mut impl Rng, shape: TextShape) -> String {
+    let mut s = String::with_capacity(shape.bytes + 16);
+    while s.len() < shape.bytes {
         if !s.is_empty() {
             s.push(' ');
         }
-        s.push_str(VOCABULARY.choose(rng).copied().unwrap_or("word"));
+        if rng.gen_bool(shape.domain_ratio.clamp(0.0, 1.0)) {
+            s.push_str(VOCABULARY.choose(rng).copied().unwrap_or("word"));
+        } else {
+            s.push_str(&format!("w{}", rng.gen_range(0..shape.filler_words.max(1))));
+        }
     }
-    s.truncate(bytes.max(1));
+    s.truncate(shape.bytes.max(1));
     s
 }
 
@@ -160,11 +184,11 @@ fn address(prefix: &str, i: usize) -> String {
     format!("ucxl://bench:developer@{prefix}:load/*^/src/module{i}.rs")
 }
 
-fn context(prefix: &str, i: usize, size: usize, rng: &mut impl Rng) -> serde_json::Value {
+fn context(prefix: &str, i: usize, shape: TextShape, rng: &mut impl Rng) -> serde_json::Value {
     json!({
         "address": address(prefix, i),
         "path": format!("src/module{i}.rs"),
-        "summary": text(rng, size),
+        "summary": text(rng, shape),
         "tags": [VOCABULARY[i % VOCABULARY.len()]],
         "technologies": ["rust"],
         "encrypted_for": ["developer"],
@@ -174,6 +198,13 @@ fn context(prefix: &str, i: usize, size: usize, rng: &mut impl Rng) -> serde_jso
 struct Stats {
     hist: Histogram<u64>,
     errors: u64,
+    /// Searches only: matches reported and time spent in the index.
+    matches: u64,
+    index_hist: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 /// Runs the benchmark and prints the report.
@@ -184,13 +215,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     let client = Client::new(&args.node, args.token.clone(), Duration::from_secs(60))?;
     let keys = args.keys.max(1);
+    let shape = TextShape {
+        bytes: args.value_size,
+        domain_ratio: args.domain_ratio,
+        filler_words: args.filler_words,
+    };
     if !args.no_load {
         let start = Instant::now();
         let mut rng = rand::thread_rng();
         for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
             let items: Vec<_> = chunk
                 .iter()
-                .map(|i| json!({"context": context(&args.prefix, *i, args.value_size, &mut rng)}))
+                .map(|i| json!({"context": context(&args.prefix, *i, shape, &mut rng)}))
                 .collect();
             let v = client
                 .post("/v1/batch/put", &json!({"items": items}))
@@ -220,9 +256,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     (
                         op,
                         Stats {
-                            hist: Histogram::new_with_bounds(1, 60_000_000, 3)
-                                .expect("histogram bounds"),
+                            hist: histogram(),
                             errors: 0,
+                            matches: 0,
+                            index_hist: histogram(),
                         },
                     )
                 })
@@ -252,7 +289,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                         } else {
                             rng.gen_range(0..keys)
                         };
-                        let ctx = context(&args.prefix, i, args.value_size, &mut rng);
+                        let ctx = context(&args.prefix, i, shape, &mut rng);
                         client.post("/v1/contexts", &json!({"context": ctx})).await
                     }
                     Op::Search => {
@@ -269,8 +306,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     .expect("every op has stats")
                     .1;
                 match r {
-                    Ok(_) => {
+                    Ok(v) => {
                         let _ = s.hist.record(micros.max(1));
+                        if op == Op::Search {
+                            s.matches += v["total_hits"].as_u64().unwrap_or(0);
+                            let _ = s
+                                .index_hist
+                                .record(v["index_micros"].as_u64().unwrap_or(0).max(1));
+                        }
                     }
                     Err(_) => s.errors += 1,
                 }
@@ -285,7 +328,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             match merged.iter_mut().find(|(o, _)| *o == op) {
                 Some((_, m)) => {
                     m.hist.add(&s.hist).ok();
+                    m.index_hist.add(&s.index_hist).ok();
                     m.errors += s.errors;
+                    m.matches += s.matches;
                 }
                 None => merged.push((op, s)),
             }
@@ -310,6 +355,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 "p90_us": s.hist.value_at_quantile(0.9),
                 "p99_us": s.hist.value_at_quantile(0.99),
                 "max_us": s.hist.max(),
+                "avg_matches": (*op == Op::Search && !s.hist.is_empty())
+                    .then(|| s.matches / s.hist.len()),
+                "index_p50_us": (*op == Op::Search && !s.index_hist.is_empty())
+                    .then(|| s.index_hist.value_at_quantile(0.5)),
             })
         })
         .collect();
@@ -319,6 +368,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "clients": args.clients,
         "duration_secs": secs,
         "value_size": args.value_size,
+        "domain_ratio": args.domain_ratio,
+        "filler_words": args.filler_words,
         "keys": keys,
         "total_ops": total,
         "errors": errors,
@@ -341,16 +392,23 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             "op", "count", "ops/s", "p50 µs", "p90 µs", "p99 µs", "errors"
         );
         for o in &ops {
+            let n = |k: &str| o[k].as_u64().unwrap_or(0);
             println!(
                 "{:<8} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>7}",
                 o["op"].as_str().unwrap_or(""),
-                o["count"],
+                n("count"),
                 o["ops_per_sec"].as_f64().unwrap_or(0.0),
-                o["p50_us"],
-                o["p90_us"],
-                o["p99_us"],
-                o["errors"]
+                n("p50_us"),
+                n("p90_us"),
+                n("p99_us"),
+                n("errors")
             );
+            if let Some(m) = o["avg_matches"].as_u64() {
+                println!(
+                    "         searches matched {m} contexts on average; index time p50 {} µs",
+                    n("index_p50_us")
+                );
+            }
         }
     }
     Ok(())

@@ -120,6 +120,7 @@ pub struct NodeConfig {
     /// The full-text index (`slurp-index`).
     pub index: slurp_index::IndexConfig,
     pub keys: KeysConfig,
+    pub audit: crate::audit::AuditSettings,
 }
 
 impl Default for NodeConfig {
@@ -137,6 +138,7 @@ impl Default for NodeConfig {
             store: slurp_storage::StoreConfig::default(),
             index: slurp_index::IndexConfig::default(),
             keys: KeysConfig::default(),
+            audit: crate::audit::AuditSettings::default(),
         }
     }
 }

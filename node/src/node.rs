@@ -112,7 +112,7 @@ impl Node {
             AuditLog::open(dir.join("audit.log"), AuditConfig::default())
                 .context("opening the audit log")?,
         );
-        let audit = AuditSink::start(audit_log.clone(), metrics.clone(), 8192);
+        let audit = AuditSink::start(audit_log.clone(), metrics.clone(), &config.audit);
 
         let index = if config.store_options.indexing {
             Some(Arc::new(
