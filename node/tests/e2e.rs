@@ -520,7 +520,8 @@ fn metrics_and_health() {
 fn no_plaintext_reaches_disk_or_logs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut node = TestNode::start(&data);
+    // Debug logs of every crate (Tantivy, redb, hyper included).
+    let mut node = TestNode::start_logging(&data, &[], "debug");
     let marker = "QUOKKAMARKER7731";
     let admin = node.admin.clone();
     let dev = node.token("developer");
@@ -585,4 +586,38 @@ fn no_plaintext_reaches_disk_or_logs() {
         "marker in logs"
     );
     assert!(!log.contains(&admin[10..]), "token in logs");
+}
+
+/// Every route the OpenAPI file lists (see `api::ROUTES`, checked against
+/// `docs/openapi.json`) is served by the router: none answers "no route"
+/// or "method not allowed".
+#[test]
+fn every_documented_route_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("data"));
+    let c = http();
+    for (method, path) in slurp_node::api::ROUTES {
+        let path = path
+            .replace("{id}", "0000000000000000")
+            .replace("{name}", "stats");
+        let url = format!("{}{}", node.url, path);
+        let req = match *method {
+            "get" => c.get(&url),
+            "post" => c
+                .post(&url)
+                .header("content-type", "application/json")
+                .body("{}"),
+            "delete" => c.delete(&url),
+            other => panic!("unexpected method {other}"),
+        };
+        let r = req.bearer_auth(&node.admin).send().unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().unwrap();
+        assert_ne!(status, 405, "{method} {path}: {body}");
+        assert!(
+            !body.contains("no_route"),
+            "{method} {path}: {status} {body}"
+        );
+        assert!(status < 500, "{method} {path}: {status} {body}");
+    }
 }

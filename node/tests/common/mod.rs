@@ -27,11 +27,16 @@ impl TestNode {
     }
 
     pub fn start_with(data: &Path, extra: &[&str]) -> TestNode {
+        Self::start_logging(data, extra, "info")
+    }
+
+    /// Starts a node whose log filter is `log` (e.g. `debug`).
+    pub fn start_logging(data: &Path, extra: &[&str], log: &str) -> TestNode {
         let mut child = Command::new(BIN)
             .args(["node", "run", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
-            .env("SLURP_LOG", "info")
+            .env("SLURP_LOG", log)
             .env_remove("SLURP_NODE")
             .env_remove("SLURP_TOKEN")
             .stdout(Stdio::piped())
