@@ -51,6 +51,7 @@ pub mod names {
     pub const SUMMARY: &str = "summary";
     pub const PURPOSE: &str = "purpose";
     pub const INSIGHTS: &str = "insights";
+    pub const LABELS: &str = "labels";
     pub const FACETS: &str = "facets";
     pub const READERS: &str = "readers";
     pub const GENERATED_AT: &str = "generated_at";
@@ -73,6 +74,8 @@ pub(crate) struct Fields {
     pub summary: Field,
     pub purpose: Field,
     pub insights: Field,
+    /// Tags and technologies as words, so free text finds them too.
+    pub labels: Field,
     pub facets: Field,
     pub readers: Field,
     pub generated_at: Field,
@@ -80,8 +83,14 @@ pub(crate) struct Fields {
 
 impl Fields {
     /// The fields free text is searched in.
-    pub fn text_fields(&self) -> [Field; 4] {
-        [self.summary, self.purpose, self.insights, self.path_text]
+    pub fn text_fields(&self) -> [Field; 5] {
+        [
+            self.summary,
+            self.purpose,
+            self.insights,
+            self.path_text,
+            self.labels,
+        ]
     }
 }
 
@@ -102,8 +111,9 @@ pub(crate) fn build_schema() -> (Schema, Fields) {
         path_prefix: b.add_text_field(names::PATH_PREFIX, STRING),
         path_text: b.add_text_field(names::PATH_TEXT, text.clone()),
         summary: b.add_text_field(names::SUMMARY, stored_text.clone()),
-        purpose: b.add_text_field(names::PURPOSE, text),
+        purpose: b.add_text_field(names::PURPOSE, text.clone()),
         insights: b.add_text_field(names::INSIGHTS, stored_text),
+        labels: b.add_text_field(names::LABELS, text.clone()),
         facets: b.add_facet_field(names::FACETS, FacetOptions::default()),
         readers: b.add_text_field(names::READERS, STRING),
         generated_at: b.add_u64_field(names::GENERATED_AT, FAST | STORED),
@@ -253,6 +263,9 @@ impl Fields {
         }
         for insight in &ctx.insights {
             doc.add_text(self.insights, insight);
+        }
+        for label in ctx.tags.iter().chain(&ctx.technologies) {
+            doc.add_text(self.labels, label);
         }
         let mut facets = std::collections::BTreeSet::new();
         for (root, values) in [

@@ -55,6 +55,28 @@ fn finds_words_in_summary_purpose_insights_and_path() {
 }
 
 #[test]
+fn tags_and_technologies_are_words_too() {
+    let index = open();
+    let mut a = context("src/auth/login.rs", "handles the login form");
+    a.tags = vec!["Security".into()];
+    a.technologies = vec!["postgres".into()];
+    let b = context("src/cache/lru.rs", "a bounded cache");
+    index.upsert(&entry(a, 1, &["developer"])).unwrap();
+    index.upsert(&entry(b, 2, &["developer"])).unwrap();
+    index.commit().unwrap();
+    let login = key_of("src/auth/login.rs");
+    assert_eq!(
+        keys(&index, &query("developer", "security")),
+        vec![login.clone()]
+    );
+    assert_eq!(
+        keys(&index, &query("developer", "postgres login")),
+        vec![login]
+    );
+    assert!(keys(&index, &query("developer", "postgres cache")).is_empty());
+}
+
+#[test]
 fn phrase_query_needs_the_words_in_order() {
     let index = open();
     index
