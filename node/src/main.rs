@@ -19,12 +19,16 @@ use slurp_node::config::{ApiOverrides, ConfigOverrides, LogFormat, NodeConfig};
 use slurp_node::node::Node;
 use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
 
-/// A peer-to-peer, encrypted store for codebase context.
-///
-/// Exit codes: 0 success, 1 error, 2 usage, 3 not found (or deleted),
-/// 4 forbidden (or bad token), 5 invalid input, 6 node unreachable or failing.
+/// The command line: a node and a client of nodes.
 #[derive(Parser, Debug)]
-#[command(name = "slurp", version, about, long_about = None)]
+#[command(
+    name = "slurp",
+    version,
+    about = "A peer-to-peer, encrypted store for codebase context.",
+    after_help = "Client commands talk to --node (SLURP_NODE) with --token (SLURP_TOKEN).\n\
+Exit codes: 0 success, 1 error, 2 usage, 3 not found or deleted, 4 forbidden or bad token,\n\
+5 invalid input, 6 node unreachable or failing."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
