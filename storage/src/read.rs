@@ -422,6 +422,30 @@ impl Store {
         r
     }
 
+    /// Metadata of the newest live version of an address (a tombstone
+    /// included) and its 1-based position in the history, without reading
+    /// the other versions: what a writer needs to chain a new version onto
+    /// the current one, and what an access check needs.
+    pub fn latest_meta(&self, key: &str) -> Result<Option<(RecordMeta, u64)>, ReadError> {
+        self.snapshot(|s| {
+            let versions = s.table(layout::VERSIONS)?;
+            let Some(entry) = s.latest_entry(&versions, key)? else {
+                return Ok(None);
+            };
+            let Some((head, ordinal)) = s.resolve(key, &entry)? else {
+                return Ok(None);
+            };
+            let v = s.version(key, &head.version)?.ok_or_else(|| {
+                corrupt(
+                    "versions/head",
+                    key,
+                    format!("names missing version {}", head.version),
+                )
+            })?;
+            Ok(Some((v.meta, ordinal)))
+        })
+    }
+
     /// Whether the address has a live version that is not a tombstone.
     pub fn exists(&self, key: &str) -> Result<bool, ReadError> {
         self.snapshot(|s| {

@@ -453,6 +453,11 @@ fn temporal_selectors_pick_from_history() {
     assert_eq!(pick(Temporal::Back(1)), Some(2));
     assert_eq!(pick(Temporal::Forward(1)), Some(1));
     assert_eq!(pick(Temporal::Version(5)), None);
+    // The latest meta agrees with the history without reading it.
+    let (meta, ordinal) = store.latest_meta(&k).unwrap().unwrap();
+    assert_eq!(meta, store.history(&k).unwrap().pop().unwrap());
+    assert_eq!(ordinal, 4);
+    assert!(store.latest_meta(&key("absent.rs")).unwrap().is_none());
 }
 
 fn stored_codec(path: &std::path::Path, k: &str, v: &slurp_protocol::VersionId) -> StoredVersion {

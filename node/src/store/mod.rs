@@ -346,8 +346,8 @@ impl ContextStore {
                 )
                 .await);
         }
-        let history = self.0.store.history(&key)?;
-        let parent = history.last();
+        let current = self.0.store.latest_meta(&key)?;
+        let parent = current.as_ref().map(|(m, _)| m);
         if let Some(p) = parent
             && !p.tombstone
             && !p.readers.contains(&caller.role)
@@ -543,8 +543,7 @@ impl ContextStore {
                     )
                     .await);
             }
-            let history = self.0.store.history(&key)?;
-            let Some(latest) = history.last() else {
+            let Some((latest, _)) = self.0.store.latest_meta(&key)? else {
                 return Err(StoreError::NotFound(address.to_string()));
             };
             if latest.tombstone {
@@ -751,8 +750,10 @@ impl ContextStore {
         address: &UcxlAddress,
     ) -> Result<bool, StoreError> {
         let key = address.key();
-        let history = self.0.store.history(&key)?;
-        Ok(matches!(history.last(), Some(m) if !m.tombstone && m.readers.contains(&caller.role)))
+        Ok(matches!(
+            self.0.store.latest_meta(&key)?,
+            Some((m, _)) if !m.tombstone && m.readers.contains(&caller.role)
+        ))
     }
 
     /// Every version of an address the caller may read, oldest first.
@@ -829,8 +830,9 @@ impl ContextStore {
                 if !pattern.matches(&addr) {
                     continue;
                 }
-                let history = self.0.store.history(&k.key)?;
-                let Some(meta) = history.last() else { continue };
+                let Some((meta, _)) = self.0.store.latest_meta(&k.key)? else {
+                    continue;
+                };
                 if meta.tombstone || !meta.readers.contains(&caller.role) {
                     continue;
                 }
