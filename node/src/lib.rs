@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod store;
 pub mod tokens;

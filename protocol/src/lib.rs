@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod context;
+pub mod messages;
 pub mod partition;
 pub mod role;
 pub mod version;

@@ -129,6 +129,15 @@ pub mod kinds {
     pub const ACL_RECORD: u16 = 8;
     pub const BACKUP_META: u16 = 9;
     pub const TOMBSTONE: u16 = 10;
+    // Cluster messages (`messages`), 20..=39.
+    pub const REPLICATE_REQUEST: u16 = 20;
+    pub const REPLICATE_RESPONSE: u16 = 21;
+    pub const FORWARD_REQUEST: u16 = 22;
+    pub const FORWARD_RESPONSE: u16 = 23;
+    pub const SEARCH_REQUEST: u16 = 24;
+    pub const SEARCH_RESPONSE: u16 = 25;
+    pub const CLUSTER_REQUEST: u16 = 26;
+    pub const CLUSTER_RESPONSE: u16 = 27;
 }
 
 impl Framed for crate::context::ContextNode {

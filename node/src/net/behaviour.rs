@@ -1,0 +1,121 @@
+//! The composed libp2p behaviour and the swarm built around it.
+//!
+//! Connection limits come first so a connection over the limit is denied
+//! before any other behaviour sets up a handler for it. Identify tells us
+//! the addresses a peer listens on, which Kademlia needs to route to peers
+//! that dialed in; Kademlia runs in server mode under our own protocol name
+//! so slurp clusters never mix with the public IPFS DHT; ping keeps idle
+//! connections honest; and each of our protocols is its own
+//! request-response behaviour with its own codec limits.
+
+use std::sync::Arc;
+
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, kad, noise, ping, tcp, yamux,
+};
+use slurp_protocol::Framed;
+use slurp_protocol::messages::{
+    ClusterRequest, ClusterResponse, ForwardRequest, ForwardResponse, ReplicateRequest,
+    ReplicateResponse, SearchRequest, SearchResponse,
+};
+
+use super::codec::FramedCodec;
+use super::config::{NetConfig, ProtocolLimits};
+use super::error::NetError;
+use super::protocols::Protocol;
+use super::stats::NetCounters;
+
+/// Kademlia's protocol name: ours, not the public `/ipfs/kad/1.0.0`.
+pub const KAD_PROTOCOL: &str = "/slurp/kad/1.0.0";
+/// Identify's protocol name.
+pub const IDENTIFY_PROTOCOL: &str = "/slurp/id/1.0.0";
+
+pub(crate) type Rr<Req, Resp> = request_response::Behaviour<FramedCodec<Req, Resp>>;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub replicate: Rr<ReplicateRequest, ReplicateResponse>,
+    pub forward: Rr<ForwardRequest, ForwardResponse>,
+    pub search: Rr<SearchRequest, SearchResponse>,
+    pub cluster: Rr<ClusterRequest, ClusterResponse>,
+}
+
+fn request_response<Req, Resp>(
+    protocol: Protocol,
+    limits: ProtocolLimits,
+    config: &NetConfig,
+    counters: &Arc<NetCounters>,
+) -> Rr<Req, Resp>
+where
+    Req: Framed + Send + 'static,
+    Resp: Framed + Send + 'static,
+{
+    request_response::Behaviour::with_codec(
+        FramedCodec::new(limits, counters.clone()),
+        [(StreamProtocol::new(protocol.name()), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(config.request_timeout)
+            .with_max_concurrent_streams(config.max_concurrent_streams),
+    )
+}
+
+impl Behaviour {
+    fn new(key: &Keypair, config: &NetConfig, counters: &Arc<NetCounters>) -> Self {
+        let peer_id = key.public().to_peer_id();
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_established_connections))
+            .with_max_established_per_peer(Some(config.max_connections_per_peer));
+        let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kad_config.set_query_timeout(config.kad_query_timeout);
+        // The event loop bootstraps on its own interval, re-adding the
+        // configured bootstrap peers each time.
+        kad_config.set_periodic_bootstrap_interval(None);
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        kad.set_mode(Some(kad::Mode::Server));
+        Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_agent_version(format!("slurp/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad,
+            replicate: request_response(Protocol::Replicate, config.replicate, config, counters),
+            forward: request_response(Protocol::Forward, config.forward, config, counters),
+            search: request_response(Protocol::Search, config.search, config, counters),
+            cluster: request_response(Protocol::Cluster, config.cluster, config, counters),
+        }
+    }
+}
+
+/// Builds the swarm: TCP and QUIC, Noise, Yamux, our behaviour. Must run
+/// inside a Tokio runtime.
+pub(crate) fn build_swarm(
+    keypair: Keypair,
+    config: &NetConfig,
+    counters: &Arc<NetCounters>,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_behaviour(|key| Behaviour::new(key, config, counters))
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .build();
+    Ok(swarm)
+}

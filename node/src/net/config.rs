@@ -1,0 +1,120 @@
+//! Network settings (`[net]`): where the swarm listens, whom it bootstraps
+//! from, and every limit of its protocols.
+//!
+//! Every limit is a key with a default that works on a small cluster, so a
+//! node needs no `[net]` section to join one beyond its bootstrap peers.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// Size limits of one request-response protocol, in encoded bytes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolLimits {
+    /// Largest request this node sends or accepts.
+    pub max_request_bytes: usize,
+    /// Largest response this node sends or accepts.
+    pub max_response_bytes: usize,
+}
+
+impl ProtocolLimits {
+    pub const fn new(max_request_bytes: usize, max_response_bytes: usize) -> Self {
+        ProtocolLimits {
+            max_request_bytes,
+            max_response_bytes,
+        }
+    }
+}
+
+const MIB: usize = 1024 * 1024;
+
+/// The swarm's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// Addresses to listen on (TCP and QUIC on loopback by default; a
+    /// cluster node lists its routable addresses).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through, each ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// A connection with no stream open for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_connection_timeout: Duration,
+    /// A request without a response after this long fails with a timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Streams of one request-response protocol open at once per
+    /// connection.
+    pub max_concurrent_streams: usize,
+    /// Established connections at most, inbound and outbound together.
+    pub max_established_connections: u32,
+    /// Established connections at most to one peer.
+    pub max_connections_per_peer: u32,
+    /// A Kademlia query (lookup, bootstrap) gives up after this long.
+    #[serde(with = "humantime_serde")]
+    pub kad_query_timeout: Duration,
+    /// How often the node re-runs the Kademlia bootstrap.
+    #[serde(with = "humantime_serde")]
+    pub bootstrap_interval: Duration,
+    /// Events (inbound requests, connections) queued for the node before
+    /// new inbound requests are refused.
+    pub event_buffer: usize,
+    /// Commands queued from clients before callers wait.
+    pub command_buffer: usize,
+    pub replicate: ProtocolLimits,
+    pub forward: ProtocolLimits,
+    pub search: ProtocolLimits,
+    pub cluster: ProtocolLimits,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            listen: vec![
+                "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
+                "/ip4/127.0.0.1/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            bootstrap: vec![],
+            idle_connection_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 128,
+            max_established_connections: 512,
+            max_connections_per_peer: 4,
+            kad_query_timeout: Duration::from_secs(30),
+            bootstrap_interval: Duration::from_secs(300),
+            event_buffer: 1024,
+            command_buffer: 256,
+            // A batch of sealed versions; the decoder's default ceiling.
+            replicate: ProtocolLimits::new(16 * MIB, 16 * MIB),
+            // An API body (8 MiB by default) plus the call around it.
+            forward: ProtocolLimits::new(9 * MIB, 16 * MIB),
+            search: ProtocolLimits::new(MIB, 8 * MIB),
+            cluster: ProtocolLimits::new(MIB, 4 * MIB),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml_and_unknown_keys_fail() {
+        let c = NetConfig::default();
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("request_timeout = \"10s\""), "{text}");
+        let back: NetConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        let partial: NetConfig = toml::from_str(
+            "bootstrap = [\"/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN\"]\n[search]\nmax_request_bytes = 10\nmax_response_bytes = 20\n",
+        )
+        .unwrap();
+        assert_eq!(partial.search, ProtocolLimits::new(10, 20));
+        assert_eq!(partial.bootstrap.len(), 1);
+        assert!(toml::from_str::<NetConfig>("listen_on = []").is_err());
+    }
+}

@@ -1,0 +1,503 @@
+//! Messages of the cluster's request-response protocols.
+//!
+//! Nodes talk to each other over four protocols, each a pair of request and
+//! response enums sent as one [`Framed`](crate::wire::Framed) value per
+//! stream (see `docs/protocol.md`):
+//!
+//! * replication (`/slurp/replicate/1`): sealed versions and their ids, so
+//!   writes, read repair, hinted handoff, anti-entropy and rebalancing are
+//!   all "send the versions the other side lacks";
+//! * forwarding (`/slurp/forward/1`): an API call handed to the node that
+//!   should serve it, opaque to the network;
+//! * search fan-out (`/slurp/search/1`): global term statistics, then a
+//!   search scored with them on every node;
+//! * cluster state (`/slurp/cluster/1`): who a node is, which layout it
+//!   holds, whether it is healthy.
+//!
+//! Replication messages carry only what storage already sees: the
+//! non-secret [`RecordMeta`] and the sealed envelope bytes, never
+//! plaintext. Payloads whose types live in other crates (search queries and
+//! results, the cluster layout) travel as JSON values or bytes, so this
+//! crate keeps depending on nothing else of ours. Every enum is framed with
+//! its own kind number and a format version: a node reads
+//! `MIN_VERSION..=VERSION` and refuses anything else with a typed error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::RecordMeta;
+use crate::role::RoleName;
+use crate::version::VersionId;
+use crate::wire::{Bytes, Framed, kinds};
+
+/// Protocol name of replication, version 1.
+pub const REPLICATE_PROTOCOL: &str = "/slurp/replicate/1";
+/// Protocol name of API forwarding, version 1.
+pub const FORWARD_PROTOCOL: &str = "/slurp/forward/1";
+/// Protocol name of search fan-out, version 1.
+pub const SEARCH_PROTOCOL: &str = "/slurp/search/1";
+/// Protocol name of cluster state, version 1.
+pub const CLUSTER_PROTOCOL: &str = "/slurp/cluster/1";
+
+/// Why a peer could not serve a request it decoded. Sent back instead of a
+/// result, so the caller can tell a refusal from a network failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub code: ErrorCode,
+    /// A short human-readable reason; never content.
+    pub message: String,
+}
+
+/// What kind of refusal a [`RemoteError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or violates a limit.
+    BadRequest,
+    /// The caller's role may not do this.
+    Forbidden,
+    /// This node does not hold the partition under its current layout.
+    NotReplica,
+    /// The caller's layout is older or newer than this node's.
+    LayoutMismatch,
+    /// The node is overloaded or shutting down; retry elsewhere or later.
+    Unavailable,
+    /// Anything else went wrong on the peer.
+    Internal,
+    /// A code this build does not know (sent by a newer node).
+    #[serde(other)]
+    Other,
+}
+
+/// One stored version as replicas exchange it: metadata in clear, content
+/// sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedVersion {
+    pub meta: RecordMeta,
+    /// The framed age envelope, exactly as stored.
+    pub envelope: Bytes,
+}
+
+/// Which keys a [`ReplicateRequest::VersionIds`] asks about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    /// These storage keys.
+    Keys(Vec<String>),
+    /// Every key whose slot is in `first..=last`, in key order, starting
+    /// after `after` (a cursor from the previous page), at most `limit` keys.
+    Slots {
+        first: u16,
+        last: u16,
+        #[serde(default)]
+        after: Option<String>,
+        limit: u32,
+    },
+}
+
+/// Requests of `/slurp/replicate/*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicateRequest {
+    /// Store these versions (a write, a repair, a handoff or a transfer).
+    /// Storing is idempotent: a version already present is reported as
+    /// such.
+    PutVersions {
+        versions: Vec<SealedVersion>,
+        /// The layout version the sender placed the versions with.
+        #[serde(default)]
+        layout_version: Option<u64>,
+        /// Identifies the write quorum this belongs to, for tracing.
+        #[serde(default)]
+        write_quorum_id: Option<String>,
+    },
+    /// The versions of one key: all of them, or only those named.
+    GetVersions {
+        key: String,
+        #[serde(default)]
+        versions: Option<Vec<VersionId>>,
+    },
+    /// The version ids held for some keys (anti-entropy compares these).
+    VersionIds { scope: KeyScope },
+}
+
+/// What happened to one version of a [`ReplicateRequest::PutVersions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutOutcome {
+    Stored,
+    AlreadyPresent,
+    Rejected { reason: String },
+}
+
+/// The outcome for one version, named by key and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionOutcome {
+    pub key: String,
+    pub version: VersionId,
+    pub outcome: PutOutcome,
+}
+
+/// The version ids held for one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersions {
+    pub key: String,
+    pub versions: Vec<VersionId>,
+}
+
+/// Responses of `/slurp/replicate/*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicateResponse {
+    /// Answers `PutVersions`, one outcome per version sent, in order.
+    Stored {
+        outcomes: Vec<VersionOutcome>,
+    },
+    /// Answers `GetVersions`, oldest first.
+    Versions {
+        key: String,
+        versions: Vec<SealedVersion>,
+    },
+    /// Answers `VersionIds`; `next` is the cursor of the following page of
+    /// a slot scan, `None` when the range is done.
+    VersionIds {
+        entries: Vec<KeyVersions>,
+        #[serde(default)]
+        next: Option<String>,
+    },
+    Error(RemoteError),
+}
+
+/// Requests of `/slurp/forward/*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardRequest {
+    /// An HTTP API call handed to another node, already authenticated by
+    /// the node that received it: the peer acts as `caller_role`.
+    Call {
+        method: String,
+        /// Path and query, e.g. `/v1/contexts?address=...`.
+        path: String,
+        #[serde(default)]
+        content_type: Option<String>,
+        body: Bytes,
+        caller_role: RoleName,
+        /// Lets logs of both nodes be joined.
+        #[serde(default)]
+        request_id: Option<String>,
+    },
+}
+
+/// Responses of `/slurp/forward/*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardResponse {
+    /// The HTTP answer of the peer, relayed as is.
+    Reply {
+        status: u16,
+        #[serde(default)]
+        content_type: Option<String>,
+        body: Bytes,
+    },
+    Error(RemoteError),
+}
+
+/// Requests of `/slurp/search/*`. A fan-out search is two rounds: every
+/// node reports its term statistics, the coordinator sums them, and every
+/// node scores with the global figures so results merge by score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchRequest {
+    /// Document and term counts for a query, over what `role` may read.
+    TermStatistics {
+        query: serde_json::Value,
+        role: RoleName,
+    },
+    /// Run the query, scoring with `stats` (the summed statistics) if given.
+    Search {
+        query: serde_json::Value,
+        role: RoleName,
+        #[serde(default)]
+        stats: Option<serde_json::Value>,
+        limit: u32,
+    },
+}
+
+/// Responses of `/slurp/search/*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchResponse {
+    TermStatistics { stats: serde_json::Value },
+    Results { results: serde_json::Value },
+    Error(RemoteError),
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's writer id.
+    pub name: String,
+    /// The libp2p peer id, base58.
+    pub peer_id: String,
+    /// Where its HTTP API listens, if it serves one.
+    #[serde(default)]
+    pub api_addr: Option<String>,
+    /// The software version (`CARGO_PKG_VERSION`).
+    pub software_version: String,
+    /// Failure domain for placement (zone, rack, host).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Relative storage capacity for placement.
+    #[serde(default)]
+    pub capacity: Option<u64>,
+}
+
+/// Requests of `/slurp/cluster/*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterRequest {
+    /// Introduce this node and the layout version it holds.
+    Hello { node: NodeInfo, layout_version: u64 },
+    /// The peer's current layout if it is newer than `newer_than`.
+    GetLayout {
+        #[serde(default)]
+        newer_than: Option<u64>,
+    },
+    /// How the peer is doing.
+    Health,
+}
+
+/// A node's health as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Degraded,
+    Draining,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Responses of `/slurp/cluster/*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterResponse {
+    Hello {
+        node: NodeInfo,
+        layout_version: u64,
+    },
+    /// `layout` is the framed layout, or `None` when the peer's is not
+    /// newer than asked.
+    Layout {
+        version: u64,
+        #[serde(default)]
+        layout: Option<Bytes>,
+    },
+    Health {
+        status: HealthStatus,
+        layout_version: u64,
+        uptime_secs: u64,
+        /// Partitions this node holds that are not yet synced to
+        /// `layout_version`.
+        #[serde(default)]
+        partitions_syncing: u32,
+    },
+    Error(RemoteError),
+}
+
+macro_rules! framed {
+    ($ty:ty, $kind:expr, $name:literal) => {
+        impl Framed for $ty {
+            const KIND: u16 = $kind;
+            const NAME: &'static str = $name;
+            const VERSION: u16 = 1;
+        }
+    };
+}
+
+framed!(
+    ReplicateRequest,
+    kinds::REPLICATE_REQUEST,
+    "replicate-request"
+);
+framed!(
+    ReplicateResponse,
+    kinds::REPLICATE_RESPONSE,
+    "replicate-response"
+);
+framed!(ForwardRequest, kinds::FORWARD_REQUEST, "forward-request");
+framed!(ForwardResponse, kinds::FORWARD_RESPONSE, "forward-response");
+framed!(SearchRequest, kinds::SEARCH_REQUEST, "search-request");
+framed!(SearchResponse, kinds::SEARCH_RESPONSE, "search-response");
+framed!(ClusterRequest, kinds::CLUSTER_REQUEST, "cluster-request");
+framed!(ClusterResponse, kinds::CLUSTER_RESPONSE, "cluster-response");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::{Hlc, WriterId};
+    use crate::wire::{DecodeError, to_cbor};
+    use proptest::prelude::*;
+
+    fn version() -> VersionId {
+        VersionId {
+            hlc: Hlc {
+                wall_ms: 1_700_000_000_000,
+                logical: 3,
+            },
+            writer: WriterId::new("node-a").unwrap(),
+        }
+    }
+
+    fn sealed() -> SealedVersion {
+        SealedVersion {
+            meta: RecordMeta {
+                key: "p/t/src/lib.rs".into(),
+                path: "src/lib.rs".into(),
+                version: version(),
+                parent_version: None,
+                readers: vec![RoleName::new("developer").unwrap()],
+                influences: vec![],
+                influenced_by: vec![],
+                expires_at_ms: None,
+                tombstone: false,
+            },
+            envelope: Bytes(vec![0xa5; 64]),
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let put = ReplicateRequest::PutVersions {
+            versions: vec![sealed()],
+            layout_version: Some(4),
+            write_quorum_id: None,
+        };
+        assert_eq!(
+            ReplicateRequest::decode(&put.encode().unwrap()).unwrap(),
+            put
+        );
+        let ids = ReplicateRequest::VersionIds {
+            scope: KeyScope::Slots {
+                first: 0,
+                last: 63,
+                after: Some("k".into()),
+                limit: 500,
+            },
+        };
+        assert_eq!(
+            ReplicateRequest::decode(&ids.encode().unwrap()).unwrap(),
+            ids
+        );
+        let stored = ReplicateResponse::Stored {
+            outcomes: vec![VersionOutcome {
+                key: "k".into(),
+                version: version(),
+                outcome: PutOutcome::Rejected {
+                    reason: "not a replica".into(),
+                },
+            }],
+        };
+        assert_eq!(
+            ReplicateResponse::decode(&stored.encode().unwrap()).unwrap(),
+            stored
+        );
+        let call = ForwardRequest::Call {
+            method: "GET".into(),
+            path: "/v1/contexts?address=x".into(),
+            content_type: None,
+            body: Bytes(vec![]),
+            caller_role: RoleName::new("developer").unwrap(),
+            request_id: Some("r1".into()),
+        };
+        assert_eq!(
+            ForwardRequest::decode(&call.encode().unwrap()).unwrap(),
+            call
+        );
+        let search = SearchRequest::Search {
+            query: serde_json::json!({"text": "token", "tags": ["core"], "limit": 10}),
+            role: RoleName::new("developer").unwrap(),
+            stats: Some(serde_json::json!({"docs": 12, "terms": {"token": 3}})),
+            limit: 10,
+        };
+        assert_eq!(
+            SearchRequest::decode(&search.encode().unwrap()).unwrap(),
+            search
+        );
+        let health = ClusterResponse::Health {
+            status: HealthStatus::Ok,
+            layout_version: 2,
+            uptime_secs: 9,
+            partitions_syncing: 0,
+        };
+        assert_eq!(
+            ClusterResponse::decode(&health.encode().unwrap()).unwrap(),
+            health
+        );
+    }
+
+    #[test]
+    fn requests_and_responses_are_not_confused() {
+        let bytes = ClusterRequest::Health.encode().unwrap();
+        assert!(matches!(
+            ClusterResponse::decode(&bytes),
+            Err(DecodeError::WrongKind { .. })
+        ));
+        assert!(matches!(
+            ReplicateRequest::decode(&bytes),
+            Err(DecodeError::WrongKind { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_codes_from_newer_nodes_decode() {
+        let err: ErrorCode =
+            crate::wire::from_cbor(&to_cbor("quota_exceeded").unwrap(), 64).unwrap();
+        assert_eq!(err, ErrorCode::Other);
+        let status: HealthStatus =
+            crate::wire::from_cbor(&to_cbor("rebalancing").unwrap(), 64).unwrap();
+        assert_eq!(status, HealthStatus::Unknown);
+    }
+
+    #[test]
+    fn kinds_are_distinct_and_in_range() {
+        let all = [
+            ReplicateRequest::KIND,
+            ReplicateResponse::KIND,
+            ForwardRequest::KIND,
+            ForwardResponse::KIND,
+            SearchRequest::KIND,
+            SearchResponse::KIND,
+            ClusterRequest::KIND,
+            ClusterResponse::KIND,
+        ];
+        for (i, k) in all.iter().enumerate() {
+            assert!((20..=39).contains(k));
+            assert!(!all[i + 1..].contains(k));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ReplicateRequest::decode(&bytes);
+            let _ = ReplicateResponse::decode(&bytes);
+            let _ = ForwardRequest::decode(&bytes);
+            let _ = SearchRequest::decode(&bytes);
+            let _ = ClusterResponse::decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(idx in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut bytes = ReplicateRequest::PutVersions {
+                versions: vec![sealed()],
+                layout_version: Some(1),
+                write_quorum_id: Some("q".into()),
+            }
+            .encode()
+            .unwrap();
+            let i = idx.index(bytes.len());
+            bytes[i] = byte;
+            let _ = ReplicateRequest::decode(&bytes);
+        }
+    }
+}
