@@ -473,6 +473,7 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
     timeout(Duration::from_secs(30), async {
         let mut a_config = config(vec![tcp()], vec![]);
         a_config.forward = ProtocolLimits::new(1024, 1024 * 1024);
+        a_config.search = ProtocolLimits::new(1024 * 1024, 64);
         let a = start(a_config).await;
         let mut b_config = config(vec![tcp()], vec![a.addr("/tcp/")]);
         b_config.replicate = ProtocolLimits::new(1024, 2048);
@@ -534,15 +535,53 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
             .await
             .unwrap_err();
         assert!(
-            matches!(err, NetError::Refused { .. } | NetError::Stream { .. }),
+            matches!(err, NetError::Refused { peer } if peer == a.peer),
             "{err}"
         );
 
-        // The connection is still up and serves the next request.
+        // A's answer is over A's own response limit: A does not send it.
+        let err = b
+            .client
+            .search(
+                a.peer,
+                SearchRequest::Search {
+                    query: serde_json::json!({"text": "x"}),
+                    role: role(),
+                    stats: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NetError::Refused { peer } if peer == a.peer),
+            "{err}"
+        );
+
+        // The connection is still up and serves the next requests.
         assert!(b.client.connected_peers().await.unwrap().contains(&a.peer));
-        round_trips(&b.client, a.peer).await;
+        let health = b
+            .client
+            .cluster(a.peer, ClusterRequest::Health)
+            .await
+            .unwrap();
+        assert!(matches!(health, ClusterResponse::Health { .. }));
+        let stats = b
+            .client
+            .search(
+                a.peer,
+                SearchRequest::TermStatistics {
+                    query: serde_json::json!({"text": "x"}),
+                    role: role(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(stats, SearchResponse::TermStatistics { .. }));
         assert_eq!(b.client.stats().oversized_messages, 2);
-        assert!(a.client.stats().oversized_messages >= 1);
+        // The request A would not read and the answer A would not send.
+        assert_eq!(a.client.stats().oversized_messages, 2);
+        assert!(a.client.stats().inbound_failures >= 1);
         a.stop().await;
         b.stop().await;
     })
@@ -674,6 +713,77 @@ async fn identity_persists_across_restarts() {
         let (second, _) = start_with(config(vec![tcp()], vec![]), key, false).await;
         assert_eq!(second.peer, peer);
         second.stop().await;
+    })
+    .await
+    .expect("test bounded in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_queue_per_peer_instead_of_failing() {
+    timeout(Duration::from_secs(30), async {
+        let a = start(config(vec![tcp()], vec![])).await;
+        let mut b_config = config(vec![tcp()], vec![]);
+        b_config.request_timeout = Duration::from_secs(10);
+        let b = start(b_config).await;
+        timeout(BOUND, b.client.dial(a.addr("/tcp/")))
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Far more requests at once than a connection has streams for.
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..600 {
+            let client = b.client.clone();
+            let peer = a.peer;
+            burst.spawn(async move { client.cluster(peer, ClusterRequest::Health).await });
+        }
+        while let Some(result) = burst.join_next().await {
+            let response = result.unwrap().unwrap();
+            assert!(matches!(response, ClusterResponse::Health { .. }));
+        }
+        assert_eq!(b.client.stats().outbound_failures, 0);
+
+        // Past the queue bound a request fails at once, typed.
+        let mut c_config = config(vec![tcp()], vec![]);
+        c_config.max_outbound_streams_per_peer = 1;
+        c_config.max_queued_requests_per_peer = 2;
+        let c = start(c_config).await;
+        timeout(BOUND, c.client.dial(a.addr("/tcp/")))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let client = c.client.clone();
+            let peer = a.peer;
+            held.push(tokio::spawn(async move {
+                // A holds these unanswered.
+                client
+                    .cluster(
+                        peer,
+                        ClusterRequest::GetLayout {
+                            newer_than: Some(u64::MAX),
+                        },
+                    )
+                    .await
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let err = c
+            .client
+            .cluster(a.peer, ClusterRequest::Health)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NetError::Overloaded { queued: 2, peer } if peer == a.peer),
+            "{err}"
+        );
+        for h in held {
+            h.abort();
+        }
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
     })
     .await
     .expect("test bounded in time");

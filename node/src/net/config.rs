@@ -46,8 +46,17 @@ pub struct NetConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Streams of one request-response protocol open at once per
-    /// connection.
+    /// connection, inbound and outbound together; streams over it are
+    /// dropped by libp2p.
     pub max_concurrent_streams: usize,
+    /// Requests of one protocol in flight to one peer; more wait in a queue
+    /// in the order they were made. Keep it at most half of
+    /// `max_concurrent_streams`, so two peers asking each other at full
+    /// rate never overflow a connection.
+    pub max_outbound_streams_per_peer: usize,
+    /// Requests of one protocol queued for one peer; past it a request fails
+    /// at once with `NetError::Overloaded`.
+    pub max_queued_requests_per_peer: usize,
     /// Established connections at most, inbound and outbound together.
     pub max_established_connections: u32,
     /// Established connections at most to one peer.
@@ -82,6 +91,8 @@ impl Default for NetConfig {
             idle_connection_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
+            max_outbound_streams_per_peer: 64,
+            max_queued_requests_per_peer: 4096,
             max_established_connections: 512,
             max_connections_per_peer: 4,
             kad_query_timeout: Duration::from_secs(30),

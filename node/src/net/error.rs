@@ -85,6 +85,8 @@ pub enum NetError {
     },
     #[error("the requester is gone; the response was not sent")]
     ResponseChannelClosed,
+    #[error("{queued} requests already wait for peer {peer}")]
+    Overloaded { peer: PeerId, queued: usize },
     #[error("the network is shut down")]
     ShutDown,
 }

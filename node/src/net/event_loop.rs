@@ -9,7 +9,7 @@
 //! swarm: events are offered without waiting, and an inbound request that
 //! finds the queue full is refused (its stream closes) and counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -61,6 +61,16 @@ pub struct EventLoop {
     pending_bootstrap: HashMap<kad::QueryId, Reply<()>>,
     pending_find: HashMap<kad::QueryId, (PeerId, Reply<Vec<Multiaddr>>)>,
     pending_requests: HashMap<(Protocol, OutboundRequestId), (PeerId, Reply<Response>)>,
+    /// Requests in flight and waiting, per peer and protocol: libp2p fails
+    /// a request that finds the connection's streams all in use, so the
+    /// loop never opens more than `max_outbound_streams_per_peer`.
+    outbound: HashMap<(PeerId, Protocol), Outbound>,
+}
+
+#[derive(Default)]
+struct Outbound {
+    in_flight: usize,
+    queue: VecDeque<(Request, Reply<Response>)>,
 }
 
 impl EventLoop {
@@ -87,6 +97,7 @@ impl EventLoop {
             pending_bootstrap: HashMap::new(),
             pending_find: HashMap::new(),
             pending_requests: HashMap::new(),
+            outbound: HashMap::new(),
         }
     }
 
@@ -187,21 +198,59 @@ impl EventLoop {
                 self.pending_find.insert(id, (target, reply));
             }
             Command::Request(peer, request, reply) => {
-                NetCounters::bump(&self.counters.outbound_requests);
-                let b = self.swarm.behaviour_mut();
-                let key = match request {
-                    Request::Replicate(r) => {
-                        (Protocol::Replicate, b.replicate.send_request(&peer, r))
-                    }
-                    Request::Forward(r) => (Protocol::Forward, b.forward.send_request(&peer, r)),
-                    Request::Search(r) => (Protocol::Search, b.search.send_request(&peer, r)),
-                    Request::Cluster(r) => (Protocol::Cluster, b.cluster.send_request(&peer, r)),
-                };
-                self.pending_requests.insert(key, (peer, reply));
+                let limit = self.config.max_outbound_streams_per_peer.max(1);
+                let max_queue = self.config.max_queued_requests_per_peer;
+                let slot = self.outbound.entry((peer, request.protocol())).or_default();
+                if slot.in_flight < limit {
+                    slot.in_flight += 1;
+                    self.send_request(peer, request, reply);
+                } else if slot.queue.len() >= max_queue {
+                    let queued = slot.queue.len();
+                    let _ = reply.send(Err(NetError::Overloaded { peer, queued }));
+                } else {
+                    slot.queue.push_back((request, reply));
+                }
             }
             Command::Respond(handle, response, reply) => {
                 let _ = reply.send(self.respond(handle, response));
             }
+        }
+    }
+
+    /// Opens the stream of a request whose slot is already counted.
+    fn send_request(&mut self, peer: PeerId, request: Request, reply: Reply<Response>) {
+        NetCounters::bump(&self.counters.outbound_requests);
+        let b = self.swarm.behaviour_mut();
+        let key = match request {
+            Request::Replicate(r) => (Protocol::Replicate, b.replicate.send_request(&peer, r)),
+            Request::Forward(r) => (Protocol::Forward, b.forward.send_request(&peer, r)),
+            Request::Search(r) => (Protocol::Search, b.search.send_request(&peer, r)),
+            Request::Cluster(r) => (Protocol::Cluster, b.cluster.send_request(&peer, r)),
+        };
+        self.pending_requests.insert(key, (peer, reply));
+    }
+
+    /// A request to `peer` finished: its slot goes to the next waiting
+    /// request whose caller still waits.
+    fn release(&mut self, peer: PeerId, protocol: Protocol) {
+        let key = (peer, protocol);
+        let Some(slot) = self.outbound.get_mut(&key) else {
+            return;
+        };
+        slot.in_flight = slot.in_flight.saturating_sub(1);
+        let mut next = None;
+        while let Some((request, reply)) = slot.queue.pop_front() {
+            if !reply.is_closed() {
+                slot.in_flight += 1;
+                next = Some((request, reply));
+                break;
+            }
+        }
+        if slot.in_flight == 0 && slot.queue.is_empty() {
+            self.outbound.remove(&key);
+        }
+        if let Some((request, reply)) = next {
+            self.send_request(peer, request, reply);
         }
     }
 
@@ -416,9 +465,11 @@ impl EventLoop {
                     request_id,
                     response,
                 } => {
-                    if let Some((_, reply)) = self.pending_requests.remove(&(protocol, request_id))
+                    if let Some((peer, reply)) =
+                        self.pending_requests.remove(&(protocol, request_id))
                     {
                         let _ = reply.send(Ok(wrap_response(response)));
+                        self.release(peer, protocol);
                     }
                 }
             },
@@ -431,8 +482,9 @@ impl EventLoop {
                 NetCounters::bump(&self.counters.outbound_failures);
                 let error = self.outbound_error(protocol, peer, error);
                 tracing::debug!(%peer, protocol = protocol.name(), %error, "request failed");
-                if let Some((_, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
+                if let Some((peer, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
                     let _ = reply.send(Err(error));
+                    self.release(peer, protocol);
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
