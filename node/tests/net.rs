@@ -788,3 +788,23 @@ async fn bursts_queue_per_peer_instead_of_failing() {
     .await
     .expect("test bounded in time");
 }
+
+#[tokio::test]
+async fn bad_settings_are_refused_before_anything_listens() {
+    let no_peer_id = config(
+        vec![tcp()],
+        vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+    );
+    let err = net::new(no_peer_id, Keypair::generate_ed25519()).unwrap_err();
+    assert!(matches!(err, NetError::InvalidAddress { .. }), "{err}");
+    let mut zero = config(vec![tcp()], vec![]);
+    zero.max_outbound_streams_per_peer = 0;
+    let err = net::new(zero, Keypair::generate_ed25519()).unwrap_err();
+    assert!(
+        matches!(err, NetError::Config(ref m) if m.contains("max_outbound_streams_per_peer")),
+        "{err}"
+    );
+    let unlistenable = config(vec!["/ip4/127.0.0.1/udp/0".parse().unwrap()], vec![]);
+    let err = net::new(unlistenable, Keypair::generate_ed25519()).unwrap_err();
+    assert!(matches!(err, NetError::Listen { .. }), "{err}");
+}

@@ -109,6 +109,58 @@ impl Default for NetConfig {
     }
 }
 
+impl NetConfig {
+    /// Refuses settings the swarm cannot run with, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |key: &str, value: usize| {
+            if value == 0 {
+                Err(format!("net.{key} must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("max_concurrent_streams", self.max_concurrent_streams)?;
+        positive(
+            "max_outbound_streams_per_peer",
+            self.max_outbound_streams_per_peer,
+        )?;
+        positive("event_buffer", self.event_buffer)?;
+        positive("command_buffer", self.command_buffer)?;
+        if self.max_outbound_streams_per_peer > self.max_concurrent_streams {
+            return Err(format!(
+                "net.max_outbound_streams_per_peer ({}) must not exceed net.max_concurrent_streams ({})",
+                self.max_outbound_streams_per_peer, self.max_concurrent_streams
+            ));
+        }
+        for (key, value) in [
+            ("request_timeout", self.request_timeout),
+            ("kad_query_timeout", self.kad_query_timeout),
+            ("bootstrap_interval", self.bootstrap_interval),
+            ("idle_connection_timeout", self.idle_connection_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("net.{key} must be longer than zero"));
+            }
+        }
+        for (name, limits) in [
+            ("replicate", self.replicate),
+            ("forward", self.forward),
+            ("search", self.search),
+            ("cluster", self.cluster),
+        ] {
+            positive(
+                &format!("{name}.max_request_bytes"),
+                limits.max_request_bytes,
+            )?;
+            positive(
+                &format!("{name}.max_response_bytes"),
+                limits.max_response_bytes,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +179,35 @@ mod tests {
         assert_eq!(partial.search, ProtocolLimits::new(10, 20));
         assert_eq!(partial.bootstrap.len(), 1);
         assert!(toml::from_str::<NetConfig>("listen_on = []").is_err());
+        assert!(
+            toml::from_str::<NetConfig>(
+                "[search]\nmax_request_bytes = 1\nmax_response_bytes = 1\nextra = 2"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        assert_eq!(NetConfig::default().validate(), Ok(()));
+        let mut c = NetConfig::default();
+        c.max_outbound_streams_per_peer = c.max_concurrent_streams + 1;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("max_outbound_streams_per_peer")
+        );
+        let c = NetConfig {
+            request_timeout: Duration::ZERO,
+            ..NetConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("request_timeout"));
+        let mut c = NetConfig::default();
+        c.cluster.max_response_bytes = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("cluster.max_response_bytes")
+        );
     }
 }

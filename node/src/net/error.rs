@@ -25,6 +25,8 @@ pub enum IdentityError {
 pub enum NetError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("invalid network configuration: {0}")]
+    Config(String),
     #[error("cannot build the transport: {0}")]
     Transport(String),
     #[error("cannot listen on {addr}: {reason}")]

@@ -73,6 +73,20 @@ struct Outbound {
     queue: VecDeque<(Request, Reply<Response>)>,
 }
 
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer", self.swarm.local_peer_id())
+            .field("pending_requests", &self.pending_requests.len())
+            .field("pending_dials", &self.pending_dials.len())
+            .field(
+                "pending_queries",
+                &(self.pending_find.len() + self.pending_bootstrap.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
@@ -299,11 +313,16 @@ impl EventLoop {
             })) => {
                 // A peer that dialed in is routable only once Kademlia knows
                 // where it listens.
+                // Loopback addresses are only worth keeping when the peer
+                // sees us on loopback too, i.e. runs on this host.
                 let kad_protocol = libp2p::StreamProtocol::new(KAD_PROTOCOL);
                 if info.protocols.contains(&kad_protocol) {
+                    let same_host = is_loopback(&info.observed_addr);
                     let kad = &mut self.swarm.behaviour_mut().kad;
                     for addr in info.listen_addrs {
-                        kad.add_address(&peer_id, addr);
+                        if same_host || !is_loopback(&addr) {
+                            kad.add_address(&peer_id, addr);
+                        }
                     }
                 }
             }
@@ -554,6 +573,15 @@ impl EventLoop {
                 },
             },
         }
+    }
+}
+
+/// Whether an address is on a loopback interface.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(AddrProtocol::Ip4(ip)) => ip.is_loopback(),
+        Some(AddrProtocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
     }
 }
 

@@ -98,6 +98,7 @@ pub fn new(
     config: NetConfig,
     keypair: Keypair,
 ) -> Result<(NetClient, mpsc::Receiver<NetEvent>, EventLoop), NetError> {
+    config.validate().map_err(NetError::Config)?;
     let peer_id = keypair.public().to_peer_id();
     let mut bootstrap_peers = Vec::with_capacity(config.bootstrap.len());
     for addr in &config.bootstrap {
