@@ -433,6 +433,17 @@ async fn nodes_discover_each_other_and_outlive_their_bootstrap_peer() {
         tokio::time::sleep(Duration::from_millis(2500)).await;
         round_trips(&c.client, b.peer).await;
         round_trips(&b.client, c.peer).await;
+        // Lookups still work without A: C's table has B, B's has C.
+        let found = timeout(BOUND, c.client.find_peer(b.peer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!found.is_empty());
+        let found = timeout(BOUND, b.client.find_peer(c.peer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!found.is_empty());
         let gone = b.client.cluster(a_peer, ClusterRequest::Health).await;
         assert!(gone.is_err(), "{gone:?}");
         assert!(b.client.stats().kad_queries >= 2);

@@ -449,7 +449,19 @@ impl EventLoop {
                         for addr in &info.addrs {
                             kad.add_address(&target, addr.clone());
                         }
-                        Ok(info.addrs)
+                        // A peer asked directly reports no address for
+                        // itself; the routing table has the ones we know.
+                        let mut addrs = info.addrs;
+                        for addr in self.routing_addresses(target) {
+                            if !addrs.contains(&addr) {
+                                addrs.push(addr);
+                            }
+                        }
+                        if addrs.is_empty() {
+                            Err(NetError::PeerNotFound(target))
+                        } else {
+                            Ok(addrs)
+                        }
                     }
                     None if timed_out => Err(NetError::QueryTimeout { query: "lookup" }),
                     None => Err(NetError::PeerNotFound(target)),
@@ -458,6 +470,19 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+
+    /// The addresses of `peer` in the Kademlia routing table.
+    fn routing_addresses(&mut self, peer: PeerId) -> Vec<Multiaddr> {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let Some(bucket) = kad.kbucket(peer) else {
+            return Vec::new();
+        };
+        bucket
+            .iter()
+            .find(|entry| *entry.node.key.preimage() == peer)
+            .map(|entry| entry.node.value.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn on_request_response<Req, Resp>(
