@@ -401,6 +401,10 @@ async fn nodes_discover_each_other_and_outlive_their_bootstrap_peer() {
         let b = start(config(vec![tcp()], vec![a.addr("/tcp/")])).await;
         let c = start(config(vec![tcp()], vec![a.addr("/tcp/")])).await;
 
+        timeout(BOUND, b.client.bootstrap()).await.unwrap().unwrap();
+        let lonely = a.client.bootstrap().await;
+        assert!(lonely.is_ok() || matches!(lonely, Err(NetError::NoKnownPeers)));
+
         // C learns B's addresses from the DHT; nobody gives it B's address.
         let found = eventually("C finds B", || c.client.find_peer(b.peer)).await;
         assert!(!found.is_empty());
@@ -719,6 +723,8 @@ async fn identity_persists_across_restarts() {
         let key = net::identity::load_or_create(dir.path()).unwrap();
         let (first, _) = start_with(config(vec![tcp()], vec![]), key, false).await;
         let peer = first.peer;
+        let lonely = first.client.bootstrap().await;
+        assert!(matches!(lonely, Err(NetError::NoKnownPeers)), "{lonely:?}");
         first.stop().await;
         let key = net::identity::load_or_create(dir.path()).unwrap();
         let (second, _) = start_with(config(vec![tcp()], vec![]), key, false).await;
