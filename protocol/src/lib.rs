@@ -12,6 +12,7 @@ pub mod address;
 pub mod context;
 pub mod messages;
 pub mod partition;
+pub mod placement;
 pub mod role;
 pub mod version;
 pub mod wire;
@@ -22,6 +23,9 @@ pub use context::{
     VersionInfo,
 };
 pub use partition::{Partition, PartitionScheme, Slot};
+pub use placement::{
+    Layout, LayoutDiff, LayoutError, Member, MemberIndex, PartitionChange, Placement,
+};
 pub use role::{Authority, RoleError, RoleName, RoleSet};
 pub use version::{Hlc, HlcClock, VersionId, WriterId};
 pub use wire::{Bytes, DecodeError, EncodeError, Framed};

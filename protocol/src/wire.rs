@@ -129,6 +129,7 @@ pub mod kinds {
     pub const ACL_RECORD: u16 = 8;
     pub const BACKUP_META: u16 = 9;
     pub const TOMBSTONE: u16 = 10;
+    pub const LAYOUT: u16 = 11;
     // Cluster messages (`messages`), 20..=39.
     pub const REPLICATE_REQUEST: u16 = 20;
     pub const REPLICATE_RESPONSE: u16 = 21;
