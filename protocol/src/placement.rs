@@ -15,28 +15,34 @@
 //! replicas over zones, load every member in proportion to its capacity
 //! (the most loaded member holds at most [`MAX_LOAD_RATIO`] times its fair
 //! share), and move little when the membership changes (adding a member
-//! moves about its fair share and not much more). Plain weighted rendezvous
-//! hashing moves the minimum but leaves members with a few hundred replicas
-//! 20 to 30 % over their share by chance alone. So placement is rendezvous
-//! hashing with a cap:
+//! moves about its fair share and not much more). Rendezvous hashing moves
+//! the minimum, but with independent draws a member holding a few hundred
+//! replicas is 20 to 30 % over its share by chance alone, and balancing
+//! that away after the fact costs a reshuffle at every change. So:
 //!
 //! 1. Every (partition, member) pair has a weighted rendezvous score,
-//!    `capacity / -ln(u)` where `u` in (0, 1) is a hash of the pair.
-//! 2. Every member has a *fair share* of the `P x r` replicas (its share of
-//!    the capacity, after the zone rule and the one-replica-per-partition
-//!    limit have been applied) and a cap of [`MAX_LOAD_RATIO`] times that.
-//! 3. Pairs are accepted from the highest score down, whenever the partition
-//!    still needs replicas, the member is under its cap, the member does not
-//!    already hold the partition and the zone rule allows it.
+//!    `weight / -ln(u)`. A member's draws `u` over the partitions are
+//!    *stratified* (a keyed permutation of an even grid, see `Scorer`),
+//!    which removes the part of the load variance that comes from the
+//!    member's own luck: half to two thirds of it.
+//! 2. The weights are the capacities corrected for the bias of taking the
+//!    best `r` of a race (`race_rates`), so that rendezvous alone already
+//!    gives every member about its *fair share* of the `P x r` replicas:
+//!    its share of the capacity once the zone rule and the
+//!    one-replica-per-partition limit are applied.
+//! 3. Pairs are accepted from the highest score down whenever the partition
+//!    still needs replicas, the member does not hold it yet, the zone rule
+//!    allows it and the member is under its cap of [`MAX_LOAD_RATIO`] times
+//!    its fair share. The cap binds on few members, so nearly every pair is
+//!    accepted exactly as plain rendezvous would, and a change of membership
+//!    moves about what rendezvous moves.
 //! 4. A partition left short at the end (every member with room already
 //!    holds it or is in a full zone) is completed by swapping one replica
 //!    with another partition; only a layout where no swap exists makes a
 //!    member exceed its cap ([`Placement::forced`] counts those).
 //!
-//! Most pairs are accepted exactly as plain rendezvous would, so a change of
-//! membership moves about what rendezvous moves; the cap only diverts the
-//! few replicas of the members that drew more than their share. Why this
-//! meets both bounds, and the measured figures, are in `docs/placement.md`.
+//! Why this meets both bounds, and the measured figures, are in
+//! `docs/placement.md`.
 //!
 //! The table is computed once when a layout is built or decoded and shared
 //! by every clone; it is never serialized. Changing the algorithm changes
@@ -53,9 +59,9 @@ use crate::partition::{Partition, PartitionScheme, PartitionSchemeError};
 use crate::version::WriterId;
 use crate::wire::{Framed, kinds};
 
-/// Most members a layout may list. Computing a placement costs one hash per
-/// (partition, member) pair, and a layout arrives from the network, so the
-/// work it can ask for is bounded.
+/// Most members a layout may list. A layout arrives from the network and
+/// decoding it computes its placement, so the work it can ask for is
+/// bounded (about a second for 4,096 members and 65,536 partitions).
 pub const MAX_MEMBERS: usize = 4096;
 
 /// Highest replication factor accepted.
@@ -72,9 +78,10 @@ pub const MAX_ADDRESS_LEN: usize = 512;
 pub const MAX_LOAD_RATIO: f64 = 1.15;
 
 /// Replicas per member that [`Layout::recommended_partition_bits`] aims for.
-/// Below about 200 the load cap binds on so many members that a change of
-/// membership moves noticeably more than its fair share (see
-/// `docs/placement.md`).
+/// A member's load strays from its fair share by about `sqrt(0.3 / m)` to
+/// `sqrt(0.5 / m)` of it with `m` replicas (3.4 to 4.4 % at 256): little
+/// enough that the cap binds on very few members and that the member a
+/// change adds takes about its share and no more (see `docs/placement.md`).
 pub const TARGET_REPLICAS_PER_MEMBER: u32 = 256;
 
 /// One node of the cluster as the layout knows it.
@@ -253,10 +260,11 @@ impl Layout {
         })
     }
 
-    /// The smallest partition count (as bits, at least the default 10) that
-    /// gives every member about [`TARGET_REPLICAS_PER_MEMBER`] replicas when
-    /// capacities are equal, up to 16 bits. The load and movement bounds of
-    /// `docs/placement.md` are measured at this count.
+    /// The smallest partition count, as bits, that gives every member at
+    /// least [`TARGET_REPLICAS_PER_MEMBER`] replicas when capacities are
+    /// equal; never below the default 10 bits nor above 16 (where 1,000
+    /// members with three replicas get 196 each). The load and movement
+    /// figures of `docs/placement.md` are measured at this count.
     pub fn recommended_partition_bits(members: usize, replication_factor: u8) -> u8 {
         let r = members.min(usize::from(replication_factor)).max(1) as u64;
         let wanted = members.max(1) as u64 * u64::from(TARGET_REPLICAS_PER_MEMBER);
@@ -404,36 +412,37 @@ impl Layout {
         } else {
             self.partitions
         };
-        let ids = |layout: &Layout, fine: u32| -> Vec<String> {
+        fn ids(layout: &Layout, scheme: PartitionScheme, fine: u32) -> Vec<&str> {
             let shift = scheme.bits() - layout.partitions.bits();
             layout
                 .replica_members(Partition((fine >> shift) as u16))
-                .map(|m| m.id.clone())
+                .map(|m| m.id.as_str())
                 .collect()
-        };
+        }
+        let owned = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
         let mut changes = Vec::new();
         for fine in 0..scheme.count() {
-            let before = ids(self, fine);
-            let after = ids(next, fine);
+            let before = ids(self, scheme, fine);
+            let after = ids(next, scheme, fine);
             if before == after {
                 continue;
             }
-            let gained = after
+            let gained: Vec<&str> = after
                 .iter()
+                .copied()
                 .filter(|id| !before.contains(id))
-                .cloned()
                 .collect();
-            let lost = before
+            let lost: Vec<&str> = before
                 .iter()
+                .copied()
                 .filter(|id| !after.contains(id))
-                .cloned()
                 .collect();
             changes.push(PartitionChange {
                 partition: Partition(fine as u16),
-                before,
-                after,
-                gained,
-                lost,
+                before: owned(&before),
+                after: owned(&after),
+                gained: owned(&gained),
+                lost: owned(&lost),
             });
         }
         LayoutDiff {
@@ -640,6 +649,7 @@ impl Placement {
             loads: vec![0; members.len()],
             caps,
             forced: 0,
+            swap_budget: 4 * partitions.count() as usize * zones.width,
             scorer: &scorer,
             zones: &zones,
         };
@@ -683,9 +693,9 @@ fn cap_of(fair: f64, partitions: u32) -> u32 {
 
 /// Weighted rendezvous scores of (partition, member) pairs.
 ///
-/// A pair's score is `capacity / -ln(u)`: the member with the highest
-/// score is then chosen with probability proportional to its capacity (an
-/// exponential race). What is unusual is `u`. Plain rendezvous draws it
+/// A pair's score is `weight / -ln(u)`: the member with the highest score
+/// is then chosen with probability proportional to its weight (an
+/// exponential race; the weights come from [`race_rates`]). What is unusual is `u`. Plain rendezvous draws it
 /// independently for every pair, so the number of partitions where a
 /// member draws high values, and with it the member's load, varies by
 /// about the square root of its share. Here a member's draws over the
@@ -1147,17 +1157,16 @@ impl ZoneRule {
 fn fair_shares(members: &[Member], zones: &ZoneRule, partitions: u32) -> Vec<f64> {
     let p = f64::from(partitions);
     let mut zone_capacity = vec![0.0; zones.zones()];
-    for (m, &z) in members.iter().zip(&zones.zone_of) {
+    let mut by_zone = vec![Vec::new(); zones.zones()];
+    for (i, (m, &z)) in members.iter().zip(&zones.zone_of).enumerate() {
         zone_capacity[usize::from(z)] += f64::from(m.capacity);
+        by_zone[usize::from(z)].push(i);
     }
     let lo: Vec<f64> = zones.lo.iter().map(|&l| l as f64 * p).collect();
     let hi: Vec<f64> = zones.hi.iter().map(|&h| h as f64 * p).collect();
     let zone_totals = water_fill(&zone_capacity, &lo, &hi, zones.width as f64 * p);
     let mut fair = vec![0.0; members.len()];
-    for (z, &total) in zone_totals.iter().enumerate() {
-        let in_zone: Vec<usize> = (0..members.len())
-            .filter(|&m| usize::from(zones.zone_of[m]) == z)
-            .collect();
+    for (in_zone, &total) in by_zone.iter().zip(&zone_totals) {
         let weights: Vec<f64> = in_zone
             .iter()
             .map(|&m| f64::from(members[m].capacity))
@@ -1184,20 +1193,24 @@ fn fair_shares(members: &[Member], zones: &ZoneRule, partitions: u32) -> Vec<f64
 /// would run into their caps and the heavy ones stay short. When the other
 /// entrants are many and small, an entrant with a share `s` of the total
 /// weight is among the first `r` with probability `1 - (1 - s)^r`; the
-/// weight is set by inverting that for the wanted probability. With as many
-/// zones as replicas the race is between zones (a partition takes the best
-/// member of each of its `r` best zones, and within a zone capacity
-/// weighting is exact), so the correction applies to zone weights. With
-/// several zones but fewer than replicas the capacities are used as they
-/// are. The result depends only on the capacities and zones, never on the
-/// hashes, so it moves nothing by chance.
+/// weight is set by inverting that for the wanted probability.
+///
+/// Which race that is depends on the zone rule. When every zone holds a
+/// fixed number of each partition's replicas (one zone, or as many zones as
+/// replicas), each zone is a race of its own for its places. When there are
+/// more zones than replicas, a partition takes the best member of each of
+/// its `r` best zones: the race is between zones, and within a zone
+/// weighting by capacity is exact. With several zones but fewer than
+/// replicas the capacities are used as they are. The weights depend only on
+/// capacities and zones, never on hashes, so they move nothing by chance.
 fn race_rates(members: &[Member], zones: &ZoneRule, fair: &[f64], partitions: u32) -> Vec<f64> {
     let p = f64::from(partitions);
     let capacity = |m: &Member| f64::from(m.capacity);
-    if zones.zones() == 1 {
+    if zones.lo_total == zones.width {
         return fair
             .iter()
-            .map(|&f| race_weight(f / p, zones.width))
+            .zip(&zones.zone_of)
+            .map(|(&f, &z)| race_weight(f / p, zones.lo[usize::from(z)]))
             .collect();
     }
     if zones.lo_total > 0 {
@@ -1283,6 +1296,10 @@ struct Builder<'a> {
     loads: Vec<u32>,
     caps: Vec<u32>,
     forced: u32,
+    /// Rows the swap search may still inspect. Swaps are rarely needed and
+    /// quickly found; the budget bounds the work a lopsided layout (which
+    /// may come from the network) can cause.
+    swap_budget: usize,
     scorer: &'a Scorer,
     zones: &'a ZoneRule,
 }
@@ -1377,6 +1394,13 @@ impl Builder<'_> {
 
     /// Accepts pairs from the highest score down, then completes the
     /// partitions left short.
+    ///
+    /// The queue holds one candidate per partition still short of replicas:
+    /// the next member in its order that it may take (not a replica yet,
+    /// allowed by the zone rule). Whether it may take a member changes only
+    /// when it takes one, so skipping the others before they are queued
+    /// gives the same result as queueing and refusing them, and whether the
+    /// member is under its cap is left to the moment it is popped.
     fn fill(&mut self) {
         let depth = (2 * self.width + 4).min(self.scorer.len());
         let mut candidates = Candidates {
@@ -1385,37 +1409,51 @@ impl Builder<'_> {
             deeper: HashMap::new(),
         };
         let mut queue = BinaryHeap::with_capacity(self.count as usize);
-        for p in 0..self.count {
-            let (score, member) = candidates.prefixes.of(p)[0];
-            queue.push(Candidate {
-                score,
-                partition: p,
-                member,
-                rank: 0,
-            });
-        }
         let mut short = Vec::new();
+        for p in 0..self.count {
+            match self.next_candidate(&mut candidates, p, 0) {
+                Some(c) => queue.push(c),
+                None => short.push(p),
+            }
+        }
         while let Some(c) = queue.pop() {
             let member = MemberIndex(c.member);
-            if self.has_room(member) && self.may_take(c.partition, member) {
+            if self.has_room(member) {
                 self.take(c.partition, member);
                 if usize::from(self.filled[c.partition as usize]) == self.width {
                     continue;
                 }
             }
-            match candidates.get(c.partition, c.rank + 1) {
-                Some((score, member)) => queue.push(Candidate {
-                    score,
-                    partition: c.partition,
-                    member,
-                    rank: c.rank + 1,
-                }),
+            match self.next_candidate(&mut candidates, c.partition, c.rank + 1) {
+                Some(next) => queue.push(next),
                 None => short.push(c.partition),
             }
         }
         short.sort_unstable();
         for p in short {
             self.complete(p, &mut candidates);
+        }
+    }
+
+    /// The first member from `rank` on in a partition's order that it may
+    /// take.
+    fn next_candidate(
+        &self,
+        candidates: &mut Candidates<'_>,
+        partition: u32,
+        mut rank: u32,
+    ) -> Option<Candidate> {
+        loop {
+            let (score, member) = candidates.get(partition, rank)?;
+            if self.may_take(partition, MemberIndex(member)) {
+                return Some(Candidate {
+                    score,
+                    partition,
+                    member,
+                    rank,
+                });
+            }
+            rank += 1;
         }
     }
 
@@ -1459,13 +1497,20 @@ impl Builder<'_> {
     /// that `other` may swap the member in that slot for `given` and this
     /// partition may take the member swapped out.
     fn find_swap(
-        &self,
+        &mut self,
         partition: u32,
         order: &[MemberIndex],
     ) -> Option<(u32, usize, MemberIndex)> {
         let mut rest = [MemberIndex(0); MAX_REPLICATION_FACTOR as usize];
-        for &given in order.iter().filter(|&&m| self.has_room(m)) {
+        for &given in order {
+            if !self.has_room(given) {
+                continue;
+            }
             for other in (partition + 1..self.count).chain(0..partition) {
+                if self.swap_budget == 0 {
+                    return None;
+                }
+                self.swap_budget -= 1;
                 let row = self.row(other);
                 if row.contains(&given) {
                     continue;
@@ -1621,6 +1666,45 @@ mod tests {
         assert_eq!(shares, vec![4.0, 2.0]);
         let shares = water_fill(&[1.0, 3.0], &[0.0, 0.0], &[100.0, 100.0], 8.0);
         assert_eq!(shares, vec![2.0, 6.0]);
+    }
+
+    #[test]
+    fn a_short_partition_is_completed_by_a_swap_or_over_a_cap() {
+        // Partition 1 holds B and needs one more; A and C are full and B,
+        // the only member with room, already holds it. Partition 0 can give
+        // it A in exchange for B.
+        let members = cluster(3, 1, |_| 1);
+        let zones = ZoneRule::new(&members, 2);
+        let scorer = Scorer::new(PartitionScheme::new(1).unwrap(), &members, vec![1.0; 3]);
+        let (a, b, c) = (MemberIndex(0), MemberIndex(1), MemberIndex(2));
+        let builder = |swap_budget| Builder {
+            width: 2,
+            count: 2,
+            table: vec![a, c, b, a],
+            filled: vec![2, 1],
+            loads: vec![1, 1, 1],
+            caps: vec![1, 2, 1],
+            forced: 0,
+            swap_budget,
+            scorer: &scorer,
+            zones: &zones,
+        };
+        let mut candidates = Candidates {
+            scorer: &scorer,
+            prefixes: scorer.prefixes(3),
+            deeper: HashMap::new(),
+        };
+        let mut swapped = builder(100);
+        swapped.complete(1, &mut candidates);
+        assert_eq!(swapped.forced, 0);
+        assert_eq!(swapped.table, [b, c, b, a]);
+        assert_eq!(swapped.loads, [1, 2, 1]);
+        // Without a swap, the partition is still completed, over a cap.
+        let mut forced = builder(0);
+        forced.complete(1, &mut candidates);
+        assert_eq!(forced.forced, 1);
+        assert_eq!(forced.filled, [2, 2]);
+        assert!(forced.loads == [2, 1, 1] || forced.loads == [1, 1, 2]);
     }
 
     // ---- validation and encoding --------------------------------------
