@@ -2126,6 +2126,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn loads_follow_capacity() {
+        for zones in [1, 3, 4] {
+            // Every zone gets members of every capacity.
+            let capacity = |i: usize| [1, 2, 4, 8][i / zones % 4];
+            let members = cluster(48, zones, capacity);
+            let l = layout(1, 3, Layout::recommended_partition_bits(48, 3), members);
+            let placement = l.placement();
+            let mut by_capacity: BTreeMap<u32, (f64, f64)> = BTreeMap::new();
+            for (i, m) in l.members().iter().enumerate() {
+                let (load, fair) = (f64::from(placement.loads()[i]), placement.fair_shares()[i]);
+                let ratio = load / fair;
+                assert!(
+                    (0.8..=MAX_LOAD_RATIO).contains(&ratio),
+                    "{zones} zones, {}: {ratio}",
+                    m.id
+                );
+                let class = by_capacity.entry(m.capacity).or_default();
+                class.0 += load;
+                class.1 += fair;
+            }
+            // Members of the same capacity hold about the same, and the
+            // fair share is the capacity share.
+            for (capacity, (load, fair)) in by_capacity {
+                assert!(
+                    (load / fair - 1.0).abs() < 0.05,
+                    "{zones} zones, capacity {capacity}"
+                );
+            }
+            let one = |c: u32| {
+                let i = l.members().iter().position(|m| m.capacity == c).unwrap();
+                placement.fair_shares()[i]
+            };
+            assert!((one(8) / one(1) - 8.0).abs() < 1e-9, "{zones} zones");
+        }
+    }
+
     // ---- properties ----------------------------------------------------
 
     /// A random small layout: members, replication factor, bits, and a
