@@ -23,11 +23,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use slurp_index::{QuerySyntax, SearchQuery};
-use slurp_protocol::{Authority, RoleName, UcxlAddress};
+use slurp_index::SearchQuery;
+use slurp_protocol::{Authority, UcxlAddress};
 
 use crate::error::StoreError;
 use crate::metrics::{HttpLabels, RouteLabels};
@@ -278,65 +278,16 @@ async fn list(
     ))
 }
 
-/// A search request; the role is the caller's.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct SearchRequest {
-    #[serde(default)]
-    pub text: String,
-    #[serde(default)]
-    pub syntax: QuerySyntax,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    #[serde(default)]
-    pub technologies: Vec<String>,
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    #[serde(default)]
-    pub generated_after: Option<u64>,
-    #[serde(default)]
-    pub generated_before: Option<u64>,
-    #[serde(default)]
-    pub limit: Option<usize>,
-    #[serde(default)]
-    pub offset: Option<usize>,
-    #[serde(default)]
-    pub facets: Option<bool>,
-    #[serde(default)]
-    pub snippets: Option<bool>,
-}
-
-impl SearchRequest {
-    fn into_query(self, role: RoleName) -> SearchQuery {
-        let mut q = SearchQuery::new(role, self.text);
-        q.syntax = self.syntax;
-        q.tags = self.tags;
-        q.technologies = self.technologies;
-        q.path_prefix = self.path_prefix;
-        q.generated_after = self.generated_after;
-        q.generated_before = self.generated_before;
-        if let Some(l) = self.limit {
-            q.limit = l;
-        }
-        if let Some(o) = self.offset {
-            q.offset = o;
-        }
-        if let Some(f) = self.facets {
-            q.facets = f;
-        }
-        if let Some(s) = self.snippets {
-            q.snippets = s;
-        }
-        q
-    }
-}
-
+/// Search: the body is a `SearchQuery` of the index whose `role` is
+/// always the caller's (a `role` in the body is replaced).
 async fn search(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(req): ApiJson<SearchRequest>,
+    ApiJson(mut body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let q = req.into_query(caller.role.clone());
+    body.insert("role".into(), json!(caller.role));
+    let q: SearchQuery = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
     Ok(Json(node.store.search(&caller, q).await?))
 }
 
