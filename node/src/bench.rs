@@ -13,12 +13,20 @@
 //! share of domain words (`--domain-ratio`), which searches look for, so a
 //! search matches a realistic fraction of the corpus rather than all of it;
 //! the report gives the average number of matches per search.
+//!
+//! `--target etcd` drives an etcd cluster's v3 JSON gateway with the same
+//! load shape (the same keys, values of the same size, the same clients
+//! and the same report), so that slurp can be compared with its nearest
+//! peer on one machine in one run. Puts are `/v3/kv/put` (durable: etcd
+//! commits through its Raft log and fsyncs before answering) and gets are
+//! `/v3/kv/range` with etcd's default linearizable consistency; etcd has
+//! no search, so a mix that asks for one is refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -69,13 +77,39 @@ const VOCABULARY: &[&str] = &[
     "throttle",
 ];
 
+/// The system `slurp bench` drives.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// A slurp node through its HTTP API (`/v1/...`), with a token.
+    #[default]
+    Slurp,
+    /// An etcd v3 JSON gateway (`/v3/kv/put`, linearizable `/v3/kv/range`),
+    /// for comparison; no token, no search.
+    Etcd,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Slurp => "slurp",
+            Target::Etcd => "etcd",
+        }
+    }
+}
+
 /// Flags of `slurp bench`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// The node to drive.
+    /// The node to drive: a slurp node's API, or with `--target etcd` the
+    /// base URL of an etcd member's JSON gateway (its client URL, e.g.
+    /// `http://127.0.0.1:2379`).
     #[arg(long, env = "SLURP_NODE", default_value = "http://127.0.0.1:7070")]
     pub node: String,
-    /// API token (a role that can write developer records, e.g. admin).
+    /// What `--node` is: a slurp node, or an etcd member to compare with.
+    #[arg(long, value_enum, default_value_t = Target::Slurp)]
+    pub target: Target,
+    /// API token (a role that can write developer records, e.g. admin);
+    /// not sent to etcd.
     #[arg(long, env = "SLURP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Operation weights, e.g. `get=80,put=15,search=5`.
@@ -195,6 +229,159 @@ fn context(prefix: &str, i: usize, shape: TextShape, rng: &mut impl Rng) -> serd
     })
 }
 
+/// Puts per etcd transaction while loading (etcd refuses more than its
+/// `--max-txn-ops`, 128 by default).
+const ETCD_LOAD_BATCH: usize = 100;
+/// Contexts per slurp batch while loading.
+const SLURP_LOAD_BATCH: usize = 500;
+
+/// Refuses a mix the target cannot serve, before anything is loaded.
+fn check_target(target: Target, mix: &[(Op, u32)]) -> Result<()> {
+    if target == Target::Etcd && mix.iter().any(|(op, w)| *op == Op::Search && *w > 0) {
+        bail!("etcd has no search: with --target etcd, --mix may only weigh get and put");
+    }
+    Ok(())
+}
+
+/// Standard base64 with padding (RFC 4648, section 4), the encoding etcd's
+/// JSON gateway expects for keys and values.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let group = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        // n input bytes give n + 1 significant characters, then padding.
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(group >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The body of etcd's `/v3/kv/put`.
+fn etcd_put_body(key: &str, value: &str) -> serde_json::Value {
+    json!({"key": base64(key.as_bytes()), "value": base64(value.as_bytes())})
+}
+
+/// The body of etcd's `/v3/kv/range` for one key. It leaves
+/// `serializable` unset, so the read is linearizable (etcd's default).
+fn etcd_range_body(key: &str) -> serde_json::Value {
+    json!({"key": base64(key.as_bytes())})
+}
+
+/// The body of etcd's `/v3/kv/txn` that puts every pair unconditionally.
+fn etcd_txn_body(puts: &[(String, String)]) -> serde_json::Value {
+    let ops: Vec<_> = puts
+        .iter()
+        .map(|(k, v)| json!({"request_put": etcd_put_body(k, v)}))
+        .collect();
+    json!({"success": ops})
+}
+
+/// The requests of each operation against one target. Both targets use
+/// the same keys (the bench's addresses) and values of the same size.
+#[derive(Clone)]
+struct Driver {
+    client: Client,
+    target: Target,
+    prefix: String,
+    shape: TextShape,
+}
+
+impl Driver {
+    /// Writes keys `0..keys`, in batches.
+    async fn load(&self, keys: usize, rng: &mut impl Rng) -> Result<()> {
+        match self.target {
+            Target::Slurp => {
+                for chunk in (0..keys).collect::<Vec<_>>().chunks(SLURP_LOAD_BATCH) {
+                    let items: Vec<_> = chunk
+                        .iter()
+                        .map(|i| json!({"context": context(&self.prefix, *i, self.shape, rng)}))
+                        .collect();
+                    let v = self
+                        .client
+                        .post("/v1/batch/put", &json!({"items": items}))
+                        .await?;
+                    if v["failed"].as_u64().unwrap_or(0) > 0 {
+                        bail!("loading failed: {}", v["results"]);
+                    }
+                }
+            }
+            Target::Etcd => {
+                for chunk in (0..keys).collect::<Vec<_>>().chunks(ETCD_LOAD_BATCH) {
+                    let puts: Vec<_> = chunk
+                        .iter()
+                        .map(|i| (address(&self.prefix, *i), text(rng, self.shape)))
+                        .collect();
+                    let v = self
+                        .client
+                        .post("/v3/kv/txn", &etcd_txn_body(&puts))
+                        .await
+                        .context("loading etcd")?;
+                    if v["succeeded"].as_bool() != Some(true) {
+                        bail!("loading etcd: the transaction did not succeed: {v}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads key `i`; a key that does not exist is an error.
+    async fn get(&self, i: usize) -> Result<serde_json::Value> {
+        let key = address(&self.prefix, i);
+        match self.target {
+            Target::Slurp => Ok(self.client.get("/v1/contexts", &[("address", key)]).await?),
+            Target::Etcd => {
+                let v = self
+                    .client
+                    .post("/v3/kv/range", &etcd_range_body(&key))
+                    .await?;
+                // etcd answers a missing key with an empty range, not 404.
+                if v["kvs"].as_array().is_none_or(|kvs| kvs.is_empty()) {
+                    bail!("{key} is not in etcd");
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    /// Writes key `i` with a fresh value.
+    async fn put(&self, i: usize, rng: &mut impl Rng) -> Result<serde_json::Value> {
+        match self.target {
+            Target::Slurp => {
+                let ctx = context(&self.prefix, i, self.shape, rng);
+                Ok(self
+                    .client
+                    .post("/v1/contexts", &json!({"context": ctx}))
+                    .await?)
+            }
+            Target::Etcd => {
+                let body = etcd_put_body(&address(&self.prefix, i), &text(rng, self.shape));
+                Ok(self.client.post("/v3/kv/put", &body).await?)
+            }
+        }
+    }
+
+    /// Searches for one domain word (slurp only; [`check_target`] keeps
+    /// searches away from etcd).
+    async fn search(&self, rng: &mut impl Rng) -> Result<serde_json::Value> {
+        let word = VOCABULARY.choose(rng).copied().unwrap_or("cache");
+        match self.target {
+            Target::Slurp => Ok(self
+                .client
+                .post("/v1/search", &json!({"text": word, "limit": 10}))
+                .await?),
+            Target::Etcd => bail!("etcd has no search"),
+        }
+    }
+}
+
 struct Stats {
     hist: Histogram<u64>,
     errors: u64,
@@ -210,33 +397,36 @@ fn histogram() -> Histogram<u64> {
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs) -> Result<()> {
     let mix = parse_mix(&args.mix)?;
+    check_target(args.target, &mix)?;
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let client = Client::new(&args.node, args.token.clone(), Duration::from_secs(60))?;
+    let token = match args.target {
+        Target::Slurp => args.token.clone(),
+        Target::Etcd => None,
+    };
+    let client = Client::new(&args.node, token, Duration::from_secs(60))?;
     let keys = args.keys.max(1);
     let shape = TextShape {
         bytes: args.value_size,
         domain_ratio: args.domain_ratio,
         filler_words: args.filler_words,
     };
+    let driver = Driver {
+        client,
+        target: args.target,
+        prefix: args.prefix.clone(),
+        shape,
+    };
     if !args.no_load {
         let start = Instant::now();
-        let mut rng = rand::thread_rng();
-        for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
-            let items: Vec<_> = chunk
-                .iter()
-                .map(|i| json!({"context": context(&args.prefix, *i, shape, &mut rng)}))
-                .collect();
-            let v = client
-                .post("/v1/batch/put", &json!({"items": items}))
-                .await?;
-            if v["failed"].as_u64().unwrap_or(0) > 0 {
-                bail!("loading failed: {}", v["results"]);
-            }
-        }
+        driver.load(keys, &mut rand::thread_rng()).await?;
         if !args.json {
-            eprintln!("loaded {keys} contexts in {:.1?}", start.elapsed());
+            eprintln!(
+                "loaded {keys} keys into {} in {:.1?}",
+                args.target.name(),
+                start.elapsed()
+            );
         }
     }
     let total_weight: u32 = mix.iter().map(|(_, w)| *w).sum();
@@ -245,9 +435,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let next_fresh = Arc::new(std::sync::atomic::AtomicUsize::new(keys));
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let client = client.clone();
+        let driver = driver.clone();
         let mix = mix.clone();
-        let args = args.clone();
+        let distinct_puts = args.distinct_puts;
         let next_fresh = next_fresh.clone();
         tasks.push(tokio::spawn(async move {
             let mut stats: Vec<(Op, Stats)> = [Op::Get, Op::Put, Op::Search]
@@ -277,27 +467,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 }
                 let start = Instant::now();
                 let r = match op {
-                    Op::Get => {
-                        let i = rng.gen_range(0..keys);
-                        client
-                            .get("/v1/contexts", &[("address", address(&args.prefix, i))])
-                            .await
-                    }
+                    Op::Get => driver.get(rng.gen_range(0..keys)).await,
                     Op::Put => {
-                        let i = if args.distinct_puts {
+                        let i = if distinct_puts {
                             next_fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                         } else {
                             rng.gen_range(0..keys)
                         };
-                        let ctx = context(&args.prefix, i, shape, &mut rng);
-                        client.post("/v1/contexts", &json!({"context": ctx})).await
+                        driver.put(i, &mut rng).await
                     }
-                    Op::Search => {
-                        let word = VOCABULARY.choose(&mut rng).copied().unwrap_or("cache");
-                        client
-                            .post("/v1/search", &json!({"text": word, "limit": 10}))
-                            .await
-                    }
+                    Op::Search => driver.search(&mut rng).await,
                 };
                 let micros = start.elapsed().as_micros() as u64;
                 let s = &mut stats
@@ -363,6 +542,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         })
         .collect();
     let report = json!({
+        "target": args.target.name(),
         "node": args.node,
         "mix": args.mix,
         "clients": args.clients,
@@ -380,7 +560,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} ops in {:.1}s with {} clients: {:.0} ops/s, {} errors",
+            "{}: {} ops in {:.1}s with {} clients: {:.0} ops/s, {} errors",
+            args.target.name(),
             total,
             secs,
             args.clients,
@@ -425,5 +606,136 @@ mod tests {
         assert!(parse_mix("get=0").is_err());
         assert!(parse_mix("fly=1").is_err());
         assert!(parse_mix("get").is_err());
+    }
+
+    /// `slurp bench`'s flags as the binary parses them.
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.bench)
+    }
+
+    #[test]
+    fn target_parsing() {
+        assert_eq!(parse(&[]).unwrap().target, Target::Slurp);
+        assert_eq!(parse(&["--target", "slurp"]).unwrap().target, Target::Slurp);
+        let etcd = parse(&["--target", "etcd", "--node", "http://127.0.0.1:2379"]).unwrap();
+        assert_eq!(etcd.target, Target::Etcd);
+        assert_eq!(etcd.node, "http://127.0.0.1:2379");
+        assert!(parse(&["--target", "redis"]).is_err());
+    }
+
+    #[test]
+    fn etcd_refuses_searches_only() {
+        let mix = |s| parse_mix(s).unwrap();
+        assert!(check_target(Target::Etcd, &mix("get=100")).is_ok());
+        assert!(check_target(Target::Etcd, &mix("put=100")).is_ok());
+        assert!(check_target(Target::Etcd, &mix("get=50,put=50,search=0")).is_ok());
+        let err = check_target(Target::Etcd, &mix("get=80,search=20")).unwrap_err();
+        assert!(err.to_string().contains("etcd has no search"), "{err}");
+        assert!(check_target(Target::Slurp, &mix("get=80,put=15,search=5")).is_ok());
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        // Every alphabet character, including the two past the alphanumerics.
+        assert_eq!(base64(&[0xfb, 0xff, 0xbf]), "+/+/");
+        assert_eq!(base64(&[0x00, 0x10, 0x83]), "ABCD");
+    }
+
+    /// Decodes standard padded base64; the bench never needs to, the tests
+    /// use it to check that encoding loses nothing.
+    fn decode_base64(s: &str) -> Vec<u8> {
+        let value = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not a base64 character: {c}"),
+        };
+        let mut out = Vec::new();
+        for quad in s.as_bytes().chunks(4) {
+            let digits: Vec<u8> = quad
+                .iter()
+                .filter(|&&c| c != b'=')
+                .map(|&c| value(c))
+                .collect();
+            let mut group = 0u32;
+            for (i, d) in digits.iter().enumerate() {
+                group |= u32::from(*d) << (18 - 6 * i);
+            }
+            for i in 0..digits.len() - 1 {
+                out.push((group >> (16 - 8 * i)) as u8);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn base64_round_trips(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let encoded = base64(&bytes);
+            proptest::prop_assert_eq!(encoded.len(), bytes.len().div_ceil(3) * 4);
+            proptest::prop_assert_eq!(decode_base64(&encoded), bytes);
+        }
+    }
+
+    #[test]
+    fn etcd_bodies_carry_base64_key_and_value() {
+        let key = address("bench", 7);
+        let value = "w1 cache w2".to_string();
+        let put = etcd_put_body(&key, &value);
+        assert_eq!(
+            put,
+            json!({"key": base64(key.as_bytes()), "value": base64(value.as_bytes())})
+        );
+        assert_eq!(decode_base64(put["key"].as_str().unwrap()), key.as_bytes());
+        assert_eq!(
+            decode_base64(put["value"].as_str().unwrap()),
+            value.as_bytes()
+        );
+
+        // A range names one key and stays linearizable: no `serializable`,
+        // no `range_end` (which would turn it into a scan).
+        let range = etcd_range_body(&key);
+        assert_eq!(range, json!({"key": base64(key.as_bytes())}));
+
+        let txn = etcd_txn_body(&[(key.clone(), value.clone()), ("k2".into(), "v2".into())]);
+        assert_eq!(
+            txn,
+            json!({"success": [
+                {"request_put": etcd_put_body(&key, &value)},
+                {"request_put": {"key": "azI=", "value": "djI="}},
+            ]})
+        );
+    }
+
+    #[test]
+    fn etcd_values_have_the_requested_size() {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        let shape = TextShape {
+            bytes: 1024,
+            domain_ratio: 0.1,
+            filler_words: 5000,
+        };
+        let put = etcd_put_body(&address("bench", 1), &text(&mut rng, shape));
+        assert_eq!(decode_base64(put["value"].as_str().unwrap()).len(), 1024);
     }
 }
