@@ -122,6 +122,13 @@ pub enum StatisticsError {
     Overflow,
 }
 
+/// A slot scope that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotScopeError {
+    #[error("slot range [{first}, {last}] is reversed: first is greater than last")]
+    ReversedRange { first: u16, last: u16 },
+}
+
 /// Why a rebuild stopped. The index that was live before the rebuild is
 /// still live and unchanged.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,10 @@
 //! - **No plaintext at rest.** The index lives in memory only and is rebuilt
 //!   from the store at start ([`ContextIndex::rebuild`]); see
 //!   `docs/index.md` for the measurements behind that choice.
+//! - **Slot scopes for a cluster.** Every document carries the slot of its
+//!   key; a search or a statistics request can be limited to a
+//!   [`SlotScope`], so each node of a distributed search answers for the
+//!   partitions assigned to it and no replica is counted twice ([`scope`]).
 //! - **Ranking that can go distributed.** Statistics of a query can be
 //!   exported, summed across nodes and fed back so every node ranks as one
 //!   global index would ([`stats`]).
@@ -29,13 +33,17 @@ pub mod error;
 pub mod index;
 pub mod observer;
 pub mod schema;
+pub mod scope;
 pub mod search;
 pub mod stats;
 
 pub use config::{IndexConfig, MergeConfig, TextMatch};
-pub use error::{ConfigError, IndexError, RebuildError, SearchError, StatisticsError};
+pub use error::{
+    ConfigError, IndexError, RebuildError, SearchError, SlotScopeError, StatisticsError,
+};
 pub use index::{ContextIndex, IndexStatus, KeyState, MergeReport, RebuildProgress, WriteOutcome};
 pub use observer::{CommitEvent, CommitTrigger, IndexObserver, NoopObserver, SearchEvent};
 pub use schema::IndexEntry;
+pub use scope::SlotScope;
 pub use search::{FacetCount, FacetCounts, QuerySyntax, SearchHit, SearchQuery, SearchResults};
 pub use stats::{QueryStatistics, TermStatistic, TermValue};

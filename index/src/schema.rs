@@ -5,12 +5,13 @@
 //! non-alphanumerics, drop tokens over 64 bytes, lowercase, drop English
 //! stop words) and keep positions so phrase queries work. Filters use exact
 //! keyword fields: the reader roles, every ancestor of the path (so a path
-//! prefix is one term lookup), and facets for tags and technologies. The
+//! prefix is one term lookup), facets for tags and technologies, and the
+//! slot of the key for slot scopes ([`crate::scope`]). The
 //! field names are part of the query language (`summary:cache`) and of the
 //! statistics exchanged for distributed ranking, so they are stable.
 
 use tantivy::schema::{
-    FAST, FacetOptions, Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema,
+    FAST, FacetOptions, Field, INDEXED, IndexRecordOption, NumericOptions, STORED, STRING, Schema,
     TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{
@@ -18,7 +19,7 @@ use tantivy::tokenizer::{
 };
 use tantivy::{Index, TantivyDocument, Term};
 
-use slurp_protocol::{ContextNode, RoleName, VersionId};
+use slurp_protocol::{ContextNode, RoleName, Slot, VersionId};
 
 use crate::error::IndexError;
 
@@ -55,6 +56,7 @@ pub mod names {
     pub const FACETS: &str = "facets";
     pub const READERS: &str = "readers";
     pub const GENERATED_AT: &str = "generated_at";
+    pub const SLOT: &str = "slot";
 }
 
 /// Facet root of tags: a tag `security` is the facet `/tag/security`.
@@ -79,6 +81,8 @@ pub(crate) struct Fields {
     pub facets: Field,
     pub readers: Field,
     pub generated_at: Field,
+    /// The slot of the key ([`Slot::of`]), for slot scopes.
+    pub slot: Field,
 }
 
 impl Fields {
@@ -117,6 +121,7 @@ pub(crate) fn build_schema() -> (Schema, Fields) {
         facets: b.add_facet_field(names::FACETS, FacetOptions::default()),
         readers: b.add_text_field(names::READERS, STRING),
         generated_at: b.add_u64_field(names::GENERATED_AT, FAST | STORED),
+        slot: b.add_u64_field(names::SLOT, INDEXED | FAST),
     };
     (b.build(), fields)
 }
@@ -286,6 +291,7 @@ impl Fields {
             doc.add_text(self.readers, r.as_str());
         }
         doc.add_u64(self.generated_at, ctx.generated_at);
+        doc.add_u64(self.slot, u64::from(Slot::of(&entry.key).0));
         Ok(doc)
     }
 }

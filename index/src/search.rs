@@ -5,7 +5,10 @@
 //! its results: hits, the total count, facet counts and paging all come
 //! from the same filtered query, so documents a role may not read can never
 //! show up in any of them, whatever the limit or offset. Ranking statistics
-//! are scoped to the role as well (see [`crate::stats`]).
+//! are scoped to the role as well (see [`crate::stats`]). A slot scope
+//! ([`crate::SlotScope`], for one node's share of a distributed search) is
+//! one more filter clause of the same query, with the same guarantees; the
+//! unscoped entry points add no clause at all.
 //!
 //! Query text uses the engine's query language (words, `"phrases"`,
 //! `field:word`, `+must`, `-not`, `AND`/`OR`, parentheses). In the default
@@ -35,7 +38,8 @@ use crate::observer::SearchEvent;
 use crate::schema::{
     Fields, TAG_FACET_ROOT, TECH_FACET_ROOT, facet, names, normalize_facet_value, normalize_path,
 };
-use crate::stats::{QueryStatistics, ScopedStats, SuppliedStats};
+use crate::scope::SlotScope;
+use crate::stats::{Population, QueryStatistics, ScopedStats, SuppliedStats};
 
 /// How query text is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -239,7 +243,7 @@ impl ContextIndex {
     /// Runs `query` as `query.role`, ranking with statistics of this index
     /// (scoped to the role).
     pub fn search(&self, query: &SearchQuery) -> Result<SearchResults, SearchError> {
-        self.run_search(query, None)
+        self.run_search(query, &SlotScope::all(), None)
     }
 
     /// Runs `query` ranking with `stats`: the merged
@@ -251,36 +255,71 @@ impl ContextIndex {
         query: &SearchQuery,
         stats: &QueryStatistics,
     ) -> Result<SearchResults, SearchError> {
-        if stats.role != query.role {
+        self.search_scoped(query, &SlotScope::all(), Some(stats))
+    }
+
+    /// Runs `query` over the documents whose slot is in `scope` only: the
+    /// hits, `total_hits`, facet counts and paging all come from the scoped
+    /// query, exactly as from the role filter. This is one node's part of a
+    /// distributed search, where every partition is answered by one node.
+    ///
+    /// With `stats` (the merged [`ContextIndex::term_statistics_scoped`] of
+    /// every node, each over its own scope), hits score exactly as in one
+    /// index holding every node's scoped documents; terms or fields `stats`
+    /// lacks fall back to this index's figures within `scope`. Without, the
+    /// ranking uses this index's figures within `scope`. An empty scope
+    /// matches nothing. `stats` for another role is refused.
+    pub fn search_scoped(
+        &self,
+        query: &SearchQuery,
+        scope: &SlotScope,
+        stats: Option<&QueryStatistics>,
+    ) -> Result<SearchResults, SearchError> {
+        if let Some(stats) = stats
+            && stats.role != query.role
+        {
             return Err(crate::error::StatisticsError::RoleMismatch {
                 expected: query.role.to_string(),
                 found: stats.role.to_string(),
             }
             .into());
         }
-        self.run_search(query, Some(stats))
+        self.run_search(query, scope, stats)
     }
 
     /// The BM25 statistics of `query`'s text on this index, scoped to
     /// `query.role`: what a node contributes to a distributed search.
     pub fn term_statistics(&self, query: &SearchQuery) -> Result<QueryStatistics, SearchError> {
-        let engine = self.shared.engine();
+        self.term_statistics_scoped(query, &SlotScope::all())
+    }
+
+    /// The BM25 statistics of `query`'s text over the documents `query.role`
+    /// may read whose slot is in `scope`: document count, per-term document
+    /// frequencies and per-field token totals. Reports of disjoint scopes
+    /// sum ([`QueryStatistics::merge`]) to the figures of their union; an
+    /// empty scope reports zeros.
+    pub fn term_statistics_scoped(
+        &self,
+        query: &SearchQuery,
+        scope: &SlotScope,
+    ) -> Result<QueryStatistics, SearchError> {
+        let shared = &self.shared;
+        let engine = shared.engine();
         let searcher = engine.reader.searcher();
-        let plan = self.plan(&engine, query)?;
-        let totals = self.shared.stats_cache.totals(
+        let plan = self.plan(&engine, query, scope)?;
+        let population = Population::new(&shared.fields, &query.role, scope);
+        let totals = shared.stats_cache.totals(
             engine.id,
             &searcher,
-            &self.shared.fields,
+            &shared.fields,
             &query.role,
+            scope,
+            &population,
         )?;
-        let scoped = ScopedStats::new(
-            &searcher,
-            self.shared.fields.reader_term(&query.role),
-            totals,
-        );
+        let scoped = ScopedStats::new(&searcher, &population, totals);
         Ok(QueryStatistics::collect(
             &query.role,
-            &self.shared.schema,
+            &shared.schema,
             plan.text.as_deref(),
             &scoped,
         )?)
@@ -353,12 +392,16 @@ impl ContextIndex {
         }
     }
 
-    fn filter(&self, q: &SearchQuery) -> Box<dyn Query> {
+    fn filter(&self, q: &SearchQuery, scope: &SlotScope) -> Box<dyn Query> {
         let f: &Fields = &self.shared.fields;
         let term_query =
             |t: Term| -> Box<dyn Query> { Box::new(TermQuery::new(t, IndexRecordOption::Basic)) };
         let mut clauses: Vec<(Occur, Box<dyn Query>)> =
             vec![(Occur::Must, term_query(f.reader_term(&q.role)))];
+        // Every slot needs no clause: the unscoped query stays as it was.
+        if let Some(scope) = scope.filter_query() {
+            clauses.push((Occur::Must, scope));
+        }
         for (root, values) in [
             (TAG_FACET_ROOT, &q.tags),
             (TECH_FACET_ROOT, &q.technologies),
@@ -395,10 +438,15 @@ impl ContextIndex {
         Box::new(BooleanQuery::new(clauses))
     }
 
-    fn plan(&self, engine: &Engine, q: &SearchQuery) -> Result<Plan, SearchError> {
+    fn plan(
+        &self,
+        engine: &Engine,
+        q: &SearchQuery,
+        scope: &SlotScope,
+    ) -> Result<Plan, SearchError> {
         self.validate(q)?;
         let (text, warnings) = self.parse_text(engine, q)?;
-        let filter = self.filter(q);
+        let filter = self.filter(q, scope);
         let full: Box<dyn Query> = match &text {
             Some(t) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, t.box_clone()),
@@ -417,13 +465,14 @@ impl ContextIndex {
     fn run_search(
         &self,
         q: &SearchQuery,
+        scope: &SlotScope,
         supplied: Option<&QueryStatistics>,
     ) -> Result<SearchResults, SearchError> {
         let start = Instant::now();
         let shared = &self.shared;
         let engine = shared.engine();
         let searcher = engine.reader.searcher();
-        let plan = self.plan(&engine, q)?;
+        let plan = self.plan(&engine, q, scope)?;
 
         let facets = q.facets.then(|| {
             let mut c = FacetCollector::for_field(names::FACETS);
@@ -435,11 +484,16 @@ impl ContextIndex {
 
         let (top, total, facet_counts): (Vec<(f32, DocAddress)>, usize, _) = if plan.text.is_some()
         {
-            let totals =
-                shared
-                    .stats_cache
-                    .totals(engine.id, &searcher, &shared.fields, &q.role)?;
-            let scoped = ScopedStats::new(&searcher, shared.fields.reader_term(&q.role), totals);
+            let population = Population::new(&shared.fields, &q.role, scope);
+            let totals = shared.stats_cache.totals(
+                engine.id,
+                &searcher,
+                &shared.fields,
+                &q.role,
+                scope,
+                &population,
+            )?;
+            let scoped = ScopedStats::new(&searcher, &population, totals);
             let supplied = supplied
                 .map(|s| SuppliedStats::new(s, &shared.schema, &scoped))
                 .transpose()?;

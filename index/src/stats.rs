@@ -9,10 +9,12 @@
 //! by `developer` be influenced by architect-only documents: the score of a
 //! visible hit would change with how often a word appears in documents the
 //! role may not read, a side channel. So every statistic counts only the
-//! live documents the searching role may read ([`ScopedStats`]). Totals per
-//! role are computed once per searcher generation; a term's document
-//! frequency is an intersection count of two posting lists, remembered for
-//! the rest of the generation (a commit starts a new one).
+//! live documents the searching role may read ([`ScopedStats`]), and within
+//! the search's slot scope ([`crate::SlotScope`]) when it has one. Totals
+//! per role and scope are computed once per searcher generation; a term's
+//! document frequency is an intersection count (the term's and the role's
+//! posting lists, and the scope's filter), remembered for the rest of the
+//! generation (a commit starts a new one).
 //!
 //! *Exchangeable.* Distributed search must rank as one global index would.
 //! [`QueryStatistics`] is what a node reports for a query (document count,
@@ -23,8 +25,10 @@
 //! deleted ones an engine keeps until a merge) and summing field lengths
 //! per document makes the figures independent of segment layout, so the
 //! equality is exact. Nodes holding replicas of the same document must
-//! report it once; deciding which node counts which partition is the
-//! caller's job.
+//! report it once: the coordinator gives each node a slot scope (the
+//! partitions it answers for, disjoint between nodes), and each node reports
+//! [`crate::ContextIndex::term_statistics_scoped`] and searches with
+//! [`crate::ContextIndex::search_scoped`] in that scope.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -38,13 +42,15 @@ use slurp_protocol::RoleName;
 
 use crate::error::StatisticsError;
 use crate::schema::Fields;
+use crate::scope::SlotScope;
 
-/// Per-role figures of one searcher generation. Immutable data, so they
-/// are shared by every search of that generation; the memo of document
-/// frequencies fills as queries come.
+/// Figures of one role's documents within one slot scope, for one
+/// searcher generation. Immutable data, so they are shared by every search
+/// of that generation; the memo of document frequencies fills as queries
+/// come.
 #[derive(Debug, Default)]
 pub(crate) struct RoleTotals {
-    /// Live documents the role may read.
+    /// Live documents the role may read, within the scope.
     pub docs: u64,
     /// Sum over those documents of each text field's length in tokens (as
     /// the engine encodes it for scoring).
@@ -55,18 +61,57 @@ pub(crate) struct RoleTotals {
     extra_tokens: Mutex<HashMap<Field, u64>>,
 }
 
-/// Most document frequencies remembered per role and generation; past it
-/// the memo starts over.
+/// Most document frequencies remembered per role, scope and generation;
+/// past it the memo starts over.
 const DOC_FREQ_MEMO: usize = 16_384;
 
-/// Walks the live documents readable by `role_term`, calling `visit` with
-/// each document's segment ordinal and id.
-fn for_each_role_doc(
+/// The documents statistics count: those one role may read, within one
+/// slot scope.
+pub(crate) struct Population {
+    role_term: Term,
+    /// The scope's filter clause; `None` for every slot, which keeps the
+    /// unscoped path a single posting list.
+    scope: Option<Box<dyn Query>>,
+}
+
+impl Population {
+    pub fn new(fields: &Fields, role: &RoleName, scope: &SlotScope) -> Self {
+        Population {
+            role_term: fields.reader_term(role),
+            scope: scope.filter_query(),
+        }
+    }
+
+    fn role_query(&self) -> Box<dyn Query> {
+        Box::new(TermQuery::new(
+            self.role_term.clone(),
+            IndexRecordOption::Basic,
+        ))
+    }
+
+    /// The population's documents, with `extra` clauses required as well.
+    fn query_with(&self, extra: Option<Box<dyn Query>>) -> Box<dyn Query> {
+        if extra.is_none() && self.scope.is_none() {
+            return self.role_query();
+        }
+        let mut clauses: Vec<Box<dyn Query>> = extra.into_iter().collect();
+        clauses.push(self.role_query());
+        if let Some(scope) = &self.scope {
+            clauses.push(scope.box_clone());
+        }
+        Box::new(BooleanQuery::intersection(clauses))
+    }
+}
+
+/// Walks the live documents of `population`, calling `visit` with each
+/// document's segment ordinal and id.
+fn for_each_doc(
     searcher: &Searcher,
-    role_term: &Term,
+    population: &Population,
     mut visit: impl FnMut(usize, u32),
 ) -> tantivy::Result<()> {
-    let weight = TermQuery::new(role_term.clone(), IndexRecordOption::Basic)
+    let weight = population
+        .query_with(None)
         .weight(EnableScoring::disabled_from_searcher(searcher))?;
     for (ord, segment) in searcher.segment_readers().iter().enumerate() {
         let mut scorer = weight.scorer(segment, 1.0)?;
@@ -82,12 +127,12 @@ fn for_each_role_doc(
     Ok(())
 }
 
-/// Counts the role's live documents and sums each of `fields`' encoded
-/// lengths over them. A field without length norms counts one token per
-/// document, as the engine scores it.
-fn role_sums(
+/// Counts the population's live documents and sums each of `fields'`
+/// encoded lengths over them. A field without length norms counts one
+/// token per document, as the engine scores it.
+fn population_sums(
     searcher: &Searcher,
-    role_term: &Term,
+    population: &Population,
     fields: &[Field],
 ) -> tantivy::Result<(u64, Vec<u64>)> {
     let mut norms = Vec::with_capacity(searcher.segment_readers().len());
@@ -100,7 +145,7 @@ fn role_sums(
     }
     let mut docs = 0u64;
     let mut sums = vec![0u64; fields.len()];
-    for_each_role_doc(searcher, role_term, |ord, doc| {
+    for_each_doc(searcher, population, |ord, doc| {
         docs += 1;
         for (sum, n) in sums.iter_mut().zip(&norms[ord]) {
             *sum += n.as_ref().map_or(1, |n| u64::from(n.fieldnorm(doc)));
@@ -109,13 +154,13 @@ fn role_sums(
     Ok((docs, sums))
 }
 
-fn compute_role_totals(
+fn compute_totals(
     searcher: &Searcher,
     fields: &Fields,
-    role_term: &Term,
+    population: &Population,
 ) -> tantivy::Result<RoleTotals> {
     let text_fields = fields.text_fields();
-    let (docs, sums) = role_sums(searcher, role_term, &text_fields)?;
+    let (docs, sums) = population_sums(searcher, population, &text_fields)?;
     Ok(RoleTotals {
         docs,
         tokens: text_fields.into_iter().zip(sums).collect(),
@@ -123,15 +168,16 @@ fn compute_role_totals(
     })
 }
 
-/// Engine id, searcher generation and role.
-type TotalsKey = (u64, u64, RoleName);
+/// Engine id, searcher generation, role and slot scope.
+type TotalsKey = (u64, u64, RoleName, SlotScope);
 
-/// Caches [`RoleTotals`] per (engine, searcher generation, role). A commit
-/// makes a new generation, so entries never go stale; old ones are evicted
-/// first-in first-out.
+/// Caches [`RoleTotals`] per (engine, searcher generation, role, slot
+/// scope). A commit makes a new generation, so entries never go stale; old
+/// ones are evicted first-in first-out. A node of a cluster sees a handful
+/// of scopes (the partitions a coordinator assigns it), so scoped entries
+/// are reused as unscoped ones are.
 #[derive(Default)]
 pub(crate) struct StatsCache {
-    // (engine id, searcher generation, role) -> totals
     entries: Mutex<VecDeque<(TotalsKey, Arc<RoleTotals>)>>,
 }
 
@@ -144,44 +190,48 @@ impl StatsCache {
         searcher: &Searcher,
         fields: &Fields,
         role: &RoleName,
+        scope: &SlotScope,
+        population: &Population,
     ) -> tantivy::Result<Arc<RoleTotals>> {
-        let key = (
-            engine_id,
-            searcher.generation().generation_id(),
-            role.clone(),
-        );
+        let generation = searcher.generation().generation_id();
+        let matches =
+            |k: &TotalsKey| k.0 == engine_id && k.1 == generation && k.2 == *role && k.3 == *scope;
         {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, t)) = entries.iter().find(|(k, _)| *k == key) {
+            if let Some((_, t)) = entries.iter().find(|(k, _)| matches(k)) {
                 return Ok(t.clone());
             }
         }
-        let totals = Arc::new(compute_role_totals(
-            searcher,
-            fields,
-            &fields.reader_term(role),
-        )?);
+        let totals = Arc::new(compute_totals(searcher, fields, population)?);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= STATS_CACHE_ENTRIES {
             entries.pop_front();
         }
-        entries.push_back((key, totals.clone()));
+        entries.push_back((
+            (engine_id, generation, role.clone(), scope.clone()),
+            totals.clone(),
+        ));
         Ok(totals)
     }
 }
 
-/// BM25 statistics of one searcher restricted to one role's documents.
+/// BM25 statistics of one searcher restricted to one role's documents
+/// within one slot scope.
 pub(crate) struct ScopedStats<'a> {
     searcher: &'a Searcher,
-    role_term: Term,
+    population: &'a Population,
     totals: Arc<RoleTotals>,
 }
 
 impl<'a> ScopedStats<'a> {
-    pub fn new(searcher: &'a Searcher, role_term: Term, totals: Arc<RoleTotals>) -> Self {
+    pub fn new(
+        searcher: &'a Searcher,
+        population: &'a Population,
+        totals: Arc<RoleTotals>,
+    ) -> Self {
         ScopedStats {
             searcher,
-            role_term,
+            population,
             totals,
         }
     }
@@ -190,20 +240,20 @@ impl<'a> ScopedStats<'a> {
         self.totals.docs
     }
 
-    /// Live documents of the role containing `term`.
+    /// Live documents of the population containing `term`.
     pub fn scoped_doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
         let memo = &self.totals.doc_freqs;
         if let Some(n) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(term) {
             return Ok(*n);
         }
-        let both = BooleanQuery::intersection(vec![
-            Box::new(TermQuery::new(term.clone(), IndexRecordOption::Basic)),
-            Box::new(TermQuery::new(
-                self.role_term.clone(),
-                IndexRecordOption::Basic,
-            )),
-        ]);
-        let n = both.count(self.searcher)? as u64;
+        let n = if self.totals.docs == 0 {
+            0
+        } else {
+            let term_query = TermQuery::new(term.clone(), IndexRecordOption::Basic);
+            self.population
+                .query_with(Some(Box::new(term_query)))
+                .count(self.searcher)? as u64
+        };
         let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
         if memo.len() >= DOC_FREQ_MEMO {
             memo.clear();
@@ -212,7 +262,7 @@ impl<'a> ScopedStats<'a> {
         Ok(n)
     }
 
-    /// Total tokens of `field` over the role's documents.
+    /// Total tokens of `field` over the population's documents.
     pub fn scoped_tokens(&self, field: Field) -> tantivy::Result<u64> {
         if let Some(n) = self.totals.tokens.get(&field) {
             return Ok(*n);
@@ -225,7 +275,7 @@ impl<'a> ScopedStats<'a> {
         if let Some(n) = extra.get(&field) {
             return Ok(*n);
         }
-        let (_, sums) = role_sums(self.searcher, &self.role_term, &[field])?;
+        let (_, sums) = population_sums(self.searcher, self.population, &[field])?;
         let n = sums[0];
         extra.insert(field, n);
         Ok(n)
@@ -238,8 +288,8 @@ impl Bm25StatisticsProvider for ScopedStats<'_> {
     }
 
     fn total_num_docs(&self) -> tantivy::Result<u64> {
-        // The engine divides by this; a role with no documents matches
-        // nothing, so 1 changes no score.
+        // The engine divides by this; a role (or scope) with no documents
+        // matches nothing, so 1 changes no score.
         Ok(self.totals.docs.max(1))
     }
 
@@ -268,16 +318,20 @@ pub struct TermStatistic {
     pub doc_freq: u64,
 }
 
-/// The BM25 statistics of one query over the documents one role may read.
+/// The BM25 statistics of one query over the documents one role may read
+/// (within a slot scope, when one was given).
 ///
-/// What [`crate::ContextIndex::term_statistics`] returns and
-/// [`crate::ContextIndex::search_with_statistics`] accepts. Several nodes'
-/// reports [`merge`](QueryStatistics::merge) by summing.
+/// What [`crate::ContextIndex::term_statistics`] and
+/// [`crate::ContextIndex::term_statistics_scoped`] return and
+/// [`crate::ContextIndex::search_with_statistics`] and
+/// [`crate::ContextIndex::search_scoped`] accept. Several nodes' reports
+/// [`merge`](QueryStatistics::merge) by summing; the scope is not recorded,
+/// since reports of disjoint scopes are what get summed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryStatistics {
     /// The role the figures are scoped to.
     pub role: RoleName,
-    /// Documents the role may read.
+    /// Documents the role may read (within the scope).
     pub total_docs: u64,
     /// Total tokens per field over those documents, for every field a
     /// query term is in.

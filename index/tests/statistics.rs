@@ -5,83 +5,9 @@ mod common;
 
 use common::*;
 use slurp_index::{
-    ContextIndex, IndexEntry, QueryStatistics, SearchError, SearchQuery, StatisticsError,
-    TermStatistic, TermValue,
+    ContextIndex, QueryStatistics, SearchError, SearchQuery, StatisticsError, TermStatistic,
+    TermValue,
 };
-
-const WORDS: &[&str] = &[
-    "cache",
-    "token",
-    "session",
-    "login",
-    "retry",
-    "backoff",
-    "shard",
-    "lock",
-    "queue",
-    "replica",
-    "merge",
-    "segment",
-    "index",
-    "schema",
-    "role",
-    "policy",
-    "audit",
-    "key",
-    "rotate",
-    "envelope",
-    "quorum",
-    "partition",
-    "gossip",
-    "tombstone",
-    "version",
-    "clock",
-    "writer",
-    "reader",
-    "budget",
-    "latency",
-];
-
-/// A deterministic corpus: varied lengths and word mixes so BM25's length
-/// normalisation and idf both matter.
-fn corpus(n: usize, seed: u64) -> Vec<IndexEntry> {
-    let mut state = seed;
-    let mut next = move |m: usize| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) as usize) % m
-    };
-    (0..n)
-        .map(|i| {
-            let mut words = |k: usize| -> String {
-                (0..k)
-                    .map(|_| WORDS[next(WORDS.len())])
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            let summary_len = 4 + (i * 7) % 13;
-            let mut c = context(&format!("src/m{}/f{i}.rs", i % 7), &words(summary_len));
-            c.purpose = words(3 + i % 5);
-            c.insights = vec![words(5), words(2 + i % 9)];
-            let readers: &[&str] = if i % 5 == 0 {
-                &["admin", "architect"]
-            } else {
-                &["admin", "architect", "developer"]
-            };
-            entry(c, 1 + i as u64, readers)
-        })
-        .collect()
-}
-
-fn index_of(entries: &[IndexEntry]) -> ContextIndex {
-    let index = open();
-    for e in entries {
-        index.upsert(e).unwrap();
-    }
-    index.commit().unwrap();
-    index
-}
 
 fn queries() -> Vec<SearchQuery> {
     let mut qs = vec![];
