@@ -3,7 +3,10 @@
 //! Every derived record must agree with the versions in every committed
 //! state: each address's head names its greatest stored version and counts
 //! them, the key list holds exactly the addresses with a head, each expiring version has both TTL index entries, the
-//! hierarchy, links and tombstones follow each address's newest version.
+//! hierarchy, links and tombstones follow each address's newest version,
+//! and every hint (hinted handoff) names a stored version: hints are
+//! written with their versions and removed with them by the sweeper, so a
+//! hint without its version is a problem like any other.
 //! The check walks every table once in one read snapshot and lists each
 //! disagreement; the crash test runs it after every simulated crash, and an
 //! operator can run it on a live store.
@@ -18,6 +21,7 @@ use crate::error::ReadError;
 use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
 use crate::record::{Head, LatestEntry, TombstoneEntry, decode_version};
 use crate::store::Store;
+use crate::validate::{check_hint_target, check_key};
 use crate::writer::links_of;
 
 /// How problems with an address's head record are labelled.
@@ -43,6 +47,7 @@ impl std::fmt::Display for Inconsistency {
 pub struct CheckReport {
     pub keys: u64,
     pub versions: u64,
+    pub hints: u64,
     pub problems: Vec<Inconsistency>,
 }
 
@@ -210,6 +215,44 @@ impl Checker {
                 Err(e) => self.problem("tombstones", key, e.to_string()),
             },
             (false, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Every hint must decode, have a valid target and key, and name a
+    /// stored version.
+    fn check_hints(&mut self, hints: &ReadOnlyTable<&'static [u8], u64>) -> Result<(), ReadError> {
+        for r in hints.iter()? {
+            let (k, _) = r?;
+            self.report.hints += 1;
+            let h = match layout::decode_hint_key(k.value()) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.problem("hints", &e.hex, e.reason);
+                    continue;
+                }
+            };
+            if let Err(e) = check_hint_target(h.target) {
+                self.problem("hints", h.key, e.to_string());
+            }
+            if let Err(e) = check_key(h.key) {
+                self.problem("hints", h.key, format!("not a storage key: {e}"));
+                continue;
+            }
+            let stored = self
+                .versions
+                .get(layout::version_key(h.key, &h.version).as_slice())?
+                .is_some();
+            if !stored {
+                self.problem(
+                    "hints",
+                    h.key,
+                    format!(
+                        "hint for {:?} names missing version {}",
+                        h.target, h.version
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -417,6 +460,9 @@ impl Store {
             c.finish_key(done)?;
         }
         c.reverse_checks()?;
+        let hints: ReadOnlyTable<&[u8], u64> = txn.open_table(layout::HINTS)?;
+        c.check_hints(&hints)?;
+        drop(hints);
         let report = c.report;
         drop(versions);
         drop(txn);

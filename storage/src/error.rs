@@ -78,6 +78,19 @@ pub enum RecordProblem {
     BadBackupId(String),
 }
 
+/// A hint target (the peer a hinted version belongs on) the store cannot
+/// key hints by: empty, longer than
+/// [`crate::layout::MAX_HINT_TARGET_LEN`] bytes, or containing `0x00` (the
+/// terminator of the target inside a hint key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid hint target {target:?}: {reason}")]
+pub struct HintTargetError {
+    /// The rejected target (bounded to 80 characters).
+    pub target: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
 /// Why a write was not stored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
@@ -96,6 +109,8 @@ pub enum WriteError {
     #[error("cannot encode the value for {key}: {reason}")]
     Encode { key: String, reason: String },
     #[error(transparent)]
+    HintTarget(#[from] HintTargetError),
+    #[error(transparent)]
     Corrupt(#[from] CorruptValue),
     #[error("the commit failed; nothing of this batch was stored: {0}")]
     CommitFailed(#[source] Arc<redb::Error>),
@@ -110,6 +125,8 @@ pub enum ReadError {
     Storage(#[from] redb::Error),
     #[error(transparent)]
     Corrupt(#[from] CorruptValue),
+    #[error(transparent)]
+    HintTarget(#[from] HintTargetError),
 }
 
 /// `From` each of redb's per-operation errors, through `redb::Error`.

@@ -13,7 +13,9 @@
 //!   follows (keys and paths never contain `0x00`, the store validates them);
 //! - [`VersionId`]: `wall_ms` (`u64` BE), `logical` (`u32` BE), then the
 //!   writer id bytes to the end of the key;
-//! - expiry: `u64` BE milliseconds since the Unix epoch.
+//! - expiry: `u64` BE milliseconds since the Unix epoch;
+//! - hint target (a peer id): its UTF-8 bytes, terminated by `0x00` (the
+//!   store refuses targets containing `0x00`).
 
 use redb::TableDefinition;
 use slurp_protocol::{Hlc, Slot, VersionId, WriterId};
@@ -49,11 +51,21 @@ pub const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tomb
 pub const BACKUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("backups");
 /// name → value; holds [`SCHEMA_VERSION_KEY`].
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// `target | 0x00 | key | 0x00 | version` → creation time of the hint, in
+/// milliseconds since the Unix epoch: the version `key`/`version`, stored
+/// here, belongs on peer `target` (hinted handoff). Targets sort in
+/// bytewise order and each target's hints are one range, in key and then
+/// version order.
+pub const HINTS: TableDefinition<&[u8], u64> = TableDefinition::new("hints");
 
 /// The `meta` entry holding the schema version, a `u32` big-endian.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
-/// The schema this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes and the newest it reads. Version 2 added
+/// [`HINTS`]; a version 1 file is upgraded when opened (the table is
+/// created and the record rewritten in one transaction).
+pub const SCHEMA_VERSION: u32 = 2;
+/// Longest hint target (peer id) accepted, in bytes.
+pub const MAX_HINT_TARGET_LEN: usize = 128;
 
 /// Link flag: the `from` side's newest version lists `to` in `influences`.
 pub const LINK_BY_FROM: u8 = 1;
@@ -153,6 +165,22 @@ pub fn pair_prefix(a: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(a.len() + 1);
     out.extend_from_slice(a.as_bytes());
     out.push(0);
+    out
+}
+
+/// `target | 0x00`: every hint for `target` starts with this.
+pub fn hint_prefix(target: &str) -> Vec<u8> {
+    pair_prefix(target)
+}
+
+/// The [`HINTS`] key of the hint that `key`/`version` belongs on `target`.
+pub fn hint_key(target: &str, key: &str, version: &VersionId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(target.len() + 2 + key.len() + VERSION_FIXED + 16);
+    out.extend_from_slice(target.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out.push(0);
+    push_version(&mut out, version);
     out
 }
 
@@ -305,6 +333,40 @@ pub fn decode_pair_key(bytes: &[u8]) -> Result<(&str, &str), KeyLayoutError> {
     Ok((a, b))
 }
 
+/// A decoded [`HINTS`] key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintKey<'a> {
+    pub target: &'a str,
+    pub key: &'a str,
+    pub version: VersionId,
+}
+
+/// The target part of a [`HINTS`] key (the bytes before its first `0x00`),
+/// without checking the rest; `None` if there is no terminator.
+pub fn hint_key_target(bytes: &[u8]) -> Option<&[u8]> {
+    let nul = bytes.iter().position(|b| *b == 0)?;
+    Some(&bytes[..nul])
+}
+
+/// Decodes a [`HINTS`] key.
+pub fn decode_hint_key(bytes: &[u8]) -> Result<HintKey<'_>, KeyLayoutError> {
+    let (end, next) = split_key(bytes, bytes)?;
+    if end == 0 {
+        return Err(layout_error(bytes, "empty hint target"));
+    }
+    let target =
+        std::str::from_utf8(&bytes[..end]).map_err(|_| layout_error(bytes, "not UTF-8"))?;
+    let rest = &bytes[next..];
+    let (kend, vnext) = split_key(bytes, rest)?;
+    let key = std::str::from_utf8(&rest[..kend]).map_err(|_| layout_error(bytes, "not UTF-8"))?;
+    let version = decode_version_suffix(bytes, &rest[vnext..])?;
+    Ok(HintKey {
+        target,
+        key,
+        version,
+    })
+}
+
 /// Splits a `slot | key` key ([`ACL`], [`TOMBSTONES`]).
 pub fn decode_slot_key(bytes: &[u8]) -> Result<(Slot, &str), KeyLayoutError> {
     if bytes.len() < 3 {
@@ -348,6 +410,12 @@ mod tests {
         assert!(decode_ttl_key(b"1234567").is_err());
         assert!(decode_pair_key(b"no-separator").is_err());
         assert!(decode_slot_key(b"\x00").is_err());
+        assert!(decode_hint_key(b"").is_err());
+        assert!(decode_hint_key(b"\x00k\x00123456789012w").is_err());
+        assert!(decode_hint_key(b"peer\x00no-second-terminator").is_err());
+        assert!(decode_hint_key(b"peer\x00k\x00short").is_err());
+        assert_eq!(hint_key_target(b"peer\x00rest"), Some(&b"peer"[..]));
+        assert_eq!(hint_key_target(b"no-terminator"), None);
     }
 
     #[test]
@@ -420,12 +488,39 @@ mod tests {
             }
         }
 
+        /// Hint keys round-trip; one target's hints form one range that
+        /// holds no other target's, sorted by key and then version; and
+        /// targets sort like their strings.
+        #[test]
+        fn hint_keys_group_by_target_then_key_then_version(
+            t1 in "[!-~]{1,6}", t2 in "[!-~]{1,6}",
+            k1 in "[a-z/]{1,6}", k2 in "[a-z/]{1,6}",
+            v1 in (any::<u64>(), any::<u32>(), writer()),
+            v2 in (any::<u64>(), any::<u32>(), writer()),
+        ) {
+            let (va, vb) = (vid(v1.0, v1.1, &v1.2), vid(v2.0, v2.1, &v2.2));
+            let a = hint_key(&t1, &k1, &va);
+            let b = hint_key(&t2, &k2, &vb);
+            let d = decode_hint_key(&a).unwrap();
+            prop_assert_eq!((d.target, d.key, &d.version), (t1.as_str(), k1.as_str(), &va));
+            prop_assert_eq!(hint_key_target(&a), Some(t1.as_bytes()));
+            let (pa, ea) = (hint_prefix(&t1), prefix_end(&hint_prefix(&t1)).unwrap());
+            prop_assert!(a.starts_with(&pa) && a < ea);
+            if t1 == t2 {
+                prop_assert_eq!((k1.as_str(), &va).cmp(&(k2.as_str(), &vb)), a.cmp(&b));
+            } else {
+                prop_assert!(!(pa <= b && b < ea));
+                prop_assert_eq!(t1.cmp(&t2), a.cmp(&b));
+            }
+        }
+
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_version_key(&bytes);
             let _ = decode_ttl_key(&bytes);
             let _ = decode_pair_key(&bytes);
             let _ = decode_slot_key(&bytes);
+            let _ = decode_hint_key(&bytes);
             let _ = version_key_hlc(&bytes);
             let _ = key_ttl_expiry(&bytes, 3);
             let _ = is_head_key(&bytes);

@@ -14,6 +14,10 @@
 //!   [`slurp_protocol::Slot`], so a partition is one range scan.
 //! - **Expiry is exact.** An expired version is never returned, even before
 //!   the [`Sweeper`] deletes it.
+//! - **Hints travel with their versions.** A fallback replica stores a
+//!   version for a peer that is down with [`Store::put_many_hinted`]; the
+//!   hint is committed with the version and removed with it by the
+//!   sweeper (hinted handoff, see [`Hint`]).
 //! - **Writes share commits.** One writer thread commits everything queued
 //!   in one durable transaction (group commit); a write returns once it is
 //!   durable.
@@ -24,6 +28,7 @@ pub mod check;
 mod compress;
 pub mod config;
 pub mod error;
+mod hints;
 pub mod layout;
 pub mod observer;
 mod read;
@@ -37,8 +42,10 @@ pub use check::{CheckReport, Inconsistency};
 pub use compress::DecompressError;
 pub use config::{CompactionConfig, CompressionConfig, ConfigError, StoreConfig, SweepConfig};
 pub use error::{
-    CorruptValue, Error, MaintenanceError, OpenError, ReadError, RecordProblem, WriteError,
+    CorruptValue, Error, HintTargetError, MaintenanceError, OpenError, ReadError, RecordProblem,
+    WriteError,
 };
+pub use hints::{Hint, HintCursor, HintPage, HintTarget};
 pub use observer::{
     CommitEvent, CompactionEvent, NoopObserver, ReadKind, ReadOutcome, StoreObserver, SweepEvent,
 };
@@ -48,6 +55,6 @@ pub use read::{
 };
 pub use record::{AclRecord, BackupKind, BackupMeta, Codec, TombstoneEntry};
 pub use store::{NewVersion, PutOutcome, Store, StoreBuilder};
-pub use validate::{check_backup_id, check_key, check_path};
+pub use validate::{check_backup_id, check_hint_target, check_key, check_path};
 pub use workers::{Compactor, StatusHandle, SweepPass, Sweeper, WorkerState, WorkerStatus};
 pub use writer::{CompactionReport, SweepReport};

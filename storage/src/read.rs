@@ -183,6 +183,8 @@ pub struct StoreStats {
     pub tombstones: u64,
     pub acls: u64,
     pub backups: u64,
+    /// Hints (hinted handoff) pending, over all targets.
+    pub hints: u64,
     /// Bytes of keys and values in all tables.
     pub stored_bytes: u64,
     /// Size of the database file.
@@ -796,6 +798,9 @@ impl Store {
             let backups: ReadOnlyTable<&str, &[u8]> = s.txn.open_table(layout::BACKUPS)?;
             st.backups = backups.len()?;
             bytes += backups.stats()?.stored_bytes();
+            let hints: ReadOnlyTable<&[u8], u64> = s.txn.open_table(layout::HINTS)?;
+            st.hints = hints.len()?;
+            bytes += hints.stats()?.stored_bytes();
             bytes += s.table(layout::HIERARCHY)?.stats()?.stored_bytes();
             for def in [layout::LINKS_OUT, layout::LINKS_IN] {
                 let t: ReadOnlyTable<&[u8], u8> = s.txn.open_table(def)?;

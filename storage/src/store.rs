@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::compress;
 use crate::config::StoreConfig;
 use crate::error::{MaintenanceError, OpenError, WriteError};
+use crate::hints::Hint;
 use crate::layout::{self, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 use crate::observer::{NoopObserver, StoreObserver};
 use crate::record::{AclRecord, BackupMeta, StoredVersion};
@@ -169,8 +170,10 @@ impl StoreBuilder {
     }
 }
 
-/// Refuses a file written by a newer schema, and creates every table (and
-/// the schema record) in a new one.
+/// Refuses a file written by a newer schema, creates every table (and the
+/// schema record) in a new one, and upgrades an older one: schema 1 lacked
+/// the `hints` table, which is created here like every other missing
+/// table, and the record is rewritten in the same transaction.
 fn check_schema(db: &Database, path: &str) -> Result<(), OpenError> {
     let unreadable = |reason: String| OpenError::SchemaUnreadable {
         path: path.to_string(),
@@ -226,13 +229,22 @@ fn check_schema(db: &Database, path: &str) -> Result<(), OpenError> {
         txn.open_table(layout::TOMBSTONES)
             .map_err(redb::Error::from)?;
         txn.open_table(layout::BACKUPS).map_err(redb::Error::from)?;
+        txn.open_table(layout::HINTS).map_err(redb::Error::from)?;
         let mut meta = txn.open_table(layout::META).map_err(redb::Error::from)?;
-        if found.is_none() {
+        if found.is_none_or(|v| v < SCHEMA_VERSION) {
             meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())
                 .map_err(redb::Error::from)?;
         }
     }
     txn.commit().map_err(redb::Error::from)?;
+    if let Some(old) = found.filter(|v| *v < SCHEMA_VERSION) {
+        tracing::info!(
+            path,
+            from = old,
+            to = SCHEMA_VERSION,
+            "store schema upgraded"
+        );
+    }
     Ok(())
 }
 
@@ -376,6 +388,7 @@ impl Store {
         let mut out = self
             .submit(|reply| Command::Put {
                 items: vec![item],
+                hint_for: None,
                 reply,
             })
             .await
@@ -390,6 +403,7 @@ impl Store {
         let mut out = self
             .submit_blocking(|reply| Command::Put {
                 items: vec![item],
+                hint_for: None,
                 reply,
             })
             .ok_or(WriteError::Closed)?;
@@ -414,6 +428,58 @@ impl Store {
     /// `max_batch` (so the call is not atomic as a whole); it returns once
     /// all accepted versions are durable.
     pub async fn put_many(&self, versions: Vec<NewVersion>) -> Vec<Result<PutOutcome, WriteError>> {
+        self.put_many_with(versions, None).await
+    }
+
+    /// [`Store::put_many`] for synchronous callers.
+    pub fn put_many_blocking(
+        &self,
+        versions: Vec<NewVersion>,
+    ) -> Vec<Result<PutOutcome, WriteError>> {
+        self.put_many_with_blocking(versions, None)
+    }
+
+    /// Stores versions exactly as [`Store::put_many`] does and records, in
+    /// the same transaction as each version, a hint that it belongs on the
+    /// peer `hint_for` (hinted handoff: this node holds the versions for a
+    /// replica that is down). A version that was already stored gets its
+    /// hint too (the target may still lack it); an expired or refused one
+    /// gets none. Re-hinting a version keeps the hint's first creation
+    /// time. The hints are read with [`Store::hints`] and removed with
+    /// [`Store::remove_hints`] once the target has acknowledged them.
+    ///
+    /// An invalid `hint_for` (empty, over
+    /// [`crate::layout::MAX_HINT_TARGET_LEN`] bytes, or holding `0x00`)
+    /// refuses every version with [`WriteError::HintTarget`] and stores
+    /// nothing.
+    pub async fn put_many_hinted(
+        &self,
+        versions: Vec<NewVersion>,
+        hint_for: &str,
+    ) -> Vec<Result<PutOutcome, WriteError>> {
+        match validate::check_hint_target(hint_for) {
+            Ok(()) => self.put_many_with(versions, Some(hint_for.into())).await,
+            Err(e) => versions.iter().map(|_| Err(e.clone().into())).collect(),
+        }
+    }
+
+    /// [`Store::put_many_hinted`] for synchronous callers.
+    pub fn put_many_hinted_blocking(
+        &self,
+        versions: Vec<NewVersion>,
+        hint_for: &str,
+    ) -> Vec<Result<PutOutcome, WriteError>> {
+        match validate::check_hint_target(hint_for) {
+            Ok(()) => self.put_many_with_blocking(versions, Some(hint_for.into())),
+            Err(e) => versions.iter().map(|_| Err(e.clone().into())).collect(),
+        }
+    }
+
+    async fn put_many_with(
+        &self,
+        versions: Vec<NewVersion>,
+        hint_for: Option<Arc<str>>,
+    ) -> Vec<Result<PutOutcome, WriteError>> {
         let (items, results) = Self::split(self.prepare_all(versions));
         let mut pending = Vec::new();
         if let Ok(sender) = self.sender() {
@@ -422,6 +488,7 @@ impl Store {
                 if sender
                     .send(Command::Put {
                         items: chunk,
+                        hint_for: hint_for.clone(),
                         reply: tx,
                     })
                     .await
@@ -443,10 +510,10 @@ impl Store {
         Self::join(results, answers)
     }
 
-    /// [`Store::put_many`] for synchronous callers.
-    pub fn put_many_blocking(
+    fn put_many_with_blocking(
         &self,
         versions: Vec<NewVersion>,
+        hint_for: Option<Arc<str>>,
     ) -> Vec<Result<PutOutcome, WriteError>> {
         let (items, results) = Self::split(self.prepare_all(versions));
         let mut pending = Vec::new();
@@ -456,6 +523,7 @@ impl Store {
                 if sender
                     .blocking_send(Command::Put {
                         items: chunk,
+                        hint_for: hint_for.clone(),
                         reply: tx,
                     })
                     .is_err()
@@ -474,6 +542,50 @@ impl Store {
             }
         }
         Self::join(results, answers)
+    }
+
+    /// The `hints` keys of `hints`, cut into requests of at most
+    /// `max_batch`. Every hint is checked first: a bad target or key (which
+    /// [`Store::hints`] never returns) refuses the whole call.
+    fn hint_removals(&self, hints: &[Hint]) -> Result<Vec<Vec<Vec<u8>>>, WriteError> {
+        let mut keys = Vec::with_capacity(hints.len());
+        for h in hints {
+            validate::check_hint_target(&h.target)?;
+            validate::check_key(&h.key).map_err(|problem| WriteError::Invalid {
+                key: h.key.clone(),
+                problem,
+            })?;
+            keys.push(layout::hint_key(&h.target, &h.key, &h.version));
+        }
+        let size = self.inner.shared.config.max_batch.max(1);
+        Ok(keys.chunks(size).map(<[_]>::to_vec).collect())
+    }
+
+    /// Removes hints (those the target acknowledged), matched by target,
+    /// key and version (`created_ms` is ignored). A hint that is not there
+    /// is not an error; returns how many were removed. Removals are
+    /// committed in transactions of at most `max_batch` hints, so a failure
+    /// may leave some removed; removing again is safe.
+    pub async fn remove_hints(&self, hints: &[Hint]) -> Result<usize, WriteError> {
+        let mut removed = 0;
+        for keys in self.hint_removals(hints)? {
+            removed += self
+                .submit(|reply| Command::RemoveHints { keys, reply })
+                .await
+                .unwrap_or(Err(WriteError::Closed))?;
+        }
+        Ok(removed)
+    }
+
+    /// [`Store::remove_hints`] for synchronous callers.
+    pub fn remove_hints_blocking(&self, hints: &[Hint]) -> Result<usize, WriteError> {
+        let mut removed = 0;
+        for keys in self.hint_removals(hints)? {
+            removed += self
+                .submit_blocking(|reply| Command::RemoveHints { keys, reply })
+                .unwrap_or(Err(WriteError::Closed))?;
+        }
+        Ok(removed)
     }
 
     fn prepare_acl(&self, key: &str, acl: Option<&AclRecord>) -> Result<SimpleWrite, WriteError> {

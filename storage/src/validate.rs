@@ -9,7 +9,8 @@
 use slurp_protocol::address::{MAX_ADDRESS_LEN, SCHEME};
 use slurp_protocol::{RecordMeta, UcxlAddress};
 
-use crate::error::RecordProblem;
+use crate::error::{HintTargetError, RecordProblem};
+use crate::layout::MAX_HINT_TARGET_LEN;
 
 /// Checks that `key` is a storage key as [`UcxlAddress::key`] writes it:
 /// `ucxl://agent:role@project:task/path`, with no wildcard.
@@ -32,6 +33,25 @@ pub fn check_key(key: &str) -> Result<(), RecordProblem> {
         });
     }
     Ok(())
+}
+
+/// Checks a hint target (the id of the peer a hinted version belongs on):
+/// 1 to [`MAX_HINT_TARGET_LEN`] bytes, no `0x00`. Any other character is
+/// allowed; the store does not interpret peer ids.
+pub fn check_hint_target(target: &str) -> Result<(), HintTargetError> {
+    let reason = if target.is_empty() {
+        "must not be empty"
+    } else if target.len() > MAX_HINT_TARGET_LEN {
+        "longer than 128 bytes"
+    } else if target.as_bytes().contains(&0) {
+        "must not contain a 0x00 byte"
+    } else {
+        return Ok(());
+    };
+    Err(HintTargetError {
+        target: target.chars().take(80).collect(),
+        reason,
+    })
 }
 
 /// Checks a path: `[A-Za-z0-9_-/.]*`, at most [`MAX_ADDRESS_LEN`] bytes.
@@ -136,6 +156,27 @@ mod tests {
         assert_eq!(check_backup_id("2026-11-25.full"), Ok(()));
         assert!(check_backup_id("").is_err());
         assert!(check_backup_id("a/b").is_err());
+    }
+
+    #[test]
+    fn hint_targets() {
+        assert_eq!(
+            check_hint_target("12D3KooWGzBMh1PCYbJ2ffrYPMNqwMxxxcAE9E5nBzXhJBLZ4M8f"),
+            Ok(())
+        );
+        assert_eq!(check_hint_target(&"p".repeat(MAX_HINT_TARGET_LEN)), Ok(()));
+        let cases = [
+            (String::new(), "must not be empty"),
+            ("p".repeat(MAX_HINT_TARGET_LEN + 1), "longer than 128 bytes"),
+            // 43 three-byte characters: 129 bytes in 43 characters.
+            ("€".repeat(43), "longer than 128 bytes"),
+            ("peer\0other".to_string(), "must not contain a 0x00 byte"),
+        ];
+        for (target, reason) in cases {
+            let e = check_hint_target(&target).unwrap_err();
+            assert_eq!(e.reason, reason, "{target:?}");
+            assert!(e.target.chars().count() <= 80);
+        }
     }
 
     proptest! {

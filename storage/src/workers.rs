@@ -148,6 +148,8 @@ pub struct SweepPass {
     /// Whether the pass stopped at `max_batches_per_pass` with expired
     /// versions still waiting.
     pub more: bool,
+    /// Hints removed with the versions they named.
+    pub hints_removed: u64,
 }
 
 /// Deletes expired versions in bounded batches.
@@ -181,6 +183,7 @@ impl Sweeper {
                 Ok(r) => {
                     pass.transactions += 1;
                     pass.removed += r.removed;
+                    pass.hints_removed += r.hints_removed;
                     pass.errors.extend(r.errors);
                     pass.more = r.more;
                     if !r.more || pass.transactions >= cfg.max_batches_per_pass {

@@ -17,18 +17,26 @@
 //! steps, first every read and decode that can fail on bad data, then the
 //! inserts, so an item refused for bad data leaves nothing half-written.
 //!
+//! A hinted put (hinted handoff) also records, per version it stored or
+//! found already stored, a hint in the `hints` table, in the same
+//! transaction as the version: a crash never leaves a hint without its
+//! version or a hinted version without its hint. The sweeper removes the
+//! hints of the versions it deletes in its own transaction, so every hint
+//! names a stored version.
+//!
 //! Sweeps and compaction run on this thread too, between batches: the sweep
 //! is a write transaction like any other, and compaction needs the database
 //! to itself (`Database::compact` takes `&mut`), which this thread gets by
 //! taking the database lock exclusively while no transaction is open.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use slurp_protocol::address::parent_path;
-use slurp_protocol::{Framed, RecordMeta};
+use slurp_protocol::{Framed, RecordMeta, VersionId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -49,7 +57,15 @@ pub(crate) struct PreparedPut {
 pub(crate) enum Command {
     Put {
         items: Vec<PreparedPut>,
+        /// The peer every stored version of `items` belongs on: record a
+        /// hint for each (hinted handoff).
+        hint_for: Option<Arc<str>>,
         reply: oneshot::Sender<Vec<Result<PutOutcome, WriteError>>>,
+    },
+    RemoveHints {
+        /// `hints` table keys, validated by the caller.
+        keys: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<usize, WriteError>>,
     },
     Acl {
         key: String,
@@ -81,6 +97,7 @@ impl Command {
     fn weight(&self) -> usize {
         match self {
             Command::Put { items, .. } => items.len().max(1),
+            Command::RemoveHints { keys, .. } => keys.len().max(1),
             _ => 1,
         }
     }
@@ -98,6 +115,8 @@ pub struct SweepReport {
     pub errors: Vec<CorruptValue>,
     /// Whether more expired versions may be waiting.
     pub more: bool,
+    /// Hints (hinted handoff) removed with the versions they named.
+    pub hints_removed: u64,
 }
 
 /// What a compaction attempt did.
@@ -229,6 +248,7 @@ impl<'t> Tables<'t> {
 enum Applied {
     Put(Vec<Result<PutOutcome, WriteError>>),
     Simple(Result<bool, WriteError>),
+    Count(Result<usize, WriteError>),
 }
 
 #[derive(Default)]
@@ -274,6 +294,9 @@ fn commit_batch(shared: &Shared, batch: Vec<Command>) {
                     | (Command::Backup { reply, .. }, Applied::Simple(r)) => {
                         let _ = reply.send(r);
                     }
+                    (Command::RemoveHints { reply, .. }, Applied::Count(r)) => {
+                        let _ = reply.send(r);
+                    }
                     // Commands and outcomes are built in the same order
                     // from the same batch; a mismatch cannot happen, and
                     // dropping the reply reports the request as failed.
@@ -287,10 +310,13 @@ fn commit_batch(shared: &Shared, batch: Vec<Command>) {
             let failed = || WriteError::CommitFailed(e.clone());
             for command in batch {
                 match command {
-                    Command::Put { items, reply } => {
+                    Command::Put { items, reply, .. } => {
                         let _ = reply.send(items.iter().map(|_| Err(failed())).collect());
                     }
                     Command::Acl { reply, .. } | Command::Backup { reply, .. } => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                    Command::RemoveHints { reply, .. } => {
                         let _ = reply.send(Err(failed()));
                     }
                     Command::Sweep { reply, .. } => {
@@ -318,12 +344,31 @@ fn apply_batch(
         let mut t = Tables::open(&txn)?;
         let mut acl = None;
         let mut backups = None;
+        let mut hints = None;
         for command in batch {
             match command {
-                Command::Put { items, .. } => {
+                Command::Put {
+                    items, hint_for, ..
+                } => {
                     let mut results = Vec::with_capacity(items.len());
                     for item in items {
                         let r = apply_put(&mut t, item, now)?;
+                        if let (
+                            Some(target),
+                            Ok(PutOutcome::Inserted { .. } | PutOutcome::AlreadyPresent { .. }),
+                        ) = (hint_for, &r)
+                        {
+                            let table = match &mut hints {
+                                Some(t) => t,
+                                None => hints.insert(txn.open_table(layout::HINTS)?),
+                            };
+                            let hk = layout::hint_key(target, &item.meta.key, &item.meta.version);
+                            // A hint already there keeps its creation time:
+                            // the target has lacked the version since then.
+                            if table.get(hk.as_slice())?.is_none() {
+                                table.insert(hk.as_slice(), now)?;
+                            }
+                        }
                         match &r {
                             Ok(PutOutcome::Inserted { .. }) => {
                                 counts.inserted += 1;
@@ -364,6 +409,19 @@ fn apply_batch(
                         None => table.remove(id.as_str())?.is_some(),
                     };
                     applied.push(Applied::Simple(Ok(existed)));
+                }
+                Command::RemoveHints { keys, .. } => {
+                    let table = match &mut hints {
+                        Some(t) => t,
+                        None => hints.insert(txn.open_table(layout::HINTS)?),
+                    };
+                    let mut removed = 0;
+                    for k in keys {
+                        if table.remove(k.as_slice())?.is_some() {
+                            removed += 1;
+                        }
+                    }
+                    applied.push(Applied::Count(Ok(removed)));
                 }
                 // Exclusive commands never enter a batch.
                 Command::Sweep { .. } | Command::Compact { .. } => {}
@@ -628,6 +686,7 @@ fn sweep(shared: &Shared, limit: usize) -> Result<SweepReport, MaintenanceError>
     let mut report = SweepReport::default();
     {
         let mut t = Tables::open(&txn)?;
+        let mut hints = SweptHints::open(&txn)?;
         // Entries that cannot be swept stay in the index; look a little
         // past them so they do not block the ones behind.
         let examine = limit.saturating_mul(2).max(limit.saturating_add(16));
@@ -654,7 +713,10 @@ fn sweep(shared: &Shared, limit: usize) -> Result<SweepReport, MaintenanceError>
                     });
                 }
                 Ok(d) => match sweep_one(&mut t, tk, &d, now)? {
-                    Ok(true) => report.removed += 1,
+                    Ok(true) => {
+                        report.removed += 1;
+                        report.hints_removed += hints.forget(d.key, &d.version)?;
+                    }
                     Ok(false) => report.stale_entries += 1,
                     Err(c) => report.errors.push(c),
                 },
@@ -664,6 +726,70 @@ fn sweep(shared: &Shared, limit: usize) -> Result<SweepReport, MaintenanceError>
     }
     txn.commit()?;
     Ok(report)
+}
+
+/// The `hints` table inside a sweep transaction, with the targets it held
+/// when the sweep began (a sweep adds no hints).
+struct SweptHints<'t> {
+    table: Table<'t, &'static [u8], u64>,
+    targets: Vec<String>,
+}
+
+impl<'t> SweptHints<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
+        let table = txn.open_table(layout::HINTS)?;
+        let targets = hint_targets_of(&table)?;
+        Ok(SweptHints { table, targets })
+    }
+
+    /// Removes every hint naming `key`/`version`: one point lookup per
+    /// target, none when there are no hints. Returns how many were removed.
+    fn forget(&mut self, key: &str, version: &VersionId) -> Result<u64, redb::Error> {
+        let mut removed = 0;
+        for target in &self.targets {
+            let hk = layout::hint_key(target, key, version);
+            // Look before removing, so a sweep over unhinted versions
+            // leaves the table's pages untouched.
+            if self.table.get(hk.as_slice())?.is_some() {
+                self.table.remove(hk.as_slice())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The distinct targets of a `hints` table, in order, found by seeking
+/// from one target's range to the next (one lookup per target, not one
+/// per hint). Keys without a target terminator are skipped (`check`
+/// reports them).
+pub(crate) fn hint_targets_of(
+    table: &impl ReadableTable<&'static [u8], u64>,
+) -> Result<Vec<String>, redb::Error> {
+    let mut targets = Vec::new();
+    let mut lower: Bound<Vec<u8>> = Bound::Unbounded;
+    loop {
+        let bounds = (lower.as_ref().map(Vec::as_slice), Bound::Unbounded);
+        let first = table.range::<&[u8]>(bounds)?.next().transpose()?;
+        let Some((k, _)) = first else { break };
+        let bytes = k.value();
+        match layout::hint_key_target(bytes) {
+            Some(t) => {
+                if let Ok(t) = std::str::from_utf8(t)
+                    && !t.is_empty()
+                {
+                    targets.push(t.to_string());
+                }
+                // Every key of this target starts with `t | 0x00`; the next
+                // target starts at or after `t | 0x01`.
+                let mut next = t.to_vec();
+                next.push(1);
+                lower = Bound::Included(next);
+            }
+            None => lower = Bound::Excluded(bytes.to_vec()),
+        }
+    }
+    Ok(targets)
 }
 
 /// Deletes one expired version. `Ok(Ok(false))`: the index entry was stale
