@@ -32,7 +32,7 @@ use slurp_protocol::{Authority, UcxlAddress};
 use crate::error::StoreError;
 use crate::metrics::{HttpLabels, RouteLabels};
 use crate::node::Node;
-use crate::store::{BatchStoreItem, PutRequest};
+use crate::store::{BatchStoreItem, PutRequest, QuorumOpts};
 use crate::tokens::{Principal, TokenError};
 
 /// An API error: a status and a JSON body.
@@ -75,7 +75,9 @@ impl From<StoreError> for ApiError {
             StoreError::Deleted { .. } => StatusCode::GONE,
             StoreError::Forbidden { .. } | StoreError::NoKey(_) => StatusCode::FORBIDDEN,
             StoreError::Conflict { .. } => StatusCode::CONFLICT,
-            StoreError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Timeout(_) | StoreError::Quorum { .. } | StoreError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             StoreError::Storage(_)
             | StoreError::Crypto(_)
             | StoreError::Index(_)
@@ -142,6 +144,9 @@ pub struct Caller(pub Principal);
 impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, node: &Shared) -> Result<Self, Self::Rejection> {
+        if let Some(ForwardedCaller(p)) = parts.extensions.get::<ForwardedCaller>() {
+            return Ok(Caller(p.clone()));
+        }
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -176,6 +181,169 @@ impl FromRequestParts<Shared> for Caller {
     }
 }
 
+/// The caller of a call another cluster member forwarded here, already
+/// authenticated there. Set only by [`serve_forward`]; an HTTP client
+/// cannot set request extensions.
+#[derive(Clone)]
+pub struct ForwardedCaller(pub Principal);
+
+/// Serves an API call forwarded by another member through the router, as
+/// the caller it names.
+pub async fn serve_forward(
+    forwarder: &crate::node::Forwarder,
+    req: slurp_protocol::messages::ForwardRequest,
+) -> slurp_protocol::messages::ForwardResponse {
+    use slurp_protocol::messages::{ErrorCode, ForwardRequest, ForwardResponse, RemoteError};
+    use tower::ServiceExt;
+    let refuse = |code, message: String| ForwardResponse::Error(RemoteError { code, message });
+    let Some(router) = forwarder.get().cloned() else {
+        return refuse(ErrorCode::Unavailable, "the API is not serving yet".into());
+    };
+    let ForwardRequest::Call {
+        method,
+        path,
+        content_type,
+        body,
+        caller_role,
+        request_id,
+    } = req;
+    if !path.starts_with("/v1/") {
+        return refuse(
+            ErrorCode::BadRequest,
+            format!("{path:?} is not an API path"),
+        );
+    }
+    let mut builder = axum::http::Request::builder()
+        .method(method.as_str())
+        .uri(&path);
+    if let Some(ct) = &content_type {
+        builder = builder.header(header::CONTENT_TYPE, ct);
+    }
+    let mut request = match builder.body(axum::body::Body::from(body.0)) {
+        Ok(r) => r,
+        Err(e) => return refuse(ErrorCode::BadRequest, e.to_string()),
+    };
+    request.extensions_mut().insert(ForwardedCaller(Principal {
+        token_id: format!("forwarded:{}", request_id.unwrap_or_default()),
+        role: caller_role,
+    }));
+    let response = match router.oneshot(request).await {
+        Ok(r) => r,
+        Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
+    };
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024).await {
+        Ok(b) => ForwardResponse::Reply {
+            status,
+            content_type,
+            body: b.to_vec().into(),
+        },
+        Err(e) => refuse(ErrorCode::Internal, e.to_string()),
+    }
+}
+
+/// Routes that carry context data: a node outside the layout hands them
+/// to a member, which coordinates them.
+fn forwardable(path: &str) -> bool {
+    [
+        "/v1/contexts",
+        "/v1/list",
+        "/v1/search",
+        "/v1/batch/",
+        "/v1/resolve",
+        "/v1/links",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
+}
+
+/// Forwards data calls to a layout member when this node is not one.
+async fn forward_if_not_member(State(node): State<Shared>, req: Request, next: Next) -> Response {
+    use slurp_protocol::messages::{ForwardRequest, ForwardResponse};
+    let cluster = &node.cluster;
+    let Some(layout) = cluster.layout() else {
+        return next.run(req).await;
+    };
+    if cluster.is_member()
+        || !forwardable(req.uri().path())
+        || req.extensions().get::<ForwardedCaller>().is_some()
+    {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &node).await {
+        Ok(Caller(p)) => p,
+        Err(e) => return e.into_response(),
+    };
+    let limit = node.config.api.max_body_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "body over the limit",
+            )
+            .into_response();
+        }
+    };
+    let mut members: Vec<String> = layout.members().iter().map(|m| m.id.clone()).collect();
+    cluster.order(&mut members);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    let mut last = String::from("no member in the layout");
+    for peer in members.iter().take(3) {
+        let call = ForwardRequest::Call {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: body.to_vec().into(),
+            caller_role: caller.role.clone(),
+            request_id: None,
+        };
+        match cluster
+            .forward(peer, call, node.config.api.request_timeout)
+            .await
+        {
+            Ok(ForwardResponse::Reply {
+                status,
+                content_type,
+                body,
+            }) => {
+                let mut resp = Response::new(axum::body::Body::from(body.0));
+                *resp.status_mut() =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                if let Some(ct) = content_type
+                    && let Ok(v) = ct.parse()
+                {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, v);
+                }
+                return resp;
+            }
+            Ok(ForwardResponse::Error(e)) => last = e.message,
+            Err(e) => last = e.to_string(),
+        }
+    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("this node is not a cluster member and no member took the call: {last}"),
+    )
+    .into_response()
+}
+
 fn require_admin(node: &Node, caller: &Principal) -> Result<(), ApiError> {
     if node.store.roles().authority(&caller.role) == Some(Authority::Master) {
         Ok(())
@@ -195,6 +363,30 @@ fn require_admin(node: &Node, caller: &Principal) -> Result<(), ApiError> {
 #[serde(deny_unknown_fields)]
 struct AddressQuery {
     address: String,
+    /// Read quorum for this request (cluster only).
+    #[serde(default)]
+    r: Option<usize>,
+    /// Write quorum for this request (cluster only).
+    #[serde(default)]
+    w: Option<usize>,
+}
+
+impl AddressQuery {
+    fn opts(&self) -> QuorumOpts {
+        QuorumOpts {
+            w: self.w,
+            r: self.r,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct QuorumQuery {
+    #[serde(default)]
+    r: Option<usize>,
+    #[serde(default)]
+    w: Option<usize>,
 }
 
 fn parse_address(s: &str) -> Result<UcxlAddress, ApiError> {
@@ -204,9 +396,11 @@ fn parse_address(s: &str) -> Result<UcxlAddress, ApiError> {
 async fn put_context(
     State(node): State<Shared>,
     Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<QuorumQuery>,
     ApiJson(req): ApiJson<PutRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let r = node.store.put(&caller, req).await?;
+    let opts = QuorumOpts { w: q.w, r: q.r };
+    let r = node.store.put_opts(&caller, req, opts).await?;
     let status = if r.created {
         StatusCode::CREATED
     } else {
@@ -221,7 +415,7 @@ async fn get_context(
     ApiQuery(q): ApiQuery<AddressQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
-    Ok(Json(node.store.get(&caller, &a).await?))
+    Ok(Json(node.store.get_opts(&caller, &a, q.opts()).await?))
 }
 
 async fn delete_context(
@@ -230,7 +424,7 @@ async fn delete_context(
     ApiQuery(q): ApiQuery<AddressQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
-    Ok(Json(node.store.delete(&caller, &a).await?))
+    Ok(Json(node.store.delete_opts(&caller, &a, q.opts()).await?))
 }
 
 async fn history(
@@ -455,6 +649,92 @@ async fn status(
     })))
 }
 
+async fn cluster_status(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
+    Json(node.cluster.status())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    /// The peer id to add; this node when absent.
+    #[serde(default)]
+    peer: Option<String>,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    capacity: Option<u32>,
+}
+
+fn cluster_error(e: crate::cluster::ClusterError) -> ApiError {
+    use crate::cluster::ClusterError as E;
+    match e {
+        E::BadPeerId(_) | E::Layout(_) | E::NothingStaged => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_layout", e.to_string())
+        }
+        E::NoLayout => ApiError::new(StatusCode::CONFLICT, "no_layout", e.to_string()),
+        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster", e.to_string()),
+    }
+}
+
+async fn cluster_join(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<JoinBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    let m = node
+        .cluster
+        .stage_join(body.peer.as_deref(), body.zone, body.capacity)
+        .map_err(cluster_error)?;
+    Ok(Json(
+        json!({"staged": m, "pending": node.cluster.status().staged}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    peer: String,
+}
+
+async fn cluster_remove(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<RemoveBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    node.cluster
+        .stage_remove(&body.peer)
+        .map_err(cluster_error)?;
+    Ok(Json(json!({"pending": node.cluster.status().staged})))
+}
+
+async fn cluster_apply(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    let before = node.cluster.layout();
+    let l = node.cluster.apply().map_err(cluster_error)?;
+    let moved = before.map(|b| b.diff(&l).moved_replicas()).unwrap_or(0);
+    node.store
+        .audit()
+        .allow(
+            &caller.token_id,
+            &caller.role,
+            slurp_crypto::AuditAction::Other("layout_apply".into()),
+            &l.version().to_string(),
+        )
+        .await;
+    Ok(Json(json!({
+        "version": l.version(),
+        "members": l.members(),
+        "replication_factor": l.replication_factor(),
+        "partitions": l.partitions().count(),
+        "moved_replicas": moved,
+    })))
+}
+
 async fn workers(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
     Json(json!({"workers": node.workers.list()}))
 }
@@ -616,6 +896,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/status"),
     ("get", "/v1/workers"),
     ("post", "/v1/workers/{name}/run"),
+    ("get", "/v1/cluster"),
+    ("post", "/v1/cluster/join"),
+    ("post", "/v1/cluster/remove"),
+    ("post", "/v1/cluster/apply"),
 ];
 
 /// The API router over a node.
@@ -645,7 +929,15 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/workers", get(workers))
         .route("/v1/workers/{name}/run", post(run_worker))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/join", post(cluster_join))
+        .route("/v1/cluster/remove", post(cluster_remove))
+        .route("/v1/cluster/apply", post(cluster_apply))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            forward_if_not_member,
+        ))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
@@ -664,7 +956,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
+    let app = router(node.clone());
+    let _ = node.forwarder.set(app.clone());
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

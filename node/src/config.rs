@@ -6,7 +6,8 @@
 //! environment variables with `__`: `[api] listen` is `SLURP_API__LISTEN`.
 //! `SLURP_NODE`, `SLURP_TOKEN`, `SLURP_CONFIG`, `SLURP_LOG` (a log filter)
 //! and `SLURP_KEYSTORE_PASSPHRASE` belong to the client and the launcher and
-//! are not config keys.
+//! are not config keys; neither are `SLURP_TESTNET_*`, `SLURP_DEMO_*` and
+//! `SLURP_BENCH_*`, which the scripts in `testnet/` read.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,10 @@ pub struct NodeConfig {
     pub index: slurp_index::IndexConfig,
     pub keys: KeysConfig,
     pub audit: crate::audit::AuditSettings,
+    /// The libp2p swarm (`[net]`).
+    pub net: crate::net::NetConfig,
+    /// Membership, placement and quorums (`[cluster]`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for NodeConfig {
@@ -139,6 +144,8 @@ impl Default for NodeConfig {
             index: slurp_index::IndexConfig::default(),
             keys: KeysConfig::default(),
             audit: crate::audit::AuditSettings::default(),
+            net: crate::net::NetConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -156,6 +163,28 @@ pub struct ConfigOverrides {
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterOverrides>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Vec<libp2p::Multiaddr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Vec<libp2p::Multiaddr>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_join: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -187,6 +216,13 @@ impl NodeConfig {
             .merge(
                 Env::prefixed("SLURP_")
                     .ignore(&["NODE", "TOKEN", "CONFIG", "LOG", "KEYSTORE_PASSPHRASE"])
+                    // Settings of the scripts in testnet/, not of a node.
+                    .filter(|k| {
+                        let k = k.as_str().to_ascii_lowercase();
+                        !["testnet_", "demo_", "bench_"]
+                            .iter()
+                            .any(|p| k.starts_with(p))
+                    })
                     .split("__"),
             )
             .merge(Serialized::defaults(overrides));

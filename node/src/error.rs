@@ -51,6 +51,20 @@ pub enum StoreError {
     Search(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// Fewer replicas answered than the quorum needs. The write may have
+    /// reached some of them; it is not acknowledged.
+    #[error("{op} of {key}: {acked} of the {needed} replicas needed answered ({detail})")]
+    Quorum {
+        op: &'static str,
+        key: String,
+        needed: usize,
+        acked: usize,
+        detail: String,
+    },
+    /// The cluster cannot serve the request now (no layout member
+    /// reachable, the node is shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -72,6 +86,8 @@ impl StoreError {
             StoreError::Index(_) => "index",
             StoreError::Search(_) => "bad_query",
             StoreError::Internal(_) => "internal",
+            StoreError::Quorum { .. } => "quorum",
+            StoreError::Unavailable(_) => "unavailable",
         }
     }
 }

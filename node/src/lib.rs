@@ -6,6 +6,7 @@ pub mod audit;
 pub mod bench;
 pub mod cache;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod keys;

@@ -15,7 +15,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use slurp_node::client::{Client, ClientError};
-use slurp_node::config::{ApiOverrides, ConfigOverrides, LogFormat, NodeConfig};
+use slurp_node::config::{
+    ApiOverrides, ClusterOverrides, ConfigOverrides, LogFormat, NetOverrides, NodeConfig,
+};
 use slurp_node::node::Node;
 use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
 
@@ -127,6 +129,9 @@ enum Command {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Cluster membership: status, join, remove, apply (admin).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Background workers; `--run NAME` triggers one now (admin).
     Workers {
         #[arg(long)]
@@ -156,6 +161,49 @@ enum NodeCommand {
     Run(RunArgs),
     /// Print the effective configuration as TOML.
     Config(RunArgs),
+    /// Print the node's peer id (creating its identity if needed), e.g. to
+    /// build a `--bootstrap` address before the node starts.
+    PeerId {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Layout version, members and the health of each, as this node sees them.
+    Status {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Stage a peer (the node itself if no peer id) to join the layout.
+    Join {
+        /// The peer id (see `slurp cluster status`: others).
+        peer: Option<String>,
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// Apply the staged changes at once.
+        #[arg(long)]
+        apply: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Stage a member's removal.
+    Remove {
+        peer: String,
+        #[arg(long)]
+        apply: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Publish the staged changes as the next layout version.
+    Apply {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +226,22 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Swarm listen address (multiaddr, repeatable), e.g.
+    /// `/ip4/127.0.0.1/tcp/7100`.
+    #[arg(long = "p2p-listen")]
+    p2p_listen: Vec<libp2p::Multiaddr>,
+    /// A peer to join through, `/ip4/.../tcp/PORT/p2p/PEER_ID` (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<libp2p::Multiaddr>,
+    /// Failure domain of this node for placement.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Relative capacity of this node for placement.
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// Add healthy peers (and this node) to the layout automatically.
+    #[arg(long)]
+    auto_join: bool,
 }
 
 impl RunArgs {
@@ -188,6 +252,19 @@ impl RunArgs {
             node_name: self.name.clone(),
             log_format: self.log_json.then_some(LogFormat::Json),
             api: self.listen.map(|l| ApiOverrides { listen: Some(l) }),
+            net: (!self.p2p_listen.is_empty() || !self.bootstrap.is_empty()).then(|| {
+                NetOverrides {
+                    listen: (!self.p2p_listen.is_empty()).then(|| self.p2p_listen.clone()),
+                    bootstrap: (!self.bootstrap.is_empty()).then(|| self.bootstrap.clone()),
+                }
+            }),
+            cluster: (self.zone.is_some() || self.capacity.is_some() || self.auto_join).then(
+                || ClusterOverrides {
+                    zone: self.zone.clone(),
+                    capacity: self.capacity,
+                    auto_join: self.auto_join.then_some(true),
+                },
+            ),
         };
         Ok(NodeConfig::load(self.config.as_deref(), &overrides)?)
     }
@@ -606,6 +683,14 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", args.load()?.to_toml());
             Ok(())
         }
+        Command::Node(NodeCommand::PeerId { data }) => {
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
+            let key = slurp_node::net::identity::load_or_create(&data)?;
+            println!("{}", key.public().to_peer_id());
+            Ok(())
+        }
+        Command::Cluster(cmd) => cluster_command(cmd).await,
         Command::Put(a) => put(a).await,
         Command::Get { address, c } => {
             UcxlAddress::parse(&address)?;
@@ -929,4 +1014,134 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
     }
+}
+
+async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
+    match cmd {
+        ClusterCommand::Status { c } => {
+            let v = client(&c)?.get("/v1/cluster", &[]).await?;
+            print(&c, &v, cluster_text);
+        }
+        ClusterCommand::Join {
+            peer,
+            zone,
+            capacity,
+            apply,
+            c,
+        } => {
+            let client = client(&c)?;
+            let v = client
+                .post(
+                    "/v1/cluster/join",
+                    &json!({"peer": peer, "zone": zone, "capacity": capacity}),
+                )
+                .await?;
+            if apply {
+                let v = client.post("/v1/cluster/apply", &json!({})).await?;
+                print(&c, &v, applied_text);
+            } else {
+                print(&c, &v, |v| {
+                    format!(
+                        "staged {} (zone {}, capacity {}); run `slurp cluster apply` to publish",
+                        v["staged"]["id"].as_str().unwrap_or(""),
+                        v["staged"]["zone"].as_str().unwrap_or(""),
+                        v["staged"]["capacity"]
+                    )
+                });
+            }
+        }
+        ClusterCommand::Remove { peer, apply, c } => {
+            let client = client(&c)?;
+            let v = client
+                .post("/v1/cluster/remove", &json!({"peer": peer}))
+                .await?;
+            if apply {
+                let v = client.post("/v1/cluster/apply", &json!({})).await?;
+                print(&c, &v, applied_text);
+            } else {
+                print(&c, &v, |_| {
+                    format!("staged the removal of {peer}; run `slurp cluster apply` to publish")
+                });
+            }
+        }
+        ClusterCommand::Apply { c } => {
+            let v = client(&c)?.post("/v1/cluster/apply", &json!({})).await?;
+            print(&c, &v, applied_text);
+        }
+    }
+    Ok(())
+}
+
+fn applied_text(v: &Value) -> String {
+    format!(
+        "layout version {} published: {} members, replication factor {}, {} partitions, {} replicas move",
+        v["version"],
+        v["members"].as_array().map(|m| m.len()).unwrap_or(0),
+        v["replication_factor"],
+        v["partitions"],
+        v["moved_replicas"]
+    )
+}
+
+fn cluster_text(v: &Value) -> String {
+    let mut out = format!(
+        "node {} ({})\nlayout version {}{}",
+        v["name"].as_str().unwrap_or(""),
+        v["peer_id"].as_str().unwrap_or(""),
+        v["layout_version"],
+        match v["replication_factor"].as_u64() {
+            Some(rf) => format!(
+                ", replication factor {rf}, {} partitions, W {} R {}",
+                v["partitions"], v["write_quorum"], v["read_quorum"]
+            ),
+            None => " (no layout yet)".into(),
+        }
+    );
+    if let Some(members) = v["members"].as_array() {
+        out.push_str(&format!("\nmembers ({}):", members.len()));
+        for m in members {
+            out.push_str(&format!(
+                "\n  {} {:<10} zone {:<8} {:>4} partitions  layout v{}  {}{}",
+                if m["up"].as_bool() == Some(true) {
+                    "up  "
+                } else {
+                    "DOWN"
+                },
+                m["name"].as_str().unwrap_or("?"),
+                m["zone"].as_str().unwrap_or(""),
+                m["partitions"],
+                m["layout_version"],
+                m["id"].as_str().unwrap_or(""),
+                if m["is_self"].as_bool() == Some(true) {
+                    "  (this node)"
+                } else {
+                    ""
+                },
+            ));
+        }
+    }
+    if let Some(others) = v["others"].as_array().filter(|o| !o.is_empty()) {
+        out.push_str("\nother peers (not members):");
+        for p in others {
+            out.push_str(&format!(
+                "\n  {} {} {}",
+                if p["up"].as_bool() == Some(true) {
+                    "up  "
+                } else {
+                    "DOWN"
+                },
+                p["name"].as_str().unwrap_or("?"),
+                p["peer_id"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let staged = &v["staged"];
+    let joins = staged["join"].as_object().map(|o| o.len()).unwrap_or(0);
+    let removes = staged["remove"].as_array().map(|o| o.len()).unwrap_or(0);
+    if joins + removes > 0 {
+        out.push_str(&format!(
+            "\nstaged: {joins} to join, {removes} to remove (slurp cluster apply)"
+        ));
+    }
+    out
 }

@@ -49,6 +49,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
 }
@@ -84,6 +89,12 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub audit_entries: Family<CauseLabels, Counter>,
+    pub cluster_layout_version: Gauge,
+    pub cluster_peers_up: Gauge,
+    pub cluster_request_failures: Family<PeerLabels, Counter>,
+    pub replication_events: Family<CauseLabels, Counter>,
+    pub hints_pending: Gauge,
+    pub net_counters: Family<CauseLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -225,8 +236,50 @@ impl Metrics {
             "Access decisions written to the audit log, by decision",
             audit_entries.clone(),
         );
+        let cluster_layout_version = Gauge::default();
+        r.register(
+            "cluster_layout_version",
+            "Version of the cluster layout this node holds (0: none)",
+            cluster_layout_version.clone(),
+        );
+        let cluster_peers_up = Gauge::default();
+        r.register(
+            "cluster_peers_up",
+            "Peers that answered the last membership probe",
+            cluster_peers_up.clone(),
+        );
+        let cluster_request_failures = Family::<PeerLabels, Counter>::default();
+        r.register(
+            "cluster_request_failures",
+            "Requests to a peer that failed or timed out, by peer (id suffix)",
+            cluster_request_failures.clone(),
+        );
+        let replication_events = Family::<CauseLabels, Counter>::default();
+        r.register(
+            "replication_events",
+            "Replication outcomes: replica_ack, replica_fail, hinted, handed_off, quorum_failed, read_repair",
+            replication_events.clone(),
+        );
+        let hints_pending = Gauge::default();
+        r.register(
+            "hints_pending",
+            "Versions this node holds for a down replica (hinted handoff)",
+            hints_pending.clone(),
+        );
+        let net_counters = Family::<CauseLabels, Gauge>::default();
+        r.register(
+            "net",
+            "Swarm counters since start, by name",
+            net_counters.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
+            cluster_layout_version,
+            cluster_peers_up,
+            cluster_request_failures,
+            replication_events,
+            hints_pending,
+            net_counters,
             ops,
             op_seconds,
             cache_hits,
@@ -250,6 +303,13 @@ impl Metrics {
             http_seconds,
             audit_entries,
         }
+    }
+
+    /// Counts one replication outcome (see `replication_events`).
+    pub fn replication(&self, cause: &'static str, n: u64) {
+        self.replication_events
+            .get_or_create(&CauseLabels { cause })
+            .inc_by(n);
     }
 
     /// Counts one operation and records its latency.

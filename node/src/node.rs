@@ -21,9 +21,11 @@ use tokio::sync::watch;
 
 use crate::audit::AuditSink;
 use crate::cache::ContextCache;
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::keys::Custody;
 use crate::metrics::{IndexMetrics, Metrics, StoreMetrics};
+use crate::net::{NetClient, NetEvent, Request, Response};
 use crate::store::{ContextStore, StoreParts};
 use crate::tokens::TokenStore;
 use crate::workers::{PassReport, Workers};
@@ -41,7 +43,63 @@ pub struct Node {
     pub index_ready: Arc<AtomicBool>,
     /// Where the first admin token was written, when this start made it.
     pub admin_token_file: Option<PathBuf>,
+    pub net: NetClient,
+    pub cluster: Cluster,
+    /// The API router, for calls other nodes forward here (set when the
+    /// API starts).
+    pub forwarder: Forwarder,
     shutdown: watch::Sender<bool>,
+}
+
+/// Where forwarded API calls are served.
+pub type Forwarder = Arc<std::sync::OnceLock<axum::Router>>;
+
+/// Answers one inbound request of a peer.
+async fn serve(
+    store: &ContextStore,
+    cluster: &Cluster,
+    forward: &Forwarder,
+    peer: libp2p::PeerId,
+    request: Request,
+) -> Response {
+    use slurp_protocol::messages::{
+        ErrorCode, ForwardResponse, RemoteError, ReplicateResponse, SearchResponse,
+    };
+    if let Request::Cluster(r) = request {
+        return Response::Cluster(cluster.serve(peer, r).await);
+    }
+    if !cluster.accepts_from(&peer) {
+        // The sender may hold a newer layout that has it as a member.
+        let (c, id) = (cluster.clone(), peer.to_base58());
+        tokio::spawn(async move { c.pull_layout(&id).await });
+        let e = RemoteError {
+            code: ErrorCode::LayoutMismatch,
+            message: format!(
+                "{peer} is not a member of layout version {}",
+                cluster.layout_version()
+            ),
+        };
+        return match request {
+            Request::Replicate(_) => Response::Replicate(ReplicateResponse::Error(e)),
+            Request::Search(_) => Response::Search(SearchResponse::Error(e)),
+            _ => Response::Forward(ForwardResponse::Error(e)),
+        };
+    }
+    match request {
+        Request::Replicate(r) => Response::Replicate(store.serve_replicate(r).await),
+        Request::Search(r) => Response::Search(store.serve_search(r).await),
+        Request::Forward(r) => Response::Forward(crate::api::serve_forward(forward, r).await),
+        Request::Cluster(_) => unreachable_cluster(),
+    }
+}
+
+fn unreachable_cluster() -> Response {
+    Response::Cluster(slurp_protocol::messages::ClusterResponse::Error(
+        slurp_protocol::messages::RemoteError {
+            code: slurp_protocol::messages::ErrorCode::Internal,
+            message: "cluster requests are served above".into(),
+        },
+    ))
 }
 
 /// The writer id of this node: the configured name, or one generated on
@@ -126,6 +184,33 @@ impl Node {
             None
         };
 
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let keypair =
+            crate::net::identity::load_or_create(&dir).context("loading the node identity")?;
+        let (net, events, event_loop) =
+            crate::net::new(config.net.clone(), keypair).context("starting the swarm")?;
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(event_loop.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        let info = slurp_protocol::messages::NodeInfo {
+            name: writer.as_str().to_string(),
+            peer_id: net.peer_id().to_base58(),
+            api_addr: Some(config.api.listen.to_string()),
+            software_version: env!("CARGO_PKG_VERSION").to_string(),
+            zone: Some(config.cluster.zone.clone()),
+            capacity: Some(u64::from(config.cluster.capacity)),
+            listen_addrs: Vec::new(),
+        };
+        let cluster = Cluster::new(
+            net.clone(),
+            info,
+            config.cluster.clone(),
+            &dir,
+            metrics.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
         let cache = ContextCache::new(&config.cache, metrics.clone());
         let store = ContextStore::new(StoreParts {
             roles,
@@ -138,6 +223,7 @@ impl Node {
             cache,
             audit,
             metrics: metrics.clone(),
+            cluster: Some(cluster.clone()),
         });
 
         let tokens = Arc::new(TokenStore::open(dir.join("tokens.json"))?);
@@ -157,7 +243,6 @@ impl Node {
             None
         };
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let workers = Workers::new(metrics.clone(), shutdown_rx);
         let index_ready = Arc::new(AtomicBool::new(index.is_none()));
         let node = Node {
@@ -170,8 +255,12 @@ impl Node {
             audit_log,
             index_ready,
             admin_token_file,
+            net,
+            cluster,
+            forwarder: Arc::new(std::sync::OnceLock::new()),
             shutdown,
         };
+        node.start_network(events);
         node.start_workers();
         if let Some(index) = index {
             node.start_rebuild(index);
@@ -244,8 +333,43 @@ impl Node {
                 }),
             );
         }
+        let cluster = self.cluster.clone();
+        self.workers.spawn(
+            "membership",
+            "probes peers, pulls newer layouts, auto-joins healthy peers",
+            self.config.cluster.probe_interval,
+            Box::new(move || {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let answered = cluster.tick().await;
+                    Ok(PassReport {
+                        items: answered as u64,
+                        note: format!(
+                            "layout v{}, {answered} peers answered",
+                            cluster.layout_version()
+                        ),
+                    })
+                })
+            }),
+        );
+        let (store, cluster, metrics) = (
+            self.store.clone(),
+            self.cluster.clone(),
+            self.metrics.clone(),
+        );
+        let batch = self.config.cluster.handoff_batch;
+        self.workers.spawn(
+            "handoff",
+            "hands versions held for a down replica back to it",
+            self.config.cluster.handoff_interval,
+            Box::new(move || {
+                let (store, cluster, metrics) = (store.clone(), cluster.clone(), metrics.clone());
+                Box::pin(async move { hand_off(&store, &cluster, &metrics, batch).await })
+            }),
+        );
         let store = self.store.clone();
         let metrics = self.metrics.clone();
+        let net = self.net.clone();
         self.workers.spawn(
             "stats",
             "refreshes store, index and cache gauges",
@@ -253,8 +377,27 @@ impl Node {
             Box::new(move || {
                 let store = store.clone();
                 let metrics = metrics.clone();
+                let n = net.stats();
                 Box::pin(async move {
                     store.cache().maintain().await;
+                    for (name, v) in [
+                        ("connections_established", n.connections_established),
+                        ("connections_closed", n.connections_closed),
+                        ("dial_failures", n.dial_failures),
+                        ("outbound_requests", n.outbound_requests),
+                        ("outbound_failures", n.outbound_failures),
+                        ("outbound_timeouts", n.outbound_timeouts),
+                        ("inbound_requests", n.inbound_requests),
+                        ("inbound_failures", n.inbound_failures),
+                        ("oversized_messages", n.oversized_messages),
+                        ("inbound_dropped", n.inbound_dropped),
+                        ("kad_queries", n.kad_queries),
+                    ] {
+                        metrics
+                            .net_counters
+                            .get_or_create(&crate::metrics::CauseLabels { cause: name })
+                            .set(v as i64);
+                    }
                     let s = store.local().stats().map_err(|e| e.to_string())?;
                     metrics.store_keys.set(s.keys as i64);
                     metrics.store_versions.set(s.versions as i64);
@@ -268,6 +411,54 @@ impl Node {
                 })
             }),
         );
+    }
+
+    /// Serves the swarm's events: inbound requests go to the store or the
+    /// cluster (replication, search and forwarding only from layout
+    /// members), connections to the peer book.
+    fn start_network(&self, mut events: tokio::sync::mpsc::Receiver<NetEvent>) {
+        let net = self.net.clone();
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            if let Ok(addrs) = net.listen_addrs().await {
+                let me = net.peer_id();
+                cluster
+                    .set_listen_addrs(addrs.into_iter().map(|a| format!("{a}/p2p/{me}")).collect());
+            }
+        });
+        let store = self.store.clone();
+        let cluster = self.cluster.clone();
+        let net = self.net.clone();
+        let forward = self.forwarder.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match event {
+                    NetEvent::InboundRequest {
+                        peer,
+                        request,
+                        handle,
+                    } => {
+                        let (store, cluster, net, forward) =
+                            (store.clone(), cluster.clone(), net.clone(), forward.clone());
+                        tokio::spawn(async move {
+                            let response = serve(&store, &cluster, &forward, peer, request).await;
+                            if let Err(e) = net.respond(handle, response).await {
+                                tracing::debug!(%peer, error = %e, "response not sent");
+                            }
+                        });
+                    }
+                    NetEvent::PeerConnected { peer, .. } => {
+                        let id = peer.to_base58();
+                        cluster.peers().connected(&id, true);
+                        let cluster = cluster.clone();
+                        tokio::spawn(async move { cluster.hello(&id).await });
+                    }
+                    NetEvent::PeerDisconnected { peer } => {
+                        cluster.peers().connected(&peer.to_base58(), false);
+                    }
+                }
+            }
+        });
     }
 
     /// Rebuilds the in-memory index from the store in the background.
@@ -321,6 +512,89 @@ impl Node {
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
     }
+}
+
+/// One pass of hinted handoff: for every replica this node holds
+/// versions for and that answers again, send them (a page of `batch` at a
+/// time) and drop the hints it acknowledged.
+async fn hand_off(
+    store: &ContextStore,
+    cluster: &Cluster,
+    metrics: &Metrics,
+    batch: usize,
+) -> Result<PassReport, String> {
+    use slurp_protocol::messages::{
+        PutOutcome as WirePut, ReplicateRequest, ReplicateResponse, SealedVersion,
+    };
+    let local = store.local();
+    let targets = local.hint_targets().map_err(|e| e.to_string())?;
+    metrics
+        .hints_pending
+        .set(targets.iter().map(|t| t.count as i64).sum());
+    let mut handed = 0u64;
+    let mut waiting = 0u64;
+    for t in targets {
+        if !cluster.peers().is_up(&t.target) {
+            waiting += t.count;
+            continue;
+        }
+        // Bounded per pass; the next pass continues.
+        for _ in 0..16 {
+            let page = local
+                .hints(&t.target, None, batch.max(1))
+                .map_err(|e| e.to_string())?;
+            if page.hints.is_empty() {
+                break;
+            }
+            let mut versions = Vec::with_capacity(page.hints.len());
+            let mut gone = Vec::new();
+            for h in &page.hints {
+                match local.get(&h.key, &h.version).map_err(|e| e.to_string())? {
+                    Some(rec) => versions.push((
+                        h.clone(),
+                        SealedVersion {
+                            meta: rec.meta,
+                            envelope: rec.envelope.into(),
+                        },
+                    )),
+                    // Expired and swept since: nothing to hand over.
+                    None => gone.push(h.clone()),
+                }
+            }
+            let req = ReplicateRequest::PutVersions {
+                versions: versions.iter().map(|(_, v)| v.clone()).collect(),
+                layout_version: Some(cluster.layout_version()),
+                write_quorum_id: None,
+                hint_for: None,
+            };
+            let mut done = gone;
+            match cluster.replicate(&t.target, req).await {
+                Ok(ReplicateResponse::Stored { outcomes }) => {
+                    for ((h, _), o) in versions.iter().zip(outcomes) {
+                        if !matches!(o.outcome, WirePut::Rejected { .. }) {
+                            done.push(h.clone());
+                        }
+                    }
+                }
+                Ok(_) => return Err(format!("{}: unexpected answer", t.target)),
+                Err(e) => {
+                    waiting += t.count;
+                    tracing::debug!(target = %t.target, error = %e, "handoff deferred");
+                    break;
+                }
+            }
+            let n = local.remove_hints(&done).await.map_err(|e| e.to_string())?;
+            handed += n as u64;
+            metrics.replication("handed_off", n as u64);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(PassReport {
+        items: handed,
+        note: format!("handed off {handed} versions, {waiting} wait for their replica"),
+    })
 }
 
 /// Every live context of the local store, opened for the index.

@@ -109,6 +109,11 @@ pub enum ReplicateRequest {
         /// Identifies the write quorum this belongs to, for tracing.
         #[serde(default)]
         write_quorum_id: Option<String>,
+        /// Set when the receiver is a fallback holding the versions for
+        /// this peer (hinted handoff): it stores them and remembers to hand
+        /// them to that peer once it is back.
+        #[serde(default)]
+        hint_for: Option<String>,
     },
     /// The versions of one key: all of them, or only those named.
     GetVersions {
@@ -118,6 +123,26 @@ pub enum ReplicateRequest {
     },
     /// The version ids held for some keys (anti-entropy compares these).
     VersionIds { scope: KeyScope },
+    /// The latest version of each key (a quorum read), with its envelope
+    /// only when `with_envelope` is set.
+    Heads {
+        keys: Vec<String>,
+        #[serde(default)]
+        with_envelope: bool,
+    },
+    /// The metadata of every version of a key, oldest first (a quorum
+    /// history read).
+    History { key: String },
+}
+
+/// What one replica holds for a key: its latest version (the envelope is
+/// empty unless asked for) and how many versions it has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub key: String,
+    #[serde(default)]
+    pub latest: Option<SealedVersion>,
+    pub versions: u64,
 }
 
 /// What happened to one version of a [`ReplicateRequest::PutVersions`].
@@ -163,6 +188,15 @@ pub enum ReplicateResponse {
         entries: Vec<KeyVersions>,
         #[serde(default)]
         next: Option<String>,
+    },
+    /// Answers `Heads`, one entry per key asked, in order.
+    Heads {
+        entries: Vec<Head>,
+    },
+    /// Answers `History`, oldest first.
+    History {
+        key: String,
+        metas: Vec<RecordMeta>,
     },
     Error(RemoteError),
 }
@@ -211,6 +245,10 @@ pub enum SearchRequest {
     TermStatistics {
         query: serde_json::Value,
         role: RoleName,
+        /// The slots this node answers for (a list of `[first, last]`
+        /// ranges); absent means every slot it holds.
+        #[serde(default)]
+        scope: Option<serde_json::Value>,
     },
     /// Run the query, scoring with `stats` (the summed statistics) if given.
     Search {
@@ -219,6 +257,8 @@ pub enum SearchRequest {
         #[serde(default)]
         stats: Option<serde_json::Value>,
         limit: u32,
+        #[serde(default)]
+        scope: Option<serde_json::Value>,
     },
 }
 
@@ -249,6 +289,9 @@ pub struct NodeInfo {
     /// Relative storage capacity for placement.
     #[serde(default)]
     pub capacity: Option<u64>,
+    /// The swarm addresses it listens on (multiaddrs), for the layout.
+    #[serde(default)]
+    pub listen_addrs: Vec<String>,
 }
 
 /// Requests of `/slurp/cluster/*`.
@@ -371,6 +414,7 @@ mod tests {
             versions: vec![sealed()],
             layout_version: Some(4),
             write_quorum_id: None,
+            hint_for: Some("peer-b".into()),
         };
         assert_eq!(
             ReplicateRequest::decode(&put.encode().unwrap()).unwrap(),
@@ -418,6 +462,7 @@ mod tests {
             role: RoleName::new("developer").unwrap(),
             stats: Some(serde_json::json!({"docs": 12, "terms": {"token": 3}})),
             limit: 10,
+            scope: Some(serde_json::json!([[0, 99], [200, 300]])),
         };
         assert_eq!(
             SearchRequest::decode(&search.encode().unwrap()).unwrap(),
@@ -492,6 +537,7 @@ mod tests {
                 versions: vec![sealed()],
                 layout_version: Some(1),
                 write_quorum_id: Some("q".into()),
+                hint_for: None,
             }
             .encode()
             .unwrap();

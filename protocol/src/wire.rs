@@ -158,6 +158,12 @@ impl Framed for crate::context::RecordMeta {
 #[serde(transparent)]
 pub struct Bytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

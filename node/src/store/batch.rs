@@ -240,7 +240,13 @@ impl ContextStore {
                     ttl_secs: item.ttl_secs,
                     expect_latest: None,
                 };
-                (i, store.prepare_put(&caller, req).await.map(|(p, _)| p))
+                (
+                    i,
+                    store
+                        .prepare_put(&caller, req, super::QuorumOpts::default())
+                        .await
+                        .map(|(p, _)| p),
+                )
             });
         }
         let mut prepared: Vec<Option<Result<Prepared, StoreError>>> =
@@ -288,7 +294,10 @@ impl ContextStore {
             while ready.peek().is_some() {
                 let part: Vec<(usize, Prepared)> = ready.by_ref().take(chunk).collect();
                 let (idx, preps): (Vec<usize>, Vec<Prepared>) = part.into_iter().unzip();
-                for (i, r) in idx.into_iter().zip(self.commit_put(preps).await) {
+                for (i, r) in idx
+                    .into_iter()
+                    .zip(self.commit_put(preps, super::QuorumOpts::default()).await)
+                {
                     tracker.step(r.is_ok());
                     results.push(BatchItemResult::from_result(i, r));
                 }

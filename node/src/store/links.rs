@@ -61,13 +61,23 @@ impl ContextStore {
         }];
         seen.insert(root_key.clone(), 0);
         let mut edges = std::collections::BTreeSet::new();
-        let mut queue = VecDeque::from([(root_key, 0u32)]);
+        let mut queue = VecDeque::from([(root_key, 0u32, first.context.links.clone())]);
         let max_nodes = self.0.options.batch_size.max(1);
-        while let Some((key, depth)) = queue.pop_front() {
+        while let Some((key, depth, declared)) = queue.pop_front() {
             if depth >= hops {
                 continue;
             }
-            let links = self.0.store.links(&key)?;
+            // A lone node has both directions of every link in its store. In
+            // a cluster the records linking here may live in other
+            // partitions, so the record's own declared links are followed.
+            let links = if self.route(&key).is_some() {
+                slurp_storage::Links {
+                    influences: declared.influences.iter().map(|a| a.key()).collect(),
+                    influenced_by: declared.influenced_by.iter().map(|a| a.key()).collect(),
+                }
+            } else {
+                self.0.store.links(&key)?
+            };
             let out = links
                 .influences
                 .iter()
@@ -94,7 +104,7 @@ impl ContextStore {
                                     hops: depth + 1,
                                     summary: read.context.summary,
                                 });
-                                queue.push_back((next.clone(), depth + 1));
+                                queue.push_back((next.clone(), depth + 1, read.context.links));
                                 true
                             }
                             Err(

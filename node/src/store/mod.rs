@@ -17,6 +17,8 @@
 
 mod batch;
 mod links;
+mod quorum;
+mod replica;
 mod resolve;
 mod search;
 
@@ -34,11 +36,13 @@ use slurp_storage::{Latest, NewVersion, PutOutcome, Store, StoredRecord};
 
 pub use batch::{BatchItemResult, BatchProgress, BatchReport, BatchStoreItem, Batches};
 pub use links::{LinkEdge, LinkGraph, LinkNode};
+pub use quorum::QuorumOpts;
 pub use resolve::{FieldSource, Resolved};
 pub use search::{SearchResponse, SearchResultHit};
 
 use crate::audit::AuditSink;
 use crate::cache::{CachedRead, ContextCache, Selector};
+use crate::cluster::Cluster;
 use crate::config::StoreOptions;
 use crate::error::StoreError;
 use crate::keys::Custody;
@@ -137,6 +141,9 @@ pub struct StoreParts {
     pub cache: ContextCache,
     pub audit: AuditSink,
     pub metrics: Metrics,
+    /// The cluster this node belongs to; `None` runs a lone node on its
+    /// local store.
+    pub cluster: Option<Cluster>,
 }
 
 pub(crate) struct Inner {
@@ -153,6 +160,7 @@ pub(crate) struct Inner {
     metrics: Metrics,
     envelope: EnvelopeConfig,
     batches: Batches,
+    cluster: Option<Cluster>,
 }
 
 /// The context store. Cheap to clone.
@@ -192,6 +200,7 @@ impl ContextStore {
             metrics: parts.metrics,
             envelope: EnvelopeConfig::default(),
             batches,
+            cluster: parts.cluster,
         }))
     }
 
@@ -281,11 +290,21 @@ impl ContextStore {
 
     /// Stores a new version of a context.
     pub async fn put(&self, caller: &Principal, req: PutRequest) -> Result<PutResult, StoreError> {
+        self.put_opts(caller, req, QuorumOpts::default()).await
+    }
+
+    /// [`ContextStore::put`] with per-request quorum overrides.
+    pub async fn put_opts(
+        &self,
+        caller: &Principal,
+        req: PutRequest,
+        opts: QuorumOpts,
+    ) -> Result<PutResult, StoreError> {
         let limit = self.0.options.operation_timeout;
         let start = Instant::now();
         let r = bounded(limit, async {
-            let (version, target) = self.prepare_put(caller, req).await?;
-            self.commit_put(vec![version])
+            let (version, target) = self.prepare_put(caller, req, opts).await?;
+            self.commit_put(vec![version], opts)
                 .await
                 .pop()
                 .unwrap_or_else(|| Err(StoreError::Internal(format!("no result for {target}"))))
@@ -301,6 +320,7 @@ impl ContextStore {
         &self,
         caller: &Principal,
         req: PutRequest,
+        opts: QuorumOpts,
     ) -> Result<(Prepared, String), StoreError> {
         let mut node = req.context;
         node.address = node.address.with_temporal(Temporal::Latest);
@@ -346,8 +366,8 @@ impl ContextStore {
                 )
                 .await);
         }
-        let current = self.0.store.latest_meta(&key)?;
-        let parent = current.as_ref().map(|(m, _)| m);
+        let current = self.latest_meta_any(&key, opts).await?;
+        let parent = current.as_ref();
         if let Some(p) = parent
             && !p.tombstone
             && !p.readers.contains(&caller.role)
@@ -421,12 +441,19 @@ impl ContextStore {
         Ok(Envelope::seal_with(&plaintext, &recipients, &self.0.envelope)?.to_bytes()?)
     }
 
-    /// Persists prepared versions in one durable commit, then indexes them
-    /// and invalidates the cache. One result per version, in order.
+    /// Persists prepared versions (one durable commit on a lone node, a
+    /// quorum write in a cluster), then indexes them and invalidates the
+    /// cache. One result per version, in order.
     pub(crate) async fn commit_put(
         &self,
         prepared: Vec<Prepared>,
+        opts: QuorumOpts,
     ) -> Vec<Result<PutResult, StoreError>> {
+        if let Some(cluster) = self.cluster()
+            && cluster.layout().is_some()
+        {
+            return self.commit_put_cluster(cluster, prepared, opts).await;
+        }
         let start = Instant::now();
         let outcomes = self
             .0
@@ -449,26 +476,103 @@ impl ContextStore {
         );
         let mut results = Vec::with_capacity(prepared.len());
         for (p, outcome) in prepared.into_iter().zip(outcomes) {
-            results.push(self.after_put(p, outcome).await);
+            let created = match outcome {
+                Ok(PutOutcome::Inserted { .. }) => Ok(true),
+                Ok(PutOutcome::AlreadyPresent { .. }) => Ok(false),
+                Ok(PutOutcome::Expired) => Err(StoreError::BadRequest(format!(
+                    "{}: the version had already expired when it was stored",
+                    p.meta.key
+                ))),
+                Err(e) => Err(e.into()),
+            };
+            results.push(match created {
+                Ok(created) => Ok(self.after_put(p, created, true).await),
+                Err(e) => Err(e),
+            });
         }
         results
     }
 
-    async fn after_put(
+    async fn commit_put_cluster(
         &self,
-        p: Prepared,
-        outcome: Result<PutOutcome, slurp_storage::WriteError>,
-    ) -> Result<PutResult, StoreError> {
-        let key = p.meta.key.clone();
-        let created = match outcome? {
-            PutOutcome::Inserted { .. } => true,
-            PutOutcome::AlreadyPresent { .. } => false,
-            PutOutcome::Expired => {
-                return Err(StoreError::BadRequest(format!(
-                    "{key}: the version had already expired when it was stored"
-                )));
+        cluster: &Cluster,
+        prepared: Vec<Prepared>,
+        opts: QuorumOpts,
+    ) -> Vec<Result<PutResult, StoreError>> {
+        let start = Instant::now();
+        let mut items = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            let Some(route) = cluster.route(&p.meta.key) else {
+                return prepared
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable("the cluster layout is gone".into())))
+                    .collect();
+            };
+            let need = cluster.write_quorum(opts.w, route.replicas.len());
+            items.push(quorum::WriteItem {
+                version: slurp_protocol::messages::SealedVersion {
+                    meta: p.meta.clone(),
+                    envelope: p.envelope.clone().into(),
+                },
+                plain: p.node.clone(),
+                route,
+                need,
+            });
+        }
+        let tallies = self.quorum_write(items).await;
+        self.0.metrics.record(
+            "put",
+            "cluster",
+            tallies.iter().all(|t| t.acked >= t.need),
+            start.elapsed(),
+        );
+        let mut results = Vec::with_capacity(prepared.len());
+        for (p, t) in prepared.into_iter().zip(tallies) {
+            if t.acked >= t.need {
+                results.push(Ok(self.after_put(p, t.created, false).await));
+            } else {
+                let detail = if t.errors.is_empty() {
+                    "no replica answered in time".to_string()
+                } else {
+                    t.errors
+                        .iter()
+                        .map(|(peer, e)| format!("{}: {e}", &peer[peer.len().saturating_sub(8)..]))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                results.push(Err(StoreError::Quorum {
+                    op: "write",
+                    key: p.meta.key.clone(),
+                    needed: t.need,
+                    acked: t.acked,
+                    detail,
+                }));
             }
-        };
+        }
+        results
+    }
+
+    /// The newest version's metadata of `key`: from the local store on a
+    /// lone node, from a read quorum in a cluster.
+    async fn latest_meta_any(
+        &self,
+        key: &str,
+        opts: QuorumOpts,
+    ) -> Result<Option<RecordMeta>, StoreError> {
+        match self.route(key) {
+            Some(route) => Ok(self
+                .quorum_heads(&route, key, opts.r, false)
+                .await?
+                .newest
+                .map(|v| v.meta)),
+            None => Ok(self.0.store.latest_meta(key)?.map(|(m, _)| m)),
+        }
+    }
+
+    /// What follows a stored version on the coordinator: the cache, the
+    /// audit entry and (`index`: when the store wrote it locally) the index.
+    async fn after_put(&self, p: Prepared, created: bool, index_it: bool) -> PutResult {
+        let key = p.meta.key.clone();
         self.0
             .cache
             .invalidate_latest(&key, self.0.roles.roles())
@@ -484,6 +588,7 @@ impl ContextStore {
             .await;
         if let Some(index) = &self.0.index
             && self.0.options.indexing
+            && index_it
         {
             let start = Instant::now();
             let r = match &p.node {
@@ -508,13 +613,13 @@ impl ContextStore {
         let address = UcxlAddress::from_key(&key)
             .map(|a| a.to_string())
             .unwrap_or(key);
-        Ok(PutResult {
+        PutResult {
             address,
             version: p.meta.version.to_string(),
             parent: p.meta.parent_version.as_ref().map(|v| v.to_string()),
             readers: p.meta.readers,
             created,
-        })
+        }
     }
 
     /// Deletes an address: writes a tombstone version. History keeps every
@@ -523,6 +628,17 @@ impl ContextStore {
         &self,
         caller: &Principal,
         address: &UcxlAddress,
+    ) -> Result<PutResult, StoreError> {
+        self.delete_opts(caller, address, QuorumOpts::default())
+            .await
+    }
+
+    /// [`ContextStore::delete`] with per-request quorum overrides.
+    pub async fn delete_opts(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+        opts: QuorumOpts,
     ) -> Result<PutResult, StoreError> {
         let start = Instant::now();
         let r = bounded(self.0.options.operation_timeout, async {
@@ -543,7 +659,7 @@ impl ContextStore {
                     )
                     .await);
             }
-            let Some((latest, _)) = self.0.store.latest_meta(&key)? else {
+            let Some(latest) = self.latest_meta_any(&key, opts).await? else {
                 return Err(StoreError::NotFound(address.to_string()));
             };
             if latest.tombstone {
@@ -581,7 +697,7 @@ impl ContextStore {
                 node: None,
                 caller: caller.clone(),
             };
-            self.commit_put(vec![prepared])
+            self.commit_put(vec![prepared], opts)
                 .await
                 .pop()
                 .unwrap_or_else(|| Err(StoreError::Internal("no delete result".into())))
@@ -599,11 +715,26 @@ impl ContextStore {
         caller: &Principal,
         address: &UcxlAddress,
     ) -> Result<ReadResult, StoreError> {
+        self.get_opts(caller, address, QuorumOpts::default()).await
+    }
+
+    /// [`ContextStore::get`] with per-request quorum overrides.
+    pub async fn get_opts(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+        opts: QuorumOpts,
+    ) -> Result<ReadResult, StoreError> {
         let start = Instant::now();
-        let r = bounded(
-            self.0.options.operation_timeout,
-            self.get_inner(caller, address),
-        )
+        let r = bounded(self.0.options.operation_timeout, async {
+            if !address.is_pattern()
+                && let Some(route) = self.route(&address.key())
+            {
+                self.get_cluster(caller, address, route, opts).await
+            } else {
+                self.get_inner(caller, address).await
+            }
+        })
         .await;
         self.time("get", "store", start, &r);
         r
@@ -718,6 +849,89 @@ impl ContextStore {
         Ok(read_result(&key, &read))
     }
 
+    /// A read in a cluster: the newest version from a read quorum (or, for
+    /// older versions, the merged history), opened here. The cache is
+    /// consulted by exact version only, since another node may have
+    /// written a newer one.
+    async fn get_cluster(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+        route: crate::cluster::Route,
+        opts: QuorumOpts,
+    ) -> Result<ReadResult, StoreError> {
+        let key = address.key();
+        let role = &caller.role;
+        let latest = matches!(address.temporal, Temporal::Latest | Temporal::Any);
+        let generation = self.0.cache.generation(&key);
+        let start = Instant::now();
+        let (meta, envelope, ordinal) = if latest {
+            let heads = self.quorum_heads(&route, &key, opts.r, true).await?;
+            let Some(newest) = heads.newest else {
+                return Err(StoreError::NotFound(address.to_string()));
+            };
+            (newest.meta, Some(newest.envelope.0), heads.versions)
+        } else {
+            let history = self.quorum_history(&route, &key, opts.r).await?;
+            let i = address
+                .temporal
+                .select(history.len())
+                .ok_or_else(|| StoreError::NotFound(address.to_string()))?;
+            (history[i].clone(), None, i as u64 + 1)
+        };
+        self.0
+            .metrics
+            .record("get", "cluster", true, start.elapsed());
+        if meta.tombstone {
+            return Err(StoreError::Deleted {
+                address: address.to_string(),
+                version: meta.version,
+            });
+        }
+        if !meta.readers.contains(role) {
+            return Err(self
+                .deny(
+                    caller,
+                    AuditAction::Read,
+                    &key,
+                    "read",
+                    "role is not a reader of the record",
+                )
+                .await);
+        }
+        let sel = Selector::Exact(meta.version.clone());
+        if let Some(hit) = self.0.cache.get(role, &key, &sel).await {
+            self.0
+                .audit
+                .allow(&caller.token_id, role, AuditAction::Read, &key)
+                .await;
+            let mut r = read_result(&key, &hit);
+            r.ordinal = ordinal;
+            return Ok(r);
+        }
+        let record = match envelope {
+            Some(envelope) if !envelope.is_empty() => StoredRecord { meta, envelope },
+            _ => self
+                .fetch_version(&route, &key, &meta.version)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(address.to_string()))?,
+        };
+        let node = self.open(role, &record)?;
+        let read = CachedRead {
+            node: Arc::new(node),
+            ordinal,
+        };
+        self.0
+            .cache
+            .insert(role, &key, sel, &read, generation)
+            .await;
+        self.0
+            .audit
+            .allow(&caller.token_id, role, AuditAction::Read, &key)
+            .await;
+        Ok(read_result(&key, &read))
+    }
+
     /// Opens a stored record with `role`'s key: the stanza for that role is
     /// named in the envelope header, so exactly one key is tried.
     fn open(&self, role: &RoleName, record: &StoredRecord) -> Result<ContextNode, StoreError> {
@@ -751,8 +965,8 @@ impl ContextStore {
     ) -> Result<bool, StoreError> {
         let key = address.key();
         Ok(matches!(
-            self.0.store.latest_meta(&key)?,
-            Some((m, _)) if !m.tombstone && m.readers.contains(&caller.role)
+            self.latest_meta_any(&key, QuorumOpts::default()).await?,
+            Some(m) if !m.tombstone && m.readers.contains(&caller.role)
         ))
     }
 
@@ -763,7 +977,10 @@ impl ContextStore {
         address: &UcxlAddress,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let key = address.key();
-        let history = self.0.store.history(&key)?;
+        let history = match self.route(&key) {
+            Some(route) => self.quorum_history(&route, &key, None).await?,
+            None => self.0.store.history(&key)?,
+        };
         if history.is_empty() {
             return Err(StoreError::NotFound(address.to_string()));
         }

@@ -4,15 +4,33 @@
 //! only over documents the caller's role may read. Each hit is then read
 //! like any other get (cache first, access re-checked, envelope opened with
 //! the caller's key), so a search never returns more than a get would.
+//!
+//! In a cluster every node indexes the partitions it replicates, so a
+//! search picks for each partition one node that holds it (this node
+//! first, then nodes already picked, so few nodes are asked), and each
+//! picked node answers for exactly its share of slots: every context is
+//! counted once. Ranking is that of one index over everything: the picked
+//! nodes first report their term statistics for their share, the sums go
+//! back with the search, and each node scores with them. Hits merge by
+//! score, totals and facet counts add up, and partitions no reachable node
+//! answered for are named in the response (`partial`).
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use slurp_crypto::AuditAction;
-use slurp_index::{FacetCounts, SearchQuery};
-use slurp_protocol::{ContextNode, UcxlAddress};
+use slurp_index::{
+    ContextIndex, FacetCount, FacetCounts, QueryStatistics, SearchHit, SearchQuery, SearchResults,
+    SlotScope,
+};
+use slurp_protocol::messages::{ErrorCode, RemoteError, SearchRequest, SearchResponse as Wire};
+use slurp_protocol::placement::Layout;
+use slurp_protocol::{ContextNode, Partition, RoleName, UcxlAddress};
 
 use super::ContextStore;
+use crate::cluster::Cluster;
 use crate::error::StoreError;
 use crate::tokens::Principal;
 
@@ -38,6 +56,60 @@ pub struct SearchResponse {
     pub index_micros: u64,
     /// Time for the whole search including decryption, in microseconds.
     pub took_micros: u64,
+    /// Whether some partitions were not searched (no reachable node holds
+    /// them); `missing_partitions` names them.
+    #[serde(default)]
+    pub partial: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_partitions: Vec<u32>,
+    /// Nodes that answered for a share of the partitions (1 on a lone node).
+    #[serde(default)]
+    pub nodes: usize,
+}
+
+/// Which node answers for which partitions.
+fn assign(
+    layout: &Layout,
+    cluster: &Cluster,
+    exclude: &[String],
+) -> (BTreeMap<String, Vec<Partition>>, Vec<u32>) {
+    let mut plan: BTreeMap<String, Vec<Partition>> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for p in 0..layout.partitions().count() {
+        let partition = Partition(p as u16);
+        let replicas: Vec<String> = layout
+            .replicas(partition)
+            .iter()
+            .map(|&m| layout.member(m).id.clone())
+            .filter(|id| !exclude.contains(id))
+            .collect();
+        let pick = replicas
+            .iter()
+            .find(|r| *r == cluster.me())
+            .or_else(|| replicas.iter().find(|r| plan.contains_key(*r)))
+            .or_else(|| replicas.iter().find(|r| cluster.peers().is_up(r)));
+        match pick {
+            Some(id) => plan.entry(id.clone()).or_default().push(partition),
+            None => missing.push(p),
+        }
+    }
+    (plan, missing)
+}
+
+fn remote_err(e: impl std::fmt::Display) -> Wire {
+    Wire::Error(RemoteError {
+        code: ErrorCode::BadRequest,
+        message: e.to_string(),
+    })
+}
+
+fn merge_facets(into: &mut Vec<FacetCount>, from: Vec<FacetCount>) {
+    for f in from {
+        match into.iter_mut().find(|x| x.value == f.value) {
+            Some(x) => x.count += f.count,
+            None => into.push(f),
+        }
+    }
 }
 
 impl ContextStore {
@@ -55,6 +127,13 @@ impl ContextStore {
             ));
         };
         query.role = caller.role.clone();
+        if let Some(cluster) = self.cluster()
+            && let Some(layout) = cluster.layout()
+        {
+            return self
+                .search_cluster(caller, query, cluster, layout, index, start)
+                .await;
+        }
         let r = super::bounded(self.0.options.operation_timeout, async {
             let index_start = Instant::now();
             let results = tokio::task::spawn_blocking(move || index.search(&query))
@@ -90,6 +169,9 @@ impl ContextStore {
                 warnings: results.warnings,
                 index_micros,
                 took_micros: 0,
+                partial: false,
+                missing_partitions: Vec::new(),
+                nodes: 1,
             })
         })
         .await;
@@ -107,4 +189,338 @@ impl ContextStore {
             .await;
         Ok(resp)
     }
+}
+
+impl ContextStore {
+    /// Answers a search fan-out request from a peer, over the slots it was
+    /// given.
+    pub async fn serve_search(&self, req: SearchRequest) -> Wire {
+        let Some(index) = self.0.index.clone() else {
+            return Wire::Error(RemoteError {
+                code: ErrorCode::Unavailable,
+                message: "indexing is disabled on this node".into(),
+            });
+        };
+        let (query, role, scope, stats, limit) = match req {
+            SearchRequest::TermStatistics { query, role, scope } => {
+                (query, role, scope, None, None)
+            }
+            SearchRequest::Search {
+                query,
+                role,
+                stats,
+                limit,
+                scope,
+            } => (query, role, scope, stats, Some(limit)),
+        };
+        let mut query: SearchQuery = match serde_json::from_value(query) {
+            Ok(q) => q,
+            Err(e) => return remote_err(format!("query: {e}")),
+        };
+        query.role = role;
+        let scope: SlotScope = match scope.map(serde_json::from_value).transpose() {
+            Ok(s) => s.unwrap_or_else(SlotScope::all),
+            Err(e) => return remote_err(format!("scope: {e}")),
+        };
+        let stats: Option<QueryStatistics> = match stats.map(serde_json::from_value).transpose() {
+            Ok(s) => s,
+            Err(e) => return remote_err(format!("stats: {e}")),
+        };
+        if let Some(limit) = limit {
+            query.limit = (limit as usize).min(self.0.options.batch_size.max(1));
+            query.offset = 0;
+        }
+        let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+            match limit {
+                None => index
+                    .term_statistics_scoped(&query, &scope)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
+                Some(_) => index
+                    .search_scoped(&query, &scope, stats.as_ref())
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
+            }
+        })
+        .await;
+        match (r, limit) {
+            (Ok(Ok(stats)), None) => Wire::TermStatistics { stats },
+            (Ok(Ok(results)), Some(_)) => Wire::Results { results },
+            (Ok(Err(e)), _) => remote_err(e),
+            (Err(e), _) => Wire::Error(RemoteError {
+                code: ErrorCode::Internal,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Term statistics or a scored search on one node's share.
+    async fn search_share(
+        &self,
+        cluster: &Cluster,
+        index: &Arc<ContextIndex>,
+        peer: &str,
+        query: &SearchQuery,
+        scope: &SlotScope,
+        stats: Option<&QueryStatistics>,
+    ) -> Result<Share, String> {
+        if peer == cluster.me() {
+            let (index, query, scope, stats) =
+                (index.clone(), query.clone(), scope.clone(), stats.cloned());
+            return tokio::task::spawn_blocking(move || match stats {
+                None => index
+                    .term_statistics_scoped(&query, &scope)
+                    .map(Share::Stats)
+                    .map_err(|e| e.to_string()),
+                Some(stats) => index
+                    .search_scoped(&query, &scope, Some(&stats))
+                    .map(Share::Results)
+                    .map_err(|e| e.to_string()),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        let q = serde_json::to_value(query).map_err(|e| e.to_string())?;
+        let sc = serde_json::to_value(scope).map_err(|e| e.to_string())?;
+        let role: RoleName = query.role.clone();
+        let req = match stats {
+            None => SearchRequest::TermStatistics {
+                query: q,
+                role,
+                scope: Some(sc),
+            },
+            Some(st) => SearchRequest::Search {
+                query: q,
+                role,
+                stats: Some(serde_json::to_value(st).map_err(|e| e.to_string())?),
+                limit: query.limit as u32,
+                scope: Some(sc),
+            },
+        };
+        match cluster.search(peer, req).await.map_err(|e| e.to_string())? {
+            Wire::TermStatistics { stats } => serde_json::from_value(stats)
+                .map(Share::Stats)
+                .map_err(|e| e.to_string()),
+            Wire::Results { results } => serde_json::from_value(results)
+                .map(Share::Results)
+                .map_err(|e| e.to_string()),
+            Wire::Error(e) => Err(e.message),
+        }
+    }
+
+    async fn search_cluster(
+        &self,
+        caller: &Principal,
+        query: SearchQuery,
+        cluster: &Cluster,
+        layout: Arc<Layout>,
+        index: Arc<ContextIndex>,
+        start: Instant,
+    ) -> Result<SearchResponse, StoreError> {
+        let scheme = layout.partitions();
+        // Each node answers for the full page: the global top `offset +
+        // limit` is among the union of every node's top `offset + limit`.
+        let mut shard_query = query.clone();
+        shard_query.limit = query.offset.saturating_add(query.limit).max(1);
+        shard_query.offset = 0;
+        let r = super::bounded(self.0.options.operation_timeout, async {
+            let index_start = Instant::now();
+            let mut excluded: Vec<String> = Vec::new();
+            let mut missing;
+            let mut stats_by: HashMap<String, QueryStatistics>;
+            let mut plan;
+            // Statistics round; a node that fails is replaced by another
+            // replica of its partitions once.
+            let mut attempt = 0;
+            loop {
+                let (p, m) = assign(&layout, cluster, &excluded);
+                plan = p;
+                missing = m;
+                let asks = plan.iter().map(|(peer, parts)| {
+                    let scope = SlotScope::from_partitions(&scheme, parts.iter().copied());
+                    let (peer, shard_query, index) = (peer.clone(), &shard_query, &index);
+                    async move {
+                        let r = self
+                            .search_share(cluster, index, &peer, shard_query, &scope, None)
+                            .await;
+                        (peer, scope, r)
+                    }
+                });
+                let answers = futures::future::join_all(asks).await;
+                stats_by = HashMap::new();
+                let mut failed = Vec::new();
+                for (peer, _, r) in answers {
+                    match r {
+                        Ok(Share::Stats(s)) => {
+                            stats_by.insert(peer, s);
+                        }
+                        Ok(Share::Results(_)) => failed.push(peer),
+                        Err(e) => {
+                            if e.contains("bad") || e.contains("query") {
+                                return Err(StoreError::Search(e));
+                            }
+                            tracing::debug!(%peer, error = %e, "search share failed");
+                            failed.push(peer);
+                        }
+                    }
+                }
+                if failed.is_empty() || attempt == 1 {
+                    for f in &failed {
+                        if let Some(parts) = plan.remove(f) {
+                            missing.extend(parts.iter().map(|p| u32::from(p.0)));
+                        }
+                    }
+                    break;
+                }
+                excluded.extend(failed);
+                attempt += 1;
+            }
+            let mut merged: Option<QueryStatistics> = None;
+            for s in stats_by.values() {
+                match &mut merged {
+                    None => merged = Some(s.clone()),
+                    Some(m) => m.merge(s).map_err(|e| StoreError::Search(e.to_string()))?,
+                }
+            }
+            let merged = merged.unwrap_or_else(|| QueryStatistics {
+                role: query.role.clone(),
+                total_docs: 0,
+                field_tokens: BTreeMap::new(),
+                terms: Vec::new(),
+            });
+            let asks =
+                plan.iter()
+                    .filter(|(p, _)| stats_by.contains_key(*p))
+                    .map(|(peer, parts)| {
+                        let scope = SlotScope::from_partitions(&scheme, parts.iter().copied());
+                        let (peer, shard_query, index, merged) =
+                            (peer.clone(), &shard_query, &index, &merged);
+                        async move {
+                            let r = self
+                                .search_share(
+                                    cluster,
+                                    index,
+                                    &peer,
+                                    shard_query,
+                                    &scope,
+                                    Some(merged),
+                                )
+                                .await;
+                            (peer, r)
+                        }
+                    });
+            let answers = futures::future::join_all(asks).await;
+            let mut total_hits = 0u64;
+            let mut hits: Vec<SearchHit> = Vec::new();
+            let mut facets = FacetCounts::default();
+            let mut warnings: Vec<String> = Vec::new();
+            let mut nodes = 0usize;
+            for (peer, r) in answers {
+                match r {
+                    Ok(Share::Results(SearchResults {
+                        total_hits: t,
+                        hits: h,
+                        facets: f,
+                        warnings: w,
+                        ..
+                    })) => {
+                        nodes += 1;
+                        total_hits += t;
+                        hits.extend(h);
+                        merge_facets(&mut facets.tags, f.tags);
+                        merge_facets(&mut facets.technologies, f.technologies);
+                        for w in w {
+                            if !warnings.contains(&w) {
+                                warnings.push(w);
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some(parts) = plan.get(&peer) {
+                            missing.extend(parts.iter().map(|p| u32::from(p.0)));
+                        }
+                    }
+                }
+            }
+            for v in [&mut facets.tags, &mut facets.technologies] {
+                v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+                v.truncate(index.config().max_facet_values);
+            }
+            let text = !query.text.trim().is_empty();
+            hits.sort_by(|a, b| {
+                if text {
+                    b.score
+                        .partial_cmp(&a.score)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then_with(|| a.key.cmp(&b.key))
+                } else {
+                    b.generated_at
+                        .cmp(&a.generated_at)
+                        .then_with(|| a.key.cmp(&b.key))
+                }
+            });
+            let page: Vec<SearchHit> = hits
+                .into_iter()
+                .skip(query.offset)
+                .take(query.limit)
+                .collect();
+            let index_micros = index_start.elapsed().as_micros() as u64;
+            self.0.metrics.record(
+                "search",
+                "cluster",
+                missing.is_empty(),
+                index_start.elapsed(),
+            );
+            let reads = page.iter().map(|hit| async move {
+                let addr = UcxlAddress::from_key(&hit.key).ok()?;
+                Some((hit, self.get(caller, &addr).await))
+            });
+            let mut out = Vec::with_capacity(page.len());
+            for r in futures::future::join_all(reads).await.into_iter().flatten() {
+                match r {
+                    (hit, Ok(read)) => out.push(SearchResultHit {
+                        address: read.address,
+                        version: read.version,
+                        score: hit.score,
+                        snippet: hit.snippet.clone(),
+                        context: read.context,
+                    }),
+                    (_, Err(StoreError::NotFound(_) | StoreError::Deleted { .. })) => {}
+                    (_, Err(e)) => return Err(e),
+                }
+            }
+            missing.sort_unstable();
+            missing.dedup();
+            Ok(SearchResponse {
+                total_hits,
+                hits: out,
+                facets,
+                warnings,
+                index_micros,
+                took_micros: 0,
+                partial: !missing.is_empty(),
+                missing_partitions: missing,
+                nodes,
+            })
+        })
+        .await;
+        self.time("search", "store", start, &r);
+        let mut resp = r?;
+        resp.took_micros = start.elapsed().as_micros() as u64;
+        self.0
+            .audit
+            .allow(
+                &caller.token_id,
+                &caller.role,
+                AuditAction::Search,
+                "search",
+            )
+            .await;
+        Ok(resp)
+    }
+}
+
+enum Share {
+    Stats(QueryStatistics),
+    Results(SearchResults),
 }

@@ -1,0 +1,264 @@
+//! The layout this node holds, and the changes an admin has staged.
+//!
+//! Every node keeps the newest layout it has seen in
+//! `<data>/cluster/layout.cbor` (framed CBOR, written atomically) and
+//! accepts a layout from a peer only if it is newer. Two admins (or two
+//! auto-joining nodes) can publish different layouts with the same version;
+//! the one whose encoding has the greater blake3 digest wins everywhere, so
+//! every node converges on the same layout without coordination, and the
+//! loser's changes are simply staged again on top of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+use slurp_protocol::placement::{Layout, Member};
+use slurp_protocol::{Framed, PartitionScheme};
+
+use super::ClusterError;
+
+/// Changes waiting for `apply`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Staged {
+    /// Members to add or update, by id.
+    pub join: BTreeMap<String, Member>,
+    /// Members to remove.
+    pub remove: BTreeSet<String>,
+}
+
+impl Staged {
+    pub fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The current layout and the staged changes.
+pub struct LayoutState {
+    path: PathBuf,
+    current: RwLock<Option<(Arc<Layout>, [u8; 32])>>,
+    staged: Mutex<Staged>,
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
+impl LayoutState {
+    /// Loads the layout kept under `dir` (none on a new node).
+    pub fn load(dir: &Path) -> Result<Self, ClusterError> {
+        let dir = dir.join("cluster");
+        std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Io(e.to_string()))?;
+        let path = dir.join("layout.cbor");
+        let current = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let layout = Layout::decode(&bytes)
+                    .map_err(|e| ClusterError::Io(format!("{}: {e}", path.display())))?;
+                Some((Arc::new(layout), digest(&bytes)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ClusterError::Io(format!("{}: {e}", path.display()))),
+        };
+        Ok(LayoutState {
+            path,
+            current: RwLock::new(current),
+            staged: Mutex::new(Staged::default()),
+        })
+    }
+
+    pub fn current(&self) -> Option<Arc<Layout>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(l, _)| l.clone())
+    }
+
+    pub fn version(&self) -> u64 {
+        self.current().map(|l| l.version()).unwrap_or(0)
+    }
+
+    /// Takes `layout` if it is newer than the current one (see the module
+    /// docs for ties); returns whether it was taken.
+    pub fn offer(&self, layout: Layout) -> Result<bool, ClusterError> {
+        let bytes = layout
+            .encode()
+            .map_err(|e| ClusterError::Io(e.to_string()))?;
+        let d = digest(&bytes);
+        let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, cd)) = cur.as_ref()
+            && (layout.version(), d) <= (c.version(), *cd)
+        {
+            return Ok(false);
+        }
+        write_atomic(&self.path, &bytes)?;
+        tracing::info!(
+            version = layout.version(),
+            members = layout.members().len(),
+            "cluster layout updated"
+        );
+        *cur = Some((Arc::new(layout), d));
+        Ok(true)
+    }
+
+    pub fn staged(&self) -> Staged {
+        self.staged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn stage_join(&self, member: Member) {
+        let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        s.remove.remove(&member.id);
+        s.join.insert(member.id.clone(), member);
+    }
+
+    pub fn stage_remove(&self, id: &str) {
+        let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        s.join.remove(id);
+        s.remove.insert(id.to_string());
+    }
+
+    /// Builds the next layout from the current one and the staged changes,
+    /// takes it and clears the stage. `replication_factor` and
+    /// `partition_bits` apply only to the first layout: later ones keep
+    /// the current values (the partition count is fixed for the cluster's
+    /// life, so data never moves between partitions).
+    pub fn apply(
+        &self,
+        replication_factor: u8,
+        partition_bits: u8,
+    ) -> Result<Arc<Layout>, ClusterError> {
+        let staged = self.staged();
+        if staged.is_empty() {
+            return Err(ClusterError::NothingStaged);
+        }
+        let next = self.next_layout(&staged, replication_factor, partition_bits)?;
+        self.offer(next)?;
+        let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        if *s == staged {
+            *s = Staged::default();
+        }
+        self.current().ok_or(ClusterError::NoLayout)
+    }
+
+    /// The layout `staged` would make, without taking it.
+    pub fn next_layout(
+        &self,
+        staged: &Staged,
+        replication_factor: u8,
+        partition_bits: u8,
+    ) -> Result<Layout, ClusterError> {
+        let current = self.current();
+        let mut members: BTreeMap<String, Member> = current
+            .as_ref()
+            .map(|l| {
+                l.members()
+                    .iter()
+                    .map(|m| (m.id.clone(), m.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in &staged.remove {
+            members.remove(id);
+        }
+        for (id, m) in &staged.join {
+            members.insert(id.clone(), m.clone());
+        }
+        let (version, rf, scheme) = match &current {
+            Some(l) => (l.version() + 1, l.replication_factor(), l.partitions()),
+            None => (
+                1,
+                replication_factor,
+                PartitionScheme::new(partition_bits)
+                    .map_err(|e| ClusterError::Layout(e.to_string()))?,
+            ),
+        };
+        Layout::new(version, rf, scheme, members.into_values().collect())
+            .map_err(|e| ClusterError::Layout(e.to_string()))
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+    let tmp = path.with_extension("cbor.tmp");
+    let io = |e: std::io::Error| ClusterError::Io(format!("{}: {e}", path.display()));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: id.into(),
+            zone: "z".into(),
+            capacity: 100,
+            address: format!("/ip4/127.0.0.1/tcp/1/p2p/{id}"),
+        }
+    }
+
+    #[test]
+    fn staged_changes_make_the_next_version_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = LayoutState::load(dir.path()).unwrap();
+        assert!(state.current().is_none());
+        assert!(matches!(
+            state.apply(3, 8),
+            Err(ClusterError::NothingStaged)
+        ));
+        state.stage_join(member("a"));
+        state.stage_join(member("b"));
+        let l1 = state.apply(3, 8).unwrap();
+        assert_eq!(l1.version(), 1);
+        assert_eq!(l1.members().len(), 2);
+        assert!(state.staged().is_empty());
+        state.stage_remove("a");
+        state.stage_join(member("c"));
+        let l2 = state.apply(5, 4).unwrap();
+        assert_eq!(l2.version(), 2);
+        // The first layout fixed the replication factor and partitions.
+        assert_eq!(l2.replication_factor(), 3);
+        assert_eq!(l2.partitions().bits(), 8);
+        let ids: Vec<_> = l2.members().iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+        let again = LayoutState::load(dir.path()).unwrap();
+        assert_eq!(again.current().unwrap().as_ref(), l2.as_ref());
+    }
+
+    #[test]
+    fn only_newer_layouts_are_taken_and_ties_break_the_same_everywhere() {
+        let scheme = PartitionScheme::new(6).unwrap();
+        let la = Layout::new(3, 3, scheme, vec![member("a"), member("b")]).unwrap();
+        let lb = Layout::new(3, 3, scheme, vec![member("a"), member("c")]).unwrap();
+        let old = Layout::new(2, 3, scheme, vec![member("a")]).unwrap();
+        let d1 = tempfile::tempdir().unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        let s1 = LayoutState::load(d1.path()).unwrap();
+        let s2 = LayoutState::load(d2.path()).unwrap();
+        assert!(s1.offer(la.clone()).unwrap());
+        assert!(s2.offer(lb.clone()).unwrap());
+        s1.offer(lb.clone()).unwrap();
+        s2.offer(la.clone()).unwrap();
+        assert_eq!(
+            s1.current(),
+            s2.current(),
+            "both converge on one of the two"
+        );
+        assert!(!s1.offer(old).unwrap());
+        assert!(!s1.offer(s1.current().unwrap().as_ref().clone()).unwrap());
+    }
+}

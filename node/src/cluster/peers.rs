@@ -1,0 +1,174 @@
+//! What this node knows about its peers: who they say they are and
+//! whether they have been answering.
+//!
+//! Requests go to peers that are up first; a peer is down after a failed
+//! request or probe until one succeeds again. A peer never heard of is
+//! presumed up, so a new member is tried rather than skipped.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use slurp_protocol::messages::{HealthStatus, NodeInfo};
+
+/// One peer as this node sees it.
+#[derive(Debug, Clone, Default)]
+pub struct PeerState {
+    pub info: Option<NodeInfo>,
+    pub connected: bool,
+    pub last_ok: Option<Instant>,
+    pub last_error: Option<String>,
+    /// Failed requests since the last success.
+    pub failures: u32,
+    /// Since when the peer has answered without failing.
+    pub healthy_since: Option<Instant>,
+    pub layout_version: u64,
+    pub status: Option<HealthStatus>,
+    pub uptime_secs: u64,
+}
+
+/// A peer's state for `slurp cluster status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub name: Option<String>,
+    pub api_addr: Option<String>,
+    pub zone: Option<String>,
+    pub up: bool,
+    pub connected: bool,
+    pub layout_version: u64,
+    pub status: Option<HealthStatus>,
+    pub uptime_secs: u64,
+    pub last_seen_ms_ago: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+pub struct PeerBook {
+    peers: RwLock<HashMap<String, PeerState>>,
+}
+
+impl PeerBook {
+    fn with<T>(&self, peer: &str, f: impl FnOnce(&mut PeerState) -> T) -> T {
+        let mut map = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        f(map.entry(peer.to_string()).or_default())
+    }
+
+    pub fn get(&self, peer: &str) -> Option<PeerState> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .cloned()
+    }
+
+    /// Whether requests should go to `peer` first.
+    pub fn is_up(&self, peer: &str) -> bool {
+        self.get(peer).is_none_or(|p| p.failures == 0)
+    }
+
+    pub fn connected(&self, peer: &str, yes: bool) {
+        self.with(peer, |p| p.connected = yes);
+    }
+
+    pub fn record_ok(&self, peer: &str) {
+        self.with(peer, |p| {
+            let now = Instant::now();
+            if p.failures > 0 || p.healthy_since.is_none() {
+                p.healthy_since = Some(now);
+            }
+            p.failures = 0;
+            p.last_ok = Some(now);
+        });
+    }
+
+    pub fn record_err(&self, peer: &str, error: String) {
+        self.with(peer, |p| {
+            p.failures = p.failures.saturating_add(1);
+            p.healthy_since = None;
+            p.last_error = Some(error);
+        });
+    }
+
+    pub fn record_info(&self, peer: &str, info: NodeInfo, layout_version: u64) {
+        self.with(peer, |p| {
+            p.info = Some(info);
+            p.layout_version = layout_version;
+        });
+        self.record_ok(peer);
+    }
+
+    pub fn record_health(
+        &self,
+        peer: &str,
+        status: HealthStatus,
+        layout_version: u64,
+        uptime_secs: u64,
+    ) {
+        self.with(peer, |p| {
+            p.status = Some(status);
+            p.layout_version = layout_version;
+            p.uptime_secs = uptime_secs;
+        });
+        self.record_ok(peer);
+    }
+
+    /// Peers that have answered without a failure for at least `for_at_least`.
+    pub fn healthy_for(&self, for_at_least: Duration) -> Vec<(String, PeerState)> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, p)| {
+                p.failures == 0 && p.healthy_since.is_some_and(|t| t.elapsed() >= for_at_least)
+            })
+            .map(|(id, p)| (id.clone(), p.clone()))
+            .collect()
+    }
+
+    pub fn known(&self) -> Vec<String> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn view(&self, peer: &str) -> PeerView {
+        let p = self.get(peer).unwrap_or_default();
+        PeerView {
+            peer_id: peer.to_string(),
+            name: p.info.as_ref().map(|i| i.name.clone()),
+            api_addr: p.info.as_ref().and_then(|i| i.api_addr.clone()),
+            zone: p.info.as_ref().and_then(|i| i.zone.clone()),
+            up: p.failures == 0 && p.last_ok.is_some(),
+            connected: p.connected,
+            layout_version: p.layout_version,
+            status: p.status,
+            uptime_secs: p.uptime_secs,
+            last_seen_ms_ago: p.last_ok.map(|t| t.elapsed().as_millis() as u64),
+            last_error: p.last_error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_down_after_a_failure_until_it_answers() {
+        let book = PeerBook::default();
+        assert!(book.is_up("p"), "unknown peers are tried");
+        book.record_err("p", "refused".into());
+        assert!(!book.is_up("p"));
+        assert!(book.healthy_for(Duration::ZERO).is_empty());
+        book.record_ok("p");
+        assert!(book.is_up("p"));
+        assert_eq!(book.healthy_for(Duration::ZERO).len(), 1);
+        assert!(book.healthy_for(Duration::from_secs(60)).is_empty());
+        assert!(book.view("p").up);
+    }
+}

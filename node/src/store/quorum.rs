@@ -1,0 +1,460 @@
+//! The coordinator side of replication: quorum writes and reads.
+//!
+//! The node that receives a request coordinates it. A write sends the
+//! sealed version to every replica of its partition at once (this node's
+//! own store counts as one when it is a replica) and is acknowledged after
+//! `W` of them made it durable; the others finish in the background. A
+//! replica that fails gets the version through the next member of the
+//! partition's preference list instead, which keeps a hint and hands it
+//! back when the replica answers again (hinted handoff). Hinted copies do
+//! not count toward `W`: a write that reaches fewer than `W` replicas is an
+//! error, never a silent success.
+//!
+//! A read asks `R` replicas for their newest version (one more for each
+//! that fails), returns the newest of all by version order (hybrid clock,
+//! then writer id, the same order on every node), and sends that version to
+//! any asked replica that lacked it (read repair).
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use slurp_protocol::RecordMeta;
+use slurp_protocol::messages::{
+    Head, PutOutcome as WirePut, ReplicateRequest, ReplicateResponse, SealedVersion,
+};
+use slurp_protocol::{ContextNode, VersionId};
+
+use super::ContextStore;
+use crate::cluster::{Cluster, ClusterError, Route};
+use crate::error::StoreError;
+
+/// Per-request quorum overrides (`w=`, `r=` on the API).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuorumOpts {
+    pub w: Option<usize>,
+    pub r: Option<usize>,
+}
+
+/// Asks `candidates` in order, keeping `need` requests in flight, until
+/// `need` succeed or the candidates run out.
+pub(crate) async fn gather<T, F, Fut>(
+    candidates: &[String],
+    need: usize,
+    ask: F,
+) -> (Vec<(String, T)>, Vec<(String, String)>)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    let mut next = candidates.iter();
+    let mut pending = FuturesUnordered::new();
+    let ask = &ask;
+    let launch = |p: String| async move { (p.clone(), ask(p).await) };
+    for p in next.by_ref().take(need) {
+        pending.push(launch(p.clone()));
+    }
+    while let Some((peer, r)) = pending.next().await {
+        match r {
+            Ok(v) => ok.push((peer, v)),
+            Err(e) => {
+                failed.push((peer, e));
+                if let Some(p) = next.next() {
+                    pending.push(launch(p.clone()));
+                }
+            }
+        }
+        if ok.len() >= need {
+            break;
+        }
+    }
+    (ok, failed)
+}
+
+fn describe(failed: &[(String, String)]) -> String {
+    if failed.is_empty() {
+        return "no replica reachable".into();
+    }
+    failed
+        .iter()
+        .map(|(p, e)| format!("{}: {e}", short(p)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn short(peer: &str) -> &str {
+    &peer[peer.len().saturating_sub(8)..]
+}
+
+/// What a quorum read of one key found.
+pub(crate) struct HeadsRead {
+    /// The newest version any asked replica holds (envelope included when
+    /// asked for and live).
+    pub newest: Option<SealedVersion>,
+    /// Versions of the key on the replica with the most.
+    pub versions: u64,
+}
+
+/// One write to replicate, with its route.
+pub(crate) struct WriteItem {
+    pub version: SealedVersion,
+    pub plain: Option<ContextNode>,
+    pub route: Route,
+    pub need: usize,
+}
+
+/// How one replicated write ended.
+pub(crate) struct WriteTally {
+    pub acked: usize,
+    pub need: usize,
+    pub created: bool,
+    pub errors: Vec<(String, String)>,
+}
+
+impl ContextStore {
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.0.cluster.as_ref()
+    }
+
+    /// The route of `key`, when this node runs under a cluster layout.
+    pub(crate) fn route(&self, key: &str) -> Option<Route> {
+        self.cluster().and_then(|c| c.route(key))
+    }
+
+    async fn ask_heads(
+        &self,
+        cluster: &Cluster,
+        peer: String,
+        key: &str,
+        with_envelope: bool,
+    ) -> Result<Head, String> {
+        if peer == cluster.me() {
+            return self
+                .local_head(key, with_envelope)
+                .map_err(|e| e.to_string());
+        }
+        let req = ReplicateRequest::Heads {
+            keys: vec![key.to_string()],
+            with_envelope,
+        };
+        match cluster.replicate(&peer, req).await {
+            Ok(ReplicateResponse::Heads { mut entries }) if entries.len() == 1 => {
+                Ok(entries.remove(0))
+            }
+            Ok(_) => Err(ClusterError::Unexpected.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Reads the newest version of `key` from `R` replicas and repairs
+    /// those that lack it.
+    pub(crate) async fn quorum_heads(
+        &self,
+        route: &Route,
+        key: &str,
+        r: Option<usize>,
+        with_envelope: bool,
+    ) -> Result<HeadsRead, StoreError> {
+        let cluster = self
+            .cluster()
+            .ok_or_else(|| StoreError::Internal("quorum read without a cluster".into()))?;
+        let need = cluster.read_quorum(r, route.replicas.len());
+        let (ok, failed) = gather(&route.replicas, need, |p| {
+            self.ask_heads(cluster, p, key, with_envelope)
+        })
+        .await;
+        if ok.len() < need {
+            return Err(StoreError::Quorum {
+                op: "read",
+                key: key.to_string(),
+                needed: need,
+                acked: ok.len(),
+                detail: describe(&failed),
+            });
+        }
+        let newest = ok
+            .iter()
+            .filter_map(|(_, h)| h.latest.as_ref())
+            .max_by(|a, b| a.meta.version.cmp(&b.meta.version))
+            .cloned();
+        let versions = ok.iter().map(|(_, h)| h.versions).max().unwrap_or(0);
+        if let Some(n) = &newest
+            && (with_envelope || n.meta.tombstone)
+        {
+            let stale: Vec<String> = ok
+                .iter()
+                .filter(|(_, h)| {
+                    h.latest
+                        .as_ref()
+                        .is_none_or(|l| l.meta.version < n.meta.version)
+                })
+                .map(|(p, _)| p.clone())
+                .collect();
+            if !stale.is_empty() {
+                self.repair(stale, n.clone());
+            }
+        }
+        Ok(HeadsRead { newest, versions })
+    }
+
+    /// Sends `version` to replicas that lack it, in the background.
+    fn repair(&self, peers: Vec<String>, version: SealedVersion) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(cluster) = this.cluster().cloned() else {
+                return;
+            };
+            for peer in peers {
+                let ok = if peer == cluster.me() {
+                    let out = this
+                        .store_replicated(vec![(version.clone(), None)], None)
+                        .await;
+                    out.iter()
+                        .all(|o| !matches!(o.outcome, WirePut::Rejected { .. }))
+                } else {
+                    let req = ReplicateRequest::PutVersions {
+                        versions: vec![version.clone()],
+                        layout_version: Some(cluster.layout_version()),
+                        write_quorum_id: None,
+                        hint_for: None,
+                    };
+                    cluster.replicate(&peer, req).await.is_ok()
+                };
+                if ok {
+                    this.0.metrics.replication("read_repair", 1);
+                }
+            }
+        });
+    }
+
+    /// The metadata of every version of `key` on `R` replicas, merged.
+    pub(crate) async fn quorum_history(
+        &self,
+        route: &Route,
+        key: &str,
+        r: Option<usize>,
+    ) -> Result<Vec<RecordMeta>, StoreError> {
+        let cluster = self
+            .cluster()
+            .ok_or_else(|| StoreError::Internal("quorum read without a cluster".into()))?;
+        let need = cluster.read_quorum(r, route.replicas.len());
+        let (ok, failed) = gather(&route.replicas, need, |peer| async move {
+            if peer == cluster.me() {
+                return self.0.store.history(key).map_err(|e| e.to_string());
+            }
+            let req = ReplicateRequest::History {
+                key: key.to_string(),
+            };
+            match cluster.replicate(&peer, req).await {
+                Ok(ReplicateResponse::History { metas, .. }) => Ok(metas),
+                Ok(_) => Err(ClusterError::Unexpected.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        if ok.len() < need {
+            return Err(StoreError::Quorum {
+                op: "read",
+                key: key.to_string(),
+                needed: need,
+                acked: ok.len(),
+                detail: describe(&failed),
+            });
+        }
+        let mut merged: HashMap<VersionId, RecordMeta> = HashMap::new();
+        for (_, metas) in ok {
+            for m in metas {
+                merged.entry(m.version.clone()).or_insert(m);
+            }
+        }
+        let mut all: Vec<RecordMeta> = merged.into_values().collect();
+        all.sort_by(|a, b| a.version.cmp(&b.version));
+        Ok(all)
+    }
+
+    /// One version of `key`, from this node's store or a replica's.
+    pub(crate) async fn fetch_version(
+        &self,
+        route: &Route,
+        key: &str,
+        version: &VersionId,
+    ) -> Result<Option<slurp_storage::StoredRecord>, StoreError> {
+        if let Some(rec) = self.0.store.get(key, version)? {
+            return Ok(Some(rec));
+        }
+        let Some(cluster) = self.cluster() else {
+            return Ok(None);
+        };
+        for peer in route.replicas.iter().filter(|p| *p != cluster.me()) {
+            let req = ReplicateRequest::GetVersions {
+                key: key.to_string(),
+                versions: Some(vec![version.clone()]),
+            };
+            if let Ok(ReplicateResponse::Versions { versions, .. }) =
+                cluster.replicate(peer, req).await
+                && let Some(v) = versions.into_iter().find(|v| &v.meta.version == version)
+            {
+                return Ok(Some(slurp_storage::StoredRecord {
+                    meta: v.meta,
+                    envelope: v.envelope.0,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Replicates versions to their partitions' replicas; one tally per
+    /// item, in order, once each has `need` acknowledgements or every
+    /// replica has answered. Replicas still working finish in the
+    /// background, and a failed replica's versions go to a fallback with
+    /// a hint.
+    pub(crate) async fn quorum_write(&self, items: Vec<WriteItem>) -> Vec<WriteTally> {
+        let Some(cluster) = self.cluster().cloned() else {
+            return Vec::new();
+        };
+        let mut tallies: Vec<WriteTally> = items
+            .iter()
+            .map(|i| WriteTally {
+                acked: 0,
+                need: i.need,
+                created: false,
+                errors: Vec::new(),
+            })
+            .collect();
+        let mut waiting: Vec<usize> = items.iter().map(|i| i.route.replicas.len()).collect();
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            for p in &item.route.replicas {
+                groups.entry(p.clone()).or_default().push(i);
+            }
+        }
+        let items = std::sync::Arc::new(items);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (peer, idx) in groups {
+            let this = self.clone();
+            let cluster = cluster.clone();
+            let items = items.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let r = this.send_group(&cluster, &peer, &items, &idx, None).await;
+                let failed = r.is_err();
+                let _ = tx.send((peer.clone(), idx.clone(), r));
+                if failed {
+                    this.hand_off(&cluster, &peer, &items, &idx).await;
+                }
+            });
+        }
+        drop(tx);
+        let decided = |t: &[WriteTally], w: &[usize]| {
+            t.iter()
+                .zip(w)
+                .all(|(t, &left)| t.acked >= t.need || left == 0)
+        };
+        while !decided(&tallies, &waiting) {
+            let Some((peer, idx, r)) = rx.recv().await else {
+                break;
+            };
+            match r {
+                Ok(outcomes) => {
+                    for (&i, o) in idx.iter().zip(outcomes) {
+                        waiting[i] -= 1;
+                        match o {
+                            WirePut::Stored => {
+                                tallies[i].acked += 1;
+                                tallies[i].created = true;
+                            }
+                            WirePut::AlreadyPresent => tallies[i].acked += 1,
+                            WirePut::Rejected { reason } => {
+                                tallies[i].errors.push((peer.clone(), reason))
+                            }
+                        }
+                    }
+                    self.0.metrics.replication("replica_ack", 1);
+                }
+                Err(e) => {
+                    for &i in &idx {
+                        waiting[i] -= 1;
+                        tallies[i].errors.push((peer.clone(), e.clone()));
+                    }
+                    self.0.metrics.replication("replica_fail", 1);
+                }
+            }
+        }
+        for t in &tallies {
+            if t.acked < t.need {
+                self.0.metrics.replication("quorum_failed", 1);
+            }
+        }
+        tallies
+    }
+
+    /// Sends the versions `idx` of `items` to `peer` (this node's own
+    /// store when it is `peer`); one outcome per version.
+    async fn send_group(
+        &self,
+        cluster: &Cluster,
+        peer: &str,
+        items: &[WriteItem],
+        idx: &[usize],
+        hint_for: Option<&str>,
+    ) -> Result<Vec<WirePut>, String> {
+        if peer == cluster.me() {
+            let batch = idx
+                .iter()
+                .map(|&i| (items[i].version.clone(), items[i].plain.clone()))
+                .collect();
+            let out = self.store_replicated(batch, hint_for).await;
+            return Ok(out.into_iter().map(|o| o.outcome).collect());
+        }
+        let req = ReplicateRequest::PutVersions {
+            versions: idx.iter().map(|&i| items[i].version.clone()).collect(),
+            layout_version: Some(cluster.layout_version()),
+            write_quorum_id: None,
+            hint_for: hint_for.map(str::to_string),
+        };
+        match cluster.replicate(peer, req).await {
+            Ok(ReplicateResponse::Stored { outcomes }) if outcomes.len() == idx.len() => {
+                Ok(outcomes.into_iter().map(|o| o.outcome).collect())
+            }
+            Ok(_) => Err(ClusterError::Unexpected.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Gives the versions `idx` that `down` missed to the first fallback of
+    /// their partition that takes them, with a hint naming `down`.
+    async fn hand_off(&self, cluster: &Cluster, down: &str, items: &[WriteItem], idx: &[usize]) {
+        // Versions of one batch may belong to different partitions; group
+        // them by their first fallback.
+        let mut by_fallbacks: HashMap<Vec<String>, Vec<usize>> = HashMap::new();
+        for &i in idx {
+            let mut f = items[i].route.fallbacks();
+            cluster.order(&mut f);
+            by_fallbacks.entry(f).or_default().push(i);
+        }
+        for (fallbacks, idx) in by_fallbacks {
+            let mut done = false;
+            for f in fallbacks.iter().take(3) {
+                if self
+                    .send_group(cluster, f, items, &idx, Some(down))
+                    .await
+                    .is_ok_and(|o| o.iter().all(|o| !matches!(o, WirePut::Rejected { .. })))
+                {
+                    self.0.metrics.replication("hinted", idx.len() as u64);
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                tracing::warn!(
+                    replica = %short(down),
+                    versions = idx.len(),
+                    "no fallback took the versions of a down replica; anti-entropy must repair it"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The replica side of replication: what a node does with versions other
+//! nodes send it, and how it answers their reads.
+//!
+//! A replica stores sealed versions as they come (storing is idempotent:
+//! versions are append-only and merge by union), then refreshes what it
+//! derives from them: the cache entries of the address are invalidated and
+//! the newest live version is indexed, opened with whichever of the
+//! record's reader roles this node holds a key for. Nothing here needs or
+//! produces plaintext beyond that in-memory index entry.
+
+use std::time::Instant;
+
+use slurp_crypto::{Envelope, Keyring};
+use slurp_index::IndexEntry;
+use slurp_protocol::messages::{
+    ErrorCode, Head, KeyScope, KeyVersions, PutOutcome as WirePut, RemoteError, ReplicateRequest,
+    ReplicateResponse, SealedVersion, VersionOutcome,
+};
+use slurp_protocol::{ContextNode, Framed};
+use slurp_storage::{Latest, NewVersion, PutOutcome};
+
+use super::ContextStore;
+use crate::error::StoreError;
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> ReplicateResponse {
+    ReplicateResponse::Error(RemoteError {
+        code,
+        message: message.into(),
+    })
+}
+
+impl ContextStore {
+    /// Answers a replication request from a peer.
+    pub async fn serve_replicate(&self, req: ReplicateRequest) -> ReplicateResponse {
+        let max = self.0.options.batch_size.max(1);
+        match req {
+            ReplicateRequest::PutVersions {
+                versions, hint_for, ..
+            } => {
+                if versions.len() > max {
+                    return refuse(
+                        ErrorCode::BadRequest,
+                        format!("{} versions, over the limit of {max}", versions.len()),
+                    );
+                }
+                let items = versions.into_iter().map(|v| (v, None)).collect();
+                ReplicateResponse::Stored {
+                    outcomes: self.store_replicated(items, hint_for.as_deref()).await,
+                }
+            }
+            ReplicateRequest::GetVersions { key, versions } => {
+                let r = (|| -> Result<Vec<SealedVersion>, StoreError> {
+                    let metas = self.0.store.history(&key)?;
+                    let mut out = Vec::new();
+                    for m in metas {
+                        if versions.as_ref().is_some_and(|w| !w.contains(&m.version)) {
+                            continue;
+                        }
+                        if let Some(rec) = self.0.store.get(&key, &m.version)? {
+                            out.push(SealedVersion {
+                                meta: rec.meta,
+                                envelope: rec.envelope.into(),
+                            });
+                        }
+                        if out.len() >= max {
+                            break;
+                        }
+                    }
+                    Ok(out)
+                })();
+                match r {
+                    Ok(versions) => ReplicateResponse::Versions { key, versions },
+                    Err(e) => refuse(ErrorCode::Internal, e.to_string()),
+                }
+            }
+            ReplicateRequest::VersionIds { scope } => match scope {
+                KeyScope::Keys(keys) => {
+                    if keys.len() > max {
+                        return refuse(ErrorCode::BadRequest, "too many keys");
+                    }
+                    let mut entries = Vec::with_capacity(keys.len());
+                    for key in keys {
+                        match self.0.store.version_ids(&key) {
+                            Ok(versions) => entries.push(KeyVersions { key, versions }),
+                            Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
+                        }
+                    }
+                    ReplicateResponse::VersionIds {
+                        entries,
+                        next: None,
+                    }
+                }
+                KeyScope::Slots { .. } => refuse(
+                    ErrorCode::BadRequest,
+                    "slot scans belong to anti-entropy, which this node does not run yet",
+                ),
+            },
+            ReplicateRequest::Heads {
+                keys,
+                with_envelope,
+            } => {
+                if keys.len() > max {
+                    return refuse(ErrorCode::BadRequest, "too many keys");
+                }
+                let mut entries = Vec::with_capacity(keys.len());
+                for key in keys {
+                    match self.local_head(&key, with_envelope) {
+                        Ok(h) => entries.push(h),
+                        Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
+                    }
+                }
+                ReplicateResponse::Heads { entries }
+            }
+            ReplicateRequest::History { key } => match self.0.store.history(&key) {
+                Ok(metas) => ReplicateResponse::History { key, metas },
+                Err(e) => refuse(ErrorCode::Internal, e.to_string()),
+            },
+        }
+    }
+
+    /// This node's head of `key`.
+    pub(crate) fn local_head(&self, key: &str, with_envelope: bool) -> Result<Head, StoreError> {
+        if with_envelope {
+            Ok(match self.0.store.latest(key)? {
+                Latest::Live { record, ordinal } => Head {
+                    key: key.to_string(),
+                    latest: Some(SealedVersion {
+                        meta: record.meta,
+                        envelope: record.envelope.into(),
+                    }),
+                    versions: ordinal,
+                },
+                Latest::Deleted { tombstone, ordinal } => Head {
+                    key: key.to_string(),
+                    latest: Some(SealedVersion {
+                        meta: tombstone,
+                        envelope: Vec::new().into(),
+                    }),
+                    versions: ordinal,
+                },
+                Latest::Absent => Head {
+                    key: key.to_string(),
+                    latest: None,
+                    versions: 0,
+                },
+            })
+        } else {
+            Ok(match self.0.store.latest_meta(key)? {
+                Some((meta, n)) => Head {
+                    key: key.to_string(),
+                    latest: Some(SealedVersion {
+                        meta,
+                        envelope: Vec::new().into(),
+                    }),
+                    versions: n,
+                },
+                None => Head {
+                    key: key.to_string(),
+                    latest: None,
+                    versions: 0,
+                },
+            })
+        }
+    }
+
+    /// Stores versions in one group commit (with a hint for `hint_for`
+    /// when this node holds them for a down replica), then invalidates the
+    /// cache and indexes what became the newest version. `plain` is the
+    /// context when the caller already has it (the coordinator), so it is
+    /// not opened again.
+    pub(crate) async fn store_replicated(
+        &self,
+        items: Vec<(SealedVersion, Option<ContextNode>)>,
+        hint_for: Option<&str>,
+    ) -> Vec<VersionOutcome> {
+        let start = Instant::now();
+        let news: Vec<NewVersion> = items
+            .iter()
+            .map(|(v, _)| NewVersion {
+                meta: v.meta.clone(),
+                envelope: v.envelope.0.clone(),
+            })
+            .collect();
+        let results = match hint_for {
+            Some(target) => self.0.store.put_many_hinted(news, target).await,
+            None => self.0.store.put_many(news).await,
+        };
+        self.0.metrics.record(
+            "replica_put",
+            "local",
+            results.iter().all(|r| r.is_ok()),
+            start.elapsed(),
+        );
+        let keyring = self.0.custody.keyring();
+        let mut out = Vec::with_capacity(items.len());
+        for ((v, plain), r) in items.into_iter().zip(results) {
+            let outcome = match r {
+                Ok(PutOutcome::Inserted { latest }) => {
+                    self.0
+                        .cache
+                        .invalidate_latest(&v.meta.key, self.0.roles.roles())
+                        .await;
+                    if latest {
+                        self.index_replicated(&keyring, &v, plain);
+                    }
+                    WirePut::Stored
+                }
+                Ok(PutOutcome::AlreadyPresent { .. }) => WirePut::AlreadyPresent,
+                Ok(PutOutcome::Expired) => WirePut::Rejected {
+                    reason: "expired before it was stored".into(),
+                },
+                Err(e) => WirePut::Rejected {
+                    reason: e.to_string(),
+                },
+            };
+            out.push(VersionOutcome {
+                key: v.meta.key,
+                version: v.meta.version,
+                outcome,
+            });
+        }
+        out
+    }
+
+    fn index_replicated(&self, keyring: &Keyring, v: &SealedVersion, plain: Option<ContextNode>) {
+        let Some(index) = &self.0.index else { return };
+        if !self.0.options.indexing {
+            return;
+        }
+        let key = &v.meta.key;
+        let r = if v.meta.tombstone {
+            index.delete(key, &v.meta.version).map(|_| ())
+        } else {
+            let context = match plain {
+                Some(c) => Ok(c),
+                None => Envelope::from_bytes(&v.envelope.0, &self.0.envelope)
+                    .and_then(|env| env.open(keyring))
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| ContextNode::decode(&p).map_err(|e| e.to_string())),
+            };
+            match context {
+                Ok(context) => index
+                    .upsert(&IndexEntry {
+                        key: key.clone(),
+                        version: v.meta.version.clone(),
+                        readers: v.meta.readers.clone(),
+                        context,
+                    })
+                    .map(|_| ()),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot open a replicated version to index it");
+                    return;
+                }
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(%key, error = %e, "indexing a replicated version failed");
+        }
+    }
+}
