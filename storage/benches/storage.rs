@@ -14,6 +14,13 @@
 //!   putting 8 versions in sequence. Target: at least 0.75x the floor's
 //!   rate.
 //! - `store/latest`: the newest version of one address.
+//! - `hints/put_many_32x1kib` and `hints/put_many_hinted_32x1kib`: one
+//!   durable `put_many` of 32 new versions, without and with a hint per
+//!   version (hinted handoff); the plain call is the floor. Target: the
+//!   hinted call at most 1.3x the plain one.
+//! - `hints/page_256_of_10k`: one page of 256 hints of one target in a
+//!   table of 10,000; `hints/hint_targets_10k`: the full scan behind
+//!   `hint_targets` over the same table (throughput in hints).
 //! - `zstd/*`: what trying compression costs per envelope size and shape,
 //!   beside the commit it would delay (the rule in `docs/storage.md`).
 
@@ -217,6 +224,101 @@ fn store(c: &mut Criterion) {
     g.finish();
 }
 
+fn hints(c: &mut Criterion) {
+    let dir = bench_dir();
+    let store = Store::open(dir.path().join("hints.redb"), StoreConfig::default()).unwrap();
+    let writer = WriterId::new("hints").unwrap();
+    // 2,500 versions, each hinted for 4 targets: 10,000 hints.
+    const TARGETS: [&str; 4] = ["peer-a", "peer-b", "peer-c", "peer-d"];
+    let base: Vec<_> = (0..2_500u64)
+        .map(|i| record(i * (KEYS + 1), 0, &writer))
+        .collect();
+    for target in TARGETS {
+        for r in store.put_many_hinted_blocking(base.clone(), target) {
+            r.unwrap();
+        }
+    }
+    let n = AtomicU64::new(1_000_000);
+    let batch = || {
+        (0..32)
+            .map(|_| record(n.fetch_add(1, Ordering::Relaxed), 1, &writer))
+            .collect::<Vec<_>>()
+    };
+    let mut g = c.benchmark_group("hints");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("put_many_32x1kib", |b| {
+        b.iter_batched(
+            batch,
+            |vs| {
+                for r in store.put_many_blocking(vs) {
+                    r.unwrap();
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // peer-e's hints accumulate, as for a peer that stays down: each call
+    // adds 32 hints at random places of its range.
+    g.bench_function("put_many_hinted_32x1kib", |b| {
+        b.iter_batched(
+            batch,
+            |vs| {
+                for r in store.put_many_hinted_blocking(vs, "peer-e") {
+                    r.unwrap();
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    // The same two, in alternation, so that load from other processes hits
+    // both alike.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut plain, mut hinted) = (vec![], vec![]);
+    for _ in 0..150 {
+        let vs = batch();
+        let t = std::time::Instant::now();
+        for r in store.put_many_blocking(vs) {
+            r.unwrap();
+        }
+        plain.push(t.elapsed().as_secs_f64());
+        let vs = batch();
+        let t = std::time::Instant::now();
+        for r in store.put_many_hinted_blocking(vs, "peer-e") {
+            r.unwrap();
+        }
+        hinted.push(t.elapsed().as_secs_f64());
+    }
+    let (plain, hinted) = (median(plain), median(hinted));
+    eprintln!(
+        "paired put_many of 32 x 1 KiB p50: plain {:.0} us, hinted {:.0} us; hinted/plain {:.2}x",
+        plain * 1e6,
+        hinted * 1e6,
+        hinted / plain
+    );
+    let peer_e = store.hints("peer-e", None, usize::MAX).unwrap().hints;
+    store.remove_hints_blocking(&peer_e).unwrap();
+    // Reads over exactly the 10,000 hints of the four targets.
+    assert_eq!(store.stats().unwrap().hints, 10_000);
+    let mut g = c.benchmark_group("hints");
+    g.throughput(Throughput::Elements(256));
+    let middle = store.hints("peer-b", None, 1_000).unwrap().next.unwrap();
+    g.bench_function("page_256_of_10k", |b| {
+        b.iter(|| {
+            let page = store.hints("peer-b", Some(&middle), 256).unwrap();
+            black_box(page.hints.len())
+        })
+    });
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("hint_targets_10k", |b| {
+        b.iter(|| black_box(store.hint_targets().unwrap().len()))
+    });
+    g.finish();
+}
+
 /// An age-shaped envelope: a text header with one base64 stanza per
 /// recipient, then binary ciphertext.
 fn age_like(recipients: usize, payload: usize) -> Vec<u8> {
@@ -415,5 +517,13 @@ fn compaction_once(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, paired, compaction_once, raw_redb, store, zstd_cost);
+criterion_group!(
+    benches,
+    paired,
+    compaction_once,
+    raw_redb,
+    store,
+    hints,
+    zstd_cost
+);
 criterion_main!(benches);

@@ -363,10 +363,13 @@ fn apply_batch(
                                 None => hints.insert(txn.open_table(layout::HINTS)?),
                             };
                             let hk = layout::hint_key(target, &item.meta.key, &item.meta.version);
-                            // A hint already there keeps its creation time:
-                            // the target has lacked the version since then.
-                            if table.get(hk.as_slice())?.is_none() {
-                                table.insert(hk.as_slice(), now)?;
+                            // A hint already there keeps its creation time
+                            // (the target has lacked the version since
+                            // then): put it back. Re-hints are rare, so this
+                            // costs less than a lookup before every insert.
+                            let old = table.insert(hk.as_slice(), now)?.map(|g| g.value());
+                            if let Some(old) = old.filter(|o| *o != now) {
+                                table.insert(hk.as_slice(), old)?;
                             }
                         }
                         match &r {
@@ -763,7 +766,7 @@ impl<'t> SweptHints<'t> {
 /// from one target's range to the next (one lookup per target, not one
 /// per hint). Keys without a target terminator are skipped (`check`
 /// reports them).
-pub(crate) fn hint_targets_of(
+fn hint_targets_of(
     table: &impl ReadableTable<&'static [u8], u64>,
 ) -> Result<Vec<String>, redb::Error> {
     let mut targets = Vec::new();
