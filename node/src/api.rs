@@ -457,14 +457,38 @@ struct ListQuery {
     after: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
+    /// Set by a cluster member's list fan-out: list this node's own store
+    /// over these slots (JSON `[[first, last], ...]`).
+    #[serde(default)]
+    local_slots: Option<String>,
 }
 
 async fn list(
     State(node): State<Shared>,
     Caller(caller): Caller,
+    forwarded: Option<axum::Extension<ForwardedCaller>>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let p = parse_address(&q.pattern)?;
+    if let Some(slots) = &q.local_slots {
+        if forwarded.is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query_string",
+                "local_slots is only for calls between cluster members",
+            ));
+        }
+        let scope: slurp_index::SlotScope = serde_json::from_str(slots).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_query_string", e.to_string())
+        })?;
+        return Ok(Json(node.store.list_local(
+            &p,
+            q.after.as_deref(),
+            q.limit.unwrap_or(100),
+            Some(&scope),
+            &caller.role,
+        )?));
+    }
     Ok(Json(
         node.store
             .list(&caller, &p, q.after.as_deref(), q.limit.unwrap_or(100))
@@ -651,6 +675,47 @@ async fn status(
 
 async fn cluster_status(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
     Json(node.cluster.status())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacementQuery {
+    address: String,
+}
+
+/// Where an address lives: its partition and replicas, in the order
+/// requests try them from this node.
+async fn cluster_placement(
+    State(node): State<Shared>,
+    Caller(_): Caller,
+    ApiQuery(q): ApiQuery<PlacementQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let a = parse_address(&q.address)?;
+    let route = node
+        .cluster
+        .route(&a.key())
+        .ok_or_else(|| cluster_error(crate::cluster::ClusterError::NoLayout))?;
+    let status = node.cluster.status();
+    let replicas: Vec<_> = route
+        .replicas
+        .iter()
+        .map(|id| {
+            let m = status.members.iter().find(|m| &m.id == id);
+            json!({
+                "id": id,
+                "name": m.and_then(|m| m.peer.name.clone()),
+                "api_addr": m.and_then(|m| m.peer.api_addr.clone()),
+                "up": m.map(|m| m.peer.up).unwrap_or(false),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "address": a.to_string(),
+        "partition": route.partition.0,
+        "layout_version": route.layout.version(),
+        "replicas": replicas,
+        "fallbacks": route.fallbacks(),
+    })))
 }
 
 #[derive(Deserialize)]
@@ -897,6 +962,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/workers"),
     ("post", "/v1/workers/{name}/run"),
     ("get", "/v1/cluster"),
+    ("get", "/v1/cluster/placement"),
     ("post", "/v1/cluster/join"),
     ("post", "/v1/cluster/remove"),
     ("post", "/v1/cluster/apply"),
@@ -930,6 +996,7 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/workers", get(workers))
         .route("/v1/workers/{name}/run", post(run_worker))
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/placement", get(cluster_placement))
         .route("/v1/cluster/join", post(cluster_join))
         .route("/v1/cluster/remove", post(cluster_remove))
         .route("/v1/cluster/apply", post(cluster_apply))

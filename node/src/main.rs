@@ -67,12 +67,18 @@ enum Command {
     /// Read a context (the address's temporal part picks the version).
     Get {
         address: String,
+        /// Read quorum for this read (cluster; default from the node).
+        #[arg(long)]
+        r: Option<usize>,
         #[command(flatten)]
         c: ClientArgs,
     },
     /// Delete a context (writes a tombstone; history keeps the versions).
     Delete {
         address: String,
+        /// Write quorum for this delete (cluster; default from the node).
+        #[arg(long)]
+        w: Option<usize>,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -204,6 +210,12 @@ enum ClusterCommand {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Which partition an address is in and which members replicate it.
+    Where {
+        address: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -296,6 +308,9 @@ struct PutArgs {
     /// Expire after this many seconds.
     #[arg(long)]
     ttl: Option<u64>,
+    /// Write quorum for this write (cluster; default from the node).
+    #[arg(long)]
+    w: Option<usize>,
     #[command(flatten)]
     c: ClientArgs,
 }
@@ -453,7 +468,11 @@ async fn put(a: PutArgs) -> Result<()> {
             .collect::<Result<_, _>>()?;
     }
     let body = json!({"context": ctx, "change_reason": a.reason, "ttl_secs": a.ttl});
-    let v = client(&a.c)?.post("/v1/contexts", &body).await?;
+    let path = match a.w {
+        Some(w) => format!("/v1/contexts?w={w}"),
+        None => "/v1/contexts".to_string(),
+    };
+    let v = client(&a.c)?.post(&path, &body).await?;
     print(&a.c, &v, |v| {
         format!(
             "stored {} version {}",
@@ -692,18 +711,22 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cluster(cmd) => cluster_command(cmd).await,
         Command::Put(a) => put(a).await,
-        Command::Get { address, c } => {
+        Command::Get { address, r, c } => {
             UcxlAddress::parse(&address)?;
-            let v = client(&c)?
-                .get("/v1/contexts", &[("address", address)])
-                .await?;
+            let mut q = vec![("address", address)];
+            if let Some(r) = r {
+                q.push(("r", r.to_string()));
+            }
+            let v = client(&c)?.get("/v1/contexts", &q).await?;
             print(&c, &v, show_context);
             Ok(())
         }
-        Command::Delete { address, c } => {
-            let v = client(&c)?
-                .delete("/v1/contexts", &[("address", address)])
-                .await?;
+        Command::Delete { address, w, c } => {
+            let mut q = vec![("address", address)];
+            if let Some(w) = w {
+                q.push(("w", w.to_string()));
+            }
+            let v = client(&c)?.delete("/v1/contexts", &q).await?;
             print(&c, &v, |v| {
                 format!(
                     "deleted (tombstone {})",
@@ -1063,6 +1086,31 @@ async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
                     format!("staged the removal of {peer}; run `slurp cluster apply` to publish")
                 });
             }
+        }
+        ClusterCommand::Where { address, c } => {
+            UcxlAddress::parse(&address)?;
+            let v = client(&c)?
+                .get("/v1/cluster/placement", &[("address", address)])
+                .await?;
+            print(&c, &v, |v| {
+                let mut out = format!(
+                    "partition {} (layout v{}), replicas:",
+                    v["partition"], v["layout_version"]
+                );
+                for r in v["replicas"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n  {} {} {}",
+                        if r["up"].as_bool() == Some(true) {
+                            "up  "
+                        } else {
+                            "DOWN"
+                        },
+                        r["name"].as_str().unwrap_or("?"),
+                        r["id"].as_str().unwrap_or("")
+                    ));
+                }
+                out
+            });
         }
         ClusterCommand::Apply { c } => {
             let v = client(&c)?.post("/v1/cluster/apply", &json!({})).await?;

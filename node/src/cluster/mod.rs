@@ -317,6 +317,38 @@ impl Cluster {
         })
     }
 
+    /// Picks for every partition of `layout` one replica to answer for it
+    /// (this node first, then nodes already picked, then any that is up;
+    /// never one in `exclude`), so a fan-out asks few nodes and counts
+    /// every key once. Partitions with no such replica are returned apart.
+    pub fn cover(
+        &self,
+        layout: &Layout,
+        exclude: &[String],
+    ) -> (std::collections::BTreeMap<String, Vec<Partition>>, Vec<u32>) {
+        let mut plan: std::collections::BTreeMap<String, Vec<Partition>> = Default::default();
+        let mut missing = Vec::new();
+        for p in 0..layout.partitions().count() {
+            let partition = Partition(p as u16);
+            let replicas: Vec<&str> = layout
+                .replicas(partition)
+                .iter()
+                .map(|&m| layout.member(m).id.as_str())
+                .filter(|id| !exclude.iter().any(|e| e == id))
+                .collect();
+            let pick = replicas
+                .iter()
+                .find(|r| **r == self.0.me)
+                .or_else(|| replicas.iter().find(|r| plan.contains_key(**r)))
+                .or_else(|| replicas.iter().find(|r| self.0.peers.is_up(r)));
+            match pick {
+                Some(id) => plan.entry(id.to_string()).or_default().push(partition),
+                None => missing.push(p),
+            }
+        }
+        (plan, missing)
+    }
+
     /// Orders peers for requests: this node first, then peers that are up,
     /// each group in its given order.
     pub fn order(&self, peers: &mut [String]) {

@@ -501,14 +501,39 @@ impl ContextStore {
     ) -> Vec<Result<PutResult, StoreError>> {
         let start = Instant::now();
         let mut items = Vec::with_capacity(prepared.len());
-        for p in &prepared {
+        let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(prepared.len());
+        let mut sent = Vec::with_capacity(prepared.len());
+        for p in prepared {
             let Some(route) = cluster.route(&p.meta.key) else {
-                return prepared
-                    .iter()
-                    .map(|_| Err(StoreError::Unavailable("the cluster layout is gone".into())))
-                    .collect();
+                refused.push(Some(StoreError::Unavailable(
+                    "the cluster layout is gone".into(),
+                )));
+                continue;
             };
             let need = cluster.write_quorum(opts.w, route.replicas.len());
+            // Refuse before writing anywhere when too few replicas are up,
+            // so a failed write rarely leaves a copy behind.
+            let up: Vec<&String> = route
+                .replicas
+                .iter()
+                .filter(|r| *r == cluster.me() || cluster.peers().is_up(r))
+                .collect();
+            if up.len() < need {
+                self.0.metrics.replication("quorum_failed", 1);
+                refused.push(Some(StoreError::Quorum {
+                    op: "write",
+                    key: p.meta.key.clone(),
+                    needed: need,
+                    acked: 0,
+                    detail: format!(
+                        "only {} of the {} replicas are up",
+                        up.len(),
+                        route.replicas.len()
+                    ),
+                }));
+                continue;
+            }
+            refused.push(None);
             items.push(quorum::WriteItem {
                 version: slurp_protocol::messages::SealedVersion {
                     meta: p.meta.clone(),
@@ -518,6 +543,7 @@ impl ContextStore {
                 route,
                 need,
             });
+            sent.push(p);
         }
         let tallies = self.quorum_write(items).await;
         self.0.metrics.record(
@@ -526,10 +552,10 @@ impl ContextStore {
             tallies.iter().all(|t| t.acked >= t.need),
             start.elapsed(),
         );
-        let mut results = Vec::with_capacity(prepared.len());
-        for (p, t) in prepared.into_iter().zip(tallies) {
+        let mut decided = Vec::with_capacity(sent.len());
+        for (p, t) in sent.into_iter().zip(tallies) {
             if t.acked >= t.need {
-                results.push(Ok(self.after_put(p, t.created, false).await));
+                decided.push(Ok(self.after_put(p, t.created, false).await));
             } else {
                 let detail = if t.errors.is_empty() {
                     "no replica answered in time".to_string()
@@ -540,7 +566,7 @@ impl ContextStore {
                         .collect::<Vec<_>>()
                         .join("; ")
                 };
-                results.push(Err(StoreError::Quorum {
+                decided.push(Err(StoreError::Quorum {
                     op: "write",
                     key: p.meta.key.clone(),
                     needed: t.need,
@@ -549,7 +575,16 @@ impl ContextStore {
                 }));
             }
         }
-        results
+        let mut decided = decided.into_iter();
+        refused
+            .into_iter()
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => decided
+                    .next()
+                    .unwrap_or_else(|| Err(StoreError::Internal("no write result".into()))),
+            })
+            .collect()
     }
 
     /// The newest version's metadata of `key`: from the local store on a
@@ -1024,6 +1059,131 @@ impl ContextStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage, StoreError> {
+        let page = match self.cluster().and_then(|c| c.layout().map(|l| (c, l))) {
+            Some((cluster, layout)) => {
+                self.list_cluster(caller, cluster, &layout, pattern, after, limit)
+                    .await?
+            }
+            None => self.list_local(pattern, after, limit, None, &caller.role)?,
+        };
+        self.0
+            .audit
+            .allow(
+                &caller.token_id,
+                &caller.role,
+                AuditAction::List,
+                &pattern.to_string(),
+            )
+            .await;
+        Ok(page)
+    }
+
+    /// A listing in a cluster: every node of a partition cover lists its
+    /// share of slots (through the forwarding protocol, as the caller),
+    /// and the pages merge in key order. Listing reads each node's local
+    /// copy, so it is eventually consistent, unlike get.
+    async fn list_cluster(
+        &self,
+        caller: &Principal,
+        cluster: &Cluster,
+        layout: &slurp_protocol::placement::Layout,
+        pattern: &UcxlAddress,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        use slurp_protocol::messages::{ForwardRequest, ForwardResponse};
+        let limit = limit.clamp(1, self.0.options.batch_size.max(1));
+        let (plan, missing) = cluster.cover(layout, &[]);
+        if !missing.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "{} partitions have no reachable replica; the listing would be incomplete",
+                missing.len()
+            )));
+        }
+        let scheme = layout.partitions();
+        let asks = plan.iter().map(|(peer, parts)| {
+            let scope = slurp_index::SlotScope::from_partitions(&scheme, parts.iter().copied());
+            async move {
+                if peer == cluster.me() {
+                    return self.list_local(pattern, after, limit, Some(&scope), &caller.role);
+                }
+                let mut q = vec![
+                    ("pattern".to_string(), pattern.to_string()),
+                    ("limit".to_string(), limit.to_string()),
+                    (
+                        "local_slots".to_string(),
+                        serde_json::to_string(&scope).unwrap_or_default(),
+                    ),
+                ];
+                if let Some(a) = after {
+                    q.push(("after".to_string(), a.to_string()));
+                }
+                let query = serde_urlencoded::to_string(&q)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?;
+                let call = ForwardRequest::Call {
+                    method: "GET".into(),
+                    path: format!("/v1/list?{query}"),
+                    content_type: None,
+                    body: Vec::new().into(),
+                    caller_role: caller.role.clone(),
+                    request_id: None,
+                };
+                match cluster
+                    .forward(peer, call, self.0.options.operation_timeout)
+                    .await
+                {
+                    Ok(ForwardResponse::Reply {
+                        status: 200, body, ..
+                    }) => serde_json::from_slice::<ListPage>(&body.0)
+                        .map_err(|e| StoreError::Internal(format!("{peer}: {e}"))),
+                    Ok(ForwardResponse::Reply { status, body, .. }) => {
+                        Err(StoreError::Unavailable(format!(
+                            "{peer} answered {status}: {}",
+                            String::from_utf8_lossy(&body.0)
+                        )))
+                    }
+                    Ok(ForwardResponse::Error(e)) => {
+                        Err(StoreError::Unavailable(format!("{peer}: {}", e.message)))
+                    }
+                    Err(e) => Err(StoreError::Unavailable(format!("{peer}: {e}"))),
+                }
+            }
+        });
+        let mut all: Vec<(String, ListEntry)> = Vec::new();
+        let mut more = false;
+        for page in futures::future::join_all(asks).await {
+            let page = page?;
+            more |= page.next.is_some();
+            for e in page.entries {
+                let key = UcxlAddress::parse(&e.address)
+                    .map(|a| a.key())
+                    .unwrap_or_else(|_| e.address.clone());
+                all.push((key, e));
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        more |= all.len() > limit;
+        all.truncate(limit);
+        let next = if more {
+            all.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        Ok(ListPage {
+            entries: all.into_iter().map(|(_, e)| e).collect(),
+            next,
+        })
+    }
+
+    /// A listing of this node's own store, limited to `scope` if given.
+    pub fn list_local(
+        &self,
+        pattern: &UcxlAddress,
+        after: Option<&str>,
+        limit: usize,
+        scope: Option<&slurp_index::SlotScope>,
+        role: &RoleName,
+    ) -> Result<ListPage, StoreError> {
         let limit = limit.clamp(1, self.0.options.batch_size.max(1));
         let prefix = list_prefix(pattern);
         let mut entries = Vec::new();
@@ -1041,6 +1201,9 @@ impl ContextStore {
             let mut stopped_at = None;
             for k in &page.keys {
                 examined += 1;
+                if scope.is_some_and(|s| !s.contains(slurp_protocol::Slot::of(&k.key))) {
+                    continue;
+                }
                 let Ok(addr) = UcxlAddress::from_key(&k.key) else {
                     continue;
                 };
@@ -1050,7 +1213,7 @@ impl ContextStore {
                 let Some((meta, _)) = self.0.store.latest_meta(&k.key)? else {
                     continue;
                 };
-                if meta.tombstone || !meta.readers.contains(&caller.role) {
+                if meta.tombstone || !meta.readers.contains(role) {
                     continue;
                 }
                 entries.push(ListEntry {
@@ -1073,15 +1236,6 @@ impl ContextStore {
                 None => break None,
             }
         };
-        self.0
-            .audit
-            .allow(
-                &caller.token_id,
-                &caller.role,
-                AuditAction::List,
-                &pattern.to_string(),
-            )
-            .await;
         Ok(ListPage { entries, next })
     }
 }

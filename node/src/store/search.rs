@@ -27,7 +27,7 @@ use slurp_index::{
 };
 use slurp_protocol::messages::{ErrorCode, RemoteError, SearchRequest, SearchResponse as Wire};
 use slurp_protocol::placement::Layout;
-use slurp_protocol::{ContextNode, Partition, RoleName, UcxlAddress};
+use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
 
 use super::ContextStore;
 use crate::cluster::Cluster;
@@ -65,35 +65,6 @@ pub struct SearchResponse {
     /// Nodes that answered for a share of the partitions (1 on a lone node).
     #[serde(default)]
     pub nodes: usize,
-}
-
-/// Which node answers for which partitions.
-fn assign(
-    layout: &Layout,
-    cluster: &Cluster,
-    exclude: &[String],
-) -> (BTreeMap<String, Vec<Partition>>, Vec<u32>) {
-    let mut plan: BTreeMap<String, Vec<Partition>> = BTreeMap::new();
-    let mut missing = Vec::new();
-    for p in 0..layout.partitions().count() {
-        let partition = Partition(p as u16);
-        let replicas: Vec<String> = layout
-            .replicas(partition)
-            .iter()
-            .map(|&m| layout.member(m).id.clone())
-            .filter(|id| !exclude.contains(id))
-            .collect();
-        let pick = replicas
-            .iter()
-            .find(|r| *r == cluster.me())
-            .or_else(|| replicas.iter().find(|r| plan.contains_key(*r)))
-            .or_else(|| replicas.iter().find(|r| cluster.peers().is_up(r)));
-        match pick {
-            Some(id) => plan.entry(id.clone()).or_default().push(partition),
-            None => missing.push(p),
-        }
-    }
-    (plan, missing)
 }
 
 fn remote_err(e: impl std::fmt::Display) -> Wire {
@@ -333,7 +304,7 @@ impl ContextStore {
             // replica of its partitions once.
             let mut attempt = 0;
             loop {
-                let (p, m) = assign(&layout, cluster, &excluded);
+                let (p, m) = cluster.cover(&layout, &excluded);
                 plan = p;
                 missing = m;
                 let asks = plan.iter().map(|(peer, parts)| {
