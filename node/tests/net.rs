@@ -135,6 +135,7 @@ fn info(peer: PeerId) -> NodeInfo {
         software_version: "test".into(),
         zone: None,
         capacity: None,
+        listen_addrs: vec![],
     }
 }
 
@@ -165,6 +166,14 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         Request::Replicate(ReplicateRequest::VersionIds { .. }) => ReplicateResponse::VersionIds {
             entries: vec![],
             next: None,
+        }
+        .into(),
+        Request::Replicate(ReplicateRequest::Heads { .. }) => {
+            ReplicateResponse::Heads { entries: vec![] }.into()
+        }
+        Request::Replicate(ReplicateRequest::History { key }) => ReplicateResponse::History {
+            key,
+            metas: vec![],
         }
         .into(),
         Request::Forward(ForwardRequest::Call { body, .. }) => ForwardResponse::Reply {
@@ -259,6 +268,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
                 versions: vec![sealed("p/t/a", 100), sealed("p/t/b", 100)],
                 layout_version: Some(1),
                 write_quorum_id: None,
+                hint_for: None,
             },
         )
         .await
@@ -331,6 +341,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
             SearchRequest::TermStatistics {
                 query: serde_json::json!({"text": "x"}),
                 role: role(),
+                scope: None,
             },
         )
         .await
@@ -349,6 +360,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
                 role: role(),
                 stats: Some(serde_json::json!({"docs": 9})),
                 limit: 10,
+                scope: None,
             },
         )
         .await
@@ -507,6 +519,7 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
                     versions: vec![sealed("p/t/a", 4096)],
                     layout_version: None,
                     write_quorum_id: None,
+                    hint_for: None,
                 },
             )
             .await
@@ -564,6 +577,7 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
                     role: role(),
                     stats: None,
                     limit: 10,
+                    scope: None,
                 },
             )
             .await
@@ -588,6 +602,7 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
                 SearchRequest::TermStatistics {
                     query: serde_json::json!({"text": "x"}),
                     role: role(),
+                    scope: None,
                 },
             )
             .await
