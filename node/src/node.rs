@@ -201,6 +201,7 @@ impl Node {
             zone: Some(config.cluster.zone.clone()),
             capacity: Some(u64::from(config.cluster.capacity)),
             listen_addrs: Vec::new(),
+            auto_join: config.cluster.auto_join,
         };
         let cluster = Cluster::new(
             net.clone(),

@@ -136,6 +136,7 @@ fn info(peer: PeerId) -> NodeInfo {
         zone: None,
         capacity: None,
         listen_addrs: vec![],
+        auto_join: false,
     }
 }
 
@@ -171,11 +172,9 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         Request::Replicate(ReplicateRequest::Heads { .. }) => {
             ReplicateResponse::Heads { entries: vec![] }.into()
         }
-        Request::Replicate(ReplicateRequest::History { key }) => ReplicateResponse::History {
-            key,
-            metas: vec![],
+        Request::Replicate(ReplicateRequest::History { key }) => {
+            ReplicateResponse::History { key, metas: vec![] }.into()
         }
-        .into(),
         Request::Forward(ForwardRequest::Call { body, .. }) => ForwardResponse::Reply {
             status: 200,
             content_type: Some("application/json".into()),

@@ -292,6 +292,9 @@ pub struct NodeInfo {
     /// The swarm addresses it listens on (multiaddrs), for the layout.
     #[serde(default)]
     pub listen_addrs: Vec<String>,
+    /// Whether it asks to be added to the layout automatically.
+    #[serde(default)]
+    pub auto_join: bool,
 }
 
 /// Requests of `/slurp/cluster/*`.

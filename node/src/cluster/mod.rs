@@ -619,7 +619,8 @@ impl Cluster {
         }
     }
 
-    /// Adds peers healthy for `auto_join_after` to the layout. Only the
+    /// Adds peers that ask for it (they run with `auto_join` too) and have
+    /// been healthy for `auto_join_after` to the layout. Only the
     /// member with the smallest id among the healthy ones does it (any
     /// node, when there is no layout yet), so changes rarely race; when
     /// they do, the layout tie-break settles it and the next round adds
@@ -635,7 +636,12 @@ impl Cluster {
         let mut candidates: Vec<Member> = healthy
             .iter()
             .filter(|(id, _)| !is_member(id))
-            .filter_map(|(id, p)| p.info.as_ref().map(|i| self.member_of(id, i)))
+            .filter_map(|(id, p)| {
+                p.info
+                    .as_ref()
+                    .filter(|i| i.auto_join)
+                    .map(|i| self.member_of(id, i))
+            })
             .collect();
         if !is_member(&self.0.me) {
             candidates.push(self.member_of(&self.0.me, &self.info()));

@@ -96,8 +96,10 @@ impl Behaviour {
     }
 }
 
-/// Builds the swarm: TCP and QUIC, Noise, Yamux, our behaviour. Must run
-/// inside a Tokio runtime.
+/// Builds the swarm: TCP and QUIC, Noise, Yamux, our behaviour, plus the
+/// in-process memory transport (`/memory/N` addresses), on which tests
+/// run several nodes in one process without sockets. Must run inside a
+/// Tokio runtime.
 pub(crate) fn build_swarm(
     keypair: Keypair,
     config: &NetConfig,
@@ -113,6 +115,16 @@ pub(crate) fn build_swarm(
         )
         .map_err(|e| transport(&e))?
         .with_quic()
+        .with_other_transport(|key| {
+            use libp2p::Transport;
+            use libp2p::core::upgrade::Version;
+            Ok(libp2p::core::transport::MemoryTransport::default()
+                .upgrade(Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default())
+                .boxed())
+        })
+        .map_err(|e| transport(&e))?
         .with_behaviour(|key| Behaviour::new(key, config, counters))
         .map_err(|e| transport(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))

@@ -1,0 +1,635 @@
+//! Several nodes in one process on the in-memory libp2p transport: joins,
+//! leaves, quorum writes and reads, concurrent writers, read repair, quorum
+//! failure and distributed search, through the real store, swarm and
+//! cluster code (no sockets, no mocks).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use slurp_index::{ContextIndex, IndexConfig, IndexEntry, SearchQuery};
+use slurp_node::config::NodeConfig;
+use slurp_node::error::StoreError;
+use slurp_node::node::Node;
+use slurp_node::store::{PutRequest, QuorumOpts};
+use slurp_node::tokens::Principal;
+use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
+
+static PORTS: AtomicU64 = AtomicU64::new(0);
+
+fn memory_addr() -> libp2p::Multiaddr {
+    // Unique within this process (tests run in parallel threads).
+    let n = 1_000_000 + std::process::id() as u64 * 1000 + PORTS.fetch_add(1, Ordering::SeqCst);
+    format!("/memory/{n}").parse().unwrap()
+}
+
+fn admin() -> Principal {
+    Principal {
+        token_id: "test-admin".into(),
+        role: RoleName::new("admin").unwrap(),
+    }
+}
+
+fn ctx(addr: &str, summary: &str) -> ContextNode {
+    ContextNode::new(
+        UcxlAddress::parse(addr).unwrap(),
+        summary,
+        vec![RoleName::new("developer").unwrap()],
+    )
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Option<Node>>,
+    configs: Vec<NodeConfig>,
+    peers: Vec<String>,
+}
+
+struct Opts {
+    n: usize,
+    rf: u8,
+    auto_join: bool,
+}
+
+fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> NodeConfig {
+    let mut c = NodeConfig {
+        data_dir: dir.join(format!("node{i}")),
+        node_name: Some(format!("node{i}")),
+        ..NodeConfig::default()
+    };
+    c.index.commit_every_ops = 1;
+    c.net.listen = vec![listen];
+    c.cluster.auto_join = o.auto_join;
+    c.cluster.auto_join_after = Duration::from_millis(200);
+    c.cluster.probe_interval = Duration::from_millis(100);
+    c.cluster.replica_timeout = Duration::from_secs(2);
+    c.cluster.handoff_interval = Duration::from_millis(200);
+    c.cluster.replication_factor = o.rf;
+    c.cluster.write_quorum = 2.min(o.rf);
+    c.cluster.read_quorum = 2.min(o.rf);
+    c.cluster.partition_bits = 6;
+    c
+}
+
+fn copy_keys(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("keys")).unwrap();
+    for e in std::fs::read_dir(from.join("keys")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("keys").join(e.file_name())).unwrap();
+    }
+    let nk = from.join("node.key");
+    if nk.exists() {
+        std::fs::copy(&nk, to.join("node.key")).unwrap();
+    }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+impl Cluster {
+    async fn start(o: Opts) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut configs = Vec::new();
+        let mut nodes = Vec::new();
+        let first_addr = memory_addr();
+        let c0 = config(dir.path(), 0, first_addr.clone(), &o);
+        let n0 = Node::open(c0.clone()).await.unwrap();
+        let boot: libp2p::Multiaddr = format!("{first_addr}/p2p/{}", n0.net.peer_id())
+            .parse()
+            .unwrap();
+        configs.push(c0);
+        nodes.push(Some(n0));
+        for i in 1..o.n {
+            let mut c = config(dir.path(), i, memory_addr(), &o);
+            c.net.bootstrap = vec![boot.clone()];
+            copy_keys(&configs[0].data_dir, &c.data_dir);
+            nodes.push(Some(Node::open(c.clone()).await.unwrap()));
+            configs.push(c);
+        }
+        let peers = nodes
+            .iter()
+            .flatten()
+            .map(|n| n.net.peer_id().to_base58())
+            .collect();
+        Cluster {
+            _dir: dir,
+            nodes,
+            configs,
+            peers,
+        }
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn peer(&self, i: usize) -> String {
+        self.peers[i].clone()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.close().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    async fn restart(&mut self, i: usize) {
+        // A new address: the stopped swarm's may not be released yet.
+        self.configs[i].net.listen = vec![memory_addr()];
+        let mut c = self.configs[i].clone();
+        if i > 0
+            && let Some(n0) = &self.nodes[0]
+        {
+            let listen = self.configs[0].net.listen[0].clone();
+            c.net.bootstrap = vec![
+                format!("{listen}/p2p/{}", n0.net.peer_id())
+                    .parse()
+                    .unwrap(),
+            ];
+        }
+        self.nodes[i] = Some(Node::open(c).await.unwrap());
+    }
+
+    /// Waits until every running node holds a layout of `members` members,
+    /// all with the same version.
+    async fn converged(&self, members: usize) {
+        wait_until("layout convergence", Duration::from_secs(20), async || {
+            let layouts: Vec<_> = self
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| n.cluster.layout())
+                .collect();
+            layouts.iter().all(|l| {
+                l.as_ref().is_some_and(|l| {
+                    l.members().len() == members
+                        && Some(l.version()) == layouts[0].as_ref().map(|f| f.version())
+                })
+            })
+        })
+        .await;
+        // Peers learn each other's health from probes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+const A: &str = "ucxl://claude:developer@shop:checkout/*^/src/auth.rs";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_auto_join_and_every_node_reads_what_one_wrote() {
+    let c = Cluster::start(Opts {
+        n: 3,
+        rf: 3,
+        auto_join: true,
+    })
+    .await;
+    c.converged(3).await;
+    let w = c
+        .node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "bearer token checks")))
+        .await
+        .unwrap();
+    let a = UcxlAddress::parse(A).unwrap();
+    for i in 0..3 {
+        let r = c.node(i).store.get(&admin(), &a).await.unwrap();
+        assert_eq!(r.version, w.version, "node {i}");
+        assert_eq!(r.context.summary, "bearer token checks");
+    }
+    // Replication put the sealed record in every replica's own store.
+    wait_until("all replicas stored", Duration::from_secs(5), async || {
+        (0..3).all(|i| {
+            c.node(i)
+                .store
+                .local()
+                .latest_meta(&a.key())
+                .unwrap()
+                .is_some()
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_joins_and_removes_members() {
+    let c = Cluster::start(Opts {
+        n: 3,
+        rf: 2,
+        auto_join: false,
+    })
+    .await;
+    // Wait until node 0 has heard from both peers.
+    wait_until("peers known", Duration::from_secs(10), async || {
+        let s = c.node(0).cluster.status();
+        s.others.iter().filter(|p| p.name.is_some()).count() == 2
+    })
+    .await;
+    assert!(c.node(0).cluster.layout().is_none());
+    let n0 = &c.node(0).cluster;
+    n0.stage_join(None, Some("z1".into()), None).unwrap();
+    n0.stage_join(Some(&c.peer(1)), Some("z2".into()), Some(200))
+        .unwrap();
+    n0.stage_join(Some(&c.peer(2)), None, None).unwrap();
+    let l1 = n0.apply().unwrap();
+    assert_eq!(l1.version(), 1);
+    c.converged(3).await;
+    let m1 = l1.members().iter().find(|m| m.id == c.peer(1)).unwrap();
+    assert_eq!((m1.zone.as_str(), m1.capacity), ("z2", 200));
+    // Any node can change the layout; every node converges.
+    let n1 = &c.node(1).cluster;
+    n1.stage_remove(&c.peer(2)).unwrap();
+    let l2 = n1.apply().unwrap();
+    assert_eq!(l2.version(), 2);
+    c.converged(2).await;
+    assert!(!c.node(2).cluster.is_member());
+    assert!(c.node(0).cluster.is_member());
+    // Writes go to the remaining members only, and still succeed.
+    c.node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "after the removal")))
+        .await
+        .unwrap();
+    let a = UcxlAddress::parse(A).unwrap();
+    assert!(
+        c.node(2)
+            .store
+            .local()
+            .latest_meta(&a.key())
+            .unwrap()
+            .is_none()
+    );
+    // Nothing staged: apply is refused.
+    assert!(n1.apply().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_keep_every_version_and_agree_on_the_latest() {
+    let c = Cluster::start(Opts {
+        n: 3,
+        rf: 3,
+        auto_join: true,
+    })
+    .await;
+    c.converged(3).await;
+    let a = UcxlAddress::parse(A).unwrap();
+    let rounds = 8;
+    let adm = admin();
+    let mut acked = Vec::new();
+    for round in 0..rounds {
+        let (x, y) = tokio::join!(
+            c.node(0).store.put(
+                &adm,
+                PutRequest::new(ctx(A, &format!("from node 0, round {round}")))
+            ),
+            c.node(1).store.put(
+                &adm,
+                PutRequest::new(ctx(A, &format!("from node 1, round {round}")))
+            ),
+        );
+        acked.push(x.unwrap().version);
+        acked.push(y.unwrap().version);
+    }
+    // Every acknowledged version is in the history, on every node.
+    let mut latest = Vec::new();
+    for i in 0..3 {
+        let h = c.node(i).store.history(&admin(), &a).await.unwrap();
+        let ids: Vec<&str> = h.iter().map(|e| e.version.as_str()).collect();
+        for v in &acked {
+            assert!(ids.contains(&v.as_str()), "node {i} lost {v}");
+        }
+        latest.push(c.node(i).store.get(&admin(), &a).await.unwrap().version);
+    }
+    assert!(latest.iter().all(|v| *v == latest[0]), "{latest:?}");
+    // The latest is the greatest version by (clock, writer).
+    let max = acked
+        .iter()
+        .map(|v| v.parse::<slurp_protocol::VersionId>().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(latest[0], max.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_repairs_a_replica_that_missed_a_write() {
+    let mut c = Cluster::start(Opts {
+        n: 3,
+        rf: 3,
+        auto_join: true,
+    })
+    .await;
+    c.converged(3).await;
+    let a = UcxlAddress::parse(A).unwrap();
+    c.node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "first")))
+        .await
+        .unwrap();
+    wait_until(
+        "node 2 has the first version",
+        Duration::from_secs(5),
+        async || {
+            c.node(2)
+                .store
+                .local()
+                .latest_meta(&a.key())
+                .unwrap()
+                .is_some()
+        },
+    )
+    .await;
+    c.stop(2).await;
+    let second = c
+        .node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "second")))
+        .await
+        .unwrap();
+    c.restart(2).await;
+    c.converged(3).await;
+    let local = |c: &Cluster| {
+        c.node(2)
+            .store
+            .local()
+            .latest_meta(&a.key())
+            .unwrap()
+            .map(|(m, _)| m.version.to_string())
+    };
+    assert_ne!(
+        local(&c).as_deref(),
+        Some(second.version.as_str()),
+        "node 2 missed it"
+    );
+    // A read through node 2 asks two replicas; the newest wins and node 2's
+    // own copy is repaired.
+    let r = c
+        .node(2)
+        .store
+        .get_opts(
+            &admin(),
+            &a,
+            QuorumOpts {
+                w: None,
+                r: Some(3),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.version, second.version);
+    assert_eq!(r.context.summary, "second");
+    wait_until("node 2 repaired", Duration::from_secs(5), async || {
+        local(&c).as_deref() == Some(second.version.as_str())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fewer_than_w_replicas_up_is_an_error_not_a_silent_success() {
+    let mut c = Cluster::start(Opts {
+        n: 3,
+        rf: 3,
+        auto_join: true,
+    })
+    .await;
+    c.converged(3).await;
+    c.stop(1).await;
+    // One replica down: W = 2 still holds.
+    c.node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "two of three")))
+        .await
+        .unwrap();
+    c.stop(2).await;
+    let a = UcxlAddress::parse(A).unwrap();
+    let err = c
+        .node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "one of three")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Quorum { needed: 2, .. }), "{err}");
+    // With W = 1 asked for, the one replica is enough.
+    let r = c
+        .node(0)
+        .store
+        .get_opts(
+            &admin(),
+            &a,
+            QuorumOpts {
+                w: None,
+                r: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.context.summary, "two of three");
+    let err = c.node(0).store.get(&admin(), &a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Quorum { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hinted_handoff_returns_versions_to_a_replica_that_was_down() {
+    let mut c = Cluster::start(Opts {
+        n: 4,
+        rf: 2,
+        auto_join: true,
+    })
+    .await;
+    c.converged(4).await;
+    // An address whose replicas do not include node 0, the coordinator.
+    let layout = c.node(0).cluster.layout().unwrap();
+    let (addr, down) = (0..500)
+        .map(|i| format!("ucxl://claude:developer@shop:checkout/*^/src/f{i}.rs"))
+        .find_map(|s| {
+            let key = UcxlAddress::parse(&s).unwrap().key();
+            let reps: Vec<String> = layout
+                .replicas_for_key(&key)
+                .iter()
+                .map(|&m| layout.member(m).id.clone())
+                .collect();
+            (!reps.contains(&c.peer(0))).then(|| (s, reps[0].clone()))
+        })
+        .unwrap();
+    let down_i = (0..4).find(|&i| c.peer(i) == down).unwrap();
+    c.stop(down_i).await;
+    // W = 1: the other replica acknowledges; a fallback keeps a hint.
+    c.node(0)
+        .store
+        .put_opts(
+            &admin(),
+            PutRequest::new(ctx(&addr, "while a replica was down")),
+            QuorumOpts {
+                w: Some(1),
+                r: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    let key = UcxlAddress::parse(&addr).unwrap().key();
+    let hinted = |c: &Cluster| {
+        (0..4)
+            .filter(|&i| i != down_i)
+            .map(|i| {
+                c.node(i)
+                    .store
+                    .local()
+                    .hint_targets()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.count)
+                    .sum::<u64>()
+            })
+            .sum::<u64>()
+    };
+    wait_until(
+        "a fallback holds a hint",
+        Duration::from_secs(5),
+        async || hinted(&c) == 1,
+    )
+    .await;
+    c.restart(down_i).await;
+    wait_until(
+        "the hint is handed back",
+        Duration::from_secs(15),
+        async || {
+            hinted(&c) == 0
+                && c.node(down_i)
+                    .store
+                    .local()
+                    .latest_meta(&key)
+                    .unwrap()
+                    .is_some()
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_search_ranks_like_one_index_and_reports_missing_partitions() {
+    let mut c = Cluster::start(Opts {
+        n: 4,
+        rf: 2,
+        auto_join: true,
+    })
+    .await;
+    c.converged(4).await;
+    let words = [
+        "token", "cache", "session", "replica", "quorum", "index", "search", "clock", "audit",
+        "envelope", "rotation", "backup",
+    ];
+    let single = ContextIndex::open_in_memory(IndexConfig::default()).unwrap();
+    let mut reqs = Vec::new();
+    for i in 0..96usize {
+        let mut text = Vec::new();
+        for j in 0..(3 + i % 7) {
+            text.push(words[(i * 7 + j * 3 + j * j) % words.len()]);
+        }
+        let addr = format!("ucxl://claude:developer@shop:checkout/*^/src/m{i}.rs");
+        let mut n = ctx(&addr, &text.join(" "));
+        n.tags = vec![words[i % 4].to_string()];
+        reqs.push(n);
+    }
+    for n in reqs {
+        let addr = n.address.clone();
+        c.node(i_of(&addr))
+            .store
+            .put(&admin(), PutRequest::new(n))
+            .await
+            .unwrap();
+        let r = c.node(0).store.get(&admin(), &addr).await.unwrap();
+        single
+            .upsert(&IndexEntry {
+                key: addr.key(),
+                version: r.context.version.as_ref().unwrap().id.clone(),
+                readers: vec![
+                    RoleName::new("admin").unwrap(),
+                    RoleName::new("architect").unwrap(),
+                    RoleName::new("developer").unwrap(),
+                ],
+                context: r.context,
+            })
+            .unwrap();
+    }
+    single.commit().unwrap();
+    let role = RoleName::new("developer").unwrap();
+    let dev = Principal {
+        token_id: "t".into(),
+        role: role.clone(),
+    };
+    for text in ["token cache", "quorum replica rotation", "audit"] {
+        let q = SearchQuery::new(role.clone(), text);
+        let want = single.search(&q).unwrap();
+        let mut got = None;
+        // Replicas index within about a second of a write.
+        wait_until("search settles", Duration::from_secs(10), async || {
+            let r = c.node(1).store.search(&dev, q.clone()).await.unwrap();
+            let ok = r.total_hits == want.total_hits;
+            got = Some(r);
+            ok
+        })
+        .await;
+        let got = got.unwrap();
+        assert!(!got.partial);
+        assert_eq!(got.hits.len(), want.hits.len().min(10), "{text}");
+        for (g, w) in got.hits.iter().zip(&want.hits) {
+            assert!(
+                (g.score - w.score).abs() < 1e-4,
+                "{text}: {} vs {}",
+                g.score,
+                w.score
+            );
+        }
+        let got_keys: Vec<String> = got
+            .hits
+            .iter()
+            .map(|h| UcxlAddress::parse(&h.address).unwrap().key())
+            .collect();
+        // Equal scores may order differently: compare the top as sets.
+        let mut a = got_keys;
+        let mut b: Vec<String> = want.hits.iter().map(|h| h.key.clone()).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{text}");
+        assert_eq!(got.facets, want.facets, "{text}");
+    }
+    // Two nodes down: the partitions they both held have no replica left.
+    c.stop(2).await;
+    c.stop(3).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = c
+        .node(0)
+        .store
+        .search(&dev, SearchQuery::new(role.clone(), "token"))
+        .await
+        .unwrap();
+    assert!(r.partial, "{} hits, nodes {}", r.total_hits, r.nodes);
+    let layout = c.node(0).cluster.layout().unwrap();
+    let down = [c_peer(&layout, &c, 2), c_peer(&layout, &c, 3)];
+    // Exactly the partitions both of whose replicas are down are missing.
+    let expected: Vec<u32> = (0..layout.partitions().count())
+        .filter(|&p| {
+            layout
+                .replicas(slurp_protocol::Partition(p as u16))
+                .iter()
+                .all(|&m| down.contains(&layout.member(m).id))
+        })
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(r.missing_partitions, expected);
+}
+
+fn c_peer(_l: &slurp_protocol::placement::Layout, c: &Cluster, i: usize) -> String {
+    c.peer(i)
+}
+
+fn i_of(addr: &UcxlAddress) -> usize {
+    addr.key().len() % 4
+}
