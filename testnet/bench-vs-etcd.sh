@@ -12,8 +12,8 @@
 # (clients on 23791-23793, peers on 23801-23803, fsync on, the default),
 # driven through its JSON gateway on member 1.
 # slurp: a 3-node testnet from testnet/up.sh (RF 3, W 2, R 2), driven
-# through node 1, in its own SLURP_TESTNET_DIR so a testnet of yours is
-# left alone.
+# through node 1, in its own SLURP_TESTNET_DIR and on its own ports (API
+# 7501-7503, swarm 7601-7603) so a testnet of yours is left alone.
 # Installs `etcd-server` and `jq` with apt-get if they are missing (on a
 # systemd host the package also starts a system etcd on 2379; stop it with
 # `systemctl stop etcd` for a quiet machine). Exits non-zero if a phase
@@ -72,7 +72,10 @@ mkdir -p "$RESULTS"
 PREFIX="vs$(date +%s)"
 ETCD_PIDS=()
 SLURP_UP=false
-export SLURP_TESTNET_DIR="$WORK/testnet"
+# The testnet gets its own directory and ports (API 7501-7503, swarm
+# 7601-7603), so a testnet of yours on the default ones keeps running.
+export SLURP_TESTNET_DIR="$WORK/testnet" SLURP_TESTNET_PORT=7500 SLURP_TESTNET_PROFILE=release
+unset SLURP_TESTNET_ARGS
 
 stop_etcd() {
   local pid
@@ -174,11 +177,22 @@ run_slurp_phases() {
     echo "testnet/up.sh and testnet/down.sh are needed for the slurp half" >&2
     return 1
   fi
+  local i port
+  for i in 1 2 3; do
+    for port in $((SLURP_TESTNET_PORT + i)) $((SLURP_TESTNET_PORT + 100 + i)); do
+      if port_busy "$port"; then
+        echo "port $port is in use (a testnet left from an earlier run?)" >&2
+        return 1
+      fi
+    done
+  done
   SLURP_UP=true
-  if ! timeout 300 testnet/up.sh 3; then
-    echo "testnet/up.sh 3 failed" >&2
+  if ! timeout 300 testnet/up.sh 3 >"$WORK/up.log" 2>&1; then
+    echo "testnet/up.sh 3 failed:" >&2
+    tail -n 20 "$WORK/up.log" >&2
     return 1
   fi
+  echo "slurp testnet: 3 nodes up"
   # shellcheck disable=SC1091
   source "$SLURP_TESTNET_DIR/env"
   : "${SLURP_NODE:?testnet env does not set SLURP_NODE}" "${SLURP_TOKEN:?testnet env does not set SLURP_TOKEN}"
@@ -213,15 +227,13 @@ for phase in put get; do
     fi
     ratio=""
     if [ $system = slurp ] && [ -f "$RESULTS/etcd-$phase.json" ]; then
-      ratio=$(jq -n --argjson s "$(field slurp-$phase $phase ops_per_sec)" \
-        --argjson e "$(field etcd-$phase $phase ops_per_sec)" \
-        'if $e > 0 then ($s / $e * 100 | round / 100 | tostring) + "x" else "-" end' -r)
+      ratio=$(awk -v s="$(field slurp-$phase $phase ops_per_sec)" -v e="$(field etcd-$phase $phase ops_per_sec)" \
+        'BEGIN { if (e > 0) printf "%.2fx", s / e; else printf "-" }')
     fi
-    printf '%-6s %-4s %10.0f %9.2f %9.2f %7s %13s\n' "$system" "$phase" \
-      "$(field $system-$phase $phase ops_per_sec)" \
-      "$(jq -n "$(field $system-$phase $phase p50_us) / 1000")" \
-      "$(jq -n "$(field $system-$phase $phase p99_us) / 1000")" \
-      "$(field $system-$phase $phase errors)" "$ratio"
+    awk -v sys="$system" -v ph="$phase" -v ops="$(field $system-$phase $phase ops_per_sec)" \
+      -v p50="$(field $system-$phase $phase p50_us)" -v p99="$(field $system-$phase $phase p99_us)" \
+      -v err="$(field $system-$phase $phase errors)" -v ratio="$ratio" \
+      'BEGIN { printf "%-6s %-4s %10.0f %9.2f %9.2f %7d %13s\n", sys, ph, ops, p50 / 1000, p99 / 1000, err, ratio }'
   done
 done
 
