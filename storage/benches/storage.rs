@@ -16,8 +16,9 @@
 //! - `store/latest`: the newest version of one address.
 //! - `hints/put_many_32x1kib` and `hints/put_many_hinted_32x1kib`: one
 //!   durable `put_many` of 32 new versions, without and with a hint per
-//!   version (hinted handoff); the plain call is the floor. Target: the
-//!   hinted call at most 1.3x the plain one.
+//!   version (hinted handoff); the plain call is the floor, the
+//!   difference is what the hints cost. Also printed paired (the two calls
+//!   in alternation).
 //! - `hints/page_256_of_10k`: one page of 256 hints of one target in a
 //!   table of 10,000; `hints/hint_targets_10k`: the full scan behind
 //!   `hint_targets` over the same table (throughput in hints).

@@ -169,7 +169,7 @@ impl Store {
     /// has and the creation time of its oldest: what metrics and the
     /// command line show. Walks the whole `hints` table in one read
     /// snapshot, so it costs time in proportion to the hints stored (they
-    /// are few while peers come back; about a microsecond each). Entries
+    /// are few while peers come back; well under a microsecond each). Entries
     /// whose key does not decode are left out ([`Store::check`] reports
     /// them).
     pub fn hint_targets(&self) -> Result<Vec<HintTarget>, ReadError> {
