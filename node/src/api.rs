@@ -206,6 +206,7 @@ pub async fn serve_forward(
         body,
         caller_role,
         request_id,
+        ..
     } = req;
     if !path.starts_with("/v1/") {
         return refuse(
@@ -300,9 +301,14 @@ async fn forward_if_not_member(State(node): State<Shared>, req: Request, next: N
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| parts.uri.path().to_string());
     let mut last = String::from("no member in the layout");
+    let method = parts.method.to_string();
+    let proof = node
+        .custody
+        .forward_proof(&caller.role, cluster.me(), &method, &path, &body)
+        .map(|p| p.to_vec().into());
     for peer in members.iter().take(3) {
         let call = ForwardRequest::Call {
-            method: parts.method.to_string(),
+            method: method.clone(),
             path: path.clone(),
             content_type: parts
                 .headers
@@ -312,6 +318,7 @@ async fn forward_if_not_member(State(node): State<Shared>, req: Request, next: N
             body: body.to_vec().into(),
             caller_role: caller.role.clone(),
             request_id: None,
+            proof: proof.clone(),
         };
         match cluster
             .forward(peer, call, node.config.api.request_timeout)

@@ -122,6 +122,61 @@ impl Custody {
 }
 
 /// Where the node key file lives.
+impl Custody {
+    /// A proof that the node holding this custody holds `role`'s current
+    /// key, bound to one forwarded API call from `sender` (its peer id).
+    /// A member serves a call forwarded by a node outside the layout only
+    /// with a valid proof, so a peer without the role's key cannot act as
+    /// that role. `None` when this node holds no key of `role`.
+    pub fn forward_proof(
+        &self,
+        role: &slurp_protocol::RoleName,
+        sender: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Option<[u8; 32]> {
+        use slurp_crypto::ExposeSecret;
+        let keyring = self.keyring();
+        let key = keyring.current(role)?;
+        let secret = key.to_secret_string();
+        let mac_key = blake3::derive_key(
+            "slurp 2026 forwarded call proof v1",
+            secret.expose_secret().as_bytes(),
+        );
+        let mut h = blake3::Hasher::new_keyed(&mac_key);
+        for part in [
+            sender.as_bytes(),
+            method.as_bytes(),
+            path.as_bytes(),
+            role.as_str().as_bytes(),
+        ] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(blake3::hash(body).as_bytes());
+        Some(*h.finalize().as_bytes())
+    }
+
+    /// Whether `proof` is [`Custody::forward_proof`] of this call (compared
+    /// in constant time).
+    pub fn check_forward_proof(
+        &self,
+        proof: &[u8],
+        role: &slurp_protocol::RoleName,
+        sender: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> bool {
+        let Ok(given) = <[u8; 32]>::try_from(proof) else {
+            return false;
+        };
+        self.forward_proof(role, sender, method, path, body)
+            .is_some_and(|want| blake3::Hash::from(want) == blake3::Hash::from(given))
+    }
+}
+
 pub fn node_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("node.key")
 }

@@ -58,6 +58,7 @@ pub type Forwarder = Arc<std::sync::OnceLock<axum::Router>>;
 async fn serve(
     store: &ContextStore,
     cluster: &Cluster,
+    custody: &Custody,
     forward: &Forwarder,
     peer: libp2p::PeerId,
     request: Request,
@@ -67,6 +68,37 @@ async fn serve(
     };
     if let Request::Cluster(r) = request {
         return Response::Cluster(cluster.serve(peer, r).await);
+    }
+    // A node outside the layout may forward API calls when it proves it
+    // holds the key of the role it acts as.
+    if let Request::Forward(slurp_protocol::messages::ForwardRequest::Call {
+        method,
+        path,
+        body,
+        caller_role,
+        proof: Some(proof),
+        ..
+    }) = &request
+        && cluster.layout().is_some()
+        && !cluster.accepts_from(&peer)
+    {
+        if custody.check_forward_proof(
+            &proof.0,
+            caller_role,
+            &peer.to_base58(),
+            method,
+            path,
+            &body.0,
+        ) {
+            if let Request::Forward(r) = request {
+                return Response::Forward(crate::api::serve_forward(forward, r).await);
+            }
+        } else {
+            return Response::Forward(ForwardResponse::Error(RemoteError {
+                code: ErrorCode::Forbidden,
+                message: format!("the call's proof for role {caller_role} does not verify"),
+            }));
+        }
     }
     if !cluster.accepts_from(&peer) {
         // The sender may hold a newer layout that has it as a member.
@@ -431,6 +463,7 @@ impl Node {
         let cluster = self.cluster.clone();
         let net = self.net.clone();
         let forward = self.forwarder.clone();
+        let custody = self.custody.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
@@ -439,10 +472,16 @@ impl Node {
                         request,
                         handle,
                     } => {
-                        let (store, cluster, net, forward) =
-                            (store.clone(), cluster.clone(), net.clone(), forward.clone());
+                        let (store, cluster, net, forward, custody) = (
+                            store.clone(),
+                            cluster.clone(),
+                            net.clone(),
+                            forward.clone(),
+                            custody.clone(),
+                        );
                         tokio::spawn(async move {
-                            let response = serve(&store, &cluster, &forward, peer, request).await;
+                            let response =
+                                serve(&store, &cluster, &custody, &forward, peer, request).await;
                             if let Err(e) = net.respond(handle, response).await {
                                 tracing::debug!(%peer, error = %e, "response not sent");
                             }

@@ -321,6 +321,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
                 body: Bytes(b"{\"x\":1}".to_vec()),
                 caller_role: role(),
                 request_id: None,
+                proof: None,
             },
         )
         .await
@@ -557,6 +558,7 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
                     body: Bytes(vec![7; 4096]),
                     caller_role: role(),
                     request_id: None,
+                    proof: None,
                 },
             )
             .await

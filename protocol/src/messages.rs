@@ -218,6 +218,11 @@ pub enum ForwardRequest {
         /// Lets logs of both nodes be joined.
         #[serde(default)]
         request_id: Option<String>,
+        /// From a node outside the layout: proof that it holds
+        /// `caller_role`'s key, bound to this call (see the node's key
+        /// custody); members need none.
+        #[serde(default)]
+        proof: Option<Bytes>,
     },
 }
 
@@ -455,6 +460,7 @@ mod tests {
             body: Bytes(vec![]),
             caller_role: RoleName::new("developer").unwrap(),
             request_id: Some("r1".into()),
+            proof: None,
         };
         assert_eq!(
             ForwardRequest::decode(&call.encode().unwrap()).unwrap(),

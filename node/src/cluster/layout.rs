@@ -38,6 +38,10 @@ pub struct LayoutState {
     path: PathBuf,
     current: RwLock<Option<(Arc<Layout>, [u8; 32])>>,
     staged: Mutex<Staged>,
+    /// Members a layout change removed (and none re-added since), kept in
+    /// `removed.json`, so auto-join never undoes an admin's removal.
+    removed: Mutex<BTreeSet<String>>,
+    removed_path: PathBuf,
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -59,10 +63,19 @@ impl LayoutState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(ClusterError::Io(format!("{}: {e}", path.display()))),
         };
+        let removed_path = dir.join("removed.json");
+        let removed = match std::fs::read(&removed_path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| ClusterError::Io(format!("{}: {e}", removed_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(ClusterError::Io(format!("{}: {e}", removed_path.display()))),
+        };
         Ok(LayoutState {
             path,
             current: RwLock::new(current),
             staged: Mutex::new(Staged::default()),
+            removed: Mutex::new(removed),
+            removed_path,
         })
     }
 
@@ -92,6 +105,25 @@ impl LayoutState {
             return Ok(false);
         }
         write_atomic(&self.path, &bytes)?;
+        {
+            let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+            let before = removed.clone();
+            if let Some((c, _)) = cur.as_ref() {
+                for m in c.members() {
+                    if layout.member_index(&m.id).is_none() {
+                        removed.insert(m.id.clone());
+                    }
+                }
+            }
+            for m in layout.members() {
+                removed.remove(&m.id);
+            }
+            if *removed != before {
+                let json =
+                    serde_json::to_vec(&*removed).map_err(|e| ClusterError::Io(e.to_string()))?;
+                write_atomic(&self.removed_path, &json)?;
+            }
+        }
         tracing::info!(
             version = layout.version(),
             members = layout.members().len(),
@@ -99,6 +131,14 @@ impl LayoutState {
         );
         *cur = Some((Arc::new(layout), d));
         Ok(true)
+    }
+
+    /// Whether a layout change removed `id` (and none re-added it).
+    pub fn was_removed(&self, id: &str) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     pub fn staged(&self) -> Staged {
@@ -181,7 +221,7 @@ impl LayoutState {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
-    let tmp = path.with_extension("cbor.tmp");
+    let tmp = path.with_extension("tmp");
     let io = |e: std::io::Error| ClusterError::Io(format!("{}: {e}", path.display()));
     {
         use std::io::Write;
@@ -237,6 +277,13 @@ mod tests {
         assert_eq!(ids, ["b", "c"]);
         let again = LayoutState::load(dir.path()).unwrap();
         assert_eq!(again.current().unwrap().as_ref(), l2.as_ref());
+        // The removal is remembered (auto-join must not undo it) until a
+        // layout has the member again.
+        assert!(again.was_removed("a"));
+        assert!(!again.was_removed("b"));
+        again.stage_join(member("a"));
+        again.apply(3, 8).unwrap();
+        assert!(!again.was_removed("a"));
     }
 
     #[test]

@@ -635,7 +635,7 @@ impl Cluster {
         };
         let mut candidates: Vec<Member> = healthy
             .iter()
-            .filter(|(id, _)| !is_member(id))
+            .filter(|(id, _)| !is_member(id) && !self.0.layout.was_removed(id))
             .filter_map(|(id, p)| {
                 p.info
                     .as_ref()
@@ -643,7 +643,7 @@ impl Cluster {
                     .map(|i| self.member_of(id, i))
             })
             .collect();
-        if !is_member(&self.0.me) {
+        if !is_member(&self.0.me) && !self.0.layout.was_removed(&self.0.me) {
             candidates.push(self.member_of(&self.0.me, &self.info()));
         }
         if candidates.is_empty() {

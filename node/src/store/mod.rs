@@ -1127,6 +1127,7 @@ impl ContextStore {
                     body: Vec::new().into(),
                     caller_role: caller.role.clone(),
                     request_id: None,
+                    proof: None,
                 };
                 match cluster
                     .forward(peer, call, self.0.options.operation_timeout)

@@ -1,0 +1,154 @@
+//! The cluster through the real binary on 127.0.0.1: nodes bootstrap over
+//! TCP, auto-join, a node outside the layout forwards API calls to a
+//! member, and an admin joins and removes members with the CLI.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{BIN, TestNode};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn peer_id(data: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["node", "peer-id", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn copy_keys(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("keys")).unwrap();
+    for e in std::fs::read_dir(from.join("keys")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("keys").join(e.file_name())).unwrap();
+    }
+    if from.join("node.key").exists() {
+        std::fs::copy(from.join("node.key"), to.join("node.key")).unwrap();
+    }
+}
+
+fn status(n: &TestNode) -> Value {
+    n.json(&n.admin, &["cluster", "status"])
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within 30 s");
+}
+
+fn members(v: &Value) -> usize {
+    v["members"].as_array().map(|m| m.len()).unwrap_or(0)
+}
+
+const ADDR: &str = "ucxl://claude:developer@shop:checkout/*^/src/forwarded.rs";
+
+#[test]
+fn join_forward_and_leave_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d: Vec<_> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
+    let port = free_port();
+    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
+    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
+    let fast = ["--auto-join"];
+    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1", fast[0]]);
+    copy_keys(&d[0], &d[1]);
+    copy_keys(&d[0], &d[2]);
+    let n2 = TestNode::start_with(&d[1], &["--bootstrap", &boot, "--name", "n2", fast[0]]);
+    // n3 does not ask to join: it learns the layout but stays outside it.
+    let n3 = TestNode::start_with(&d[2], &["--bootstrap", &boot, "--name", "n3"]);
+    wait("n1 and n2 form a layout", || members(&status(&n1)) == 2);
+    wait("n3 learns the layout", || {
+        status(&n3)["layout_version"].as_u64() >= Some(1)
+    });
+    let s3 = status(&n3);
+    assert_eq!(s3["member"], false);
+    assert_eq!(members(&s3), 2);
+
+    // n3 is not a member: it forwards the write to one, as its caller.
+    let out = n3.ok(
+        &n3.admin,
+        &["put", ADDR, "--summary", "through a non-member"],
+    );
+    assert!(out.contains("stored"), "{out}");
+    for n in [&n1, &n2, &n3] {
+        let v = n.json(&n.admin, &["get", ADDR]);
+        assert_eq!(v["context"]["summary"], "through a non-member");
+    }
+    // Forwarded calls keep the caller's role: a developer token of n3
+    // cannot read an architect record through n1.
+    let arch = "ucxl://claude:architect@shop:checkout/*^/docs/adr.md";
+    n1.ok(&n1.admin, &["put", arch, "--summary", "architects only"]);
+    let dev = n3.token("developer");
+    let out = n3.cli(&dev, &["get", arch]).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = n3.ok(&n3.admin, &["cluster", "status"]);
+    assert!(text.contains("members (2)"), "{text}");
+    let w = n3.json(&n3.admin, &["cluster", "where", ADDR]);
+    assert_eq!(w["replicas"].as_array().unwrap().len(), 2);
+
+    // An admin joins n3 from n1, then removes n2 from n3.
+    let p3 = status(&n3)["peer_id"].as_str().unwrap().to_string();
+    let v = n1.json(
+        &n1.admin,
+        &["cluster", "join", &p3, "--zone", "z3", "--apply"],
+    );
+    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+    wait("n3 becomes a member", || status(&n3)["member"] == true);
+    let p2 = status(&n2)["peer_id"].as_str().unwrap().to_string();
+    n3.ok(&n3.admin, &["cluster", "remove", &p2]);
+    let staged = status(&n3);
+    assert_eq!(staged["staged"]["remove"][0], p2.as_str());
+    let applied = n3.json(&n3.admin, &["cluster", "apply"]);
+    let version = applied["version"].as_u64();
+    let converged = || {
+        [&n1, &n2, &n3]
+            .iter()
+            .all(|n| members(&status(n)) == 2 && status(n)["layout_version"].as_u64() == version)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !converged() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        converged(),
+        "every node drops n2: {:?}",
+        [&n1, &n2, &n3]
+            .iter()
+            .map(|n| (status(n)["layout_version"].clone(), members(&status(n))))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(status(&n2)["member"], false);
+    // Writes and reads keep working, through any node.
+    n2.ok(&n2.admin, &["put", ADDR, "--summary", "after n2 left"]);
+    let v = n3.json(&n3.admin, &["get", ADDR]);
+    assert_eq!(v["context"]["summary"], "after n2 left");
+    // Only admins change the layout.
+    let out = n1
+        .cli(&n1.token("developer"), &["cluster", "apply"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+}
