@@ -2,7 +2,9 @@
 # Runs the whole test suite: installs the Debian tools the tests drive
 # (the stock `age` CLI for interoperability tests, `promtool` from the
 # prometheus package to check the metrics exposition), then every test of
-# the workspace with cargo-nextest (falling back to `cargo test`).
+# the workspace with cargo-nextest (falling back to `cargo test`), then the
+# cluster scenario of testnet/smoke.sh on a 5-node testnet of debug
+# binaries (SLURP_CHECK_SMOKE=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +23,15 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"
+fi
+
+if [ "${SLURP_CHECK_SMOKE:-1}" != 0 ]; then
+  export SLURP_TESTNET_PROFILE=debug
+  SLURP_TESTNET_DIR=$(mktemp -d)
+  export SLURP_TESTNET_DIR
+  # Ports away from a developer's own testnet (7100+).
+  export SLURP_TESTNET_PORT=${SLURP_TESTNET_PORT:-17100}
+  trap 'testnet/down.sh >/dev/null 2>&1 || true; rm -rf "$SLURP_TESTNET_DIR"' EXIT
+  testnet/up.sh 5
+  testnet/smoke.sh
 fi
