@@ -12,6 +12,10 @@
 //! - `search/full_*`: `ContextIndex::search` as `developer` (role filter),
 //!   top 10 with snippets and facet counts, for a one-word and a two-word
 //!   query;
+//! - `search/scoped_half_*`: the one-word search with half the slots in
+//!   scope (`ContextIndex::search_scoped`), as one range and as every other
+//!   partition of 1,024 (512 ranges), with the merged statistics a
+//!   distributed search supplies; and the scoped statistics export;
 //! - `index/upsert_10k`: 10,000 upserts and a commit into a fresh index
 //!   (throughput in documents per second), beside `index/floor_plain_10k`,
 //!   the same text into a plain index with the same writer settings;
@@ -23,8 +27,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use slurp_index::{ContextIndex, IndexConfig, IndexEntry, RebuildProgress, SearchQuery};
-use slurp_protocol::{ContextNode, Hlc, RoleName, UcxlAddress, VersionId, WriterId};
+use slurp_index::{ContextIndex, IndexConfig, IndexEntry, RebuildProgress, SearchQuery, SlotScope};
+use slurp_protocol::{
+    ContextNode, Hlc, Partition, PartitionScheme, RoleName, UcxlAddress, VersionId, WriterId,
+};
 use tantivy::collector::TopDocs;
 use tantivy::query::QueryParser;
 use tantivy::schema::{Schema, TEXT};
@@ -317,6 +323,69 @@ fn benches(c: &mut Criterion) {
     let q = SearchQuery::new(role("developer"), "cache");
     g.bench_function("term_statistics_one_word", |b| {
         b.iter(|| black_box(index.term_statistics(&q).expect("statistics")))
+    });
+    let scheme = PartitionScheme::default();
+    let half_range = SlotScope::from_ranges([0..=u16::MAX / 2]);
+    let half_scattered = SlotScope::from_partitions(
+        &scheme,
+        (0..scheme.count())
+            .filter(|p| p % 2 == 0)
+            .map(|p| Partition(p as u16)),
+    );
+    let other_half = SlotScope::from_partitions(
+        &scheme,
+        (0..scheme.count())
+            .filter(|p| p % 2 == 1)
+            .map(|p| Partition(p as u16)),
+    );
+    // The first statistics request of a scope computes its totals (one pass
+    // over the role's documents in scope); later ones reuse them until the
+    // next commit.
+    let t = Instant::now();
+    let mut merged = index
+        .term_statistics_scoped(&q, &half_scattered)
+        .expect("statistics");
+    eprintln!(
+        "measure: first statistics of a 512-range scope (totals pass) took {:?}",
+        t.elapsed()
+    );
+    merged
+        .merge(
+            &index
+                .term_statistics_scoped(&q, &other_half)
+                .expect("statistics"),
+        )
+        .expect("merge");
+    for (name, scope) in [
+        ("scoped_half_one_range_one_word", &half_range),
+        ("scoped_half_512_ranges_one_word", &half_scattered),
+    ] {
+        let r = index
+            .search_scoped(&q, scope, Some(&merged))
+            .expect("search");
+        eprintln!(
+            "{name}: {} of {DOCS} match for developer in {} ranges",
+            r.total_hits,
+            scope.ranges().len()
+        );
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(
+                    index
+                        .search_scoped(&q, scope, Some(&merged))
+                        .expect("search"),
+                )
+            })
+        });
+    }
+    g.bench_function("term_statistics_scoped_half_512_ranges_one_word", |b| {
+        b.iter(|| {
+            black_box(
+                index
+                    .term_statistics_scoped(&q, &half_scattered)
+                    .expect("statistics"),
+            )
+        })
     });
     let mut bare = SearchQuery::new(role("developer"), "cache");
     bare.snippets = false;
