@@ -494,7 +494,29 @@ async fn search(a: SearchArgs) -> Result<()> {
     });
     let v = client(&a.c)?.post("/v1/search", &body).await?;
     print(&a.c, &v, |v| {
-        let mut out = format!("{} hits ({} µs)\n", v["total_hits"], v["took_micros"]);
+        let nodes = v["nodes"].as_u64().unwrap_or(1);
+        let mut out = format!(
+            "{} hits ({} µs{})\n",
+            v["total_hits"],
+            v["took_micros"],
+            if nodes > 1 {
+                format!(", {nodes} nodes")
+            } else {
+                String::new()
+            }
+        );
+        if v["partial"].as_bool() == Some(true) {
+            let missing = v["missing_partitions"]
+                .as_array()
+                .map(|m| m.len())
+                .unwrap_or(0);
+            out.push_str(&format!(
+                "warning: partial results, {missing} partitions had no reachable replica\n"
+            ));
+        }
+        for w in v["warnings"].as_array().into_iter().flatten() {
+            out.push_str(&format!("warning: {}\n", w.as_str().unwrap_or("")));
+        }
         for h in v["hits"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "{:>6.2}  {}\n        {}\n",
