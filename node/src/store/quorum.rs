@@ -162,8 +162,12 @@ impl ContextStore {
             .cluster()
             .ok_or_else(|| StoreError::Internal("quorum read without a cluster".into()))?;
         let need = cluster.read_quorum(r, route.replicas.len());
+        // When this node is a replica, its own copy carries the envelope and
+        // the others only say which version they hold: the envelope crosses
+        // the network only when a peer has a newer version than ours.
         let (ok, failed) = gather(&route.replicas, need, |p| {
-            self.ask_heads(cluster, p, key, with_envelope)
+            let envelope = with_envelope && (p == cluster.me() || !route.local);
+            self.ask_heads(cluster, p, key, envelope)
         })
         .await;
         if ok.len() < need {
@@ -175,11 +179,29 @@ impl ContextStore {
                 detail: describe(&failed),
             });
         }
-        let newest = ok
+        let mut newest = ok
             .iter()
             .filter_map(|(_, h)| h.latest.as_ref())
             .max_by(|a, b| a.meta.version.cmp(&b.meta.version))
             .cloned();
+        if with_envelope
+            && let Some(n) = newest.as_mut()
+            && !n.meta.tombstone
+            && n.envelope.0.is_empty()
+        {
+            match self.fetch_version(route, key, &n.meta.version).await? {
+                Some(rec) => n.envelope = rec.envelope.into(),
+                None => {
+                    return Err(StoreError::Quorum {
+                        op: "read",
+                        key: key.to_string(),
+                        needed: need,
+                        acked: ok.len(),
+                        detail: format!("no replica returned version {}", n.meta.version),
+                    });
+                }
+            }
+        }
         let versions = ok.iter().map(|(_, h)| h.versions).max().unwrap_or(0);
         if let Some(n) = &newest
             && (with_envelope || n.meta.tombstone)
