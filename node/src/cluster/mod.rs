@@ -13,6 +13,7 @@
 //! requests; anyone connected may ask for the layout and health, which is
 //! how a new node learns the cluster before it is a member.
 
+pub mod batch;
 pub mod layout;
 pub mod peers;
 
@@ -72,6 +73,12 @@ pub struct ClusterConfig {
     pub handoff_interval: Duration,
     /// Versions per handoff request.
     pub handoff_batch: usize,
+    /// Writes (or head reads) to one replica folded into one request at
+    /// most, when they queue behind requests in flight.
+    pub replica_batch: usize,
+    /// Requests in flight to one replica before further ones queue (and
+    /// get folded together).
+    pub replica_in_flight: usize,
 }
 
 impl Default for ClusterConfig {
@@ -90,6 +97,8 @@ impl Default for ClusterConfig {
             replica_timeout: Duration::from_secs(3),
             handoff_interval: Duration::from_secs(2),
             handoff_batch: 256,
+            replica_batch: 128,
+            replica_in_flight: 4,
         }
     }
 }
@@ -112,6 +121,11 @@ impl ClusterConfig {
         }
         if self.handoff_batch == 0 {
             return Err("cluster.handoff_batch must be at least 1".into());
+        }
+        if self.replica_batch == 0 || self.replica_in_flight == 0 {
+            return Err(
+                "cluster.replica_batch and cluster.replica_in_flight must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -215,6 +229,17 @@ struct Inner {
     peers: PeerBook,
     started: Instant,
     metrics: Metrics,
+    batcher: batch::Batcher,
+}
+
+/// A [`Cluster`] that does not keep it alive (held by background tasks).
+#[derive(Clone)]
+pub(crate) struct WeakCluster(std::sync::Weak<Inner>);
+
+impl WeakCluster {
+    pub(crate) fn upgrade(&self) -> Option<Cluster> {
+        self.0.upgrade().map(Cluster)
+    }
 }
 
 fn parse_peer(id: &str) -> Result<PeerId, ClusterError> {
@@ -241,6 +266,7 @@ impl Cluster {
             peers: PeerBook::default(),
             started: Instant::now(),
             metrics,
+            batcher: batch::Batcher::default(),
         })))
     }
 
@@ -401,6 +427,46 @@ impl Cluster {
             }
         }
         r
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakCluster {
+        WeakCluster(Arc::downgrade(&self.0))
+    }
+
+    /// Stores one version on `peer`, folded with other writes queued for
+    /// it (see [`batch`]).
+    pub async fn put_version(
+        &self,
+        peer: &str,
+        version: slurp_protocol::messages::SealedVersion,
+    ) -> Result<slurp_protocol::messages::PutOutcome, String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.0
+            .batcher
+            .submit(self, peer, batch::Item::Put { version, reply });
+        rx.await
+            .unwrap_or_else(|_| Err("the request was dropped".into()))
+    }
+
+    /// `peer`'s head of `key`, folded with other head reads queued for it.
+    pub async fn head(
+        &self,
+        peer: &str,
+        key: &str,
+        with_envelope: bool,
+    ) -> Result<slurp_protocol::messages::Head, String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.0.batcher.submit(
+            self,
+            peer,
+            batch::Item::Head {
+                key: key.to_string(),
+                with_envelope,
+                reply,
+            },
+        );
+        rx.await
+            .unwrap_or_else(|_| Err("the request was dropped".into()))
     }
 
     /// A replication request to `peer`; a refusal is an error.

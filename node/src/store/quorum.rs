@@ -136,17 +136,7 @@ impl ContextStore {
                 .local_head(key, with_envelope)
                 .map_err(|e| e.to_string());
         }
-        let req = ReplicateRequest::Heads {
-            keys: vec![key.to_string()],
-            with_envelope,
-        };
-        match cluster.replicate(&peer, req).await {
-            Ok(ReplicateResponse::Heads { mut entries }) if entries.len() == 1 => {
-                Ok(entries.remove(0))
-            }
-            Ok(_) => Err(ClusterError::Unexpected.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+        cluster.head(&peer, key, with_envelope).await
     }
 
     /// Reads the newest version of `key` from `R` replicas and repairs
@@ -430,6 +420,13 @@ impl ContextStore {
                 .collect();
             let out = self.store_replicated(batch, hint_for).await;
             return Ok(out.into_iter().map(|o| o.outcome).collect());
+        }
+        if hint_for.is_none() {
+            // Folded with other writes queued for the same peer.
+            let puts = idx
+                .iter()
+                .map(|&i| cluster.put_version(peer, items[i].version.clone()));
+            return futures::future::join_all(puts).await.into_iter().collect();
         }
         let req = ReplicateRequest::PutVersions {
             versions: idx.iter().map(|&i| items[i].version.clone()).collect(),
