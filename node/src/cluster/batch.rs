@@ -24,15 +24,17 @@ use super::Cluster;
 /// Bytes of envelopes folded into one request at most.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+type HeadReply = oneshot::Sender<Result<Head, String>>;
+
 pub(crate) enum Item {
     Put {
-        version: SealedVersion,
+        version: Box<SealedVersion>,
         reply: oneshot::Sender<Result<PutOutcome, String>>,
     },
     Head {
         key: String,
         with_envelope: bool,
-        reply: oneshot::Sender<Result<Head, String>>,
+        reply: HeadReply,
     },
 }
 
@@ -116,10 +118,10 @@ async fn run(cluster: super::WeakCluster, peer: String, mut rx: mpsc::UnboundedR
 
 async fn send(c: &Cluster, peer: &str, items: Vec<Item>) {
     let mut puts = Vec::new();
-    let mut heads: [Vec<(String, oneshot::Sender<Result<Head, String>>)>; 2] = Default::default();
+    let mut heads: [Vec<(String, HeadReply)>; 2] = Default::default();
     for i in items {
         match i {
-            Item::Put { version, reply } => puts.push((version, reply)),
+            Item::Put { version, reply } => puts.push((*version, reply)),
             Item::Head {
                 key,
                 with_envelope,

@@ -441,9 +441,14 @@ impl Cluster {
         version: slurp_protocol::messages::SealedVersion,
     ) -> Result<slurp_protocol::messages::PutOutcome, String> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.0
-            .batcher
-            .submit(self, peer, batch::Item::Put { version, reply });
+        self.0.batcher.submit(
+            self,
+            peer,
+            batch::Item::Put {
+                version: Box::new(version),
+                reply,
+            },
+        );
         rx.await
             .unwrap_or_else(|_| Err("the request was dropped".into()))
     }
