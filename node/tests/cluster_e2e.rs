@@ -152,3 +152,85 @@ fn join_forward_and_leave_through_the_cli() {
         .unwrap();
     assert_eq!(out.status.code(), Some(4));
 }
+
+/// Replication, read repair and search across nodes carry only sealed
+/// envelopes to replicas: no node's data directory or debug log holds a
+/// context's plaintext, including the replicas that never saw a request.
+#[test]
+fn replicas_hold_only_ciphertext() {
+    let dir = tempfile::tempdir().unwrap();
+    let d: Vec<_> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
+    let port = free_port();
+    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
+    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut n1 = TestNode::start_logging(&d[0], &["--p2p-listen", &p2p, "--auto-join"], "debug");
+    copy_keys(&d[0], &d[1]);
+    copy_keys(&d[0], &d[2]);
+    let mut n2 = TestNode::start_logging(&d[1], &["--bootstrap", &boot, "--auto-join"], "debug");
+    let mut n3 = TestNode::start_logging(&d[2], &["--bootstrap", &boot, "--auto-join"], "debug");
+    wait("three members", || {
+        [&n1, &n2, &n3].iter().all(|n| members(&status(n)) == 3)
+    });
+    let marker = "WOMBATMARKER4417";
+    for i in 0..12 {
+        n1.ok(
+            &n1.admin,
+            &[
+                "put",
+                &format!("ucxl://claude:developer@shop:checkout/*^/src/w{i}.rs"),
+                "--summary",
+                &format!("{marker} summary {i}"),
+                "--insight",
+                &format!("{marker} insight"),
+                "--w",
+                "3",
+            ],
+        );
+    }
+    // Reads through the other nodes, and a search fanned out from one.
+    for n in [&n2, &n3] {
+        let v = n.json(
+            &n.admin,
+            &["get", "ucxl://claude:developer@shop:checkout/*^/src/w3.rs"],
+        );
+        assert!(v["context"]["summary"].as_str().unwrap().contains(marker));
+    }
+    wait("search finds them", || {
+        n3.json(&n3.admin, &["search", marker])["total_hits"] == 12
+    });
+    // Every node holds every context (RF 3): the scan below covers replicas.
+    for n in [&n1, &n2, &n3] {
+        let keys = n.json(&n.admin, &["status"])["store"]["keys"]
+            .as_u64()
+            .unwrap();
+        assert!(keys >= 12, "{keys} keys");
+    }
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.stop();
+    }
+    let needles = [
+        marker.as_bytes().to_vec(),
+        marker.to_lowercase().into_bytes(),
+    ];
+    for (i, n) in [&n1, &n2, &n3].iter().enumerate() {
+        let files = common::files_under(&d[i]);
+        assert!(files.iter().any(|f| f.ends_with("store.redb")));
+        for f in files {
+            let bytes = std::fs::read(&f).unwrap();
+            for needle in &needles {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                    "plaintext marker found in {}",
+                    f.display()
+                );
+            }
+        }
+        let log = n.log();
+        assert!(!log.is_empty());
+        assert!(
+            !log.contains(marker) && !log.to_lowercase().contains(&marker.to_lowercase()),
+            "marker in the log of node {}",
+            i + 1
+        );
+    }
+}
