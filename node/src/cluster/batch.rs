@@ -116,6 +116,30 @@ async fn run(cluster: super::WeakCluster, peer: String, mut rx: mpsc::UnboundedR
     }
 }
 
+/// Why a folded request failed, for every item in it.
+fn failure(r: Result<ReplicateResponse, super::ClusterError>) -> String {
+    match r {
+        Err(e) => e.to_string(),
+        Ok(_) => super::ClusterError::Unexpected.to_string(),
+    }
+}
+
+/// Gives each caller its item's result, or the request's failure.
+fn answer<T>(replies: Vec<oneshot::Sender<Result<T, String>>>, r: Result<Vec<T>, String>) {
+    match r {
+        Ok(values) => {
+            for (reply, v) in replies.into_iter().zip(values) {
+                let _ = reply.send(Ok(v));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
 async fn send(c: &Cluster, peer: &str, items: Vec<Item>) {
     let mut puts = Vec::new();
     let mut heads: [Vec<(String, HeadReply)>; 2] = Default::default();
@@ -141,22 +165,13 @@ async fn send(c: &Cluster, peer: &str, items: Vec<Item>) {
             write_quorum_id: None,
             hint_for: None,
         };
-        match c.replicate(peer, req).await {
+        let r = match c.replicate(peer, req).await {
             Ok(ReplicateResponse::Stored { outcomes }) if outcomes.len() == n => {
-                for (reply, o) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(o.outcome));
-                }
+                Ok(outcomes.into_iter().map(|o| o.outcome).collect())
             }
-            other => {
-                let e = match other {
-                    Err(e) => e.to_string(),
-                    Ok(_) => super::ClusterError::Unexpected.to_string(),
-                };
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
+            other => Err(failure(other)),
+        };
+        answer(replies, r);
     };
     let head_rounds = heads
         .into_iter()
@@ -171,22 +186,11 @@ async fn send(c: &Cluster, peer: &str, items: Vec<Item>) {
                 keys,
                 with_envelope: env == 1,
             };
-            match c.replicate(peer, req).await {
-                Ok(ReplicateResponse::Heads { entries }) if entries.len() == n => {
-                    for (reply, h) in replies.into_iter().zip(entries) {
-                        let _ = reply.send(Ok(h));
-                    }
-                }
-                other => {
-                    let e = match other {
-                        Err(e) => e.to_string(),
-                        Ok(_) => super::ClusterError::Unexpected.to_string(),
-                    };
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+            let r = match c.replicate(peer, req).await {
+                Ok(ReplicateResponse::Heads { entries }) if entries.len() == n => Ok(entries),
+                other => Err(failure(other)),
+            };
+            answer(replies, r);
         });
     futures::join!(put_round, futures::future::join_all(head_rounds));
 }

@@ -819,17 +819,7 @@ impl ContextStore {
                 .select(history.len())
                 .ok_or_else(|| StoreError::NotFound(address.to_string()))?;
             let meta = &history[i];
-            if !meta.readers.contains(role) {
-                return Err(self
-                    .deny(
-                        caller,
-                        AuditAction::Read,
-                        &key,
-                        "read",
-                        "role is not a reader of the record",
-                    )
-                    .await);
-            }
+            self.require_reader(caller, &key, meta).await?;
             if meta.tombstone {
                 return Err(StoreError::Deleted {
                     address: address.to_string(),
@@ -852,17 +842,7 @@ impl ContextStore {
             (record, i as u64 + 1)
         };
         self.0.metrics.record("get", "local", true, start.elapsed());
-        if !record.meta.readers.contains(role) {
-            return Err(self
-                .deny(
-                    caller,
-                    AuditAction::Read,
-                    &key,
-                    "read",
-                    "role is not a reader of the record",
-                )
-                .await);
-        }
+        self.require_reader(caller, &key, &record.meta).await?;
         let node = self.open(role, &record)?;
         let read = CachedRead {
             node: Arc::new(node),
@@ -873,15 +853,27 @@ impl ContextStore {
         } else {
             Selector::Exact(record.meta.version.clone())
         };
+        Ok(self.finish_read(caller, &key, sel, read, generation).await)
+    }
+
+    /// Caches a read for the caller's role, audits it and answers it.
+    async fn finish_read(
+        &self,
+        caller: &Principal,
+        key: &str,
+        sel: Selector,
+        read: CachedRead,
+        generation: u64,
+    ) -> ReadResult {
         self.0
             .cache
-            .insert(role, &key, sel, &read, generation)
+            .insert(&caller.role, key, sel, &read, generation)
             .await;
         self.0
             .audit
-            .allow(&caller.token_id, role, AuditAction::Read, &key)
+            .allow(&caller.token_id, &caller.role, AuditAction::Read, key)
             .await;
-        Ok(read_result(&key, &read))
+        read_result(key, &read)
     }
 
     /// A read in a cluster: the newest version from a read quorum (or, for
@@ -923,17 +915,7 @@ impl ContextStore {
                 version: meta.version,
             });
         }
-        if !meta.readers.contains(role) {
-            return Err(self
-                .deny(
-                    caller,
-                    AuditAction::Read,
-                    &key,
-                    "read",
-                    "role is not a reader of the record",
-                )
-                .await);
-        }
+        self.require_reader(caller, &key, &meta).await?;
         let sel = Selector::Exact(meta.version.clone());
         if let Some(hit) = self.0.cache.get(role, &key, &sel).await {
             self.0
@@ -956,15 +938,28 @@ impl ContextStore {
             node: Arc::new(node),
             ordinal,
         };
-        self.0
-            .cache
-            .insert(role, &key, sel, &read, generation)
-            .await;
-        self.0
-            .audit
-            .allow(&caller.token_id, role, AuditAction::Read, &key)
-            .await;
-        Ok(read_result(&key, &read))
+        Ok(self.finish_read(caller, &key, sel, read, generation).await)
+    }
+
+    /// Refuses (and audits) a read of `meta` by a role not among its readers.
+    async fn require_reader(
+        &self,
+        caller: &Principal,
+        key: &str,
+        meta: &RecordMeta,
+    ) -> Result<(), StoreError> {
+        if meta.readers.contains(&caller.role) {
+            return Ok(());
+        }
+        Err(self
+            .deny(
+                caller,
+                AuditAction::Read,
+                key,
+                "read",
+                "role is not a reader of the record",
+            )
+            .await)
     }
 
     /// Opens a stored record with `role`'s key: the stanza for that role is

@@ -85,6 +85,21 @@ fn describe(failed: &[(String, String)]) -> String {
         .join("; ")
 }
 
+fn read_quorum_failed(
+    key: &str,
+    need: usize,
+    acked: usize,
+    failed: &[(String, String)],
+) -> StoreError {
+    StoreError::Quorum {
+        op: "read",
+        key: key.to_string(),
+        needed: need,
+        acked,
+        detail: describe(failed),
+    }
+}
+
 fn short(peer: &str) -> &str {
     &peer[peer.len().saturating_sub(8)..]
 }
@@ -161,13 +176,7 @@ impl ContextStore {
         })
         .await;
         if ok.len() < need {
-            return Err(StoreError::Quorum {
-                op: "read",
-                key: key.to_string(),
-                needed: need,
-                acked: ok.len(),
-                detail: describe(&failed),
-            });
+            return Err(read_quorum_failed(key, need, ok.len(), &failed));
         }
         let mut newest = ok
             .iter()
@@ -268,13 +277,7 @@ impl ContextStore {
         })
         .await;
         if ok.len() < need {
-            return Err(StoreError::Quorum {
-                op: "read",
-                key: key.to_string(),
-                needed: need,
-                acked: ok.len(),
-                detail: describe(&failed),
-            });
+            return Err(read_quorum_failed(key, need, ok.len(), &failed));
         }
         let mut merged: HashMap<VersionId, RecordMeta> = HashMap::new();
         for (_, metas) in ok {

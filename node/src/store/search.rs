@@ -98,14 +98,36 @@ impl ContextStore {
             ));
         };
         query.role = caller.role.clone();
-        if let Some(cluster) = self.cluster()
+        let r = if let Some(cluster) = self.cluster()
             && let Some(layout) = cluster.layout()
         {
-            return self
-                .search_cluster(caller, query, cluster, layout, index, start)
-                .await;
-        }
-        let r = super::bounded(self.0.options.operation_timeout, async {
+            self.search_cluster(caller, query, cluster, layout, index)
+                .await
+        } else {
+            self.search_local(caller, query, index).await
+        };
+        self.time("search", "store", start, &r);
+        let mut resp = r?;
+        resp.took_micros = start.elapsed().as_micros() as u64;
+        self.0
+            .audit
+            .allow(
+                &caller.token_id,
+                &caller.role,
+                AuditAction::Search,
+                "search",
+            )
+            .await;
+        Ok(resp)
+    }
+
+    async fn search_local(
+        &self,
+        caller: &Principal,
+        query: SearchQuery,
+        index: Arc<ContextIndex>,
+    ) -> Result<SearchResponse, StoreError> {
+        super::bounded(self.0.options.operation_timeout, async {
             let index_start = Instant::now();
             let results = tokio::task::spawn_blocking(move || index.search(&query))
                 .await
@@ -145,20 +167,7 @@ impl ContextStore {
                 nodes: 1,
             })
         })
-        .await;
-        self.time("search", "store", start, &r);
-        let mut resp = r?;
-        resp.took_micros = start.elapsed().as_micros() as u64;
-        self.0
-            .audit
-            .allow(
-                &caller.token_id,
-                &caller.role,
-                AuditAction::Search,
-                "search",
-            )
-            .await;
-        Ok(resp)
+        .await
     }
 }
 
@@ -286,7 +295,6 @@ impl ContextStore {
         cluster: &Cluster,
         layout: Arc<Layout>,
         index: Arc<ContextIndex>,
-        start: Instant,
     ) -> Result<SearchResponse, StoreError> {
         let scheme = layout.partitions();
         // Each node answers for the full page: the global top `offset +
@@ -294,7 +302,7 @@ impl ContextStore {
         let mut shard_query = query.clone();
         shard_query.limit = query.offset.saturating_add(query.limit).max(1);
         shard_query.offset = 0;
-        let r = super::bounded(self.0.options.operation_timeout, async {
+        super::bounded(self.0.options.operation_timeout, async {
             let index_start = Instant::now();
             let mut excluded: Vec<String> = Vec::new();
             let mut missing;
@@ -483,20 +491,7 @@ impl ContextStore {
                 nodes,
             })
         })
-        .await;
-        self.time("search", "store", start, &r);
-        let mut resp = r?;
-        resp.took_micros = start.elapsed().as_micros() as u64;
-        self.0
-            .audit
-            .allow(
-                &caller.token_id,
-                &caller.role,
-                AuditAction::Search,
-                "search",
-            )
-            .await;
-        Ok(resp)
+        .await
     }
 }
 
