@@ -677,6 +677,12 @@ async fn status(
         "workers": node.workers.list(),
         "batches": node.store.batches().list(),
         "roles": node.store.roles().roles().collect::<Vec<_>>(),
+        "cluster": {
+            "peer_id": node.cluster.me(),
+            "layout_version": node.cluster.layout_version(),
+            "member": node.cluster.is_member(),
+            "members": node.cluster.layout().map(|l| l.members().len()).unwrap_or(0),
+        },
     })))
 }
 
@@ -861,6 +867,27 @@ async fn health(State(node): State<Shared>) -> impl IntoResponse {
     } else {
         component(false, format!("no key for roles {}", missing.join(", ")))
     };
+    // The cluster component informs; it does not gate readiness (a node
+    // serves what its quorums allow, and says so per request).
+    let c = node.cluster.status();
+    let cluster = match (c.layout_version, c.member) {
+        (0, _) => component(true, "no layout: serving alone".into()),
+        (v, member) => {
+            let up = c.members.iter().filter(|m| m.peer.up).count();
+            component(
+                true,
+                format!(
+                    "layout v{v}, {up} of {} members up{}",
+                    c.members.len(),
+                    if member {
+                        ""
+                    } else {
+                        ", this node is not a member"
+                    }
+                ),
+            )
+        }
+    };
     let ready = [&store, &index, &keys]
         .iter()
         .all(|c| c["ok"].as_bool().unwrap_or(false));
@@ -874,7 +901,7 @@ async fn health(State(node): State<Shared>) -> impl IntoResponse {
         Json(json!({
             "live": true,
             "ready": ready,
-            "components": {"store": store, "index": index, "cache": cache, "keys": keys},
+            "components": {"store": store, "index": index, "cache": cache, "keys": keys, "cluster": cluster},
         })),
     )
 }

@@ -927,9 +927,21 @@ async fn run(cli: Cli) -> Result<()> {
             let v = client(&c)?.get("/v1/status", &[]).await?;
             print(&c, &v, |v| {
                 let mut out = format!(
-                    "slurp {} writer {}\nstore: {} keys, {} versions, {} bytes\nindex: {} docs, {} segments\ncache: {} entries, {} bytes\nworkers:",
+                    "slurp {} writer {}\ncluster: {}\nstore: {} keys, {} versions, {} bytes\nindex: {} docs, {} segments\ncache: {} entries, {} bytes\nworkers:",
                     v["version"].as_str().unwrap_or(""),
                     v["writer_id"].as_str().unwrap_or(""),
+                    match v["cluster"]["layout_version"].as_u64() {
+                        None | Some(0) => "no layout (alone)".to_string(),
+                        Some(l) => format!(
+                            "layout v{l}, {} members{}",
+                            v["cluster"]["members"],
+                            if v["cluster"]["member"] == true {
+                                ""
+                            } else {
+                                ", not one of them"
+                            }
+                        ),
+                    },
                     v["store"]["keys"],
                     v["store"]["versions"],
                     v["store"]["file_bytes"],
