@@ -257,7 +257,7 @@ impl Metrics {
         let replication_events = Family::<CauseLabels, Counter>::default();
         r.register(
             "replication_events",
-            "Replication outcomes: replica_ack, replica_fail, hinted, handed_off, quorum_failed, read_repair",
+            "Replication outcomes: replica_ack, replica_fail, hinted, handed_off, hints_dropped, quorum_failed, read_repair",
             replication_events.clone(),
         );
         let hints_pending = Gauge::default();

@@ -573,7 +573,36 @@ async fn hand_off(
         .set(targets.iter().map(|t| t.count as i64).sum());
     let mut handed = 0u64;
     let mut waiting = 0u64;
+    let layout = cluster.layout();
     for t in targets {
+        if layout
+            .as_ref()
+            .is_some_and(|l| l.member_index(&t.target).is_none())
+        {
+            // The replica left the layout: its copies are now the new
+            // replicas' to get (rebalancing and anti-entropy). The versions
+            // stay here; only the hints go.
+            let mut dropped = 0;
+            loop {
+                let page = local
+                    .hints(&t.target, None, batch.max(1))
+                    .map_err(|e| e.to_string())?;
+                if page.hints.is_empty() {
+                    break;
+                }
+                let n = local
+                    .remove_hints(&page.hints)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                dropped += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            metrics.replication("hints_dropped", dropped as u64);
+            tracing::warn!(target = %t.target, dropped, "dropped hints for a peer that left the layout");
+            continue;
+        }
         if !cluster.peers().is_up(&t.target) {
             waiting += t.count;
             continue;
