@@ -458,6 +458,18 @@ impl Node {
                 cluster
                     .set_listen_addrs(addrs.into_iter().map(|a| format!("{a}/p2p/{me}")).collect());
             }
+            // A restarted node finds the members of the layout it kept at
+            // the addresses the layout lists, even when its bootstrap peers
+            // are gone.
+            if let Some(layout) = cluster.layout() {
+                for m in layout.members().iter().filter(|m| m.id != cluster.me()) {
+                    if let Ok(addr) = m.address.parse::<libp2p::Multiaddr>()
+                        && let Err(e) = net.dial(addr).await
+                    {
+                        tracing::debug!(member = %m.id, error = %e, "layout member not reachable yet");
+                    }
+                }
+            }
         });
         let store = self.store.clone();
         let cluster = self.cluster.clone();

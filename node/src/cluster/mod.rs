@@ -822,13 +822,14 @@ impl Cluster {
         if let Some(l) = &layout {
             for m in l.members() {
                 let mut peer = self.0.peers.view(&m.id);
+                // The layout's zone is the one placement uses.
+                peer.zone = Some(m.zone.clone());
                 let is_self = m.id == self.0.me;
                 if is_self {
                     peer.up = true;
                     peer.connected = true;
                     peer.name = Some(info.name.clone());
                     peer.api_addr = info.api_addr.clone();
-                    peer.zone = info.zone.clone();
                     peer.layout_version = l.version();
                     peer.status = Some(HealthStatus::Ok);
                     peer.uptime_secs = self.0.started.elapsed().as_secs();
