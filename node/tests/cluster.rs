@@ -142,6 +142,23 @@ impl Cluster {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    /// Restarts node `i` on the address it had (the layout lists it),
+    /// waiting for the stopped swarm to release it.
+    async fn restart_in_place(&mut self, i: usize, bootstrap: Vec<libp2p::Multiaddr>) {
+        let mut c = self.configs[i].clone();
+        c.net.bootstrap = bootstrap;
+        for _ in 0..100 {
+            match Node::open(c.clone()).await {
+                Ok(n) => {
+                    self.nodes[i] = Some(n);
+                    return;
+                }
+                Err(e) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        panic!("node {i} did not restart on its address");
+    }
+
     async fn restart(&mut self, i: usize) {
         // A new address: the stopped swarm's may not be released yet.
         self.configs[i].net.listen = vec![memory_addr()];
@@ -217,6 +234,44 @@ async fn nodes_auto_join_and_every_node_reads_what_one_wrote() {
         })
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_nodes_find_each_other_without_their_bootstrap_peer() {
+    let mut c = Cluster::start(Opts {
+        n: 3,
+        rf: 3,
+        auto_join: true,
+    })
+    .await;
+    c.converged(3).await;
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+    // Nodes 1 and 2 come back; node 0, their only bootstrap peer, does not.
+    let gone: libp2p::Multiaddr = format!("{}/p2p/{}", c.configs[0].net.listen[0], c.peer(0))
+        .parse()
+        .unwrap();
+    c.restart_in_place(1, vec![gone.clone()]).await;
+    c.restart_in_place(2, vec![gone]).await;
+    wait_until("1 and 2 reconnect", Duration::from_secs(15), async || {
+        c.node(1).cluster.peers().view(&c.peer(2)).up
+    })
+    .await;
+    // W = 2 of the 3 replicas: the two of them take writes and reads.
+    let w = c
+        .node(1)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "without node 0")))
+        .await
+        .unwrap();
+    let r = c
+        .node(2)
+        .store
+        .get(&admin(), &UcxlAddress::parse(A).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.version, w.version);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

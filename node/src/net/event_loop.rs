@@ -133,6 +133,17 @@ impl EventLoop {
                 () = &mut shutdown => break,
             }
         }
+        // Close the listeners explicitly: the memory transport releases its
+        // port only then (dropping it does not), and a node restarted in the
+        // same process must be able to listen there again.
+        let ids: HashSet<ListenerId> = self
+            .listeners
+            .union(&self.listeners_ready)
+            .copied()
+            .collect();
+        for id in ids {
+            self.swarm.remove_listener(id);
+        }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "network event loop stopped");
     }
 
