@@ -153,7 +153,7 @@ impl Cluster {
                     self.nodes[i] = Some(n);
                     return;
                 }
-                Err(e) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
         panic!("node {i} did not restart on its address");
