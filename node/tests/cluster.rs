@@ -234,6 +234,43 @@ async fn nodes_auto_join_and_every_node_reads_what_one_wrote() {
         })
     })
     .await;
+    // Batches replicate item by item; all-or-nothing is refused in a cluster.
+    let items: Vec<_> = (0..20)
+        .map(|i| slurp_node::store::BatchStoreItem {
+            context: ctx(
+                &format!("ucxl://claude:developer@shop:checkout/*^/src/b{i}.rs"),
+                &format!("batch item {i}"),
+            ),
+            roles: None,
+            change_reason: None,
+            ttl_secs: None,
+        })
+        .collect();
+    let report = c
+        .node(1)
+        .store
+        .batch_put(&admin(), items.clone(), false)
+        .await
+        .unwrap();
+    assert_eq!((report.succeeded, report.failed), (20, 0));
+    let b7 = UcxlAddress::parse("ucxl://claude:developer@shop:checkout/*^/src/b7.rs").unwrap();
+    assert_eq!(
+        c.node(2)
+            .store
+            .get(&admin(), &b7)
+            .await
+            .unwrap()
+            .context
+            .summary,
+        "batch item 7"
+    );
+    let err = c
+        .node(0)
+        .store
+        .batch_put(&admin(), items, true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::BadRequest(_)), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,6 +208,15 @@ impl ContextStore {
         atomic: bool,
     ) -> Result<BatchReport<PutResult>, StoreError> {
         check_size(self, items.len())?;
+        if atomic && self.cluster().is_some_and(|c| c.layout().is_some()) {
+            // Replicas commit each version on their own: all-or-nothing
+            // across them needs a commit protocol the cluster does not have.
+            return Err(StoreError::BadRequest(
+                "atomic batches are not available in a cluster (replicas commit each version \
+                 on their own); send the batch without \"atomic\""
+                    .into(),
+            ));
+        }
         // An atomic batch is one transaction of the local store, whose
         // writer commits at most `store.max_batch` writes at once.
         let max_atomic = self.0.store.config().max_batch;
