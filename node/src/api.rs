@@ -464,38 +464,14 @@ struct ListQuery {
     after: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
-    /// Set by a cluster member's list fan-out: list this node's own store
-    /// over these slots (JSON `[[first, last], ...]`).
-    #[serde(default)]
-    local_slots: Option<String>,
 }
 
 async fn list(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    forwarded: Option<axum::Extension<ForwardedCaller>>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let p = parse_address(&q.pattern)?;
-    if let Some(slots) = &q.local_slots {
-        if forwarded.is_none() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_query_string",
-                "local_slots is only for calls between cluster members",
-            ));
-        }
-        let scope: slurp_index::SlotScope = serde_json::from_str(slots).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_query_string", e.to_string())
-        })?;
-        return Ok(Json(node.store.list_local(
-            &p,
-            q.after.as_deref(),
-            q.limit.unwrap_or(100),
-            Some(&scope),
-            &caller.role,
-        )?));
-    }
     Ok(Json(
         node.store
             .list(&caller, &p, q.after.as_deref(), q.limit.unwrap_or(100))

@@ -120,7 +120,10 @@ async fn serve(
     match request {
         Request::Replicate(r) => Response::Replicate(store.serve_replicate(r).await),
         Request::Search(r) => Response::Search(store.serve_search(r).await),
-        Request::Forward(r) => Response::Forward(crate::api::serve_forward(forward, r).await),
+        Request::Forward(r) => Response::Forward(match store.serve_list_share(&r) {
+            Some(reply) => reply,
+            None => crate::api::serve_forward(forward, r).await,
+        }),
         Request::Cluster(_) => unreachable_cluster(),
     }
 }

@@ -692,6 +692,28 @@ async fn cluster_search_ranks_like_one_index_and_reports_missing_partitions() {
         assert_eq!(a, b, "{text}");
         assert_eq!(got.facets, want.facets, "{text}");
     }
+    // A listing merges every node's share in key order, pages included.
+    let pattern = UcxlAddress::parse("ucxl://any:any@shop:checkout/*^/src").unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let page = c
+            .node(3)
+            .store
+            .list(&dev, &pattern, after.as_deref(), 30)
+            .await
+            .unwrap();
+        seen.extend(page.entries.iter().map(|e| e.address.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(seen.len(), 96, "every context once");
+    assert_eq!(unique.len(), 96);
     // Two nodes down: the partitions they both held have no replica left.
     c.stop(2).await;
     c.stop(3).await;

@@ -1171,6 +1171,64 @@ impl ContextStore {
         })
     }
 
+    /// Serves a member's list fan-out (`GET /v1/list?...&local_slots=...`
+    /// forwarded to this node) straight from the local store, without the
+    /// HTTP layer; `None` for any other forwarded call.
+    pub fn serve_list_share(
+        &self,
+        call: &slurp_protocol::messages::ForwardRequest,
+    ) -> Option<slurp_protocol::messages::ForwardResponse> {
+        use slurp_protocol::messages::{ForwardRequest, ForwardResponse};
+        #[derive(Deserialize)]
+        struct Share {
+            pattern: String,
+            #[serde(default)]
+            after: Option<String>,
+            #[serde(default)]
+            limit: Option<usize>,
+            local_slots: String,
+        }
+        let ForwardRequest::Call {
+            method,
+            path,
+            caller_role,
+            ..
+        } = call;
+        let query = path.strip_prefix("/v1/list?")?;
+        if method != "GET" || !query.contains("local_slots=") {
+            return None;
+        }
+        let r = (|| -> Result<ListPage, StoreError> {
+            let q: Share = serde_urlencoded::from_str(query)
+                .map_err(|e| StoreError::BadRequest(e.to_string()))?;
+            let pattern = UcxlAddress::parse(&q.pattern)?;
+            let scope: slurp_index::SlotScope = serde_json::from_str(&q.local_slots)
+                .map_err(|e| StoreError::BadRequest(format!("local_slots: {e}")))?;
+            self.list_local(
+                &pattern,
+                q.after.as_deref(),
+                q.limit.unwrap_or(100),
+                Some(&scope),
+                caller_role,
+            )
+        })();
+        let (status, body) = match r {
+            Ok(page) => (200, serde_json::to_vec(&page).unwrap_or_default()),
+            Err(e) => (
+                400,
+                serde_json::to_vec(
+                    &serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}}),
+                )
+                .unwrap_or_default(),
+            ),
+        };
+        Some(ForwardResponse::Reply {
+            status,
+            content_type: Some("application/json".into()),
+            body: body.into(),
+        })
+    }
+
     /// A listing of this node's own store, limited to `scope` if given.
     pub fn list_local(
         &self,
