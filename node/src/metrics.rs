@@ -49,6 +49,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CounterLabels {
+    pub counter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
 }
@@ -94,7 +99,7 @@ pub struct Metrics {
     pub cluster_request_failures: Family<PeerLabels, Counter>,
     pub replication_events: Family<CauseLabels, Counter>,
     pub hints_pending: Gauge,
-    pub net_counters: Family<CauseLabels, Gauge>,
+    pub net_counters: Family<CounterLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -266,10 +271,10 @@ impl Metrics {
             "Versions this node holds for a down replica (hinted handoff)",
             hints_pending.clone(),
         );
-        let net_counters = Family::<CauseLabels, Gauge>::default();
+        let net_counters = Family::<CounterLabels, Gauge>::default();
         r.register(
             "net",
-            "Swarm counters since start, by name",
+            "Swarm counters since start (connections, dials, requests, failures, timeouts, oversized messages, dropped inbound requests, Kademlia queries), by counter",
             net_counters.clone(),
         );
         Metrics {

@@ -431,7 +431,7 @@ impl Node {
                     ] {
                         metrics
                             .net_counters
-                            .get_or_create(&crate::metrics::CauseLabels { cause: name })
+                            .get_or_create(&crate::metrics::CounterLabels { counter: name })
                             .set(v as i64);
                     }
                     let s = store.local().stats().map_err(|e| e.to_string())?;
