@@ -165,7 +165,24 @@ impl FromRequestParts<Shared> for Caller {
                 "expected a Bearer token",
             )
         })?;
-        match node.tokens.authenticate(token.trim()) {
+        // A token made on another member is looked up there (hashes only).
+        let found = node
+            .tokens
+            .authenticate_with(token.trim(), |id| async move {
+                node.cluster
+                    .find_token(&id)
+                    .await
+                    .map(|t| crate::tokens::TokenEntry {
+                        id: t.id,
+                        role: t.role,
+                        secret_hash: t.secret_hash,
+                        label: String::new(),
+                        created_at_ms: 0,
+                        revoked_at_ms: t.revoked.then_some(0),
+                    })
+            })
+            .await;
+        match found {
             Ok(p) => Ok(Caller(p)),
             Err(TokenError::Malformed) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,

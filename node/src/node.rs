@@ -59,6 +59,7 @@ async fn serve(
     store: &ContextStore,
     cluster: &Cluster,
     custody: &Custody,
+    tokens: &TokenStore,
     forward: &Forwarder,
     peer: libp2p::PeerId,
     request: Request,
@@ -66,6 +67,27 @@ async fn serve(
     use slurp_protocol::messages::{
         ErrorCode, ForwardResponse, RemoteError, ReplicateResponse, SearchResponse,
     };
+    if let Request::Cluster(slurp_protocol::messages::ClusterRequest::GetToken { id }) = &request {
+        // Hashes of secrets, but still only for members.
+        let r = if cluster.accepts_from(&peer) {
+            slurp_protocol::messages::ClusterResponse::Token {
+                token: tokens
+                    .entry(id)
+                    .map(|e| slurp_protocol::messages::TokenRecord {
+                        id: e.id,
+                        role: e.role,
+                        secret_hash: e.secret_hash,
+                        revoked: e.revoked_at_ms.is_some(),
+                    }),
+            }
+        } else {
+            slurp_protocol::messages::ClusterResponse::Error(RemoteError {
+                code: ErrorCode::Forbidden,
+                message: "token lookups are for layout members".into(),
+            })
+        };
+        return Response::Cluster(r);
+    }
     if let Request::Cluster(r) = request {
         return Response::Cluster(cluster.serve(peer, r).await);
     }
@@ -479,6 +501,7 @@ impl Node {
         let net = self.net.clone();
         let forward = self.forwarder.clone();
         let custody = self.custody.clone();
+        let tokens = self.tokens.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
@@ -487,16 +510,18 @@ impl Node {
                         request,
                         handle,
                     } => {
-                        let (store, cluster, net, forward, custody) = (
+                        let (store, cluster, net, forward, custody, tokens) = (
                             store.clone(),
                             cluster.clone(),
                             net.clone(),
                             forward.clone(),
                             custody.clone(),
+                            tokens.clone(),
                         );
                         tokio::spawn(async move {
                             let response =
-                                serve(&store, &cluster, &custody, &forward, peer, request).await;
+                                serve(&store, &cluster, &custody, &tokens, &forward, peer, request)
+                                    .await;
                             if let Err(e) = net.respond(handle, response).await {
                                 tracing::debug!(%peer, error = %e, "response not sent");
                             }

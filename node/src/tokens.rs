@@ -24,6 +24,10 @@ pub enum TokenError {
     Malformed,
     #[error("token is unknown or revoked")]
     Unknown,
+    /// No token with this id was made on this node; another cluster member
+    /// may know it (see [`TokenStore::authenticate_with`]).
+    #[error("token {0} was not made on this node")]
+    NotHere(String),
     #[error("no token with id {0}")]
     NoSuchId(String),
     #[error("tokens file {path}: {source}")]
@@ -200,28 +204,74 @@ impl TokenStore {
             .unwrap_or_default()
     }
 
-    /// Checks a bearer token.
-    pub fn authenticate(&self, token: &str) -> Result<Principal, TokenError> {
-        let rest = token.strip_prefix("slurp_").ok_or(TokenError::Malformed)?;
-        let (id, secret) = rest.split_once('_').ok_or(TokenError::Malformed)?;
-        if id.len() != 16 || secret.is_empty() || secret.len() > 128 {
-            return Err(TokenError::Malformed);
-        }
-        let file = self.file.read().unwrap_or_else(|e| e.into_inner());
-        let entry = file.tokens.get(id).ok_or(TokenError::Unknown)?;
-        if entry.revoked_at_ms.is_some() {
-            return Err(TokenError::Unknown);
-        }
-        let stored = blake3::Hash::from_hex(&entry.secret_hash).map_err(|_| TokenError::Unknown)?;
-        // blake3::Hash equality is constant time.
-        if stored != hash_secret(secret) {
-            return Err(TokenError::Unknown);
-        }
-        Ok(Principal {
-            token_id: entry.id.clone(),
-            role: entry.role.clone(),
-        })
+    /// The entry of token `id`, if this node made it.
+    pub fn entry(&self, id: &str) -> Option<TokenEntry> {
+        self.file
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .tokens
+            .get(id)
+            .cloned()
     }
+
+    /// Checks a bearer token against the tokens made on this node.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, TokenError> {
+        let (id, secret) = split_token(token)?;
+        let entry = self
+            .entry(id)
+            .ok_or_else(|| TokenError::NotHere(id.to_string()))?;
+        verify(&entry, secret)
+    }
+
+    /// Checks a bearer token made on this node or, when not, against the
+    /// entry `remote` finds for its id (another cluster member's; only
+    /// hashes of secrets travel). Unknown everywhere is `Unknown`.
+    pub async fn authenticate_with<F, Fut>(
+        &self,
+        token: &str,
+        remote: F,
+    ) -> Result<Principal, TokenError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Option<TokenEntry>>,
+    {
+        match self.authenticate(token) {
+            Err(TokenError::NotHere(id)) => {
+                let (_, secret) = split_token(token)?;
+                match remote(id).await {
+                    Some(entry) => verify(&entry, secret),
+                    None => Err(TokenError::Unknown),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// `slurp_<id>_<secret>` into its id and secret.
+fn split_token(token: &str) -> Result<(&str, &str), TokenError> {
+    let rest = token.strip_prefix("slurp_").ok_or(TokenError::Malformed)?;
+    let (id, secret) = rest.split_once('_').ok_or(TokenError::Malformed)?;
+    if id.len() != 16 || secret.is_empty() || secret.len() > 128 {
+        return Err(TokenError::Malformed);
+    }
+    Ok((id, secret))
+}
+
+/// Whether `secret` is `entry`'s (and the entry is not revoked).
+fn verify(entry: &TokenEntry, secret: &str) -> Result<Principal, TokenError> {
+    if entry.revoked_at_ms.is_some() {
+        return Err(TokenError::Unknown);
+    }
+    let stored = blake3::Hash::from_hex(&entry.secret_hash).map_err(|_| TokenError::Unknown)?;
+    // blake3::Hash equality is constant time.
+    if stored != hash_secret(secret) {
+        return Err(TokenError::Unknown);
+    }
+    Ok(Principal {
+        token_id: entry.id.clone(),
+        role: entry.role.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -267,6 +317,54 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[tokio::test]
+    async fn tokens_of_other_members_verify_against_their_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = TokenStore::open(dir.path().join("here.json")).unwrap();
+        let there = TokenStore::open(dir.path().join("there.json")).unwrap();
+        let (entry, token) = there
+            .create(RoleName::new("architect").unwrap(), "elsewhere")
+            .unwrap();
+        // Not made here: a plain check says so, with the id to look up.
+        assert!(
+            matches!(here.authenticate(&token), Err(TokenError::NotHere(id)) if id == entry.id)
+        );
+        let remote = |e: Option<TokenEntry>| move |_id: String| async move { e };
+        let p = here
+            .authenticate_with(&token, remote(Some(entry.clone())))
+            .await
+            .unwrap();
+        assert_eq!(p.role.as_str(), "architect");
+        // No member knows it, a wrong secret, a revoked entry: refused.
+        assert!(matches!(
+            here.authenticate_with(&token, remote(None)).await,
+            Err(TokenError::Unknown)
+        ));
+        let mut bad = token.clone();
+        bad.pop();
+        bad.push('x');
+        assert!(matches!(
+            here.authenticate_with(&bad, remote(Some(entry.clone())))
+                .await,
+            Err(TokenError::Unknown)
+        ));
+        let revoked = TokenEntry {
+            revoked_at_ms: Some(1),
+            ..entry.clone()
+        };
+        assert!(matches!(
+            here.authenticate_with(&token, remote(Some(revoked))).await,
+            Err(TokenError::Unknown)
+        ));
+        // A token made here never asks the others.
+        let (_, mine) = here.create(RoleName::new("admin").unwrap(), "").unwrap();
+        let p = here
+            .authenticate_with(&mine, |_| async { panic!("looked up a local token") })
+            .await
+            .unwrap();
+        assert_eq!(p.role.as_str(), "admin");
     }
 
     #[test]

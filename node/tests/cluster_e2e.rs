@@ -83,6 +83,20 @@ fn join_forward_and_leave_through_the_cli() {
     assert_eq!(s3["member"], false);
     assert_eq!(members(&s3), 2);
 
+    // A token made on one member works on every member (its hash is
+    // looked up there); an unknown one nowhere.
+    let dev1 = n1.token("developer");
+    n1.ok(&n1.admin, &["put", ADDR, "--summary", "for any member"]);
+    let v = n2.json(&dev1, &["get", ADDR]);
+    assert_eq!(v["context"]["summary"], "for any member");
+    let bogus = format!("{}x", &dev1[..dev1.len() - 1]);
+    let out = n2.cli(&bogus, &["get", ADDR]).unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let out = n2
+        .cli("slurp_0123456789abcdef_nosuchtoken", &["get", ADDR])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+
     // n3 is not a member: it forwards the write to one, as its caller.
     let out = n3.ok(
         &n3.admin,

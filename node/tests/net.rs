@@ -202,6 +202,9 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
             layout: Some(Bytes(vec![1, 2, 3])),
         }
         .into(),
+        Request::Cluster(ClusterRequest::GetToken { .. }) => {
+            ClusterResponse::Token { token: None }.into()
+        }
         Request::Cluster(ClusterRequest::Health) => ClusterResponse::Health {
             status: HealthStatus::Ok,
             layout_version: 7,

@@ -315,6 +315,20 @@ pub enum ClusterRequest {
     },
     /// How the peer is doing.
     Health,
+    /// The API token `id` if the peer made it (members only): lets any
+    /// member accept a token made on another.
+    GetToken { id: String },
+}
+
+/// An API token as members share it: never the secret, only its blake3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub role: RoleName,
+    /// blake3 of the secret part, hex.
+    pub secret_hash: String,
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 /// A node's health as it reports it.
@@ -351,6 +365,11 @@ pub enum ClusterResponse {
         /// `layout_version`.
         #[serde(default)]
         partitions_syncing: u32,
+    },
+    /// Answers `GetToken`; `None` when the peer made no such token.
+    Token {
+        #[serde(default)]
+        token: Option<TokenRecord>,
     },
     Error(RemoteError),
 }

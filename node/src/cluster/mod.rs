@@ -27,6 +27,7 @@ use slurp_protocol::Framed;
 use slurp_protocol::messages::{
     ClusterRequest, ClusterResponse, ErrorCode, ForwardRequest, ForwardResponse, HealthStatus,
     NodeInfo, RemoteError, ReplicateRequest, ReplicateResponse, SearchRequest, SearchResponse,
+    TokenRecord,
 };
 use slurp_protocol::placement::{Layout, Member};
 use slurp_protocol::{Partition, PartitionScheme};
@@ -79,6 +80,10 @@ pub struct ClusterConfig {
     /// Requests in flight to one replica before further ones queue (and
     /// get folded together).
     pub replica_in_flight: usize,
+    /// How long a token made on another member is trusted before it is
+    /// looked up again (so a revocation there takes effect here within it).
+    #[serde(with = "humantime_serde")]
+    pub token_cache_ttl: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -99,6 +104,7 @@ impl Default for ClusterConfig {
             handoff_batch: 256,
             replica_batch: 128,
             replica_in_flight: 4,
+            token_cache_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -230,7 +236,14 @@ struct Inner {
     started: Instant,
     metrics: Metrics,
     batcher: batch::Batcher,
+    /// Tokens found on other members (or not found), with when.
+    tokens: std::sync::Mutex<std::collections::HashMap<String, (Instant, Option<TokenRecord>)>>,
 }
+
+/// Token lookups remembered at most (the map is cleared past it).
+const TOKEN_CACHE_ENTRIES: usize = 10_000;
+/// How long "no member knows this token" is remembered.
+const TOKEN_MISS_TTL: Duration = Duration::from_secs(2);
 
 /// A [`Cluster`] that does not keep it alive (held by background tasks).
 #[derive(Clone)]
@@ -267,6 +280,7 @@ impl Cluster {
             started: Instant::now(),
             metrics,
             batcher: batch::Batcher::default(),
+            tokens: Default::default(),
         })))
     }
 
@@ -568,6 +582,11 @@ impl Cluster {
                     },
                 }
             }
+            // Answered by the node, which holds the tokens.
+            ClusterRequest::GetToken { .. } => ClusterResponse::Error(RemoteError {
+                code: ErrorCode::Internal,
+                message: "token lookups are served by the node".into(),
+            }),
             ClusterRequest::Health => ClusterResponse::Health {
                 status: HealthStatus::Ok,
                 layout_version: version,
@@ -575,6 +594,51 @@ impl Cluster {
                 partitions_syncing: 0,
             },
         }
+    }
+
+    /// The API token `id` as the member that made it has it, when this
+    /// node did not make it. Answers are remembered for
+    /// `cluster.token_cache_ttl` (a miss for two seconds), so most requests
+    /// with such a token need no lookup.
+    pub async fn find_token(&self, id: &str) -> Option<TokenRecord> {
+        let layout = self.layout()?;
+        {
+            let cache = self.0.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, found)) = cache.get(id) {
+                let ttl = if found.is_some() {
+                    self.0.config.token_cache_ttl
+                } else {
+                    TOKEN_MISS_TTL
+                };
+                if at.elapsed() < ttl {
+                    return found.clone();
+                }
+            }
+        }
+        let mut members: Vec<String> = layout
+            .members()
+            .iter()
+            .map(|m| m.id.clone())
+            .filter(|m| *m != self.0.me)
+            .collect();
+        self.order(&mut members);
+        let mut found = None;
+        for peer in members.iter().take(8) {
+            let req = ClusterRequest::GetToken { id: id.to_string() };
+            if let Ok(ClusterResponse::Token { token: Some(t) }) =
+                self.cluster_request(peer, req).await
+                && t.id == id
+            {
+                found = Some(t);
+                break;
+            }
+        }
+        let mut cache = self.0.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= TOKEN_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id.to_string(), (Instant::now(), found.clone()));
+        found
     }
 
     /// Fetches `peer`'s layout if it is newer than ours.
