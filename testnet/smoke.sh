@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A scenario against a running testnet (testnet/up.sh N, N >= 3):
 #
-#  1. write a context through node 1, read it through every other node;
+#  1. write a context through node 1, read it through every other node
+#     with node 1's token;
 #  2. kill one of its replicas (not node 1), read it and write a new
 #     version through node 1 (quorum 2 of 3 still met), read the new version
 #     through every live node, search for it through another node;
@@ -25,9 +26,10 @@ A="ucxl://smoke:developer@smoke:run/*^/src/$TAG.rs"
 step "write through node 1"
 as_node 1 put "$A" --summary "$TAG first version" --tag smoke --roles developer
 
-step "read through every other node"
+step "read through every other node (with node 1's token: tokens work on every member)"
 for i in $(seq 2 "$N"); do
-  as_node "$i" get "$A" --json | grep -q "$TAG first version" || fail "node $i does not read the first version"
+  SLURP_NODE=$(node_url "$i") SLURP_TOKEN=$(node_token 1) "$BIN" get "$A" --json | grep -q "$TAG first version" \
+    || fail "node $i does not read the first version"
   echo "node $i reads it"
 done
 
