@@ -701,17 +701,18 @@ async fn cluster_placement(
         .cluster
         .route(&a.key())
         .ok_or_else(|| cluster_error(crate::cluster::ClusterError::NoLayout))?;
-    let status = node.cluster.status();
+    let me = node.cluster.me();
     let replicas: Vec<_> = route
         .replicas
         .iter()
         .map(|id| {
-            let m = status.members.iter().find(|m| &m.id == id);
+            let p = node.cluster.peers().view(id);
+            let is_self = id == me;
             json!({
                 "id": id,
-                "name": m.and_then(|m| m.peer.name.clone()),
-                "api_addr": m.and_then(|m| m.peer.api_addr.clone()),
-                "up": m.map(|m| m.peer.up).unwrap_or(false),
+                "name": if is_self { Some(node.store.writer().as_str().to_string()) } else { p.name },
+                "api_addr": if is_self { Some(node.config.api.listen.to_string()) } else { p.api_addr },
+                "up": is_self || p.up,
             })
         })
         .collect();

@@ -435,7 +435,9 @@ impl Cluster {
                 self.0
                     .metrics
                     .cluster_request_failures
-                    .get_or_create(&crate::metrics::PeerLabels { peer: short(peer) })
+                    .get_or_create(&crate::metrics::PeerLabels {
+                        peer: short_peer(peer).to_string(),
+                    })
                     .inc();
                 self.0.peers.record_err(peer, e.to_string());
             }
@@ -935,8 +937,8 @@ impl Cluster {
     }
 }
 
-/// A peer id short enough for a metric label.
-fn short(peer: &str) -> String {
-    let n = peer.len();
-    peer[n.saturating_sub(8)..].to_string()
+/// A peer id short enough for a metric label or an error message (its
+/// last 8 characters).
+pub(crate) fn short_peer(peer: &str) -> &str {
+    &peer[peer.len().saturating_sub(8)..]
 }

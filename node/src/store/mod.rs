@@ -557,22 +557,13 @@ impl ContextStore {
             if t.acked >= t.need {
                 decided.push(Ok(self.after_put(p, t.created, false).await));
             } else {
-                let detail = if t.errors.is_empty() {
-                    "no replica answered in time".to_string()
-                } else {
-                    t.errors
-                        .iter()
-                        .map(|(peer, e)| format!("{}: {e}", &peer[peer.len().saturating_sub(8)..]))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                };
-                decided.push(Err(StoreError::Quorum {
-                    op: "write",
-                    key: p.meta.key.clone(),
-                    needed: t.need,
-                    acked: t.acked,
-                    detail,
-                }));
+                decided.push(Err(quorum::quorum_failed(
+                    "write",
+                    &p.meta.key,
+                    t.need,
+                    t.acked,
+                    &t.errors,
+                )));
             }
         }
         let mut decided = decided.into_iter();

@@ -27,7 +27,7 @@ use slurp_protocol::messages::{
 use slurp_protocol::{ContextNode, VersionId};
 
 use super::ContextStore;
-use crate::cluster::{Cluster, ClusterError, Route};
+use crate::cluster::{Cluster, ClusterError, Route, short_peer};
 use crate::error::StoreError;
 
 /// Per-request quorum overrides (`w=`, `r=` on the API).
@@ -74,34 +74,30 @@ where
     (ok, failed)
 }
 
-fn describe(failed: &[(String, String)]) -> String {
-    if failed.is_empty() {
-        return "no replica reachable".into();
-    }
-    failed
-        .iter()
-        .map(|(p, e)| format!("{}: {e}", short(p)))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn read_quorum_failed(
+/// A quorum error naming each replica that failed and why.
+pub(crate) fn quorum_failed(
+    op: &'static str,
     key: &str,
     need: usize,
     acked: usize,
     failed: &[(String, String)],
 ) -> StoreError {
+    let detail = if failed.is_empty() {
+        "no replica answered in time".into()
+    } else {
+        failed
+            .iter()
+            .map(|(p, e)| format!("{}: {e}", short_peer(p)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     StoreError::Quorum {
-        op: "read",
+        op,
         key: key.to_string(),
         needed: need,
         acked,
-        detail: describe(failed),
+        detail,
     }
-}
-
-fn short(peer: &str) -> &str {
-    &peer[peer.len().saturating_sub(8)..]
 }
 
 /// What a quorum read of one key found.
@@ -176,7 +172,7 @@ impl ContextStore {
         })
         .await;
         if ok.len() < need {
-            return Err(read_quorum_failed(key, need, ok.len(), &failed));
+            return Err(quorum_failed("read", key, need, ok.len(), &failed));
         }
         let mut newest = ok
             .iter()
@@ -277,7 +273,7 @@ impl ContextStore {
         })
         .await;
         if ok.len() < need {
-            return Err(read_quorum_failed(key, need, ok.len(), &failed));
+            return Err(quorum_failed("read", key, need, ok.len(), &failed));
         }
         let mut merged: HashMap<VersionId, RecordMeta> = HashMap::new();
         for (_, metas) in ok {
@@ -472,7 +468,7 @@ impl ContextStore {
             }
             if !done {
                 tracing::warn!(
-                    replica = %short(down),
+                    replica = %short_peer(down),
                     versions = idx.len(),
                     "no fallback took the versions of a down replica; anti-entropy must repair it"
                 );
