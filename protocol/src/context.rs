@@ -77,7 +77,8 @@ pub struct ContextNode {
     /// Where the context is stored (its temporal part is ignored on write).
     pub address: UcxlAddress,
     /// The file or directory the context is about (defaults to the
-    /// address path).
+    /// address path: absent or empty, the store fills it in).
+    #[serde(default)]
     pub path: String,
     pub summary: String,
     #[serde(default)]
@@ -388,5 +389,16 @@ mod tests {
         assert!(n.applies_to_children);
         assert_eq!(n.rag_confidence, 1.0);
         assert!(n.version.is_none());
+    }
+
+    #[test]
+    fn path_may_be_left_out() {
+        // Import files need not repeat the address's path.
+        let n: ContextNode = serde_json::from_str(
+            r#"{"address":"ucxl://a:developer@p:t/*^/src/x.rs","summary":"s","encrypted_for":["developer"]}"#,
+        )
+        .unwrap();
+        assert_eq!(n.path, "");
+        assert_eq!(n.address.path, "src/x.rs");
     }
 }
