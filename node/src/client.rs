@@ -5,6 +5,8 @@
 //! exit code, so scripts can tell "not found" from "forbidden" from "the
 //! node is down".
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -46,16 +48,93 @@ pub struct ClientError {
     pub message: String,
 }
 
-/// A client of one node.
+/// The nodes a client talks to, parsed from `--node` / `SLURP_NODE`: one
+/// or more URLs separated by commas or spaces; a bare `host:port` means
+/// `http://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints(Vec<String>);
+
+impl Endpoints {
+    /// Parses the list; names the entry that is not a URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for part in s.split([',', ' ', '\t', '\n']).filter(|p| !p.is_empty()) {
+            let url = if part.contains("://") {
+                part.to_string()
+            } else {
+                format!("http://{part}")
+            };
+            let parsed = reqwest::Url::parse(&url)
+                .map_err(|e| format!("`{part}` is not a node URL ({e})"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(format!(
+                    "`{part}`: the scheme must be http or https, not {}",
+                    parsed.scheme()
+                ));
+            }
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(format!("`{part}` names no host"));
+            }
+            out.push(url.trim_end_matches('/').to_string());
+        }
+        if out.is_empty() {
+            return Err("no node URL given".into());
+        }
+        Ok(Endpoints(out))
+    }
+
+    /// The URLs, in the order they are tried.
+    pub fn urls(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl std::str::FromStr for Endpoints {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Endpoints::parse(s)
+    }
+}
+
+/// A client of one node, or of several it fails over between.
+///
+/// Like etcdctl's `--endpoints`: a request goes to the node that answered
+/// last; when that node cannot be connected to (the request never reached
+/// it, so sending it again is safe whatever it is), the next one is tried.
+/// Any answer, an error status included, is final.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<Vec<String>>,
+    current: Arc<AtomicUsize>,
     token: Option<String>,
+    timeout: Duration,
 }
 
 impl Client {
+    /// A client of `base`, one URL or a list (see [`Endpoints`]).
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
+        let endpoints = Endpoints::parse(base).map_err(|message| ClientError {
+            kind: ErrorKind::BadInput,
+            status: None,
+            code: "bad_endpoint".into(),
+            message,
+        })?;
+        Self::with_endpoints(&endpoints, token, timeout)
+    }
+
+    /// A client of the given nodes.
+    pub fn with_endpoints(
+        endpoints: &Endpoints,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(256)
@@ -64,36 +143,87 @@ impl Client {
                 kind: ErrorKind::Unavailable,
                 status: None,
                 code: "client".into(),
-                message: e.to_string(),
+                message: format!("cannot make an HTTP client: {}", root_cause(&e)),
             })?;
         Ok(Client {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            bases: Arc::new(endpoints.urls().to_vec()),
+            current: Arc::new(AtomicUsize::new(0)),
             token,
+            timeout,
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+    /// The node that answered last (or the first one).
+    pub fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    fn request(&self, base: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{base}{path}"));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
         r
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let resp = req.send().await.map_err(|e| ClientError {
-            kind: ErrorKind::Unavailable,
-            status: None,
-            code: "unreachable".into(),
-            message: format!("cannot reach the node at {}: {e}", self.base),
-        })?;
+    /// Sends to the current node, failing over to the next ones while a
+    /// node cannot be connected to.
+    async fn send(
+        &self,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<Value, ClientError> {
+        let n = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            let base = &self.bases[i];
+            let e = match build(self.request(base, method.clone(), path)).send().await {
+                Ok(resp) => {
+                    if i != first {
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    return self.answer(resp).await;
+                }
+                Err(e) => e,
+            };
+            let why = if e.is_timeout() {
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                )
+            } else {
+                root_cause(&e)
+            };
+            failures.push(format!("{base}: {why}"));
+            if e.is_connect() && k + 1 < n {
+                continue;
+            }
+            let message = if failures.len() == 1 {
+                format!("cannot reach the node at {}", failures[0])
+            } else {
+                format!("cannot reach any node ({})", failures.join("; "))
+            };
+            return Err(ClientError {
+                kind: ErrorKind::Unavailable,
+                status: None,
+                code: if e.is_timeout() { "timeout" } else { "unreachable" }.into(),
+                message,
+            });
+        }
+        unreachable!("the last endpoint's failure returns")
+    }
+
+    async fn answer(&self, resp: reqwest::Response) -> Result<Value, ClientError> {
         let status = resp.status();
         let text = resp.text().await.map_err(|e| ClientError {
             kind: ErrorKind::Unavailable,
             status: Some(status.as_u16()),
             code: "read".into(),
-            message: e.to_string(),
+            message: format!("reading the answer: {}", root_cause(&e)),
         })?;
         let body: Value = if text.is_empty() {
             Value::Null
@@ -125,13 +255,14 @@ impl Client {
         })
     }
 
+
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
-        self.send(self.request(reqwest::Method::GET, path).query(query))
+        self.send(|r| r.query(query), reqwest::Method::GET, path)
             .await
     }
 
     pub async fn delete(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
-        self.send(self.request(reqwest::Method::DELETE, path).query(query))
+        self.send(|r| r.query(query), reqwest::Method::DELETE, path)
             .await
     }
 
@@ -140,7 +271,7 @@ impl Client {
         path: &str,
         body: &T,
     ) -> Result<Value, ClientError> {
-        self.send(self.request(reqwest::Method::POST, path).json(body))
+        self.send(|r| r.json(body), reqwest::Method::POST, path)
             .await
     }
 
@@ -152,5 +283,76 @@ impl Client {
             code: "decode".into(),
             message: format!("unexpected answer from the node: {e}"),
         })
+    }
+}
+
+/// The innermost cause of an error: "Connection refused (os error 111)"
+/// rather than reqwest's "error sending request for url (...)".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_take_lists_and_bare_host_ports() {
+        let e = Endpoints::parse("127.0.0.1:7101, http://h:2/,https://x.example").unwrap();
+        assert_eq!(
+            e.urls(),
+            ["http://127.0.0.1:7101", "http://h:2", "https://x.example"]
+        );
+        assert!(Endpoints::parse("").unwrap_err().contains("no node"));
+        assert!(Endpoints::parse("ftp://h:1").unwrap_err().contains("scheme"));
+        assert!(Endpoints::parse("http://[::1").is_err());
+    }
+
+    /// A port nobody listens on.
+    fn dead_port() -> std::net::SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn fails_over_to_a_node_that_answers_and_says_why_when_none_does() {
+        let dead = dead_port();
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut sock, _)) = live.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let body = "{\"ok\":true}";
+                let _ = sock
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let c = Client::new(&format!("{dead},{live_addr}"), None, Duration::from_secs(10)).unwrap();
+        let v = c.get("/v1/x", &[]).await.unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(c.base(), format!("http://{live_addr}"));
+
+        let c = Client::new(&dead.to_string(), None, Duration::from_secs(10)).unwrap();
+        let e = c.get("/v1/x", &[]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(
+            e.message.to_lowercase().contains("connection refused"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains(&dead.to_string()), "{}", e.message);
     }
 }

@@ -11,15 +11,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
-use slurp_node::client::{Client, ClientError};
+use slurp_node::client::{Client, ClientError, Endpoints, ErrorKind};
 use slurp_node::config::{
     ApiOverrides, ClusterOverrides, ConfigOverrides, LogFormat, NetOverrides, NodeConfig,
 };
 use slurp_node::node::Node;
-use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
+use slurp_node::store::BatchStoreItem;
+use slurp_protocol::{ContextNode, RoleName, Temporal, UcxlAddress};
 
 /// The command line: a node and a client of nodes.
 #[derive(Parser, Debug)]
@@ -38,14 +39,16 @@ struct Cli {
 
 #[derive(Args, Debug, Clone)]
 struct ClientArgs {
-    /// The node to talk to.
+    /// The node to talk to; several, comma separated, are tried in turn
+    /// when one cannot be connected to. `host:port` means `http://host:port`.
     #[arg(
         long,
         env = "SLURP_NODE",
         default_value = "http://127.0.0.1:7070",
+        value_parser = Endpoints::parse,
         global = true
     )]
-    node: String,
+    node: Endpoints,
     /// API token (see `admin.token` in the node's data directory).
     #[arg(long, env = "SLURP_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -158,21 +161,36 @@ enum Command {
     /// Drive a running node with a load mix and print throughput and latency.
     Bench(slurp_node::bench::BenchArgs),
     /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        shell: clap_complete::Shell,
+        /// Print JSON (`{"shell": ..., "script": ...}`) instead of the script.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum NodeCommand {
     /// Run a node in the foreground.
     Run(RunArgs),
-    /// Print the effective configuration as TOML.
-    Config(RunArgs),
+    /// Print the effective configuration: every key with its meaning and
+    /// unit, as TOML (or JSON with --json).
+    Config {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the node's peer id (creating its identity if needed), e.g. to
     /// build a `--bootstrap` address before the node starts.
     PeerId {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -289,14 +307,19 @@ struct PutArgs {
     /// A JSON file with the context (or `-` for standard input).
     #[arg(long, short)]
     file: Option<PathBuf>,
+    /// One line on what the path is for (required for a new context).
     #[arg(long)]
     summary: Option<String>,
+    /// Why the path exists: the problem it solves.
     #[arg(long)]
     purpose: Option<String>,
+    /// A tag to search by (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// A technology the path uses (repeatable).
     #[arg(long = "tech")]
     technologies: Vec<String>,
+    /// Something worth knowing about the path (repeatable).
     #[arg(long = "insight")]
     insights: Vec<String>,
     /// Roles the context is for, comma separated (default: the address's role).
@@ -311,6 +334,11 @@ struct PutArgs {
     /// Write quorum for this write (cluster; default from the node).
     #[arg(long)]
     w: Option<usize>,
+    /// Update the latest version instead of replacing it: fields not given
+    /// keep their values, --tag/--tech/--insight add to the lists, --roles
+    /// replaces them. Compare-and-set: retried if another write lands first.
+    #[arg(long, conflicts_with = "file")]
+    merge: bool,
     #[command(flatten)]
     c: ClientArgs,
 }
@@ -319,15 +347,19 @@ struct PutArgs {
 struct SearchArgs {
     /// Query text (words, "phrases", AND/OR/-term).
     text: Vec<String>,
+    /// Only contexts with this tag (repeatable: all of them).
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// Only contexts with this technology (repeatable: all of them).
     #[arg(long = "tech")]
     technologies: Vec<String>,
     /// Only paths under this prefix.
     #[arg(long)]
     path: Option<String>,
+    /// Hits to show.
     #[arg(long, default_value_t = 10)]
     limit: usize,
+    /// Hits to skip (for the next page).
     #[arg(long, default_value_t = 0)]
     offset: usize,
     #[command(flatten)]
@@ -374,18 +406,81 @@ enum TokenCommand {
 }
 
 fn client(c: &ClientArgs) -> Result<Client> {
-    Ok(Client::new(&c.node, c.token.clone(), c.timeout)?)
+    Ok(Client::with_endpoints(&c.node, c.token.clone(), c.timeout)?)
 }
 
-fn print(c: &ClientArgs, v: &Value, text: impl FnOnce(&Value) -> String) {
-    if c.json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// A mistake in how a command was called (exit 2, shown with the usage of
+/// the command) or in the input it was given (exit 5): found before
+/// anything is sent to a node, so nothing was changed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{message}")]
+    Usage {
+        message: String,
+        /// The subcommand path, e.g. `["batch", "import"]`.
+        command: &'static [&'static str],
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn usage(command: &'static [&'static str], message: impl Into<String>) -> anyhow::Error {
+    CliError::Usage {
+        message: message.into(),
+        command,
+    }
+    .into()
+}
+
+fn invalid(message: impl Into<String>) -> anyhow::Error {
+    CliError::Invalid(message.into()).into()
+}
+
+/// The usage line of a subcommand, as clap renders it.
+fn usage_of(path: &[&str]) -> String {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut c = cmd;
+    for p in path {
+        match c.find_subcommand(p) {
+            Some(s) => c = s.clone(),
+            None => break,
+        }
+    }
+    c.render_usage().to_string()
+}
+
+/// Writes a line to standard output. A closed pipe is an ordinary end for
+/// a Unix tool (`slurp ... | head -1`): it comes back as a `BrokenPipe`
+/// error, which `main` turns into a quiet death by SIGPIPE.
+fn out(text: &str) -> std::io::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        o.write_all(b"\n")?;
+    }
+    o.flush()
+}
+
+fn print(c: &ClientArgs, v: &Value, text: impl FnOnce(&Value) -> String) -> Result<()> {
+    print_as(c.json, v, text)
+}
+
+fn print_as(json: bool, v: &Value, text: impl FnOnce(&Value) -> String) -> Result<()> {
+    if json {
+        out(&serde_json::to_string_pretty(v)?)?;
     } else {
         let t = text(v);
         if !t.is_empty() {
-            println!("{t}");
+            out(&t)?;
         }
     }
+    Ok(())
+}
+
+/// `1 hit`, `2 hits`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn show_context(v: &Value) -> String {
@@ -422,44 +517,38 @@ fn show_context(v: &Value) -> String {
 fn read_context_file(path: &PathBuf) -> Result<ContextNode> {
     let text = if path.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading standard input")?;
         s
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?
     };
     serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a context (JSON)", path.display()))
+        .map_err(|e| invalid(format!("{} is not a context: {e}", path.display())))
 }
 
-async fn put(a: PutArgs) -> Result<()> {
-    let mut ctx = match (&a.file, &a.address) {
-        (Some(f), _) => read_context_file(f)?,
-        (None, Some(addr)) => {
-            let address = UcxlAddress::parse(addr)?;
-            let summary = a
-                .summary
-                .clone()
-                .context("--summary is required without --file")?;
-            let role = address.role.as_str().to_string();
-            ContextNode::new(address, summary, vec![RoleName::new(role)?])
-        }
-        (None, None) => bail!("give an address with --summary, or --file"),
-    };
-    if let (Some(_), Some(addr)) = (&a.file, &a.address) {
-        ctx.address = UcxlAddress::parse(addr)?;
-        if ctx.path.is_empty() {
-            ctx.path = ctx.address.path.clone();
+/// Adds the items of `more` that `list` lacks, keeping the order.
+fn add_missing(list: &mut Vec<String>, more: Vec<String>) {
+    for m in more {
+        if !list.contains(&m) {
+            list.push(m);
         }
     }
-    if let Some(s) = a.summary {
-        ctx.summary = s;
+}
+
+/// Applies the flags of `put` to a context: the scalar fields given
+/// replace, the list items are added, `--roles` replaces the roles.
+fn apply_put_flags(ctx: &mut ContextNode, a: &PutArgs) -> Result<()> {
+    if let Some(s) = &a.summary {
+        ctx.summary = s.clone();
     }
-    if let Some(p) = a.purpose {
-        ctx.purpose = p;
+    if let Some(p) = &a.purpose {
+        ctx.purpose = p.clone();
     }
-    ctx.tags.extend(a.tags);
-    ctx.technologies.extend(a.technologies);
-    ctx.insights.extend(a.insights);
+    add_missing(&mut ctx.tags, a.tags.clone());
+    add_missing(&mut ctx.technologies, a.technologies.clone());
+    add_missing(&mut ctx.insights, a.insights.clone());
     if !a.roles.is_empty() {
         ctx.encrypted_for = a
             .roles
@@ -467,20 +556,112 @@ async fn put(a: PutArgs) -> Result<()> {
             .map(|r| RoleName::new(r.trim()))
             .collect::<Result<_, _>>()?;
     }
-    let body = json!({"context": ctx, "change_reason": a.reason, "ttl_secs": a.ttl});
+    Ok(())
+}
+
+async fn put(a: PutArgs) -> Result<()> {
+    const CMD: &[&str] = &["put"];
+    let client = client(&a.c)?;
     let path = match a.w {
         Some(w) => format!("/v1/contexts?w={w}"),
         None => "/v1/contexts".to_string(),
     };
-    let v = client(&a.c)?.post(&path, &body).await?;
-    print(&a.c, &v, |v| {
-        format!(
-            "stored {} version {}",
-            v["address"].as_str().unwrap_or(""),
-            v["version"].as_str().unwrap_or("")
-        )
-    });
-    Ok(())
+    // With --merge: read the latest version, apply the flags to it and
+    // write it back only if it is still the latest (compare-and-set).
+    let attempts = if a.merge { 5 } else { 1 };
+    let mut last_conflict = None;
+    for _ in 0..attempts {
+        let (mut ctx, expect_latest) = match (&a.file, &a.address) {
+            (Some(f), _) => {
+                let mut ctx = read_context_file(f)?;
+                if let Some(addr) = &a.address {
+                    ctx.address = UcxlAddress::parse(addr)?;
+                    if ctx.path.is_empty() {
+                        ctx.path = ctx.address.path.clone();
+                    }
+                }
+                (ctx, None)
+            }
+            (None, Some(addr)) => {
+                let address = UcxlAddress::parse(addr)?;
+                let current = if a.merge {
+                    match client
+                        .get(
+                            "/v1/contexts",
+                            &[(
+                                "address",
+                                address.with_temporal(Temporal::Latest).to_string(),
+                            )],
+                        )
+                        .await
+                    {
+                        Ok(v) => Some(v),
+                        Err(e) if e.kind == ErrorKind::NotFound => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    None
+                };
+                match current {
+                    Some(v) => {
+                        let mut ctx: ContextNode = serde_json::from_value(v["context"].clone())
+                            .context("the node answered a context this client cannot read")?;
+                        ctx.address = address.clone();
+                        ctx.version = None;
+                        let version = v["version"].as_str().unwrap_or("").to_string();
+                        (ctx, Some(version))
+                    }
+                    None => {
+                        let summary = a.summary.clone().ok_or_else(|| {
+                            usage(
+                                CMD,
+                                if a.merge {
+                                    "there is no context to merge into at this address: --summary is required to create one"
+                                } else {
+                                    "--summary is required without --file"
+                                },
+                            )
+                        })?;
+                        let role = address.role.as_str().to_string();
+                        let ctx = ContextNode::new(address, summary, vec![RoleName::new(role)?]);
+                        (ctx, a.merge.then(String::new))
+                    }
+                }
+            }
+            (None, None) => {
+                return Err(usage(
+                    CMD,
+                    "give an address with --summary, or --file (see `slurp put --help`)",
+                ));
+            }
+        };
+        apply_put_flags(&mut ctx, &a)?;
+        let body = json!({
+            "context": ctx,
+            "change_reason": a.reason,
+            "ttl_secs": a.ttl,
+            "expect_latest": expect_latest,
+        });
+        match client.post(&path, &body).await {
+            Ok(v) => {
+                return print(&a.c, &v, |v| {
+                    format!(
+                        "stored {} version {}",
+                        v["address"].as_str().unwrap_or(""),
+                        v["version"].as_str().unwrap_or("")
+                    )
+                });
+            }
+            Err(e) if a.merge && e.code == "conflict" => last_conflict = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last_conflict
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("the merge did not complete"))
+        .context(format!(
+            "other writes kept landing first; gave up after {attempts} attempts"
+        )))
 }
 
 async fn search(a: SearchArgs) -> Result<()> {
@@ -493,11 +674,14 @@ async fn search(a: SearchArgs) -> Result<()> {
         "offset": a.offset,
     });
     let v = client(&a.c)?.post("/v1/search", &body).await?;
+    let offset = a.offset;
     print(&a.c, &v, |v| {
         let nodes = v["nodes"].as_u64().unwrap_or(1);
+        let total = v["total_hits"].as_u64().unwrap_or(0);
+        let shown = v["hits"].as_array().map(|h| h.len()).unwrap_or(0) as u64;
         let mut out = format!(
-            "{} hits ({} µs{})\n",
-            v["total_hits"],
+            "{} ({} µs{})\n",
+            plural(total, "hit", "hits"),
             v["took_micros"],
             if nodes > 1 {
                 format!(", {nodes} nodes")
@@ -505,6 +689,15 @@ async fn search(a: SearchArgs) -> Result<()> {
                 String::new()
             }
         );
+        if shown > 0 && (offset as u64 > 0 || shown < total) {
+            let first = offset as u64 + 1;
+            let last = offset as u64 + shown;
+            out.push_str(&format!("showing {first}-{last} of {total}"));
+            if last < total {
+                out.push_str(&format!(" (next: --offset {last})"));
+            }
+            out.push('\n');
+        }
         if v["partial"].as_bool() == Some(true) {
             let missing = v["missing_partitions"]
                 .as_array()
@@ -537,37 +730,88 @@ async fn search(a: SearchArgs) -> Result<()> {
             }
         }
         out.trim_end().to_string()
-    });
+    })?;
     Ok(())
 }
 
-async fn import(file: PathBuf, chunk: usize, atomic: bool, c: ClientArgs) -> Result<()> {
-    let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
-    let lines: Vec<String> = std::io::BufReader::new(f)
-        .lines()
-        .collect::<Result<_, _>>()?;
+/// Reads an import file: one context per line, or one batch item
+/// (`{"context": ..., "roles": [...], "change_reason": ..., "ttl_secs": N}`)
+/// per line; blank lines are skipped. Every line is checked before
+/// anything is sent, and every bad line is named.
+fn read_import_file(file: &PathBuf) -> Result<Vec<(usize, BatchStoreItem)>> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", file.display())))?;
     let mut items = Vec::new();
-    for (n, line) in lines.iter().enumerate() {
+    let mut bad = Vec::new();
+    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| invalid(format!("{}:{}: {e}", file.display(), n + 1)))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
-        // A line is a context, or an item {"context": ..., "roles": ...}.
-        let item = if v.get("context").is_some() {
-            v
-        } else {
-            json!({"context": v})
-        };
-        items.push((n + 1, item));
+        let parsed = serde_json::from_str::<Value>(&line).and_then(|v| {
+            if v.get("context").is_some() {
+                serde_json::from_value::<BatchStoreItem>(v)
+            } else {
+                serde_json::from_value::<ContextNode>(v).map(|context| BatchStoreItem {
+                    context,
+                    roles: None,
+                    change_reason: None,
+                    ttl_secs: None,
+                })
+            }
+        });
+        match parsed {
+            Ok(item) => items.push((n + 1, item)),
+            Err(e) => {
+                // serde_json counts lines within the one line it was given.
+                let what = e.to_string();
+                let what = what
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or(&what)
+                    .to_string();
+                let col = if e.column() > 0 {
+                    format!(" (column {})", e.column())
+                } else {
+                    String::new()
+                };
+                bad.push(format!("{}:{}: {what}{col}", file.display(), n + 1));
+            }
+        }
     }
+    if !bad.is_empty() {
+        let more = bad.len().saturating_sub(20);
+        let mut msg = format!(
+            "{} of {} is not a context (nothing was imported):\n  {}",
+            plural(bad.len() as u64, "line", "lines"),
+            file.display(),
+            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ")
+        );
+        if more > 0 {
+            msg.push_str(&format!("\n  ... and {more} more"));
+        }
+        return Err(invalid(msg));
+    }
+    Ok(items)
+}
+
+async fn import(file: PathBuf, chunk: usize, atomic: bool, c: ClientArgs) -> Result<()> {
+    let items = read_import_file(&file)?;
     let client = client(&c)?;
     let bar = indicatif::ProgressBar::new(items.len() as u64);
     if c.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {rate} eta {eta}")
+            .map(|s| {
+                s.with_key(
+                    "rate",
+                    |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", st.per_sec());
+                    },
+                )
+            })
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (mut ok, mut failed) = (0usize, 0usize);
@@ -589,19 +833,28 @@ async fn import(file: PathBuf, chunk: usize, atomic: bool, c: ClientArgs) -> Res
     }
     bar.finish_and_clear();
     let v = json!({"stored": ok, "failed": failed, "errors": errors});
+    let file_name = file.display().to_string();
     print(&c, &v, |v| {
-        let mut out = format!("imported {} contexts, {} failed", v["stored"], v["failed"]);
+        let mut out = format!(
+            "imported {}, {} failed",
+            plural(ok as u64, "context", "contexts"),
+            v["failed"]
+        );
         for e in v["errors"].as_array().into_iter().flatten().take(20) {
             out.push_str(&format!(
-                "\n  line {}: {}",
+                "\n  {file_name}:{}: {}",
                 e["line"],
                 e["error"]["message"].as_str().unwrap_or("")
             ));
         }
         out
-    });
+    })?;
     if failed > 0 {
-        std::process::exit(5);
+        return Err(invalid(format!(
+            "{} of {} could not be stored",
+            plural(failed as u64, "line", "lines"),
+            file.display()
+        )));
     }
     Ok(())
 }
@@ -656,8 +909,15 @@ async fn export(pattern: String, output: Option<PathBuf>, c: ClientArgs) -> Resu
     }
     out.flush()?;
     bar.finish_and_clear();
-    if output.is_some() {
-        eprintln!("exported {n} contexts");
+    if let Some(p) = &output {
+        let v = json!({"exported": n, "file": p.display().to_string()});
+        print(&c, &v, |_| {
+            format!(
+                "exported {} to {}",
+                plural(n, "context", "contexts"),
+                p.display()
+            )
+        })?;
     }
     Ok(())
 }
@@ -666,10 +926,19 @@ async fn run_node(args: RunArgs) -> Result<()> {
     let config = args.load()?;
     init_logging(&config);
     let listen = config.api.listen;
-    let node = Arc::new(Node::open(config).await?);
+    // The API's port first: a node that cannot serve must not have made a
+    // data directory, keys and tokens on its way to failing.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
+        .with_context(|| format!("cannot listen on {listen} (the API address)"))?;
+    let fresh = FreshDataDir::note(&config.data_dir);
+    let node = match Node::open(config).await {
+        Ok(node) => Arc::new(node),
+        Err(e) => {
+            fresh.undo();
+            return Err(e.into());
+        }
+    };
     let bound = listener.local_addr()?;
     tracing::info!(
         listen = %bound,
@@ -677,9 +946,10 @@ async fn run_node(args: RunArgs) -> Result<()> {
         writer = %node.store.writer(),
         "slurp node running"
     );
-    println!("slurp node listening on http://{bound}");
+    // The node keeps running if nobody reads its standard output.
+    let _ = out(&format!("slurp node listening on http://{bound}"));
     if let Some(p) = &node.admin_token_file {
-        println!("admin token written to {}", p.display());
+        let _ = out(&format!("admin token written to {}", p.display()));
     }
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
@@ -705,11 +975,65 @@ async fn run_node(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// A data directory this start is about to fill: absent or empty before
+/// it. If the node fails to open, what the attempt wrote is removed, so a
+/// failed start leaves no half-made node (keys, tokens) behind.
+struct FreshDataDir {
+    dir: PathBuf,
+    existed: bool,
+    fresh: bool,
+}
+
+impl FreshDataDir {
+    fn note(dir: &std::path::Path) -> Self {
+        let existed = dir.exists();
+        let fresh = !existed
+            || std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+        FreshDataDir {
+            dir: dir.to_path_buf(),
+            existed,
+            fresh,
+        }
+    }
+
+    fn undo(&self) {
+        if !self.fresh {
+            return;
+        }
+        let r = if self.existed {
+            std::fs::read_dir(&self.dir).and_then(|entries| {
+                for e in entries {
+                    let p = e?.path();
+                    if p.is_dir() {
+                        std::fs::remove_dir_all(&p)?;
+                    } else {
+                        std::fs::remove_file(&p)?;
+                    }
+                }
+                Ok(())
+            })
+        } else {
+            std::fs::remove_dir_all(&self.dir)
+        };
+        if let Err(e) = r
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove what the failed start wrote");
+        }
+    }
+}
+
 fn init_logging(config: &NodeConfig) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLURP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    // Colour codes only on a terminal: a log file redirected from stderr
+    // stays plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
@@ -720,16 +1044,21 @@ fn init_logging(config: &NodeConfig) {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(NodeCommand::Run(args)) => run_node(args).await,
-        Command::Node(NodeCommand::Config(args)) => {
-            print!("{}", args.load()?.to_toml());
+        Command::Node(NodeCommand::Config { run, json }) => {
+            let config = run.load()?;
+            if json {
+                out(&serde_json::to_string_pretty(&config)?)?;
+            } else {
+                out(&config.to_commented_toml())?;
+            }
             Ok(())
         }
-        Command::Node(NodeCommand::PeerId { data }) => {
+        Command::Node(NodeCommand::PeerId { data, json }) => {
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("creating {}", data.display()))?;
             let key = slurp_node::net::identity::load_or_create(&data)?;
-            println!("{}", key.public().to_peer_id());
-            Ok(())
+            let peer = key.public().to_peer_id().to_string();
+            print_as(json, &json!({ "peer_id": peer }), |_| peer.clone())
         }
         Command::Cluster(cmd) => cluster_command(cmd).await,
         Command::Put(a) => put(a).await,
@@ -740,7 +1069,7 @@ async fn run(cli: Cli) -> Result<()> {
                 q.push(("r", r.to_string()));
             }
             let v = client(&c)?.get("/v1/contexts", &q).await?;
-            print(&c, &v, show_context);
+            print(&c, &v, show_context)?;
             Ok(())
         }
         Command::Delete { address, w, c } => {
@@ -754,7 +1083,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "deleted (tombstone {})",
                     v["version"].as_str().unwrap_or("")
                 )
-            });
+            })?;
             Ok(())
         }
         Command::List {
@@ -775,9 +1104,9 @@ async fn run(cli: Cli) -> Result<()> {
                     .flatten()
                     .map(|e| {
                         format!(
-                            "{}  ({} versions)",
+                            "{}  ({})",
                             e["address"].as_str().unwrap_or(""),
-                            e["versions"]
+                            plural(e["versions"].as_u64().unwrap_or(0), "version", "versions")
                         )
                     })
                     .collect();
@@ -785,7 +1114,7 @@ async fn run(cli: Cli) -> Result<()> {
                     out.push(format!("more: --after '{n}'"));
                 }
                 out.join("\n")
-            });
+            })?;
             Ok(())
         }
         Command::History { address, c } => {
@@ -811,7 +1140,7 @@ async fn run(cli: Cli) -> Result<()> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
-            });
+            })?;
             Ok(())
         }
         Command::Search(a) => search(a).await,
@@ -842,7 +1171,7 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 out
-            });
+            })?;
             Ok(())
         }
         Command::Links { address, hops, c } => {
@@ -874,7 +1203,7 @@ async fn run(cli: Cli) -> Result<()> {
                     ));
                 }
                 out.join("\n")
-            });
+            })?;
             Ok(())
         }
         Command::Batch(BatchCommand::Import {
@@ -888,14 +1217,14 @@ async fn run(cli: Cli) -> Result<()> {
             let v = client(&c)?
                 .post("/v1/tokens", &json!({"role": role, "label": label}))
                 .await?;
-            print(&c, &v, |v| v["token"].as_str().unwrap_or("").to_string());
+            print(&c, &v, |v| v["token"].as_str().unwrap_or("").to_string())?;
             Ok(())
         }
         Command::Token(TokenCommand::Revoke { id, c }) => {
             let v = client(&c)?.delete(&format!("/v1/tokens/{id}"), &[]).await?;
             print(&c, &v, |v| {
                 format!("revoked {}", v["id"].as_str().unwrap_or(""))
-            });
+            })?;
             Ok(())
         }
         Command::Token(TokenCommand::List { c }) => {
@@ -920,7 +1249,7 @@ async fn run(cli: Cli) -> Result<()> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
-            });
+            })?;
             Ok(())
         }
         Command::Status { c } => {
@@ -967,7 +1296,7 @@ async fn run(cli: Cli) -> Result<()> {
                     ));
                 }
                 out
-            });
+            })?;
             Ok(())
         }
         Command::Workers { run, c } => {
@@ -979,8 +1308,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let v = client.get("/v1/workers", &[]).await?;
             print(&c, &v, |v| {
-                workers_text(&v["workers"]).trim_start().to_string()
-            });
+                workers_text(&v["workers"])
+                    .trim_start_matches('\n')
+                    .to_string()
+            })?;
             Ok(())
         }
         Command::Health { c } => {
@@ -1001,7 +1332,7 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 out
-            });
+            })?;
             Ok(())
         }
         Command::Whoami { c } => {
@@ -1012,72 +1343,239 @@ async fn run(cli: Cli) -> Result<()> {
                     v["token_id"].as_str().unwrap_or(""),
                     v["role"].as_str().unwrap_or("")
                 )
-            });
+            })?;
             Ok(())
         }
         Command::Bench(args) => slurp_node::bench::run(args).await,
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "slurp", &mut std::io::stdout());
+        Command::Completions { shell, json } => {
+            // Generated into memory: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "slurp", &mut script);
+            let script = String::from_utf8_lossy(&script).into_owned();
+            if json {
+                out(&serde_json::to_string_pretty(
+                    &json!({"shell": shell.to_string(), "script": script}),
+                )?)?;
+            } else {
+                std::io::stdout().lock().write_all(script.as_bytes())?;
+            }
             Ok(())
         }
     }
 }
 
+/// The workers as an aligned table (one leading newline per row, so it
+/// follows a heading), with each worker's last note or error under it.
 fn workers_text(workers: &Value) -> String {
-    workers
+    let rows: Vec<[String; 6]> = workers
         .as_array()
         .into_iter()
         .flatten()
         .map(|w| {
-            format!(
-                "\n  {:<12} {:<7} runs {} items {} errors {}{}",
-                w["name"].as_str().unwrap_or(""),
-                w["state"].as_str().unwrap_or(""),
-                w["runs"],
-                w["items_total"],
-                w["errors"],
-                w["last_error"]
-                    .as_str()
-                    .map(|e| format!("  last error: {e}"))
-                    .unwrap_or_default()
-            )
+            let next = match w["next_run_ms"].as_u64() {
+                Some(at) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    let secs = at.saturating_sub(now).div_ceil(1000);
+                    humantime::format_duration(Duration::from_secs(secs)).to_string()
+                }
+                None => "-".into(),
+            };
+            [
+                w["name"].as_str().unwrap_or("").to_string(),
+                w["state"].as_str().unwrap_or("").to_string(),
+                w["runs"].to_string(),
+                w["items_total"].to_string(),
+                w["errors"].to_string(),
+                next,
+            ]
         })
-        .collect()
+        .collect();
+    let header = ["NAME", "STATE", "RUNS", "ITEMS", "ERRORS", "NEXT RUN IN"];
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        format!(
+            "\n  {:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3],
+            w4 = width[4],
+        )
+        .trim_end()
+        .to_string()
+    };
+    let mut out = line(header);
+    for (r, w) in rows.iter().zip(workers.as_array().into_iter().flatten()) {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+        if let Some(e) = w["last_error"].as_str() {
+            out.push_str(&format!("\n      last error: {e}"));
+        }
+    }
+    out
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Decided from the raw arguments so that errors of parsing itself can
+    // be JSON too.
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(e, json),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            let e = anyhow::Error::from(e).context("cannot start the runtime");
+            return ExitCode::from(report(&e, json));
         }
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let code = if let Some(c) = e.downcast_ref::<ClientError>() {
-                c.kind.exit_code()
-            } else if e.downcast_ref::<slurp_protocol::AddressError>().is_some() {
-                5
-            } else {
-                1
+        Err(e) => ExitCode::from(report(&e, json)),
+    }
+}
+
+/// The error code (as in the API's error bodies) and exit status of an
+/// error.
+fn classify(e: &anyhow::Error) -> (String, u8) {
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<CliError>() {
+            return match c {
+                CliError::Usage { .. } => ("usage".into(), 2),
+                CliError::Invalid(_) => ("invalid_input".into(), 5),
             };
-            eprintln!("error: {e:#}");
-            ExitCode::from(code as u8)
+        }
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            return (c.code.clone(), c.kind.exit_code() as u8);
+        }
+        if cause
+            .downcast_ref::<slurp_protocol::AddressError>()
+            .is_some()
+        {
+            return ("invalid_address".into(), 5);
+        }
+        if cause.downcast_ref::<slurp_protocol::RoleError>().is_some() {
+            return ("invalid_role".into(), 5);
+        }
+        if cause
+            .downcast_ref::<slurp_node::config::ConfigError>()
+            .is_some()
+        {
+            return ("config".into(), 5);
         }
     }
+    ("error".into(), 1)
+}
+
+/// Prints an error (as JSON on stderr under `--json`) and returns the exit
+/// status. A closed standard output ends the process here, quietly.
+fn report(e: &anyhow::Error, json: bool) -> u8 {
+    if e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    }) {
+        die_of_sigpipe();
+    }
+    let (code, exit) = classify(e);
+    let usage = e.chain().find_map(|c| match c.downcast_ref::<CliError>() {
+        Some(CliError::Usage { command, .. }) => Some(usage_of(command)),
+        _ => None,
+    });
+    let message = format!("{e:#}");
+    let text = if json {
+        let mut body = json!({"code": code, "message": message, "exit_code": exit});
+        if let Some(u) = &usage {
+            body["usage"] = json!(u);
+        }
+        json!({ "error": body }).to_string()
+    } else {
+        match &usage {
+            Some(u) => format!(
+                "error: {message}\n\n{u}\n\nFor more information, try '--help'."
+            ),
+            None => format!("error: {message}"),
+        }
+    };
+    let _ = writeln!(std::io::stderr(), "{text}");
+    exit
+}
+
+/// Help and version go to standard output (exit 0); parse errors are usage
+/// errors (exit 2), as JSON under `--json`.
+fn clap_exit(e: clap::Error, json: bool) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion) {
+        if let Err(io) = out(&e.render().to_string())
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            die_of_sigpipe();
+        }
+        return ExitCode::SUCCESS;
+    }
+    let code = e.exit_code() as u8;
+    if json {
+        let rendered = e.render().to_string();
+        let message = rendered
+            .split("\n\n")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_start_matches("error: ")
+            .to_string();
+        let usage = rendered
+            .lines()
+            .find(|l| l.starts_with("Usage:"))
+            .unwrap_or("")
+            .to_string();
+        let body = json!({"error": {"code": "usage", "message": message, "usage": usage, "exit_code": code}});
+        let _ = writeln!(std::io::stderr(), "{body}");
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(code)
+}
+
+/// Ends the process the way a Unix tool ends when its reader has gone:
+/// killed by SIGPIPE (status 141 in a shell), with nothing printed.
+///
+/// Rust ignores SIGPIPE so that a closed socket is an error rather than a
+/// death; the CLI keeps that (its HTTP client writes to sockets) and only
+/// re-raises the signal once standard output is known to be closed.
+fn die_of_sigpipe() -> ! {
+    // SAFETY: restoring a signal's default disposition and raising it are
+    // plain libc calls with no memory effects; nothing runs afterwards.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
 }
 
 async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
     match cmd {
         ClusterCommand::Status { c } => {
             let v = client(&c)?.get("/v1/cluster", &[]).await?;
-            print(&c, &v, cluster_text);
+            print(&c, &v, cluster_text)?;
         }
         ClusterCommand::Join {
             peer,
@@ -1095,7 +1593,7 @@ async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
                 .await?;
             if apply {
                 let v = client.post("/v1/cluster/apply", &json!({})).await?;
-                print(&c, &v, applied_text);
+                print(&c, &v, applied_text)?;
             } else {
                 print(&c, &v, |v| {
                     format!(
@@ -1104,7 +1602,7 @@ async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
                         v["staged"]["zone"].as_str().unwrap_or(""),
                         v["staged"]["capacity"]
                     )
-                });
+                })?;
             }
         }
         ClusterCommand::Remove { peer, apply, c } => {
@@ -1114,11 +1612,11 @@ async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
                 .await?;
             if apply {
                 let v = client.post("/v1/cluster/apply", &json!({})).await?;
-                print(&c, &v, applied_text);
+                print(&c, &v, applied_text)?;
             } else {
                 print(&c, &v, |_| {
                     format!("staged the removal of {peer}; run `slurp cluster apply` to publish")
-                });
+                })?;
             }
         }
         ClusterCommand::Where { address, c } => {
@@ -1144,11 +1642,11 @@ async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
                     ));
                 }
                 out
-            });
+            })?;
         }
         ClusterCommand::Apply { c } => {
             let v = client(&c)?.post("/v1/cluster/apply", &json!({})).await?;
-            print(&c, &v, applied_text);
+            print(&c, &v, applied_text)?;
         }
     }
     Ok(())
