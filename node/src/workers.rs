@@ -7,6 +7,11 @@
 //! (idle/active, runs, items, errors, last error, next run), feeds the
 //! metrics, and lets an operator trigger a pass now from the API or the
 //! CLI. Nothing runs in the background without showing up here.
+//!
+//! A pass that fails after the node began shutting down was cut short by
+//! the shutdown (the network, store or thread pool it used is going away):
+//! it is logged at debug level and noted as cancelled, not counted as an
+//! error in the status or the metrics.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -176,6 +181,13 @@ impl Workers {
                             .get_or_create(&labels)
                             .inc_by(report.items);
                     }
+                    // A pass that fails once shutdown has begun was cut
+                    // short by it (the network, store or blocking pool
+                    // it used is going away): normal, not an error.
+                    Err(e) if *shutdown.borrow() => {
+                        tracing::debug!(worker = %s.name, error = %e, "worker pass cancelled by shutdown");
+                        s.last_note = "cancelled by shutdown".into();
+                    }
                     Err(e) => {
                         tracing::warn!(worker = %s.name, error = %e, "worker pass failed");
                         s.errors += 1;
@@ -281,6 +293,81 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("worker did not stop");
+    }
+
+    /// Collects formatted log lines.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_cut_short_by_shutdown_is_not_an_error() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // The test runtime has one thread: the worker task logs here too.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (tx, rx) = watch::channel(false);
+        let metrics = Metrics::new();
+        let workers = Workers::new(metrics.clone(), rx.clone());
+        let started = Arc::new(Notify::new());
+        let s2 = started.clone();
+        workers.spawn(
+            "handoff",
+            "hands versions back",
+            Duration::ZERO,
+            Box::new(move || {
+                let (mut rx, started) = (rx.clone(), s2.clone());
+                Box::pin(async move {
+                    started.notify_one();
+                    // Like a pass whose network goes away mid-pass.
+                    let _ = rx.wait_for(|stop| *stop).await;
+                    Err("the network is shut down".to_string())
+                })
+            }),
+        );
+        workers.trigger("handoff").unwrap();
+        started.notified().await;
+        tx.send(true).unwrap();
+        let mut s = workers.get("handoff").unwrap();
+        for _ in 0..200 {
+            if s.state == WorkerState::Stopped {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            s = workers.get("handoff").unwrap();
+        }
+        assert_eq!(s.state, WorkerState::Stopped);
+        assert_eq!(s.errors, 0, "{s:?}");
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.last_note, "cancelled by shutdown");
+        let text = metrics.encode();
+        assert!(
+            !text.contains("slurp_worker_errors_total{worker=\"handoff\"} 1"),
+            "{text}"
+        );
+        let log = logs.text();
+        assert!(!log.contains("WARN"), "{log}");
+        assert!(log.contains("worker pass cancelled by shutdown"), "{log}");
     }
 
     #[tokio::test]

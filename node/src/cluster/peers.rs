@@ -18,6 +18,8 @@ pub struct PeerState {
     pub info: Option<NodeInfo>,
     pub connected: bool,
     pub last_ok: Option<Instant>,
+    /// Why the peer is down: the last failure since it last answered
+    /// (cleared when it answers again).
     pub last_error: Option<String>,
     /// Failed requests since the last success.
     pub failures: u32,
@@ -41,6 +43,7 @@ pub struct PeerView {
     pub status: Option<HealthStatus>,
     pub uptime_secs: u64,
     pub last_seen_ms_ago: Option<u64>,
+    /// Why the peer is down; none once it answers again.
     pub last_error: Option<String>,
 }
 
@@ -80,6 +83,9 @@ impl PeerBook {
             }
             p.failures = 0;
             p.last_ok = Some(now);
+            // An error from before it answered again is history, not
+            // its state: status would show it "up" with an old error.
+            p.last_error = None;
         });
     }
 
@@ -170,5 +176,25 @@ mod tests {
         assert_eq!(book.healthy_for(Duration::ZERO).len(), 1);
         assert!(book.healthy_for(Duration::from_secs(60)).is_empty());
         assert!(book.view("p").up);
+    }
+
+    #[test]
+    fn a_peer_that_answers_again_has_no_last_error() {
+        let book = PeerBook::default();
+        book.record_ok("p");
+        book.record_err("p", "connection refused".into());
+        let down = book.view("p");
+        assert!(!down.up);
+        assert_eq!(down.last_error.as_deref(), Some("connection refused"));
+        // A successful probe (health answer) brings it back.
+        book.record_health("p", HealthStatus::Ok, 1, 5);
+        let up = book.view("p");
+        assert!(up.up);
+        assert_eq!(up.last_error, None);
+        // Failing again shows the new error only.
+        book.record_err("p", "timed out".into());
+        assert_eq!(book.view("p").last_error.as_deref(), Some("timed out"));
+        book.record_ok("p");
+        assert_eq!(book.view("p").last_error, None);
     }
 }
