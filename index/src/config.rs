@@ -21,7 +21,9 @@ pub const MAX_HEAP_PER_THREAD: usize = u32::MAX as usize - 1_000_000;
 pub const MAX_WRITER_THREADS: usize = 8;
 
 /// How free text combines its words when the query does not say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TextMatch {
     /// Every word must match (`auth token` means `auth AND token`).
@@ -33,22 +35,24 @@ pub enum TextMatch {
 
 /// The segment merge policy (a log-structured policy: segments of similar
 /// size are merged together in the background).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct MergeConfig {
-    /// Fewest segments of one size level merged at once.
+    /// Fewest segments of one size level merged at once, a count (at
+    /// least 2).
     pub min_num_segments: usize,
-    /// Segments with more documents than this are not merged further by the
-    /// background policy ([`crate::ContextIndex::optimize`] still merges
+    /// Segments with more documents than this count are not merged further
+    /// by the background policy (a full merge, `optimize`, still merges
     /// them).
     pub max_docs_before_merge: usize,
     /// Segments smaller than this many documents all count as one level.
     pub min_layer_size: u32,
-    /// Ratio (as a log) between the sizes of two consecutive levels.
+    /// Ratio between the sizes of two consecutive levels, as a log (a
+    /// number above 0).
     pub level_log_size: f64,
-    /// A segment whose share of deleted documents exceeds this is merged
-    /// even if alone on its level, which reclaims the memory of replaced
-    /// versions. Within `(0, 1]`; `1` disables it.
+    /// A segment whose share of deleted documents exceeds this ratio is
+    /// merged even if alone on its level, which reclaims the memory of
+    /// replaced versions. Within `(0, 1]`; `1` disables it.
     pub del_docs_ratio_before_merge: f32,
 }
 
@@ -68,50 +72,54 @@ impl Default for MergeConfig {
 }
 
 /// Configuration of a [`crate::ContextIndex`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Every field's doc comment is also its description in the node's
+/// commented configuration (`slurp node config`), so each states its unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
-    /// Indexing threads of the steady-state writer.
+    /// Indexing threads of the steady-state writer, a count (1 to 8).
     pub writer_threads: usize,
     /// Heap of the steady-state writer in bytes, shared by its threads (at
     /// least 15 MB per thread).
     pub writer_heap_bytes: usize,
-    /// Indexing threads used by [`crate::ContextIndex::rebuild`].
+    /// Indexing threads of a rebuild (at start), a count (1 to 8).
     pub rebuild_threads: usize,
     /// Heap of the rebuild writer in bytes, shared by its threads. Larger
     /// means fewer, larger segments and a faster rebuild.
     pub rebuild_heap_bytes: usize,
-    /// Threads that merge segments in the background.
+    /// Threads that merge segments in the background, a count (1 to 16).
     pub merge_threads: usize,
-    /// Commit after this many uncommitted writes (upserts and deletes).
+    /// Commit after this many uncommitted writes (upserts and deletes), a
+    /// count.
     pub commit_every_ops: usize,
     /// Commit this long after the oldest uncommitted write, in
     /// milliseconds, even if the batch is not full.
     pub commit_interval_ms: u64,
     /// The background merge policy.
     pub merge: MergeConfig,
-    /// Largest `limit` one search may ask for.
+    /// Largest `limit` (results per page) one search may ask for, a count.
     pub max_limit: usize,
-    /// Largest `offset` one search may ask for. Paging deep costs
-    /// `offset + limit` work per query.
+    /// Largest `offset` one search may ask for, a count of results. Paging
+    /// deep costs `offset + limit` work per query.
     pub max_offset: usize,
     /// Longest query text, in bytes.
     pub max_query_len: usize,
-    /// Deepest nesting of parentheses in query text.
+    /// Deepest nesting of parentheses in query text, a count of levels.
     pub max_query_depth: usize,
-    /// Most values in one filter list (tags, technologies).
+    /// Most values in one filter list (tags, technologies), a count.
     pub max_filter_values: usize,
     /// Longest snippet, in characters of the source text.
     pub snippet_max_chars: usize,
     /// Most values returned per facet (tags, technologies), highest counts
-    /// first.
+    /// first; a count.
     pub max_facet_values: usize,
-    /// How the words of free text combine by default.
+    /// How the words of free text combine when the query does not say.
     pub text_match: TextMatch,
-    /// A rebuild reports progress every this many entries.
+    /// A rebuild reports progress every this many entries, a count.
     pub rebuild_progress_every: u64,
     /// Compressed document-store blocks cached per segment for reading
-    /// hits.
+    /// hits, a count of blocks.
     pub doc_store_cache_blocks: usize,
 }
 

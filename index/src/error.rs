@@ -71,11 +71,72 @@ impl IndexError {
     }
 }
 
+/// Which side of an operator lacks a term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSide {
+    Before,
+    After,
+    Both,
+}
+
+/// One thing wrong with query text. Columns count characters from 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryProblem {
+    #[error("{}", unclosed_parentheses(.columns))]
+    UnclosedParentheses { columns: Vec<usize> },
+    #[error("`)` at column {column} closes no parenthesis")]
+    UnopenedParenthesis { column: usize },
+    #[error("the quote at column {column} is never closed")]
+    UnclosedQuote { column: usize },
+    #[error("`{operator}` at column {column} has no term {}", match .side {
+        MissingSide::Before => "before it",
+        MissingSide::After => "after it",
+        MissingSide::Both => "on either side",
+    })]
+    MissingOperand {
+        operator: &'static str,
+        column: usize,
+        side: MissingSide,
+    },
+    #[error("there is no field {field:?} (fields: {known})")]
+    UnknownField { field: String, known: String },
+    /// What the engine's parser says, as it says it.
+    #[error("{0}")]
+    Syntax(String),
+}
+
+fn unclosed_parentheses(columns: &[usize]) -> String {
+    let at = columns
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match columns.len() {
+        1 => format!("the parenthesis at column {at} is never closed"),
+        n => format!("{n} parentheses are never closed (at columns {at})"),
+    }
+}
+
+fn join_problems(list: &[QueryProblem]) -> String {
+    list.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Why a search (or a statistics request) was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
-    #[error("invalid query {query:?}: {reason}")]
-    InvalidQuery { query: String, reason: String },
+    /// The query text does not say one clear thing; every problem found
+    /// is listed.
+    #[error(
+        "invalid query {query:?}: {}; put words in double quotes to search for them as written",
+        join_problems(.problems)
+    )]
+    InvalidQuery {
+        query: String,
+        problems: Vec<QueryProblem>,
+    },
     #[error("query text is {len} bytes, over the limit of {max}")]
     QueryTooLong { len: usize, max: usize },
     #[error("query nests parentheses {depth} deep, over the limit of {max}")]
@@ -100,6 +161,18 @@ pub enum SearchError {
     Statistics(#[from] StatisticsError),
     #[error("index engine error: {0}")]
     Engine(#[from] tantivy::TantivyError),
+}
+
+impl SearchError {
+    /// Whether the request is at fault (bad query text, a limit exceeded,
+    /// a bad filter) rather than the index or the statistics a node was
+    /// given: the user who sent it can fix it.
+    pub fn is_invalid_request(&self) -> bool {
+        !matches!(
+            self,
+            SearchError::StoredField { .. } | SearchError::Statistics(_) | SearchError::Engine(_)
+        )
+    }
 }
 
 /// Term statistics that cannot be used or combined.

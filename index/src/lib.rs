@@ -36,10 +36,12 @@ pub mod schema;
 pub mod scope;
 pub mod search;
 pub mod stats;
+mod syntax;
 
 pub use config::{IndexConfig, MergeConfig, TextMatch};
 pub use error::{
-    ConfigError, IndexError, RebuildError, SearchError, SlotScopeError, StatisticsError,
+    ConfigError, IndexError, MissingSide, QueryProblem, RebuildError, SearchError, SlotScopeError,
+    StatisticsError,
 };
 pub use index::{ContextIndex, IndexStatus, KeyState, MergeReport, RebuildProgress, WriteOutcome};
 pub use observer::{CommitEvent, CommitTrigger, IndexObserver, NoopObserver, SearchEvent};

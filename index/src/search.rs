@@ -11,11 +11,16 @@
 //! unscoped entry points add no clause at all.
 //!
 //! Query text uses the engine's query language (words, `"phrases"`,
-//! `field:word`, `+must`, `-not`, `AND`/`OR`, parentheses). In the default
-//! [`QuerySyntax::Lenient`] mode, text that does not parse is repaired on a
-//! best-effort basis and the problems come back as warnings; in
-//! [`QuerySyntax::Strict`] mode they are a [`SearchError::InvalidQuery`].
-//! Neither mode panics on any input: length and nesting are bounded first.
+//! `field:word`, `+must`, `-not`, `AND`/`OR`/`NOT`, parentheses). Text that
+//! does not say one clear thing (unbalanced parentheses or quotes, `AND`
+//! or `OR` without a term on each side, an unknown field, anything else
+//! the engine would have to repair) is a [`SearchError::InvalidQuery`]
+//! listing every [`crate::QueryProblem`] found, never a repaired guess: a
+//! repaired `AND OR (((` would match every document. In the default
+//! [`QuerySyntax::Lenient`] mode, ordinary text the engine reads as words
+//! (`c++`, `what's this?`, `foo-bar`) is accepted; [`QuerySyntax::Strict`]
+//! uses the engine's strict grammar, which refuses some of it. Neither mode
+//! panics on any input: length and nesting are bounded first.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -24,7 +29,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, FacetCollector, TopDocs};
 use tantivy::query::{
-    Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, RangeQuery, TermQuery,
+    Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParserError,
+    RangeQuery, TermQuery,
 };
 use tantivy::schema::{Facet, IndexRecordOption, Value};
 use tantivy::snippet::SnippetGenerator;
@@ -32,7 +38,7 @@ use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
 
 use slurp_protocol::{RoleName, VersionId};
 
-use crate::error::{SearchError, quote};
+use crate::error::{QueryProblem, SearchError, quote};
 use crate::index::{ContextIndex, Engine};
 use crate::observer::SearchEvent;
 use crate::schema::{
@@ -45,10 +51,12 @@ use crate::stats::{Population, QueryStatistics, ScopedStats, SuppliedStats};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum QuerySyntax {
-    /// Repair what does not parse; report the problems as warnings.
+    /// Read ordinary text as words (`what's this?`, `c++`); refuse text
+    /// that is still broken with [`SearchError::InvalidQuery`].
     #[default]
     Lenient,
-    /// Refuse text that does not parse with [`SearchError::InvalidQuery`].
+    /// The engine's strict grammar: also refuses some ordinary text
+    /// (`what's this?`) with [`SearchError::InvalidQuery`].
     Strict,
 }
 
@@ -168,15 +176,16 @@ pub struct SearchResults {
     /// The requested page, best first.
     pub hits: Vec<SearchHit>,
     pub facets: FacetCounts,
-    /// Problems repaired in lenient parsing.
+    /// Notes about the results (none from the index itself: query text
+    /// that would need repairing is an error; a cluster adds notes such
+    /// as hits left out).
     pub warnings: Vec<String>,
     /// Wall time of the search.
     pub took: Duration,
 }
 
-/// Parsed query text (none when the text is blank) and lenient-mode
-/// warnings.
-type ParsedText = (Option<Box<dyn Query>>, Vec<String>);
+/// Parsed query text (none when the text is blank).
+type ParsedText = Option<Box<dyn Query>>;
 
 /// A validated query turned into engine queries.
 struct Plan {
@@ -184,7 +193,6 @@ struct Plan {
     text: Option<Box<dyn Query>>,
     /// The full query: text (if any) and every filter.
     full: Box<dyn Query>,
-    warnings: Vec<String>,
 }
 
 /// Deepest nesting of parentheses outside quotes.
@@ -287,6 +295,15 @@ impl ContextIndex {
         self.run_search(query, scope, stats)
     }
 
+    /// Checks `query` as a search would (limits, filters, query text)
+    /// without running it: how a node coordinating a distributed search
+    /// refuses a bad query once, before asking any other node.
+    pub fn check_query(&self, query: &SearchQuery) -> Result<(), SearchError> {
+        let engine = self.shared.engine();
+        self.validate(query)?;
+        self.parse_text(&engine, query).map(|_| ())
+    }
+
     /// The BM25 statistics of `query`'s text on this index, scoped to
     /// `query.role`: what a node contributes to a distributed search.
     pub fn term_statistics(&self, query: &SearchQuery) -> Result<QueryStatistics, SearchError> {
@@ -374,21 +391,62 @@ impl ContextIndex {
 
     fn parse_text(&self, engine: &Engine, q: &SearchQuery) -> Result<ParsedText, SearchError> {
         if q.text.trim().is_empty() {
-            return Ok((None, vec![]));
+            return Ok(None);
+        }
+        let invalid = |problems: Vec<QueryProblem>| SearchError::InvalidQuery {
+            query: quote(&q.text),
+            problems,
+        };
+        let problems = crate::syntax::check(&q.text);
+        if !problems.is_empty() {
+            return Err(invalid(problems));
         }
         match q.syntax {
             QuerySyntax::Strict => match engine.parser.parse_query(&q.text) {
-                Ok(query) => Ok((Some(query), vec![])),
-                Err(e) => Err(SearchError::InvalidQuery {
-                    query: quote(&q.text),
-                    reason: quote(&e.to_string()),
-                }),
+                Ok(query) => Ok(Some(query)),
+                Err(e) => Err(invalid(vec![self.problem(e)])),
             },
             QuerySyntax::Lenient => {
                 let (query, errors) = engine.parser.parse_query_lenient(&q.text);
-                let warnings = errors.iter().map(|e| quote(&e.to_string())).collect();
-                Ok((Some(query), warnings))
+                let mut problems: Vec<QueryProblem> = Vec::new();
+                for e in errors {
+                    // Only `-word` terms: "everything but those", which
+                    // is what the user wrote (the structure check has
+                    // ruled out operators that lost their terms).
+                    if matches!(e, QueryParserError::AllButQueryForbidden) {
+                        continue;
+                    }
+                    let p = self.problem(e);
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+                if !problems.is_empty() {
+                    return Err(invalid(problems));
+                }
+                Ok(Some(query))
             }
+        }
+    }
+
+    /// What the engine's parser found, in the user's terms.
+    fn problem(&self, e: QueryParserError) -> QueryProblem {
+        match e {
+            QueryParserError::FieldDoesNotExist(field) => QueryProblem::UnknownField {
+                field: quote(&field),
+                known: self
+                    .shared
+                    .fields
+                    .text_fields()
+                    .iter()
+                    .map(|f| self.shared.schema.get_field_name(*f))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            QueryParserError::SyntaxError(s) => {
+                QueryProblem::Syntax(quote(s.strip_prefix("Syntax Error: ").unwrap_or(&s)))
+            }
+            e => QueryProblem::Syntax(quote(&e.to_string())),
         }
     }
 
@@ -445,7 +503,7 @@ impl ContextIndex {
         scope: &SlotScope,
     ) -> Result<Plan, SearchError> {
         self.validate(q)?;
-        let (text, warnings) = self.parse_text(engine, q)?;
+        let text = self.parse_text(engine, q)?;
         let filter = self.filter(q, scope);
         let full: Box<dyn Query> = match &text {
             Some(t) => Box::new(BooleanQuery::new(vec![
@@ -455,11 +513,7 @@ impl ContextIndex {
             ])),
             None => filter,
         };
-        Ok(Plan {
-            text,
-            full,
-            warnings,
-        })
+        Ok(Plan { text, full })
     }
 
     fn run_search(
@@ -557,7 +611,7 @@ impl ContextIndex {
             total_hits: total as u64,
             hits,
             facets,
-            warnings: plan.warnings,
+            warnings: Vec::new(),
             took,
         };
         shared.observer.on_search(&SearchEvent {

@@ -70,6 +70,7 @@ impl From<StoreError> for ApiError {
             | StoreError::Invalid(_)
             | StoreError::BadRequest(_)
             | StoreError::Search(_)
+            | StoreError::InvalidQuery(_)
             | StoreError::TooMany { .. } => StatusCode::BAD_REQUEST,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::Deleted { .. } => StatusCode::GONE,

@@ -23,13 +23,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::{CauseLabels, Metrics};
 
 /// Audit settings (`[audit]`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditSettings {
-    /// Entries queued at most before requests wait.
+    /// Audit entries queued at most before requests wait, a count.
     pub queue: usize,
-    /// How long the writer gathers entries before one durable append.
+    /// How long the audit writer gathers entries before one durable append
+    /// (what a crash can lose), a duration such as `5ms`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub linger: Duration,
 }
 

@@ -32,19 +32,26 @@ use slurp_protocol::{ContextNode, Framed, RoleName, VersionId};
 use crate::metrics::{CauseLabels, Metrics};
 
 /// Cache settings (`[cache]` in the config file).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
+    /// Keep decrypted contexts in memory at all (true or false).
     pub enabled: bool,
-    /// Upper bound of the weighted size, in bytes.
+    /// Upper bound of the cache's weighted size (the encoded contexts it
+    /// holds), in bytes.
     pub max_bytes: u64,
-    /// An entry is dropped this long after it was written.
+    /// An entry is dropped this long after it was written, a duration such
+    /// as `10m`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub ttl: Duration,
-    /// An entry is dropped when unread for this long.
+    /// An entry is dropped when unread for this long, a duration such as
+    /// `2m`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub tti: Duration,
-    /// Entries whose encoding is larger than this are kept compressed.
+    /// Entries whose encoding is larger than this, in bytes, are kept
+    /// zstd-compressed.
     pub compress_above: usize,
 }
 

@@ -49,14 +49,25 @@ pub enum StoreError {
     Index(String),
     #[error("search: {0}")]
     Search(String),
+    /// Query text that does not say one clear thing; the message names
+    /// every problem found in it.
+    #[error("{0}")]
+    InvalidQuery(String),
     #[error("internal: {0}")]
     Internal(String),
     /// Fewer replicas answered than the quorum needs. The write may have
-    /// reached some of them; it is not acknowledged.
-    #[error("{op} of {key}: {acked} of the {needed} replicas needed answered ({detail})")]
+    /// reached some of them; it is not acknowledged. `op` and `address`
+    /// are the operation the user asked for and the address as given;
+    /// `during` names the step that failed when it is not the operation
+    /// itself (a write first reads the parent version from a read quorum).
+    #[error(
+        "{op} of {address}{}: {acked} of the {needed} replicas needed answered ({detail})",
+        .during.map(|d| format!(" failed while {d}")).unwrap_or_default()
+    )]
     Quorum {
         op: &'static str,
-        key: String,
+        address: String,
+        during: Option<&'static str>,
         needed: usize,
         acked: usize,
         detail: String,
@@ -85,9 +96,39 @@ impl StoreError {
             StoreError::Crypto(_) => "crypto",
             StoreError::Index(_) => "index",
             StoreError::Search(_) => "bad_query",
+            StoreError::InvalidQuery(_) => "invalid_query",
             StoreError::Internal(_) => "internal",
             StoreError::Quorum { .. } => "quorum",
             StoreError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl StoreError {
+    /// A quorum failure of one step restated as a failure of the operation
+    /// the user asked for (`op` of `address`, as given), `during` that
+    /// step; any other error is returned as it is.
+    pub(crate) fn quorum_of(
+        self,
+        op: &'static str,
+        address: &str,
+        during: Option<&'static str>,
+    ) -> Self {
+        match self {
+            StoreError::Quorum {
+                needed,
+                acked,
+                detail,
+                ..
+            } => StoreError::Quorum {
+                op,
+                address: address.to_string(),
+                during,
+                needed,
+                acked,
+                detail,
+            },
+            e => e,
         }
     }
 }
@@ -124,12 +165,12 @@ impl From<slurp_index::IndexError> for StoreError {
 
 impl From<slurp_index::SearchError> for StoreError {
     fn from(e: slurp_index::SearchError) -> Self {
-        use slurp_index::SearchError as S;
         match e {
-            S::StoredField { .. } | S::Statistics(_) | S::Engine(_) => {
-                StoreError::Index(e.to_string())
+            slurp_index::SearchError::InvalidQuery { .. } => {
+                StoreError::InvalidQuery(e.to_string())
             }
-            _ => StoreError::Search(e.to_string()),
+            e if e.is_invalid_request() => StoreError::Search(e.to_string()),
+            e => StoreError::Index(e.to_string()),
         }
     }
 }

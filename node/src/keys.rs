@@ -17,7 +17,9 @@ use slurp_crypto::{Keyring, Keystore, KeystoreConfig, NodeKey, RoleKey, SecretSt
 use slurp_protocol::RoleSet;
 
 /// How role keys are sealed on disk (`[keys]`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum UnlockMode {
     /// Sealed to the node key file in the data directory.
@@ -28,11 +30,13 @@ pub enum UnlockMode {
 }
 
 /// Key settings (`[keys]` in the config file).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConfig {
+    /// How the role keys in the data directory are sealed.
     pub unlock: UnlockMode,
-    /// scrypt work factor (log2 N) for passphrase sealing.
+    /// scrypt work factor for passphrase sealing, as log2 of N (each step
+    /// doubles the time and memory of an unlock).
     pub scrypt_log_n: u8,
 }
 

@@ -328,29 +328,29 @@ impl Node {
 
     fn start_workers(&self) {
         let o = &self.config.store_options;
-        let local = self.store.local().clone();
-        let sweep_batch = self.config.store.sweep.batch;
+        let ms = std::time::Duration::from_millis;
+        // A pass of the store's sweeper: `store.sweep.batch` versions per
+        // transaction, `store.sweep.pause_ms` apart, at most
+        // `store.sweep.max_batches_per_pass` transactions.
+        let sweeper = Arc::new(slurp_storage::Sweeper::new(self.store.local().clone()));
         self.workers.spawn(
             "sweeper",
             "deletes expired versions from the local store",
-            o.cleanup_interval,
+            ms(self.config.store.sweep.interval_ms),
             Box::new(move || {
-                let local = local.clone();
+                let sweeper = sweeper.clone();
                 Box::pin(async move {
-                    let mut removed = 0u64;
-                    loop {
-                        let r = local
-                            .sweep_expired(sweep_batch)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        removed += r.removed;
-                        if !r.more {
-                            break;
-                        }
+                    let p = sweeper.run_once().await.map_err(|e| e.to_string())?;
+                    let mut note = format!("removed {} expired versions", p.removed);
+                    if !p.errors.is_empty() {
+                        note += &format!(", {} left in place (corrupt)", p.errors.len());
+                    }
+                    if p.more {
+                        note += ", more left for the next pass";
                     }
                     Ok(PassReport {
-                        items: removed,
-                        note: format!("removed {removed} expired versions"),
+                        items: p.removed,
+                        note,
                     })
                 })
             }),
@@ -359,7 +359,7 @@ impl Node {
         self.workers.spawn(
             "compactor",
             "compacts the local store file",
-            o.compaction_interval,
+            ms(self.config.store.compaction.interval_ms),
             Box::new(move || {
                 let local = local.clone();
                 Box::pin(async move {

@@ -14,14 +14,17 @@ use crate::role::{RoleName, RoleSet};
 use crate::version::VersionId;
 
 /// Limits on a context's fields, so one record cannot exhaust memory or the
-/// index. Configurable by the node; these are the defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// index. Configurable by the node (`[limits]`); these are the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct ContextLimits {
-    /// Longest summary, purpose, change reason or insight, in bytes.
+    /// Longest summary, purpose, path, change reason, tag, technology or
+    /// insight of a context, in bytes.
     pub max_text: usize,
-    /// Most entries in technologies, tags, insights, links, roles.
+    /// Most entries in each list of a context (technologies, tags,
+    /// insights, `influences`, `influenced_by`, `encrypted_for`), a count.
     pub max_list: usize,
-    /// Largest metadata map when encoded as JSON, in bytes.
+    /// Largest metadata map of a context, encoded as JSON, in bytes.
     pub max_metadata: usize,
 }
 

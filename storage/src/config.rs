@@ -1,6 +1,6 @@
 //! Every limit and interval of the store, in one place.
 //!
-//! The node reads this from its configuration file (`[storage]`); every
+//! The node reads this from its configuration file (`[store]`); every
 //! field has a default that works on a small machine, and
 //! [`StoreConfig::validate`] rejects combinations that would make the store
 //! misbehave (a zero batch, a value limit the decoder would refuse) before
@@ -14,14 +14,18 @@ use serde::{Deserialize, Serialize};
 pub const MAX_VALUE_LIMIT: usize = slurp_protocol::wire::DEFAULT_MAX_DECODE;
 
 /// Configuration of a [`crate::Store`] and its background workers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Every field's doc comment is also its description in the node's
+/// commented configuration (`slurp node config`), so each states its unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Most write requests committed in one transaction by the writer
-    /// thread (group commit).
+    /// thread (group commit), a count; also the most items of an atomic
+    /// batch.
     pub max_batch: usize,
-    /// Write requests that may wait for the writer thread; callers wait
-    /// (async callers yield) when the queue is full.
+    /// Write requests that may wait for the writer thread, a count; callers
+    /// wait (async callers yield) when the queue is full.
     pub queue_capacity: usize,
     /// Longest the writer thread waits for more requests before starting a
     /// transaction, in microseconds, when the previous batch showed
@@ -29,19 +33,24 @@ pub struct StoreConfig {
     /// the previous commit). 0 disables waiting.
     pub group_commit_wait_us: u64,
     /// Largest stored value (sealed envelope plus its metadata, encoded)
-    /// in bytes; larger writes are refused before they are queued.
+    /// in bytes, 1024 to 16 MiB; larger writes are refused before they are
+    /// queued.
     pub max_value_bytes: usize,
     /// Most decision links (`influences` plus `influenced_by`) and most
-    /// readers one version may carry.
+    /// readers one stored version may carry, a count.
     pub max_links: usize,
-    /// Page cache of the database, in bytes.
+    /// Page cache of the database file (redb), in bytes.
     pub cache_bytes: usize,
     /// Have every commit also save the allocator state, so that reopening
-    /// after a crash is immediate instead of a walk over the whole file.
-    /// Commits become slower; see `docs/storage.md`.
+    /// after a crash is immediate instead of a walk over the whole file
+    /// (true or false). Commits become slower; see `docs/storage.md`.
     pub quick_repair: bool,
+    /// When stored envelopes are compressed with zstd.
     pub compression: CompressionConfig,
+    /// The TTL sweeper (the node's `sweeper` worker): how often it runs and
+    /// how much it deletes at a time.
     pub sweep: SweepConfig,
+    /// Compaction of the database file (the node's `compactor` worker).
     pub compaction: CompactionConfig,
 }
 
@@ -67,11 +76,13 @@ impl Default for StoreConfig {
 /// Sealed envelopes are mostly ciphertext, which does not compress; the
 /// store tries zstd only on envelopes of at least `min_bytes` and keeps the
 /// compressed form only when it saves at least `min_saving_bytes`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionConfig {
+    /// Try compressing envelopes at all (true or false).
     pub enabled: bool,
-    /// Envelopes shorter than this are stored as they are, without trying.
+    /// Envelopes shorter than this, in bytes, are stored as they are,
+    /// without trying.
     pub min_bytes: usize,
     /// zstd level, 1 (fastest) to 19.
     pub level: i32,
@@ -92,14 +103,16 @@ impl Default for CompressionConfig {
 }
 
 /// The TTL sweeper: how often it runs and how much it deletes at a time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SweepConfig {
-    /// Time between passes, in milliseconds.
+    /// Time between two passes of the sweeper, which deletes expired
+    /// versions, in milliseconds (at least 1).
     pub interval_ms: u64,
-    /// Expired versions deleted per transaction.
+    /// Expired versions deleted per transaction, a count.
     pub batch: usize,
-    /// Most transactions in one pass; the rest waits for the next pass.
+    /// Most transactions in one pass, a count; the rest waits for the next
+    /// pass.
     pub max_batches_per_pass: u32,
     /// Pause between two transactions of one pass, in milliseconds, so a
     /// large backlog does not starve foreground writes.
@@ -118,15 +131,17 @@ impl Default for SweepConfig {
 }
 
 /// Background compaction of the database file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompactionConfig {
-    /// Time between checks, in milliseconds.
+    /// Time between two checks of the compactor, which compacts the
+    /// database file when enough of it is free, in milliseconds (at least
+    /// 1).
     pub interval_ms: u64,
-    /// A check compacts only when at least this share of the file is
-    /// free space...
+    /// A check compacts only when at least this share of the file is free
+    /// space, a ratio within 0..=1, and ...
     pub min_free_ratio: f64,
-    /// ...and at least this many bytes would be reclaimed.
+    /// ... at least this many bytes would be reclaimed.
     pub min_free_bytes: u64,
 }
 

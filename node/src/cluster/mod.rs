@@ -38,51 +38,65 @@ use layout::{LayoutState, Staged};
 use peers::{PeerBook, PeerView};
 
 /// Cluster settings (`[cluster]`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Copies of every context; fixed by the first layout.
+    /// Copies of every context, a count; fixed by the first layout.
     pub replication_factor: u8,
-    /// Durable replica writes a write waits for (per request `w=`).
+    /// Durable replica writes a write waits for, a count (per request
+    /// `w=`).
     pub write_quorum: u8,
-    /// Replicas a read asks (per request `r=`).
+    /// Replicas a read asks, a count (per request `r=`).
     pub read_quorum: u8,
-    /// Partitions as a power of two; fixed by the first layout.
+    /// Partitions as a power of two (10 means 1,024 partitions); fixed by
+    /// the first layout.
     pub partition_bits: u8,
-    /// This node's failure domain for placement.
+    /// This node's failure domain for placement, a name.
     pub zone: String,
-    /// This node's relative capacity for placement.
+    /// This node's relative capacity for placement, a weight (at least 1).
     pub capacity: u32,
     /// Add peers to the layout automatically once they have been healthy
-    /// for `auto_join_after` (and this node, if no layout exists yet). For
-    /// testnets; production clusters join members explicitly.
+    /// for `auto_join_after` (and this node, if no layout exists yet), true
+    /// or false. For testnets; production clusters join members explicitly.
     pub auto_join: bool,
+    /// How long a peer must have been healthy before `auto_join` adds it, a
+    /// duration such as `2s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub auto_join_after: Duration,
-    /// How often peers are probed and layouts compared.
+    /// How often peers are probed and layouts compared, a duration such as
+    /// `1s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub probe_interval: Duration,
-    /// A probe without an answer after this long counts as a failure.
+    /// A probe without an answer after this long counts as a failure, a
+    /// duration such as `2s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub probe_timeout: Duration,
     /// A request to a replica without an answer after this long counts as
-    /// a failure (the quorum then tries another).
+    /// a failure (the quorum then tries another), a duration such as `3s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub replica_timeout: Duration,
-    /// How often hinted versions are handed back to their replicas.
+    /// How often hinted versions are handed back to their replicas, a
+    /// duration such as `2s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub handoff_interval: Duration,
-    /// Versions per handoff request.
+    /// Versions per handoff request, a count.
     pub handoff_batch: usize,
     /// Writes (or head reads) to one replica folded into one request at
-    /// most, when they queue behind requests in flight.
+    /// most, when they queue behind requests in flight; a count.
     pub replica_batch: usize,
     /// Requests in flight to one replica before further ones queue (and
-    /// get folded together).
+    /// get folded together), a count.
     pub replica_in_flight: usize,
     /// How long a token made on another member is trusted before it is
-    /// looked up again (so a revocation there takes effect here within it).
+    /// looked up again (so a revocation there takes effect here within it),
+    /// a duration such as `30s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub token_cache_ttl: Duration,
 }
 

@@ -10,12 +10,14 @@ use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
 /// Size limits of one request-response protocol, in encoded bytes.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProtocolLimits {
-    /// Largest request this node sends or accepts.
+    /// Largest request of this protocol the node sends or accepts, in
+    /// encoded bytes.
     pub max_request_bytes: usize,
-    /// Largest response this node sends or accepts.
+    /// Largest response of this protocol the node sends or accepts, in
+    /// encoded bytes.
     pub max_response_bytes: usize,
 }
 
@@ -31,50 +33,68 @@ impl ProtocolLimits {
 const MIB: usize = 1024 * 1024;
 
 /// The swarm's configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetConfig {
-    /// Addresses to listen on (TCP and QUIC on loopback by default; a
+    /// Multiaddrs to listen on (TCP and QUIC on loopback by default; a
     /// cluster node lists its routable addresses).
+    #[schemars(with = "Vec<String>")]
     pub listen: Vec<Multiaddr>,
-    /// Peers to join through, each ending in `/p2p/<peer id>`.
+    /// Peers to join through, multiaddrs each ending in `/p2p/<peer id>`.
+    #[schemars(with = "Vec<String>")]
     pub bootstrap: Vec<Multiaddr>,
-    /// A connection with no stream open for this long is closed.
+    /// A connection with no stream open for this long is closed, a
+    /// duration such as `60s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_connection_timeout: Duration,
-    /// A request without a response after this long fails with a timeout.
+    /// A request to a peer without a response after this long fails with a
+    /// timeout, a duration such as `10s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Streams of one request-response protocol open at once per
-    /// connection, inbound and outbound together; streams over it are
-    /// dropped by libp2p.
+    /// connection, inbound and outbound together, a count; streams over it
+    /// are dropped by libp2p.
     pub max_concurrent_streams: usize,
-    /// Requests of one protocol in flight to one peer; more wait in a queue
-    /// in the order they were made. Keep it at most half of
+    /// Requests of one protocol in flight to one peer, a count; more wait in
+    /// a queue in the order they were made. Keep it at most half of
     /// `max_concurrent_streams`, so two peers asking each other at full
     /// rate never overflow a connection.
     pub max_outbound_streams_per_peer: usize,
-    /// Requests of one protocol queued for one peer; past it a request fails
-    /// at once with `NetError::Overloaded`.
+    /// Requests of one protocol queued for one peer, a count; past it a
+    /// request fails at once as overloaded.
     pub max_queued_requests_per_peer: usize,
-    /// Established connections at most, inbound and outbound together.
+    /// Established connections at most, inbound and outbound together, a
+    /// count.
     pub max_established_connections: u32,
-    /// Established connections at most to one peer.
+    /// Established connections at most to one peer, a count.
     pub max_connections_per_peer: u32,
-    /// A Kademlia query (lookup, bootstrap) gives up after this long.
+    /// A Kademlia query (lookup, bootstrap) gives up after this long, a
+    /// duration such as `30s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub kad_query_timeout: Duration,
-    /// How often the node re-runs the Kademlia bootstrap.
+    /// How often the node re-runs the Kademlia bootstrap, a duration such
+    /// as `5m`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub bootstrap_interval: Duration,
     /// Events (inbound requests, connections) queued for the node before
-    /// new inbound requests are refused.
+    /// new inbound requests are refused, a count.
     pub event_buffer: usize,
-    /// Commands queued from clients before callers wait.
+    /// Commands queued from clients of the swarm before callers wait, a
+    /// count.
     pub command_buffer: usize,
+    /// Size limits of replication (sealed versions sent between replicas).
     pub replicate: ProtocolLimits,
+    /// Size limits of forwarding (an API call relayed to a member that
+    /// holds the key).
     pub forward: ProtocolLimits,
+    /// Size limits of distributed search (queries and their hits).
     pub search: ProtocolLimits,
+    /// Size limits of the cluster protocol (hello, health, layouts,
+    /// tokens).
     pub cluster: ProtocolLimits,
 }
 

@@ -94,6 +94,9 @@ pub struct PutResult {
 /// A read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReadResult {
+    /// The address of the version returned: the `*^` address when the
+    /// newest version was asked for, else `*~N` with N = `ordinal`
+    /// (whatever temporal form the request used).
     pub address: String,
     pub version: String,
     /// 1-based position in the address's history.
@@ -323,6 +326,8 @@ impl ContextStore {
         opts: QuorumOpts,
     ) -> Result<(Prepared, String), StoreError> {
         let mut node = req.context;
+        // Errors name the address as the request gave it.
+        let given = node.address.to_string();
         node.address = node.address.with_temporal(Temporal::Latest);
         if node.path.is_empty() {
             node.path = node.address.path.clone();
@@ -366,7 +371,10 @@ impl ContextStore {
                 )
                 .await);
         }
-        let current = self.latest_meta_any(&key, opts).await?;
+        let current = self
+            .latest_meta_any(&key, opts)
+            .await
+            .map_err(|e| e.quorum_of("write", &given, Some("reading the parent version")))?;
         let parent = current.as_ref();
         if let Some(p) = parent
             && !p.tombstone
@@ -426,6 +434,7 @@ impl ContextStore {
                 envelope: sealed?,
                 node: Some(node),
                 caller: caller.clone(),
+                address: given,
             },
             key,
         ))
@@ -520,15 +529,23 @@ impl ContextStore {
                 .collect();
             if up.len() < need {
                 self.0.metrics.replication("quorum_failed", 1);
+                let down: Vec<String> = route
+                    .replicas
+                    .iter()
+                    .filter(|r| !up.contains(r))
+                    .map(|r| quorum::cluster_peer_label(cluster, r))
+                    .collect();
                 refused.push(Some(StoreError::Quorum {
-                    op: "write",
-                    key: p.meta.key.clone(),
+                    op: p.op(),
+                    address: p.address.clone(),
+                    during: None,
                     needed: need,
                     acked: 0,
                     detail: format!(
-                        "only {} of the {} replicas are up",
+                        "only {} of the {} replicas are up; down: {}",
                         up.len(),
-                        route.replicas.len()
+                        route.replicas.len(),
+                        down.join(", ")
                     ),
                 }));
                 continue;
@@ -558,11 +575,12 @@ impl ContextStore {
                 decided.push(Ok(self.after_put(p, t.created, false).await));
             } else {
                 decided.push(Err(quorum::quorum_failed(
-                    "write",
-                    &p.meta.key,
+                    p.op(),
+                    &p.address,
                     t.need,
                     t.acked,
                     &t.errors,
+                    |peer| quorum::cluster_peer_label(cluster, peer),
                 )));
             }
         }
@@ -685,7 +703,14 @@ impl ContextStore {
                     )
                     .await);
             }
-            let Some(latest) = self.latest_meta_any(&key, opts).await? else {
+            let Some(latest) = self.latest_meta_any(&key, opts).await.map_err(|e| {
+                e.quorum_of(
+                    "delete",
+                    &address.to_string(),
+                    Some("reading the current version"),
+                )
+            })?
+            else {
                 return Err(StoreError::NotFound(address.to_string()));
             };
             if latest.tombstone {
@@ -722,6 +747,7 @@ impl ContextStore {
                 envelope: Vec::new(),
                 node: None,
                 caller: caller.clone(),
+                address: address.to_string(),
             };
             self.commit_put(vec![prepared], opts)
                 .await
@@ -756,7 +782,9 @@ impl ContextStore {
             if !address.is_pattern()
                 && let Some(route) = self.route(&address.key())
             {
-                self.get_cluster(caller, address, route, opts).await
+                self.get_cluster(caller, address, route, opts)
+                    .await
+                    .map_err(|e| e.quorum_of("read", &address.to_string(), None))
             } else {
                 self.get_inner(caller, address).await
             }
@@ -787,7 +815,7 @@ impl ContextStore {
                     .audit
                     .allow(&caller.token_id, role, AuditAction::Read, &key)
                     .await;
-                return Ok(read_result(&key, &hit));
+                return Ok(read_result(&key, &hit, true));
             }
         }
         let generation = self.0.cache.generation(&key);
@@ -823,7 +851,7 @@ impl ContextStore {
                     .audit
                     .allow(&caller.token_id, role, AuditAction::Read, &key)
                     .await;
-                return Ok(read_result(&key, &hit));
+                return Ok(read_result(&key, &hit, false));
             }
             let record = self
                 .0
@@ -844,10 +872,13 @@ impl ContextStore {
         } else {
             Selector::Exact(record.meta.version.clone())
         };
-        Ok(self.finish_read(caller, &key, sel, read, generation).await)
+        Ok(self
+            .finish_read(caller, &key, sel, read, generation, latest)
+            .await)
     }
 
-    /// Caches a read for the caller's role, audits it and answers it.
+    /// Caches a read for the caller's role, audits it and answers it
+    /// (`latest`: the newest version was asked for).
     async fn finish_read(
         &self,
         caller: &Principal,
@@ -855,6 +886,7 @@ impl ContextStore {
         sel: Selector,
         read: CachedRead,
         generation: u64,
+        latest: bool,
     ) -> ReadResult {
         self.0
             .cache
@@ -864,7 +896,7 @@ impl ContextStore {
             .audit
             .allow(&caller.token_id, &caller.role, AuditAction::Read, key)
             .await;
-        read_result(key, &read)
+        read_result(key, &read, latest)
     }
 
     /// A read in a cluster: the newest version from a read quorum (or, for
@@ -913,9 +945,11 @@ impl ContextStore {
                 .audit
                 .allow(&caller.token_id, role, AuditAction::Read, &key)
                 .await;
-            let mut r = read_result(&key, &hit);
-            r.ordinal = ordinal;
-            return Ok(r);
+            let hit = CachedRead {
+                node: hit.node,
+                ordinal,
+            };
+            return Ok(read_result(&key, &hit, latest));
         }
         let record = match envelope {
             Some(envelope) if !envelope.is_empty() => StoredRecord { meta, envelope },
@@ -929,7 +963,9 @@ impl ContextStore {
             node: Arc::new(node),
             ordinal,
         };
-        Ok(self.finish_read(caller, &key, sel, read, generation).await)
+        Ok(self
+            .finish_read(caller, &key, sel, read, generation, latest)
+            .await)
     }
 
     /// Refuses (and audits) a read of `meta` by a role not among its readers.
@@ -985,8 +1021,12 @@ impl ContextStore {
         address: &UcxlAddress,
     ) -> Result<bool, StoreError> {
         let key = address.key();
+        let latest = self
+            .latest_meta_any(&key, QuorumOpts::default())
+            .await
+            .map_err(|e| e.quorum_of("read", &address.to_string(), None))?;
         Ok(matches!(
-            self.latest_meta_any(&key, QuorumOpts::default()).await?,
+            latest,
             Some(m) if !m.tombstone && m.readers.contains(&caller.role)
         ))
     }
@@ -999,7 +1039,10 @@ impl ContextStore {
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let key = address.key();
         let history = match self.route(&key) {
-            Some(route) => self.quorum_history(&route, &key, None).await?,
+            Some(route) => self
+                .quorum_history(&route, &key, None)
+                .await
+                .map_err(|e| e.quorum_of("history read", &address.to_string(), None))?,
             None => self.0.store.history(&key)?,
         };
         if history.is_empty() {
@@ -1292,18 +1335,39 @@ pub(crate) struct Prepared {
     /// The plaintext, for the index; `None` for a tombstone.
     node: Option<ContextNode>,
     caller: Principal,
+    /// The address as the request gave it, for errors.
+    address: String,
 }
 
-fn read_result(key: &str, read: &CachedRead) -> ReadResult {
+impl Prepared {
+    /// What the user asked for, as errors name it.
+    fn op(&self) -> &'static str {
+        if self.meta.tombstone {
+            "delete"
+        } else {
+            "write"
+        }
+    }
+}
+
+/// The answer to a read. Its address names the version returned: `*^`
+/// when the newest was asked for, else `*~N` with N its ordinal (whatever
+/// form the request used: `~~1`, `^^0` and `*~2` may all name version 2).
+fn read_result(key: &str, read: &CachedRead, latest: bool) -> ReadResult {
     let version = read
         .node
         .version
         .as_ref()
         .map(|v| v.id.to_string())
         .unwrap_or_default();
+    let temporal = if latest {
+        Temporal::Latest
+    } else {
+        Temporal::Version(read.ordinal)
+    };
     ReadResult {
         address: UcxlAddress::from_key(key)
-            .map(|a| a.to_string())
+            .map(|a| a.with_temporal(temporal).to_string())
             .unwrap_or_else(|_| key.to_string()),
         version,
         ordinal: read.ordinal,

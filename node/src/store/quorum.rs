@@ -74,30 +74,67 @@ where
     (ok, failed)
 }
 
-/// A quorum error naming each replica that failed and why.
+/// A peer as errors and logs name it: its node name with the short peer
+/// id in parentheses (`node2 (h7Yq3kLm)`), or the short id alone when its
+/// name is not known yet.
+pub(crate) fn peer_label(name: Option<&str>, peer: &str) -> String {
+    match name {
+        Some(n) if !n.is_empty() => format!("{n} ({})", short_peer(peer)),
+        _ => short_peer(peer).to_string(),
+    }
+}
+
+/// `peer` labelled with the name this node knows for it (its own name
+/// for itself; peers announce theirs when they connect).
+pub(crate) fn cluster_peer_label(cluster: &Cluster, peer: &str) -> String {
+    let name = if peer == cluster.me() {
+        Some(cluster.info().name)
+    } else {
+        cluster
+            .peers()
+            .get(peer)
+            .and_then(|p| p.info)
+            .map(|i| i.name)
+    };
+    peer_label(name.as_deref(), peer)
+}
+
+/// A quorum error naming each replica that failed (by `label`) and why.
+/// `op` of `address` is what failed, as the user would say it.
 pub(crate) fn quorum_failed(
     op: &'static str,
-    key: &str,
+    address: &str,
     need: usize,
     acked: usize,
     failed: &[(String, String)],
+    label: impl Fn(&str) -> String,
 ) -> StoreError {
     let detail = if failed.is_empty() {
         "no replica answered in time".into()
     } else {
         failed
             .iter()
-            .map(|(p, e)| format!("{}: {e}", short_peer(p)))
+            .map(|(p, e)| format!("{}: {e}", label(p)))
             .collect::<Vec<_>>()
             .join("; ")
     };
     StoreError::Quorum {
         op,
-        key: key.to_string(),
+        address: address.to_string(),
+        during: None,
         needed: need,
         acked,
         detail,
     }
+}
+
+/// The latest-version address of a storage key, for messages (callers
+/// restate errors with the address the user gave: see
+/// [`StoreError::quorum_of`]).
+fn address_of(key: &str) -> String {
+    slurp_protocol::UcxlAddress::from_key(key)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| key.to_string())
 }
 
 /// What a quorum read of one key found.
@@ -172,7 +209,14 @@ impl ContextStore {
         })
         .await;
         if ok.len() < need {
-            return Err(quorum_failed("read", key, need, ok.len(), &failed));
+            return Err(quorum_failed(
+                "read",
+                &address_of(key),
+                need,
+                ok.len(),
+                &failed,
+                |p| cluster_peer_label(cluster, p),
+            ));
         }
         let mut newest = ok
             .iter()
@@ -189,7 +233,8 @@ impl ContextStore {
                 None => {
                     return Err(StoreError::Quorum {
                         op: "read",
-                        key: key.to_string(),
+                        address: address_of(key),
+                        during: None,
                         needed: need,
                         acked: ok.len(),
                         detail: format!("no replica returned version {}", n.meta.version),
@@ -273,7 +318,14 @@ impl ContextStore {
         })
         .await;
         if ok.len() < need {
-            return Err(quorum_failed("read", key, need, ok.len(), &failed));
+            return Err(quorum_failed(
+                "read",
+                &address_of(key),
+                need,
+                ok.len(),
+                &failed,
+                |p| cluster_peer_label(cluster, p),
+            ));
         }
         let mut merged: HashMap<VersionId, RecordMeta> = HashMap::new();
         for (_, metas) in ok {
@@ -468,11 +520,84 @@ impl ContextStore {
             }
             if !done {
                 tracing::warn!(
-                    replica = %short_peer(down),
+                    replica = %cluster_peer_label(cluster, down),
                     versions = idx.len(),
                     "no fallback took the versions of a down replica; anti-entropy must repair it"
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "ucxl://claude:developer@shop:checkout/*~3/src/auth.rs";
+
+    #[test]
+    fn a_failed_write_names_the_write_the_address_and_the_peers() {
+        let names = |p: &str| {
+            let name = match p {
+                "12D3KooWPeerOneAAAAAAAAaaaa1111" => Some("node1"),
+                _ => None,
+            };
+            peer_label(name, p)
+        };
+        let failed = vec![
+            (
+                "12D3KooWPeerOneAAAAAAAAaaaa1111".to_string(),
+                "did not answer within 2s".to_string(),
+            ),
+            (
+                "12D3KooWPeerTwoBBBBBBBBbbbb2222".to_string(),
+                "connection refused".to_string(),
+            ),
+        ];
+        let e = quorum_failed("write", A, 2, 1, &failed, names);
+        assert_eq!(
+            e.to_string(),
+            "write of ucxl://claude:developer@shop:checkout/*~3/src/auth.rs: 1 of the 2 \
+             replicas needed answered (node1 (aaaa1111): did not answer within 2s; \
+             bbbb2222: connection refused)"
+        );
+        // The parent read of a write failed: still the write, and where.
+        let read = quorum_failed(
+            "read",
+            "ucxl://claude:developer@shop:checkout/*^/src/auth.rs",
+            2,
+            0,
+            &[],
+            |p| p.to_string(),
+        );
+        let e = read.quorum_of("write", A, Some("reading the parent version"));
+        assert_eq!(
+            e.to_string(),
+            "write of ucxl://claude:developer@shop:checkout/*~3/src/auth.rs failed while \
+             reading the parent version: 0 of the 2 replicas needed answered (no replica \
+             answered in time)"
+        );
+        assert!(matches!(
+            e,
+            StoreError::Quorum {
+                op: "write",
+                needed: 2,
+                acked: 0,
+                ..
+            }
+        ));
+        // Other errors pass through unchanged.
+        let other = StoreError::NotFound(A.into()).quorum_of("write", A, None);
+        assert!(matches!(other, StoreError::NotFound(_)));
+    }
+
+    #[test]
+    fn peers_without_a_known_name_are_their_short_id() {
+        assert_eq!(
+            peer_label(Some("node2"), "12D3KooWxyz12345678"),
+            "node2 (12345678)"
+        );
+        assert_eq!(peer_label(Some(""), "12D3KooWxyz12345678"), "12345678");
+        assert_eq!(peer_label(None, "abc"), "abc");
     }
 }

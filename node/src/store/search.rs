@@ -13,7 +13,10 @@
 //! nodes first report their term statistics for their share, the sums go
 //! back with the search, and each node scores with them. Hits merge by
 //! score, totals and facet counts add up, and partitions no reachable node
-//! answered for are named in the response (`partial`).
+//! answered for are named in the response (`partial`). A query the index
+//! refuses (bad text, a limit) is checked on this node before any other is
+//! asked and fails the whole search with one error; a node refusing it is
+//! never taken for a node that is down.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use slurp_protocol::placement::Layout;
 use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
 
 use super::ContextStore;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
 use crate::error::StoreError;
 use crate::tokens::Principal;
 
@@ -72,6 +75,41 @@ fn remote_err(e: impl std::fmt::Display) -> Wire {
         code: ErrorCode::BadRequest,
         message: e.to_string(),
     })
+}
+
+fn internal_err(message: String) -> Wire {
+    Wire::Error(RemoteError {
+        code: ErrorCode::Internal,
+        message,
+    })
+}
+
+/// An index error as a peer answers it: the request's fault is a bad
+/// request, anything else the peer's.
+fn search_err(e: slurp_index::SearchError) -> Wire {
+    if e.is_invalid_request() {
+        remote_err(e)
+    } else {
+        internal_err(e.to_string())
+    }
+}
+
+/// Why one node's share of a distributed search has no answer.
+enum ShareError {
+    /// The query itself was refused: the whole search fails with it.
+    Refused(StoreError),
+    /// The node failed or did not answer: its partitions are missing.
+    Failed(String),
+}
+
+impl From<slurp_index::SearchError> for ShareError {
+    fn from(e: slurp_index::SearchError) -> Self {
+        if e.is_invalid_request() {
+            ShareError::Refused(e.into())
+        } else {
+            ShareError::Failed(e.to_string())
+        }
+    }
 }
 
 fn merge_facets(into: &mut Vec<FacetCount>, from: Vec<FacetCount>) {
@@ -210,27 +248,29 @@ impl ContextStore {
             query.limit = (limit as usize).min(self.0.options.batch_size.max(1));
             query.offset = 0;
         }
-        let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+        let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, Wire> {
+            let json = |v: Result<serde_json::Value, serde_json::Error>| {
+                v.map_err(|e| internal_err(e.to_string()))
+            };
             match limit {
-                None => index
-                    .term_statistics_scoped(&query, &scope)
-                    .map_err(|e| e.to_string())
-                    .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
-                Some(_) => index
-                    .search_scoped(&query, &scope, stats.as_ref())
-                    .map_err(|e| e.to_string())
-                    .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
+                None => json(serde_json::to_value(
+                    index
+                        .term_statistics_scoped(&query, &scope)
+                        .map_err(search_err)?,
+                )),
+                Some(_) => json(serde_json::to_value(
+                    index
+                        .search_scoped(&query, &scope, stats.as_ref())
+                        .map_err(search_err)?,
+                )),
             }
         })
         .await;
         match (r, limit) {
             (Ok(Ok(stats)), None) => Wire::TermStatistics { stats },
             (Ok(Ok(results)), Some(_)) => Wire::Results { results },
-            (Ok(Err(e)), _) => remote_err(e),
-            (Err(e), _) => Wire::Error(RemoteError {
-                code: ErrorCode::Internal,
-                message: e.to_string(),
-            }),
+            (Ok(Err(e)), _) => e,
+            (Err(e), _) => internal_err(e.to_string()),
         }
     }
 
@@ -243,25 +283,24 @@ impl ContextStore {
         query: &SearchQuery,
         scope: &SlotScope,
         stats: Option<&QueryStatistics>,
-    ) -> Result<Share, String> {
+    ) -> Result<Share, ShareError> {
+        let failed = |e: &dyn std::fmt::Display| ShareError::Failed(e.to_string());
         if peer == cluster.me() {
             let (index, query, scope, stats) =
                 (index.clone(), query.clone(), scope.clone(), stats.cloned());
             return tokio::task::spawn_blocking(move || match stats {
-                None => index
-                    .term_statistics_scoped(&query, &scope)
-                    .map(Share::Stats)
-                    .map_err(|e| e.to_string()),
-                Some(stats) => index
-                    .search_scoped(&query, &scope, Some(&stats))
-                    .map(Share::Results)
-                    .map_err(|e| e.to_string()),
+                None => Ok(Share::Stats(index.term_statistics_scoped(&query, &scope)?)),
+                Some(stats) => Ok(Share::Results(index.search_scoped(
+                    &query,
+                    &scope,
+                    Some(&stats),
+                )?)),
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
         }
-        let q = serde_json::to_value(query).map_err(|e| e.to_string())?;
-        let sc = serde_json::to_value(scope).map_err(|e| e.to_string())?;
+        let q = serde_json::to_value(query).map_err(|e| failed(&e))?;
+        let sc = serde_json::to_value(scope).map_err(|e| failed(&e))?;
         let role: RoleName = query.role.clone();
         let req = match stats {
             None => SearchRequest::TermStatistics {
@@ -272,19 +311,25 @@ impl ContextStore {
             Some(st) => SearchRequest::Search {
                 query: q,
                 role,
-                stats: Some(serde_json::to_value(st).map_err(|e| e.to_string())?),
+                stats: Some(serde_json::to_value(st).map_err(|e| failed(&e))?),
                 limit: query.limit as u32,
                 scope: Some(sc),
             },
         };
-        match cluster.search(peer, req).await.map_err(|e| e.to_string())? {
-            Wire::TermStatistics { stats } => serde_json::from_value(stats)
+        match cluster.search(peer, req).await {
+            Ok(Wire::TermStatistics { stats }) => serde_json::from_value(stats)
                 .map(Share::Stats)
-                .map_err(|e| e.to_string()),
-            Wire::Results { results } => serde_json::from_value(results)
+                .map_err(|e| failed(&e)),
+            Ok(Wire::Results { results }) => serde_json::from_value(results)
                 .map(Share::Results)
-                .map_err(|e| e.to_string()),
-            Wire::Error(e) => Err(e.message),
+                .map_err(|e| failed(&e)),
+            // This node checked the query before asking; a peer refusing
+            // it (a newer or older build) refuses it for the whole search.
+            Err(ClusterError::Remote(ErrorCode::BadRequest, message)) => {
+                Err(ShareError::Refused(StoreError::Search(message)))
+            }
+            Ok(Wire::Error(e)) => Err(ShareError::Failed(e.message)),
+            Err(e) => Err(failed(&e)),
         }
     }
 
@@ -296,6 +341,9 @@ impl ContextStore {
         layout: Arc<Layout>,
         index: Arc<ContextIndex>,
     ) -> Result<SearchResponse, StoreError> {
+        // A query this node refuses is refused once, here, before any
+        // other node is asked: one error, not every partition missing.
+        index.check_query(&query)?;
         let scheme = layout.partitions();
         // Each node answers for the full page: the global top `offset +
         // limit` is among the union of every node's top `offset + limit`.
@@ -334,10 +382,8 @@ impl ContextStore {
                             stats_by.insert(peer, s);
                         }
                         Ok(Share::Results(_)) => failed.push(peer),
-                        Err(e) => {
-                            if e.contains("bad") || e.contains("query") {
-                                return Err(StoreError::Search(e));
-                            }
+                        Err(ShareError::Refused(e)) => return Err(e),
+                        Err(ShareError::Failed(e)) => {
                             tracing::debug!(%peer, error = %e, "search share failed");
                             failed.push(peer);
                         }
@@ -358,7 +404,7 @@ impl ContextStore {
             for s in stats_by.values() {
                 match &mut merged {
                     None => merged = Some(s.clone()),
-                    Some(m) => m.merge(s).map_err(|e| StoreError::Search(e.to_string()))?,
+                    Some(m) => m.merge(s).map_err(|e| StoreError::Index(e.to_string()))?,
                 }
             }
             let merged = merged.unwrap_or_else(|| QueryStatistics {
@@ -414,6 +460,7 @@ impl ContextStore {
                             }
                         }
                     }
+                    Err(ShareError::Refused(e)) => return Err(e),
                     _ => {
                         if let Some(parts) = plan.get(&peer) {
                             missing.extend(parts.iter().map(|p| u32::from(p.0)));
