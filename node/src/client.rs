@@ -210,7 +210,12 @@ impl Client {
             return Err(ClientError {
                 kind: ErrorKind::Unavailable,
                 status: None,
-                code: if e.is_timeout() { "timeout" } else { "unreachable" }.into(),
+                code: if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "unreachable"
+                }
+                .into(),
                 message,
             });
         }
@@ -254,7 +259,6 @@ impl Client {
             message,
         })
     }
-
 
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
         self.send(|r| r.query(query), reqwest::Method::GET, path)
@@ -308,7 +312,11 @@ mod tests {
             ["http://127.0.0.1:7101", "http://h:2", "https://x.example"]
         );
         assert!(Endpoints::parse("").unwrap_err().contains("no node"));
-        assert!(Endpoints::parse("ftp://h:1").unwrap_err().contains("scheme"));
+        assert!(
+            Endpoints::parse("ftp://h:1")
+                .unwrap_err()
+                .contains("scheme")
+        );
         assert!(Endpoints::parse("http://[::1").is_err());
     }
 
@@ -340,7 +348,12 @@ mod tests {
                     .await;
             }
         });
-        let c = Client::new(&format!("{dead},{live_addr}"), None, Duration::from_secs(10)).unwrap();
+        let c = Client::new(
+            &format!("{dead},{live_addr}"),
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         let v = c.get("/v1/x", &[]).await.unwrap();
         assert_eq!(v["ok"], true);
         assert_eq!(c.base(), format!("http://{live_addr}"));

@@ -765,11 +765,7 @@ fn read_import_file(file: &PathBuf) -> Result<Vec<(usize, BatchStoreItem)>> {
             Err(e) => {
                 // serde_json counts lines within the one line it was given.
                 let what = e.to_string();
-                let what = what
-                    .split(" at line ")
-                    .next()
-                    .unwrap_or(&what)
-                    .to_string();
+                let what = what.split(" at line ").next().unwrap_or(&what).to_string();
                 let col = if e.column() > 0 {
                     format!(" (column {})", e.column())
                 } else {
@@ -785,7 +781,11 @@ fn read_import_file(file: &PathBuf) -> Result<Vec<(usize, BatchStoreItem)>> {
             "{} of {} is not a context (nothing was imported):\n  {}",
             plural(bad.len() as u64, "line", "lines"),
             file.display(),
-            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ")
+            bad.iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
         );
         if more > 0 {
             msg.push_str(&format!("\n  ... and {more} more"));
@@ -936,7 +936,7 @@ async fn run_node(args: RunArgs) -> Result<()> {
         Ok(node) => Arc::new(node),
         Err(e) => {
             fresh.undo();
-            return Err(e.into());
+            return Err(e);
         }
     };
     let bound = listener.local_addr()?;
@@ -1510,9 +1510,7 @@ fn report(e: &anyhow::Error, json: bool) -> u8 {
         json!({ "error": body }).to_string()
     } else {
         match &usage {
-            Some(u) => format!(
-                "error: {message}\n\n{u}\n\nFor more information, try '--help'."
-            ),
+            Some(u) => format!("error: {message}\n\n{u}\n\nFor more information, try '--help'."),
             None => format!("error: {message}"),
         }
     };

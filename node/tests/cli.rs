@@ -70,7 +70,10 @@ fn into_head(node: &TestNode, args: &[&str]) -> (i32, String) {
     let status_file = tempfile::NamedTempFile::new().unwrap();
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("exec 3>'{}'; {script}", status_file.path().display()))
+        .arg(format!(
+            "exec 3>'{}'; {script}",
+            status_file.path().display()
+        ))
         .env("TEST_SLURP_BINARY", BIN)
         .env("SLURP_NODE", &node.url)
         .env("SLURP_TOKEN", &node.admin)
@@ -178,7 +181,10 @@ fn usage_mistakes_exit_2_and_bad_input_exits_5_with_json_errors() {
     let e = json_error(&o);
     assert_eq!(e["error"]["code"], "invalid_input");
     let msg = e["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("bad.jsonl:3: missing field `summary`"), "{msg}");
+    assert!(
+        msg.contains("bad.jsonl:3: missing field `summary`"),
+        "{msg}"
+    );
     assert!(msg.contains("bad.jsonl:4:"), "{msg}");
     assert!(msg.contains("nothing was imported"), "{msg}");
     // A bad address.
@@ -280,7 +286,9 @@ fn put_merge_keeps_what_it_is_not_told_to_change() {
 
     // Merging into nothing needs a summary.
     let b = "ucxl://me:developer@proj:main/*^/src/new.rs";
-    let o = node.cli(&node.admin, &["put", b, "--merge", "--tag", "x"]).unwrap();
+    let o = node
+        .cli(&node.admin, &["put", b, "--merge", "--tag", "x"])
+        .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     node.ok(&node.admin, &["put", b, "--merge", "--summary", "new"]);
     assert_eq!(

@@ -62,7 +62,11 @@ fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> NodeConf
     c.cluster.auto_join = o.auto_join;
     c.cluster.auto_join_after = Duration::from_millis(200);
     c.cluster.probe_interval = Duration::from_millis(100);
-    c.cluster.replica_timeout = Duration::from_secs(2);
+    // Generous: a loaded machine (CI, a parallel build) must not turn slow
+    // answers into failed quorums. Stopped nodes fail at once anyway (the
+    // memory transport refuses the dial).
+    c.cluster.replica_timeout = Duration::from_secs(10);
+    c.cluster.probe_timeout = Duration::from_secs(10);
     c.cluster.handoff_interval = Duration::from_millis(200);
     c.cluster.replication_factor = o.rf;
     c.cluster.write_quorum = 2.min(o.rf);
@@ -194,8 +198,31 @@ impl Cluster {
             })
         })
         .await;
-        // Peers learn each other's health from probes.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Peers learn each other's health from probes: wait until every
+        // running node sees every other running member up, rather than for
+        // a time that a busy machine may not honour.
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| n.net.peer_id().to_base58())
+            .collect();
+        wait_until(
+            "members see each other up",
+            Duration::from_secs(20),
+            async || {
+                self.nodes.iter().flatten().all(|n| {
+                    let me = n.net.peer_id().to_base58();
+                    running.iter().filter(|p| **p != me).all(|p| {
+                        n.cluster
+                            .peers()
+                            .get(p)
+                            .is_some_and(|s| s.failures == 0 && s.last_ok.is_some())
+                    })
+                })
+            },
+        )
+        .await;
     }
 }
 
@@ -252,7 +279,12 @@ async fn nodes_auto_join_and_every_node_reads_what_one_wrote() {
         .batch_put(&admin(), items.clone(), false)
         .await
         .unwrap();
-    assert_eq!((report.succeeded, report.failed), (20, 0));
+    assert_eq!(
+        (report.succeeded, report.failed),
+        (20, 0),
+        "{:?}",
+        report.results.iter().find_map(|r| r.error.as_ref())
+    );
     let b7 = UcxlAddress::parse("ucxl://claude:developer@shop:checkout/*^/src/b7.rs").unwrap();
     assert_eq!(
         c.node(2)
