@@ -69,6 +69,8 @@ enum Command {
     Put(PutArgs),
     /// Read a context (the address's temporal part picks the version).
     Get {
+        /// The address; its temporal part picks the version: `*^` the
+        /// newest, `*~N` version N, `~~N` N versions back from the newest.
         address: String,
         /// Read quorum for this read (cluster; default from the node).
         #[arg(long)]
@@ -78,6 +80,7 @@ enum Command {
     },
     /// Delete a context (writes a tombstone; history keeps the versions).
     Delete {
+        /// The address to delete.
         address: String,
         /// Write quorum for this delete (cluster; default from the node).
         #[arg(long)]
@@ -87,9 +90,13 @@ enum Command {
     },
     /// List addresses matching a pattern (`any` segments, path prefix).
     List {
+        /// A pattern: `any` in a segment matches every value, the path
+        /// matches as a prefix (`ucxl://any:any@proj:any/*^/src`).
         pattern: String,
+        /// Addresses per page.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Start after this address (printed as `more:` under a full page).
         #[arg(long)]
         after: Option<String>,
         #[command(flatten)]
@@ -97,6 +104,7 @@ enum Command {
     },
     /// Every version of an address.
     History {
+        /// The address (its temporal part is ignored).
         address: String,
         #[command(flatten)]
         c: ClientArgs,
@@ -105,13 +113,16 @@ enum Command {
     Search(SearchArgs),
     /// Resolve a path through its parents' contexts.
     Resolve {
+        /// The address whose path is resolved through its parents.
         address: String,
         #[command(flatten)]
         c: ClientArgs,
     },
     /// Contexts linked by decisions, within N hops.
     Links {
+        /// The address to start from.
         address: String,
+        /// Decision links to follow (at most `store_options.max_link_hops`).
         #[arg(long, default_value_t = 1)]
         hops: u32,
         #[command(flatten)]
@@ -122,6 +133,7 @@ enum Command {
     Batch(BatchCommand),
     /// Write every readable context matching a pattern as JSON lines.
     Export {
+        /// Which contexts: a pattern, as for `list`.
         #[arg(default_value = "ucxl://any:any@any:any/*^/")]
         pattern: String,
         /// Output file (standard output if absent).
@@ -143,6 +155,7 @@ enum Command {
     Cluster(ClusterCommand),
     /// Background workers; `--run NAME` triggers one now (admin).
     Workers {
+        /// Run this worker now, then list them all.
         #[arg(long)]
         run: Option<String>,
         #[command(flatten)]
@@ -162,6 +175,7 @@ enum Command {
     Bench(slurp_node::bench::BenchArgs),
     /// Print shell completions.
     Completions {
+        /// The shell to print completions for.
         shell: clap_complete::Shell,
         /// Print JSON (`{"shell": ..., "script": ...}`) instead of the script.
         #[arg(long)]
@@ -205,8 +219,10 @@ enum ClusterCommand {
     Join {
         /// The peer id (see `slurp cluster status`: others).
         peer: Option<String>,
+        /// Failure domain of the joining node (default: the zone it reports).
         #[arg(long)]
         zone: Option<String>,
+        /// Relative capacity for placement (default: the node's own).
         #[arg(long)]
         capacity: Option<u32>,
         /// Apply the staged changes at once.
@@ -217,7 +233,9 @@ enum ClusterCommand {
     },
     /// Stage a member's removal.
     Remove {
+        /// The peer id of the member to remove.
         peer: String,
+        /// Apply the staged changes at once.
         #[arg(long)]
         apply: bool,
         #[command(flatten)]
@@ -230,6 +248,7 @@ enum ClusterCommand {
     },
     /// Which partition an address is in and which members replicate it.
     Where {
+        /// The address to place.
         address: String,
         #[command(flatten)]
         c: ClientArgs,
@@ -370,6 +389,8 @@ struct SearchArgs {
 enum BatchCommand {
     /// Import contexts from a JSON-lines file (one context per line).
     Import {
+        /// A JSON-lines file: one context (or batch item) per line, see
+        /// docs/node.md, "batch import".
         file: PathBuf,
         /// Items per request.
         #[arg(long, default_value_t = 500)]
@@ -386,7 +407,9 @@ enum BatchCommand {
 enum TokenCommand {
     /// Create a token for a role; prints it once.
     Create {
+        /// The role the token acts as.
         role: String,
+        /// A note that tells tokens apart in `token list`.
         #[arg(long, default_value = "")]
         label: String,
         #[command(flatten)]
@@ -394,6 +417,7 @@ enum TokenCommand {
     },
     /// Revoke a token by id.
     Revoke {
+        /// The token's id (see `token list`).
         id: String,
         #[command(flatten)]
         c: ClientArgs,
@@ -1722,4 +1746,37 @@ fn cluster_text(v: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "slurp", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_table_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
