@@ -143,12 +143,13 @@ run_etcd_phases() {
       >"$WORK/etcd/$name.log" 2>&1 &
     ETCD_PIDS+=($!)
   done
-  local healthy=0 pid
+  local healthy=0 pid health
   for _ in $(seq 1 300); do
     healthy=0
     for port in "${ETCD_CLIENT_PORTS[@]}"; do
-      curl -fsS --max-time 2 "http://127.0.0.1:$port/health" 2>/dev/null | grep -q '"health":"true"' &&
-        healthy=$((healthy + 1))
+      # Captured, not piped into grep -q (which may close the pipe on curl).
+      health=$(curl -fsS --max-time 2 "http://127.0.0.1:$port/health" 2>/dev/null) || health=""
+      [[ $health == *'"health":"true"'* ]] && healthy=$((healthy + 1))
     done
     [ "$healthy" = 3 ] && break
     for pid in "${ETCD_PIDS[@]}"; do

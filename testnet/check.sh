@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v age >/dev/null 2>&1 || need+=(age)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v jq >/dev/null 2>&1 || need+=(jq) # testnet/smoke.sh reads the cluster's JSON
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -27,6 +28,12 @@ fi
 
 if [ "${SLURP_CHECK_SMOKE:-1}" != 0 ]; then
   export SLURP_TESTNET_PROFILE=debug
+  # The test build above just made target/debug/slurp from these sources
+  # (with the dev-dependencies' features: reqwest's `blocking`, figment's
+  # `test`). `cargo build --bin slurp` would compile reqwest, figment and
+  # slurp-node again without them (about a minute on a loaded 2-core
+  # machine) for no gain, so the testnet runs the binary the tests ran.
+  export SLURP_TESTNET_BUILD=0
   SLURP_TESTNET_DIR=$(mktemp -d)
   export SLURP_TESTNET_DIR
   # Ports away from a developer's own testnet (7100+).

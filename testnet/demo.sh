@@ -7,16 +7,25 @@
 #
 # Then: `source .demo/env && slurp search authentication`.
 # SLURP_DEMO_DIR and SLURP_DEMO_PORT change the data directory and port.
+# Like testnet/up.sh it builds and runs target/debug/slurp (the binary the
+# tests use too); SLURP_TESTNET_PROFILE=release runs an optimised build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# PROFILE, BIN, build, pid_alive and wait_for.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source testnet/lib.sh
 DATA=${SLURP_DEMO_DIR:-.demo}
 PORT=${SLURP_DEMO_PORT:-7070}
 PIDFILE="$DATA/node.pid"
 
 stop() {
-  if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+  if [ -f "$PIDFILE" ] && pid_alive "$(cat "$PIDFILE")"; then
     kill "$(cat "$PIDFILE")"
-    for _ in $(seq 1 100); do kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break; sleep 0.1; done
+    demo_gone() { ! pid_alive "$(cat "$PIDFILE")"; }
+    if ! wait_for 10 "the demo node to stop after SIGTERM" demo_gone; then
+      kill -9 "$(cat "$PIDFILE")" 2>/dev/null || true
+      wait_for 10 "the demo node to exit after SIGKILL" demo_gone || return 1
+    fi
     echo "stopped the demo node"
   fi
   rm -f "$PIDFILE"
@@ -24,19 +33,23 @@ stop() {
 
 if [ "${1:-}" = stop ]; then stop; exit 0; fi
 
-cargo build --release -p slurp-node --bin slurp
-BIN="$PWD/target/release/slurp"
+build
 mkdir -p "$DATA"
 stop
 nohup "$BIN" node run --data "$DATA/node" --listen "127.0.0.1:$PORT" >"$DATA/node.log" 2>&1 &
 echo $! >"$PIDFILE"
 
 export SLURP_NODE="http://127.0.0.1:$PORT"
-for _ in $(seq 1 200); do
-  if [ -f "$DATA/node/admin.token" ] && "$BIN" health --token x >/dev/null 2>&1; then break; fi
-  if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then cat "$DATA/node.log"; exit 1; fi
-  sleep 0.1
-done
+demo_healthy() {
+  if [ -f "$DATA/node/admin.token" ] && "$BIN" health --token x --timeout 5s >/dev/null 2>&1; then return 0; fi
+  if ! pid_alive "$(cat "$PIDFILE")"; then
+    echo "the demo node exited:" >&2
+    cat "$DATA/node.log" >&2
+    exit 1
+  fi
+  return 1
+}
+wait_for 60 "the demo node to answer /health on port $PORT" demo_healthy || { tail -n 20 "$DATA/node.log" >&2; exit 1; }
 export SLURP_TOKEN
 SLURP_TOKEN=$(cat "$DATA/node/admin.token")
 cat >"$DATA/env" <<ENV
@@ -45,9 +58,16 @@ export SLURP_TOKEN=$SLURP_TOKEN
 export PATH="$(dirname "$BIN"):\$PATH"
 ENV
 
-if [ "$("$BIN" status --json | sed -n 's/.*"keys": \([0-9]*\).*/\1/p' | head -1)" = "0" ]; then
+status=$("$BIN" status --json)
+if [[ $status =~ \"keys\":\ *([0-9]+) ]] && [ "${BASH_REMATCH[1]}" = 0 ]; then
   "$BIN" batch import testnet/demo-contexts.jsonl
-  sleep 1.2 # the index makes new contexts searchable within about a second
+  # The index makes new contexts searchable within about a second.
+  searchable() {
+    local out
+    out=$("$BIN" search token --json 2>/dev/null) || return 1
+    [[ $out =~ \"total_hits\":\ *([0-9]+) ]] && [ "${BASH_REMATCH[1]}" -gt 0 ]
+  }
+  wait_for 30 "the demo contexts to become searchable (slurp search token)" searchable || exit 1
 fi
 
 run() { echo; echo "\$ slurp $*"; "$BIN" "$@"; }

@@ -9,89 +9,154 @@
 #  3. restart the replica and check it catches up: its own copy (read with
 #     r=1 through it) reaches the new version, by hinted handoff when the
 #     cluster has a fallback node (N > 3), else by read repair;
-#  4. kill two replicas: a write must fail with a quorum error (exit 6)
-#     and leave no version behind; restart them.
+#  4. kill two replicas and wait until node 1 reports them down: a write
+#     must fail with a quorum error (exit 6) and leave no version behind;
+#     restart them and wait until node 1 reports them up.
 #
-# Exits non-zero at the first step that fails. Every wait is bounded.
+# Exits non-zero at the first step that fails, saying what it expected and
+# printing what it saw. Every command's output is captured before it is
+# inspected (no pipes into grep), and every wait is a poll of a condition,
+# bounded in time (SLURP_SMOKE_WAIT seconds, default 60). Needs jq.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 N=$(node_count)
 [ "$N" -ge 3 ] || { echo "smoke needs a testnet of at least 3 nodes (testnet/up.sh 3)" >&2; exit 2; }
+command -v jq >/dev/null 2>&1 || { echo "smoke.sh needs jq (apt-get install jq)" >&2; exit 2; }
 for i in $(seq 1 "$N"); do node_alive "$i" || { echo "node $i is not running" >&2; exit 1; }; done
+WAIT=${SLURP_SMOKE_WAIT:-60}
 
 step() { echo; echo "== $*"; }
 fail() { echo "SMOKE FAILED: $*" >&2; exit 1; }
+
+# run COMMAND [ARG...]: runs it with its output in OUT, its error output in
+# ERR and its exit status in RC; never fails itself.
+ERRFILE="$DIR/smoke.stderr"
+OUT="" ERR="" RC=0
+run() {
+  RC=0
+  OUT=$("$@" 2>"$ERRFILE") || RC=$?
+  ERR=$(cat "$ERRFILE")
+}
+# What the last run saw, for failure messages.
+seen() { printf 'exit status %s\n--- output:\n%s\n--- error output:\n%s' "$RC" "$OUT" "$ERR"; }
+# must WHAT COMMAND [ARG...]: run, and fail the step unless it succeeded.
+must() {
+  local what=$1
+  shift
+  run "$@"
+  [ "$RC" = 0 ] || fail "$what: expected success, got $(seen)"
+}
+# expect_output WHAT TEXT: the last run's output contains TEXT.
+expect_output() {
+  [[ $OUT == *"$2"* ]] || fail "$1: expected output containing \"$2\", got $(seen)"
+}
+# slurp through node I with node 1's token.
+with_token1() { local i=$1; shift; SLURP_NODE=$(node_url "$i") SLURP_TOKEN=$(node_token 1) "$BIN" "$@"; }
+
 TAG="smoke$$x$RANDOM"
 A="ucxl://smoke:developer@smoke:run/*^/src/$TAG.rs"
 
+# replicas_are STATE I...: node 1's placement of A shows each node I as
+# a replica whose "up" is STATE (true or false).
+replicas_are() {
+  local state=$1 i got
+  shift
+  run as_node 1 cluster where "$A" --json --timeout 10s
+  [ "$RC" = 0 ] || return 1
+  for i in "$@"; do
+    got=$(jq -r --arg n "node$i" '[.replicas[] | select(.name == $n) | .up] | first' <<<"$OUT" 2>/dev/null) || return 1
+    [ "$got" = "$state" ] || return 1
+  done
+}
+
 step "write through node 1"
-as_node 1 put "$A" --summary "$TAG first version" --tag smoke --roles developer
+must "put through node 1" as_node 1 put "$A" --summary "$TAG first version" --tag smoke --roles developer
+echo "$OUT"
 
 step "read through every other node (with node 1's token: tokens work on every member)"
 for i in $(seq 2 "$N"); do
-  SLURP_NODE=$(node_url "$i") SLURP_TOKEN=$(node_token 1) "$BIN" get "$A" --json | grep -q "$TAG first version" \
-    || fail "node $i does not read the first version"
+  must "get through node $i" with_token1 "$i" get "$A" --json
+  expect_output "node $i reads the first version" "$TAG first version"
   echo "node $i reads it"
 done
 
 # The replicas of A, by node number, node 1 excluded.
-replicas=$(as_node 1 cluster where "$A" --json | grep -o '"name": *"node[0-9]*"' | grep -o '[0-9]*' | grep -vx 1 || true)
-K=$(echo "$replicas" | head -1)
-K2=$(echo "$replicas" | sed -n 2p)
-[ -n "$K" ] || fail "no replica of $A besides node 1"
-echo "replicas of the address besides node 1: $(echo $replicas | tr '\n' ' ')"
+must "cluster where through node 1" as_node 1 cluster where "$A" --json
+names=$(jq -r '.replicas[].name' <<<"$OUT") || fail "cluster where: expected JSON with replicas, got $(seen)"
+replicas=()
+for name in $names; do
+  if [[ $name =~ ^node([0-9]+)$ ]] && [ "${BASH_REMATCH[1]}" != 1 ]; then replicas+=("${BASH_REMATCH[1]}"); fi
+done
+[ ${#replicas[@]} -ge 1 ] || fail "no replica of $A besides node 1: $(seen)"
+K=${replicas[0]}
+K2=${replicas[1]:-}
+echo "replicas of the address besides node 1: ${replicas[*]}"
 
 step "kill replica node $K, read and write through node 1"
 "$ROOT/testnet/kill.sh" "$K"
-as_node 1 get "$A" --json | grep -q "$TAG first version" || fail "read with node $K down"
-as_node 1 put "$A" --summary "$TAG second version" --tag smoke --roles developer
+must "get through node 1 with node $K down" as_node 1 get "$A" --json
+expect_output "node 1 reads the first version with node $K down" "$TAG first version"
+must "put of the second version through node 1 with node $K down" \
+  as_node 1 put "$A" --summary "$TAG second version" --tag smoke --roles developer
 for i in $(seq 1 "$N"); do
   [ "$i" = "$K" ] && continue
-  as_node "$i" get "$A" --json | grep -q "$TAG second version" || fail "node $i does not read the second version"
+  must "get through node $i" as_node "$i" get "$A" --json
+  expect_output "node $i reads the second version" "$TAG second version"
 done
 echo "every live node reads the second version"
 other=2; [ "$K" = 2 ] && other=3
-found=0
-for _ in $(seq 1 50); do
-  if as_node "$other" search "$TAG second" --json | grep -q "$TAG second version"; then found=1; break; fi
-  sleep 0.2
-done
-[ $found = 1 ] || fail "search through node $other does not find the second version"
+search_finds() {
+  run as_node "$other" search "$TAG second" --json
+  [ "$RC" = 0 ] && [[ $OUT == *"$TAG second version"* ]]
+}
+wait_for "$WAIT" "a search through node $other to find \"$TAG second version\"" search_finds ||
+  fail "search through node $other does not find the second version; last search: $(seen)"
 echo "search through node $other finds it"
 
 step "restart node $K and check it catches up"
 "$ROOT/testnet/start.sh" "$K"
-caught=""
-for n in $(seq 1 150); do
-  if as_node "$K" get "$A" --r 1 --json 2>/dev/null | grep -q "$TAG second version"; then
-    caught=yes; break
-  fi
+since=$SECONDS
+repaired=""
+caught_up() {
+  run as_node "$K" get "$A" --r 1 --json --timeout 10s
+  if [ "$RC" = 0 ] && [[ $OUT == *"$TAG second version"* ]]; then return 0; fi
   # After 15 s without handoff (e.g. no fallback node), a full read
   # through node 1 repairs every replica.
-  if [ "$n" = 75 ]; then as_node 1 get "$A" --r 3 >/dev/null 2>&1 || true; fi
-  sleep 0.2
-done
-[ -n "$caught" ] || fail "node $K did not catch up within 30 s"
-echo "node $K caught up after about $((n / 5)) s"
+  if [ -z "$repaired" ] && [ $((SECONDS - since)) -ge 15 ]; then
+    repaired=yes
+    echo "no handoff to node $K within 15 s: a read with r=3 through node 1 repairs it"
+    as_node 1 get "$A" --r 3 --timeout 10s >/dev/null 2>&1 || true
+  fi
+  return 1
+}
+wait_for "$WAIT" "node $K's own copy (r=1) to reach \"$TAG second version\"" caught_up ||
+  fail "node $K did not catch up; its last read: $(seen)"
+echo "node $K caught up after about $((SECONDS - since)) s${repaired:+ (by read repair)}"
 
 if [ -n "$K2" ]; then
   step "kill replicas $K and $K2: a write must fail with a quorum error"
   "$ROOT/testnet/kill.sh" "$K"
   "$ROOT/testnet/kill.sh" "$K2"
-  # The coordinator notices within its probe interval.
-  sleep 2.5
-  set +e
-  as_node 1 put "$A" --summary "$TAG third version" --roles developer
-  code=$?
-  set -e
-  [ "$code" = 6 ] || fail "a write with 2 of 3 replicas down exited $code, expected 6"
-  echo "the write failed as it must (exit 6)"
+  wait_for "$WAIT" "node 1 to report nodes $K and $K2 down (cluster where)" replicas_are false "$K" "$K2" ||
+    fail "node 1 does not report nodes $K and $K2 down; last placement: $(seen)"
+  echo "node 1 reports nodes $K and $K2 down"
+  run as_node 1 put "$A" --summary "$TAG third version" --roles developer
+  [ "$RC" = 6 ] || fail "a write with 2 of 3 replicas down: expected exit 6 (quorum error), got $(seen)"
+  [[ $ERR == *"replicas needed"* ]] ||
+    fail "a write with 2 of 3 replicas down: expected a quorum error (\"... of the 2 replicas needed answered\"), got $(seen)"
+  echo "the write failed as it must (exit 6): $ERR"
   "$ROOT/testnet/start.sh" "$K"
   "$ROOT/testnet/start.sh" "$K2"
-  sleep 2.5
-  as_node 1 history "$A" --json | grep -q "third version" && fail "the refused write left a version"
-  as_node 1 get "$A" --json | grep -q "$TAG second version" || fail "the second version is not the latest"
+  wait_for "$WAIT" "node 1 to report nodes $K and $K2 up again (cluster where)" replicas_are true "$K" "$K2" ||
+    fail "node 1 does not report nodes $K and $K2 up again; last placement: $(seen)"
+  echo "node 1 reports nodes $K and $K2 up again"
+  must "history through node 1" as_node 1 history "$A" --json
+  [[ $OUT != *"third version"* ]] || fail "the refused write left a version: $(seen)"
+  must "get through node 1" as_node 1 get "$A" --json
+  expect_output "the second version is still the latest" "$TAG second version"
   echo "no version was left behind; the second version is still the latest"
 fi
 
+rm -f "$ERRFILE"
 echo
 echo "SMOKE OK ($N nodes)"

@@ -15,6 +15,12 @@
 # Afterwards: `source .testnet/env && slurp search token`, and
 # testnet/status.sh, kill.sh I, start.sh I, smoke.sh, down.sh.
 # Extra flags for every node: SLURP_TESTNET_ARGS (e.g. "--log-json").
+#
+# Builds target/debug/slurp first (`cargo build -p slurp-node --bin
+# slurp`: about a minute after testnet/check.sh, seconds when current,
+# the whole workspace from cold); SLURP_TESTNET_PROFILE=release uses an
+# optimised build instead (for benchmarks; a separate, longer cold build).
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 N=${1:-3}
 [ "$N" -ge 1 ] || { echo "N must be at least 1" >&2; exit 2; }
@@ -53,21 +59,22 @@ done
 for i in $(seq 2 "$N"); do wait_healthy "$i"; done
 
 # The layout forms once every node has been healthy for a moment.
-echo "waiting for the $N nodes to form one layout..."
-ok=0
-for _ in $(seq 1 300); do
-  ok=1
-  want=""
+# one_layout: every node lists N members under the same layout version.
+one_layout() {
+  local i lo v m want=""
   for i in $(seq 1 "$N"); do
-    read -r v m < <(layout_of "$i") || { ok=0; break; }
-    if [ "$m" != "$N" ] || { [ -n "$want" ] && [ "$v" != "$want" ]; }; then ok=0; break; fi
+    lo=$(layout_of "$i") || return 1
+    read -r v m <<<"$lo"
+    [ "$m" = "$N" ] || return 1
+    [ -z "$want" ] || [ "$v" = "$want" ] || return 1
     want=$v
   done
-  [ $ok = 1 ] && break
-  sleep 0.2
-done
-if [ $ok != 1 ]; then
-  echo "the nodes did not converge on one layout within 60 s" >&2
+}
+echo "waiting for the $N nodes to form one layout..."
+if ! wait_for 120 "the $N nodes to list $N members under one layout version" one_layout; then
+  for i in $(seq 1 "$N"); do
+    echo "node $i: layout version and members: $(layout_of "$i" || echo "(no answer)")" >&2
+  done
   as_node 1 cluster status >&2 || true
   exit 1
 fi
