@@ -36,8 +36,10 @@ fn config(dir: &Path, i: usize, cluster: bool) -> NodeConfig {
     c.cluster.auto_join = cluster;
     c.cluster.auto_join_after = Duration::from_millis(200);
     c.cluster.probe_interval = Duration::from_millis(100);
-    c.cluster.probe_timeout = Duration::from_millis(500);
-    c.cluster.replica_timeout = Duration::from_secs(1);
+    // Generous: on a loaded machine a slow answer must not count as a
+    // down peer; stopped nodes fail at once (the dial is refused).
+    c.cluster.probe_timeout = Duration::from_secs(10);
+    c.cluster.replica_timeout = Duration::from_secs(10);
     c.cluster.replication_factor = 3;
     c.cluster.write_quorum = 2;
     c.cluster.read_quorum = 2;
@@ -114,7 +116,7 @@ impl Nodes {
     }
 
     async fn converged(&self, members: usize) {
-        wait_until("layout convergence", Duration::from_secs(20), async || {
+        wait_until("layout convergence", Duration::from_secs(90), async || {
             let mut layouts = vec![self.first.cluster.layout()];
             layouts.extend(self.others.iter().flatten().map(|n| n.cluster.layout()));
             layouts.iter().all(|l| {
@@ -284,7 +286,7 @@ async fn broken_search_syntax_is_one_clear_error(nodes: &Nodes) {
     // The index commits within about a second of a write.
     wait_until(
         "search finds the writes",
-        Duration::from_secs(10),
+        Duration::from_secs(90),
         async || {
             let (_, body) = nodes.search(&dev, "token refresh").await;
             body["total_hits"] == 1
@@ -409,13 +411,13 @@ async fn quorum_errors_name_the_write_and_the_nodes_and_recovery_clears_them() {
             .cloned()
             .unwrap()
     };
-    wait_until("node 1 seen down", Duration::from_secs(10), async || {
+    wait_until("node 1 seen down", Duration::from_secs(90), async || {
         let m = member(&nodes, &p1).await;
         m["up"] == false && m["last_error"].is_string()
     })
     .await;
     nodes.restart(1).await;
-    wait_until("node 1 seen up", Duration::from_secs(20), async || {
+    wait_until("node 1 seen up", Duration::from_secs(90), async || {
         member(&nodes, &p1).await["up"] == true
     })
     .await;

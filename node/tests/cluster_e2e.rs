@@ -45,7 +45,7 @@ fn status(n: &TestNode) -> Value {
 }
 
 fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         if f() {
             return;
@@ -143,7 +143,7 @@ fn join_forward_and_leave_through_the_cli() {
             .iter()
             .all(|n| members(&status(n)) == 2 && status(n)["layout_version"].as_u64() == version)
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !converged() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
