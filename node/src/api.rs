@@ -9,13 +9,14 @@
 //! `/health*` and `/metrics` are open: they carry no context data.
 //! `docs/openapi.yaml` describes every route; a test keeps the two equal.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
 };
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -33,7 +34,7 @@ use crate::error::StoreError;
 use crate::metrics::{HttpLabels, RouteLabels};
 use crate::node::Node;
 use crate::store::{BatchStoreItem, PutRequest, QuorumOpts};
-use crate::tokens::{Principal, TokenError};
+use crate::tokens::{Principal, TokenEntry, TokenError, TokenLimits, TokenUse};
 
 /// An API error: a status and a JSON body.
 #[derive(Debug)]
@@ -166,25 +167,47 @@ impl FromRequestParts<Shared> for Caller {
                 "expected a Bearer token",
             )
         })?;
-        // A token made on another member is looked up there (hashes only).
+        // The address of the connection, never a header: network limits
+        // are checked by the node the client connected to (a call it
+        // forwards to a member carries the caller it authenticated).
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        // A token made on another member is looked up there (hashes only,
+        // with the token's limits).
         let found = node
             .tokens
-            .authenticate_with(token.trim(), |id| async move {
-                node.cluster
-                    .find_token(&id)
-                    .await
-                    .map(|t| crate::tokens::TokenEntry {
-                        id: t.id,
-                        role: t.role,
-                        secret_hash: t.secret_hash,
-                        label: String::new(),
-                        created_at_ms: 0,
-                        revoked_at_ms: t.revoked.then_some(0),
-                    })
+            .authenticate_with(token.trim(), TokenUse::now(client), |id| async move {
+                let record = node.cluster.find_token(&id).await?;
+                TokenEntry::from_record(record)
+                    .map_err(|e| tracing::warn!(token = %id, error = %e, "a member sent a token whose limits do not parse; refusing it"))
+                    .ok()
             })
             .await;
         match found {
             Ok(p) => Ok(Caller(p)),
+            Err(TokenError::Refused { principal, refusal }) => {
+                let target: String = format!("{} {}", parts.method, parts.uri.path())
+                    .chars()
+                    .take(256)
+                    .collect();
+                node.store
+                    .audit()
+                    .deny(
+                        &principal.token_id,
+                        &principal.role,
+                        slurp_crypto::AuditAction::Other("authenticate".into()),
+                        &target,
+                        &format!("{}: {refusal}", refusal.code()),
+                    )
+                    .await;
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    refusal.code(),
+                    refusal.to_string(),
+                ))
+            }
             Err(TokenError::Malformed) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -582,6 +605,80 @@ struct TokenBody {
     role: String,
     #[serde(default)]
     label: String,
+    /// Networks (CIDR) the token may be used from; none: anywhere.
+    #[serde(default)]
+    allow_from: Vec<String>,
+    /// RFC 3339 (UTC) or milliseconds since the Unix epoch.
+    #[serde(default)]
+    not_before: Option<TimeArg>,
+    #[serde(default)]
+    not_after: Option<TimeArg>,
+    /// A duration (`1h`, `30m`): `not_after` is this long after
+    /// `not_before`, or after now.
+    #[serde(default)]
+    valid_for: Option<String>,
+}
+
+/// A time in a request: milliseconds since the Unix epoch, or text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeArg {
+    Ms(u64),
+    Text(String),
+}
+
+impl TimeArg {
+    fn ms(&self, field: &str) -> Result<u64, String> {
+        match self {
+            TimeArg::Ms(ms) => Ok(*ms),
+            TimeArg::Text(s) => crate::tokens::parse_time(s).map_err(|e| format!("{field}: {e}")),
+        }
+    }
+}
+
+impl TokenBody {
+    /// The limits the body asks for, checked.
+    fn limits(&self) -> Result<TokenLimits, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let allow_from = self
+            .allow_from
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                crate::tokens::parse_network(n).map_err(|e| format!("allow_from[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let not_before_ms = self
+            .not_before
+            .as_ref()
+            .map(|t| t.ms("not_before"))
+            .transpose()?;
+        let mut not_after_ms = self
+            .not_after
+            .as_ref()
+            .map(|t| t.ms("not_after"))
+            .transpose()?;
+        if let Some(d) = &self.valid_for {
+            if not_after_ms.is_some() {
+                return Err("give not_after or valid_for, not both".into());
+            }
+            let d = humantime::parse_duration(d).map_err(|e| {
+                format!("valid_for: `{d}` is not a duration such as 1h or 30m ({e})")
+            })?;
+            let from = not_before_ms.unwrap_or(now);
+            not_after_ms = Some(from.saturating_add(d.as_millis().min(u64::MAX as u128) as u64));
+        }
+        let limits = TokenLimits {
+            allow_from,
+            not_before_ms,
+            not_after_ms,
+        };
+        limits.validate(now)?;
+        Ok(limits)
+    }
 }
 
 async fn create_token(
@@ -595,9 +692,12 @@ async fn create_token(
         .roles()
         .get(&body.role)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "unknown_role", e.to_string()))?;
+    let limits = body
+        .limits()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
     let (entry, token) = node
         .tokens
-        .create(role, &body.label)
+        .create_limited(role, &body.label, limits)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tokens", e.to_string()))?;
     node.store
         .audit()
@@ -610,7 +710,11 @@ async fn create_token(
         .await;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": entry.id, "role": entry.role, "label": entry.label, "token": token})),
+        Json(json!({
+            "id": entry.id, "role": entry.role, "label": entry.label, "token": token,
+            "allow_from": entry.limits.allow_from, "not_before_ms": entry.limits.not_before_ms,
+            "not_after_ms": entry.limits.not_after_ms,
+        })),
     ))
 }
 
@@ -1054,9 +1158,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(node.clone());
     let _ = node.forwarder.set(app.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The connection's address reaches handlers as `ConnectInfo`, for the
+    // network limits of tokens.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[cfg(test)]

@@ -412,6 +412,24 @@ enum TokenCommand {
         /// A note that tells tokens apart in `token list`.
         #[arg(long, default_value = "")]
         label: String,
+        /// A network the token may be used from, in CIDR form (`127.0.0.0/8`,
+        /// `10.1.0.0/16`, `fd00::/8`; a bare address is one host), checked
+        /// against the address of the client's connection; repeat for
+        /// several. None: any address.
+        #[arg(long = "allow-from", value_name = "CIDR")]
+        allow_from: Vec<String>,
+        /// The token is valid this long (`1h`, `30m`, `7days`) from
+        /// --not-before, or from now.
+        #[arg(long, value_name = "DURATION", conflicts_with = "not_after")]
+        valid_for: Option<String>,
+        /// The token is not valid before this time: RFC 3339 in UTC
+        /// (`2026-11-01T09:00:00Z`) or milliseconds since the Unix epoch.
+        #[arg(long, value_name = "TIME")]
+        not_before: Option<String>,
+        /// The token is not valid after this time: RFC 3339 in UTC
+        /// (`2026-11-01T17:00:00Z`) or milliseconds since the Unix epoch.
+        #[arg(long, value_name = "TIME")]
+        not_after: Option<String>,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -427,6 +445,29 @@ enum TokenCommand {
         #[command(flatten)]
         c: ClientArgs,
     },
+}
+
+/// The limits of a token in `token list`: `  from NET, NET  valid FROM to
+/// TO`, or nothing for a token without limits.
+fn token_limits_text(t: &Value) -> String {
+    let mut out = String::new();
+    let nets: Vec<&str> = t["allow_from"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .collect();
+    if !nets.is_empty() {
+        out.push_str(&format!("  from {}", nets.join(", ")));
+    }
+    let time = |f: &str| t[f].as_u64().map(slurp_node::tokens::time_text);
+    match (time("not_before_ms"), time("not_after_ms")) {
+        (None, None) => {}
+        (Some(b), None) => out.push_str(&format!("  valid from {b}")),
+        (None, Some(a)) => out.push_str(&format!("  valid until {a}")),
+        (Some(b), Some(a)) => out.push_str(&format!("  valid {b} to {a}")),
+    }
+    out
 }
 
 fn client(c: &ClientArgs) -> Result<Client> {
@@ -1237,10 +1278,26 @@ async fn run(cli: Cli) -> Result<()> {
             c,
         }) => import(file, chunk, atomic, c).await,
         Command::Export { pattern, output, c } => export(pattern, output, c).await,
-        Command::Token(TokenCommand::Create { role, label, c }) => {
-            let v = client(&c)?
-                .post("/v1/tokens", &json!({"role": role, "label": label}))
-                .await?;
+        Command::Token(TokenCommand::Create {
+            role,
+            label,
+            allow_from,
+            valid_for,
+            not_before,
+            not_after,
+            c,
+        }) => {
+            let mut body = json!({"role": role, "label": label, "allow_from": allow_from});
+            for (field, value) in [
+                ("valid_for", valid_for),
+                ("not_before", not_before),
+                ("not_after", not_after),
+            ] {
+                if let Some(v) = value {
+                    body[field] = json!(v);
+                }
+            }
+            let v = client(&c)?.post("/v1/tokens", &body).await?;
             print(&c, &v, |v| v["token"].as_str().unwrap_or("").to_string())?;
             Ok(())
         }
@@ -1260,10 +1317,11 @@ async fn run(cli: Cli) -> Result<()> {
                     .flatten()
                     .map(|t| {
                         format!(
-                            "{}  {:<10} {}{}",
+                            "{}  {:<10} {}{}{}",
                             t["id"].as_str().unwrap_or(""),
                             t["role"].as_str().unwrap_or(""),
                             t["label"].as_str().unwrap_or(""),
+                            token_limits_text(t),
                             if t["revoked_at_ms"].is_null() {
                                 ""
                             } else {

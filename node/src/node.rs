@@ -71,14 +71,7 @@ async fn serve(
         // Hashes of secrets, but still only for members.
         let r = if cluster.accepts_from(&peer) {
             slurp_protocol::messages::ClusterResponse::Token {
-                token: tokens
-                    .entry(id)
-                    .map(|e| slurp_protocol::messages::TokenRecord {
-                        id: e.id,
-                        role: e.role,
-                        secret_hash: e.secret_hash,
-                        revoked: e.revoked_at_ms.is_some(),
-                    }),
+                token: tokens.entry(id).map(|e| e.to_record()),
             }
         } else {
             slurp_protocol::messages::ClusterResponse::Error(RemoteError {

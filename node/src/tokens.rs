@@ -6,16 +6,24 @@
 //! On a fresh data directory the node creates one admin token and writes it
 //! to `admin.token` (mode 0600) for the operator; every other token is made
 //! and revoked by an admin through the API.
+//!
+//! A token may carry limits ([`TokenLimits`]): networks its caller's
+//! address must be in and a validity window. They are checked after the
+//! secret, on every use, by the node the client connected to, and travel
+//! with the token's record when another member looks it up.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ipnet::IpNet;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use slurp_protocol::RoleName;
+use slurp_protocol::messages::{TokenRecord, TokenRecordLimits};
 
 /// What can go wrong with tokens.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,187 @@ pub enum TokenError {
     },
     #[error("tokens file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// The secret is right but the token's limits refuse this use.
+    #[error("{refusal}")]
+    Refused {
+        principal: Principal,
+        refusal: LimitRefusal,
+    },
+}
+
+/// Where and when a token may be used. The default has no limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TokenLimits {
+    /// Networks the caller's address must be in; empty: any address.
+    #[serde(default)]
+    pub allow_from: Vec<IpNet>,
+    /// Not valid before this time, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub not_before_ms: Option<u64>,
+    /// Not valid after this time (inclusive), milliseconds since the Unix
+    /// epoch.
+    #[serde(default)]
+    pub not_after_ms: Option<u64>,
+}
+
+/// Networks a token may list at most.
+pub const MAX_ALLOW_FROM: usize = 64;
+
+/// Why a token's limits refuse a use. Each has its own API error code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LimitRefusal {
+    #[error("token {id} is not valid before {}", time_text(*not_before_ms))]
+    NotYetValid { id: String, not_before_ms: u64 },
+    #[error("token {id} expired at {}", time_text(*not_after_ms))]
+    Expired { id: String, not_after_ms: u64 },
+    #[error(
+        "token {id} may not be used from {} (allowed: {})",
+        client.map(|c| c.to_string()).unwrap_or_else(|| "an unknown address".into()),
+        allowed.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    Network {
+        id: String,
+        client: Option<IpAddr>,
+        allowed: Vec<IpNet>,
+    },
+}
+
+impl LimitRefusal {
+    /// The API error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LimitRefusal::NotYetValid { .. } => "token_not_yet_valid",
+            LimitRefusal::Expired { .. } => "token_expired",
+            LimitRefusal::Network { .. } => "token_network",
+        }
+    }
+}
+
+/// A time in milliseconds since the Unix epoch as RFC 3339 (UTC).
+pub fn time_text(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    if ms.is_multiple_of(1000) {
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+/// A time as RFC 3339 in UTC (`2026-11-01T09:00:00Z`; the `T` may be a
+/// space and the `Z` left out) or as milliseconds since the Unix epoch.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map_err(|_| format!("`{s}` is too large for milliseconds since the Unix epoch"));
+    }
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+        format!("`{s}` is not an RFC 3339 time in UTC such as 2026-11-01T09:00:00Z ({e})")
+    })?;
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("`{s}` is before 1970"))
+}
+
+/// A network in CIDR form (`10.1.0.0/16`, `fd00::/8`); a bare address is
+/// that one host. Host bits are cleared (`10.1.2.3/16` is `10.1.0.0/16`).
+pub fn parse_network(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not a network in CIDR form such as 10.0.0.0/8 or fd00::/8"))
+}
+
+impl TokenLimits {
+    /// Whether the token may be used anywhere, any time.
+    pub fn is_empty(&self) -> bool {
+        self.allow_from.is_empty() && self.not_before_ms.is_none() && self.not_after_ms.is_none()
+    }
+
+    /// Checks limits a new token is given at `now_ms`: a window that ends
+    /// before it starts, or has already ended, would make a token nobody
+    /// can use.
+    pub fn validate(&self, now_ms: u64) -> Result<(), String> {
+        if self.allow_from.len() > MAX_ALLOW_FROM {
+            return Err(format!(
+                "allow_from lists {} networks, over the limit of {MAX_ALLOW_FROM}",
+                self.allow_from.len()
+            ));
+        }
+        if let (Some(b), Some(a)) = (self.not_before_ms, self.not_after_ms)
+            && a < b
+        {
+            return Err(format!(
+                "not_after ({}) is before not_before ({})",
+                time_text(a),
+                time_text(b)
+            ));
+        }
+        if let Some(a) = self.not_after_ms
+            && a < now_ms
+        {
+            return Err(format!("not_after ({}) has already passed", time_text(a)));
+        }
+        Ok(())
+    }
+
+    /// Whether token `id` may be used as `at` says: inside its window
+    /// (both ends included) and, when it lists networks, from an address in
+    /// one of them (an IPv4 address mapped into IPv6 counts as IPv4; an
+    /// unknown address is in none).
+    pub fn check(&self, id: &str, at: TokenUse) -> Result<(), LimitRefusal> {
+        if let Some(b) = self.not_before_ms
+            && at.now_ms < b
+        {
+            return Err(LimitRefusal::NotYetValid {
+                id: id.to_string(),
+                not_before_ms: b,
+            });
+        }
+        if let Some(a) = self.not_after_ms
+            && at.now_ms > a
+        {
+            return Err(LimitRefusal::Expired {
+                id: id.to_string(),
+                not_after_ms: a,
+            });
+        }
+        if !self.allow_from.is_empty() {
+            let client = at.client.map(|c| c.to_canonical());
+            if !client.is_some_and(|c| self.allow_from.iter().any(|n| n.contains(&c))) {
+                return Err(LimitRefusal::Network {
+                    id: id.to_string(),
+                    client,
+                    allowed: self.allow_from.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where and when a token is presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenUse {
+    /// The address of the client's connection (never a header); `None`
+    /// when unknown, which no network limit admits.
+    pub client: Option<IpAddr>,
+    /// Milliseconds since the Unix epoch.
+    pub now_ms: u64,
+}
+
+impl TokenUse {
+    /// A use now from `client`.
+    pub fn now(client: Option<IpAddr>) -> Self {
+        TokenUse {
+            client,
+            now_ms: now_ms(),
+        }
+    }
 }
 
 /// One stored token (no secret).
@@ -51,6 +240,68 @@ pub struct TokenEntry {
     pub created_at_ms: u64,
     #[serde(default)]
     pub revoked_at_ms: Option<u64>,
+    /// Where and when the token may be used (absent in files written
+    /// before tokens had limits: none).
+    #[serde(flatten)]
+    pub limits: TokenLimits,
+}
+
+impl TokenEntry {
+    /// The record other members get when they look this token up.
+    pub fn to_record(&self) -> TokenRecord {
+        let limited = !self.limits.is_empty();
+        TokenRecord {
+            id: self.id.clone(),
+            role: self.role.clone(),
+            secret_hash: if limited {
+                String::new()
+            } else {
+                self.secret_hash.clone()
+            },
+            revoked: self.revoked_at_ms.is_some(),
+            limits: limited.then(|| TokenRecordLimits {
+                secret_hash: self.secret_hash.clone(),
+                allow_from: self
+                    .limits
+                    .allow_from
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+                not_before_ms: self.limits.not_before_ms,
+                not_after_ms: self.limits.not_after_ms,
+            }),
+        }
+    }
+
+    /// The entry of a record another member sent; an error when its
+    /// limits do not parse (the token is then refused, never accepted
+    /// without them).
+    pub fn from_record(r: TokenRecord) -> Result<TokenEntry, String> {
+        let (secret_hash, limits) = match r.limits {
+            None => (r.secret_hash, TokenLimits::default()),
+            Some(l) => (
+                l.secret_hash,
+                TokenLimits {
+                    allow_from: l
+                        .allow_from
+                        .iter()
+                        .map(|n| parse_network(n))
+                        .collect::<Result<_, _>>()?,
+                    not_before_ms: l.not_before_ms,
+                    not_after_ms: l.not_after_ms,
+                },
+            ),
+        };
+        Ok(TokenEntry {
+            id: r.id,
+            role: r.role,
+            secret_hash,
+            label: String::new(),
+            created_at_ms: 0,
+            revoked_at_ms: r.revoked.then_some(0),
+            limits,
+        })
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -153,6 +404,17 @@ impl TokenStore {
     /// Creates a token for `role`; returns the entry and the token string,
     /// which is shown once and never stored.
     pub fn create(&self, role: RoleName, label: &str) -> Result<(TokenEntry, String), TokenError> {
+        self.create_limited(role, label, TokenLimits::default())
+    }
+
+    /// [`TokenStore::create`] with limits (checked by the caller, see
+    /// [`TokenLimits::validate`]).
+    pub fn create_limited(
+        &self,
+        role: RoleName,
+        label: &str,
+        limits: TokenLimits,
+    ) -> Result<(TokenEntry, String), TokenError> {
         let mut rng = rand::thread_rng();
         let mut id = [0u8; 8];
         rng.fill_bytes(&mut id);
@@ -167,6 +429,7 @@ impl TokenStore {
             label: label.chars().take(200).collect(),
             created_at_ms: now_ms(),
             revoked_at_ms: None,
+            limits,
         };
         let mut file = self.file.write().unwrap_or_else(|e| e.into_inner());
         file.tokens.insert(id.clone(), entry.clone());
@@ -214,32 +477,35 @@ impl TokenStore {
             .cloned()
     }
 
-    /// Checks a bearer token against the tokens made on this node.
-    pub fn authenticate(&self, token: &str) -> Result<Principal, TokenError> {
+    /// Checks a bearer token against the tokens made on this node, and
+    /// its limits against `at`.
+    pub fn authenticate(&self, token: &str, at: TokenUse) -> Result<Principal, TokenError> {
         let (id, secret) = split_token(token)?;
         let entry = self
             .entry(id)
             .ok_or_else(|| TokenError::NotHere(id.to_string()))?;
-        verify(&entry, secret)
+        verify(&entry, secret, at)
     }
 
     /// Checks a bearer token made on this node or, when not, against the
     /// entry `remote` finds for its id (another cluster member's; only
-    /// hashes of secrets travel). Unknown everywhere is `Unknown`.
+    /// hashes of secrets travel), and its limits against `at`. Unknown
+    /// everywhere is `Unknown`.
     pub async fn authenticate_with<F, Fut>(
         &self,
         token: &str,
+        at: TokenUse,
         remote: F,
     ) -> Result<Principal, TokenError>
     where
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Option<TokenEntry>>,
     {
-        match self.authenticate(token) {
+        match self.authenticate(token, at) {
             Err(TokenError::NotHere(id)) => {
                 let (_, secret) = split_token(token)?;
                 match remote(id).await {
-                    Some(entry) => verify(&entry, secret),
+                    Some(entry) => verify(&entry, secret, at),
                     None => Err(TokenError::Unknown),
                 }
             }
@@ -258,8 +524,10 @@ fn split_token(token: &str) -> Result<(&str, &str), TokenError> {
     Ok((id, secret))
 }
 
-/// Whether `secret` is `entry`'s (and the entry is not revoked).
-fn verify(entry: &TokenEntry, secret: &str) -> Result<Principal, TokenError> {
+/// Whether `secret` is `entry`'s, the entry is not revoked and its limits
+/// admit `at` (checked only once the secret matched, so they tell nothing
+/// to whoever lacks it).
+fn verify(entry: &TokenEntry, secret: &str, at: TokenUse) -> Result<Principal, TokenError> {
     if entry.revoked_at_ms.is_some() {
         return Err(TokenError::Unknown);
     }
@@ -268,15 +536,23 @@ fn verify(entry: &TokenEntry, secret: &str) -> Result<Principal, TokenError> {
     if stored != hash_secret(secret) {
         return Err(TokenError::Unknown);
     }
-    Ok(Principal {
+    let principal = Principal {
         token_id: entry.id.clone(),
         role: entry.role.clone(),
-    })
+    };
+    match entry.limits.check(&entry.id, at) {
+        Ok(()) => Ok(principal),
+        Err(refusal) => Err(TokenError::Refused { principal, refusal }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn anywhere() -> TokenUse {
+        TokenUse::now(None)
+    }
 
     #[test]
     fn create_authenticate_revoke_persist() {
@@ -287,7 +563,7 @@ mod tests {
         let (entry, token) = store
             .create(RoleName::new("developer").unwrap(), "ci")
             .unwrap();
-        let p = store.authenticate(&token).unwrap();
+        let p = store.authenticate(&token, anywhere()).unwrap();
         assert_eq!(p.role.as_str(), "developer");
         // The secret is not in the file.
         let text = std::fs::read_to_string(&path).unwrap();
@@ -295,19 +571,22 @@ mod tests {
         assert!(!text.contains(secret));
         // Reopen: still valid.
         let store = TokenStore::open(&path).unwrap();
-        assert!(store.authenticate(&token).is_ok());
+        assert!(store.authenticate(&token, anywhere()).is_ok());
         // A changed secret fails.
         let mut bad = token.clone();
         bad.pop();
         bad.push('x');
-        assert!(matches!(store.authenticate(&bad), Err(TokenError::Unknown)));
         assert!(matches!(
-            store.authenticate("nope"),
+            store.authenticate(&bad, anywhere()),
+            Err(TokenError::Unknown)
+        ));
+        assert!(matches!(
+            store.authenticate("nope", anywhere()),
             Err(TokenError::Malformed)
         ));
         store.revoke(&entry.id).unwrap();
         assert!(matches!(
-            store.authenticate(&token),
+            store.authenticate(&token, anywhere()),
             Err(TokenError::Unknown)
         ));
         assert!(matches!(store.revoke("0000"), Err(TokenError::NoSuchId(_))));
@@ -329,24 +608,25 @@ mod tests {
             .unwrap();
         // Not made here: a plain check says so, with the id to look up.
         assert!(
-            matches!(here.authenticate(&token), Err(TokenError::NotHere(id)) if id == entry.id)
+            matches!(here.authenticate(&token, anywhere()), Err(TokenError::NotHere(id)) if id == entry.id)
         );
         let remote = |e: Option<TokenEntry>| move |_id: String| async move { e };
         let p = here
-            .authenticate_with(&token, remote(Some(entry.clone())))
+            .authenticate_with(&token, anywhere(), remote(Some(entry.clone())))
             .await
             .unwrap();
         assert_eq!(p.role.as_str(), "architect");
         // No member knows it, a wrong secret, a revoked entry: refused.
         assert!(matches!(
-            here.authenticate_with(&token, remote(None)).await,
+            here.authenticate_with(&token, anywhere(), remote(None))
+                .await,
             Err(TokenError::Unknown)
         ));
         let mut bad = token.clone();
         bad.pop();
         bad.push('x');
         assert!(matches!(
-            here.authenticate_with(&bad, remote(Some(entry.clone())))
+            here.authenticate_with(&bad, anywhere(), remote(Some(entry.clone())))
                 .await,
             Err(TokenError::Unknown)
         ));
@@ -355,13 +635,16 @@ mod tests {
             ..entry.clone()
         };
         assert!(matches!(
-            here.authenticate_with(&token, remote(Some(revoked))).await,
+            here.authenticate_with(&token, anywhere(), remote(Some(revoked)))
+                .await,
             Err(TokenError::Unknown)
         ));
         // A token made here never asks the others.
         let (_, mine) = here.create(RoleName::new("admin").unwrap(), "").unwrap();
         let p = here
-            .authenticate_with(&mine, |_| async { panic!("looked up a local token") })
+            .authenticate_with(&mine, anywhere(), |_| async {
+                panic!("looked up a local token")
+            })
             .await
             .unwrap();
         assert_eq!(p.role.as_str(), "admin");
@@ -376,5 +659,173 @@ mod tests {
             TokenStore::open(&path),
             Err(TokenError::Corrupt { .. })
         ));
+    }
+
+    fn at(client: &str, now_ms: u64) -> TokenUse {
+        TokenUse {
+            client: Some(client.parse().unwrap()),
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn limits_admit_only_their_networks_and_window() {
+        let limits = TokenLimits {
+            allow_from: vec![
+                parse_network("10.1.2.3/16").unwrap(),
+                parse_network("fd00::/8").unwrap(),
+                parse_network("192.0.2.7").unwrap(),
+            ],
+            not_before_ms: Some(1_000),
+            not_after_ms: Some(2_000),
+        };
+        assert_eq!(limits.allow_from[0].to_string(), "10.1.0.0/16");
+        assert_eq!(limits.allow_from[2].to_string(), "192.0.2.7/32");
+        for ok in ["10.1.200.9", "fd12::1", "192.0.2.7", "::ffff:10.1.0.1"] {
+            assert_eq!(limits.check("t", at(ok, 1_500)), Ok(()), "{ok}");
+        }
+        // Both ends of the window are inside it.
+        assert_eq!(limits.check("t", at("10.1.0.1", 1_000)), Ok(()));
+        assert_eq!(limits.check("t", at("10.1.0.1", 2_000)), Ok(()));
+        let e = limits.check("t", at("10.1.0.1", 999)).unwrap_err();
+        assert_eq!(e.code(), "token_not_yet_valid");
+        assert!(e.to_string().contains("1970-01-01T00:00:01Z"), "{e}");
+        let e = limits.check("t", at("10.1.0.1", 2_001)).unwrap_err();
+        assert_eq!(e.code(), "token_expired");
+        for bad in ["10.2.0.1", "127.0.0.1", "::1", "192.0.2.8"] {
+            let e = limits.check("t", at(bad, 1_500)).unwrap_err();
+            assert_eq!(e.code(), "token_network", "{bad}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        // An unknown client address is in no network.
+        let unknown = TokenUse {
+            client: None,
+            now_ms: 1_500,
+        };
+        assert_eq!(
+            limits.check("t", unknown).unwrap_err().code(),
+            "token_network"
+        );
+        // No limits: anything goes.
+        assert_eq!(TokenLimits::default().check("t", unknown), Ok(()));
+    }
+
+    #[test]
+    fn limit_inputs_are_checked() {
+        assert!(parse_network("10.0.0.0/33").is_err());
+        assert!(parse_network("localhost").is_err());
+        assert_eq!(parse_time("1500").unwrap(), 1_500);
+        assert_eq!(parse_time("1970-01-01T00:00:02Z").unwrap(), 2_000);
+        assert_eq!(parse_time("1970-01-01 00:00:02").unwrap(), 2_000);
+        assert!(parse_time("tomorrow").is_err());
+        let window = |b, a| TokenLimits {
+            not_before_ms: b,
+            not_after_ms: a,
+            ..TokenLimits::default()
+        };
+        assert!(window(Some(5), Some(4)).validate(0).is_err());
+        assert!(window(None, Some(4)).validate(5).is_err());
+        assert!(window(Some(5), Some(9)).validate(0).is_ok());
+        let many = TokenLimits {
+            allow_from: vec![parse_network("10.0.0.0/8").unwrap(); MAX_ALLOW_FROM + 1],
+            ..TokenLimits::default()
+        };
+        assert!(many.validate(0).is_err());
+    }
+
+    #[test]
+    fn limited_tokens_are_refused_after_the_secret_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let store = TokenStore::open(&path).unwrap();
+        let limits = TokenLimits {
+            allow_from: vec![parse_network("10.0.0.0/8").unwrap()],
+            not_before_ms: None,
+            not_after_ms: Some(now_ms() + 3_600_000),
+        };
+        let (entry, token) = store
+            .create_limited(RoleName::new("developer").unwrap(), "ci", limits.clone())
+            .unwrap();
+        assert_eq!(entry.limits, limits);
+        let here = TokenUse::now(Some("127.0.0.1".parse().unwrap()));
+        match store.authenticate(&token, here) {
+            Err(TokenError::Refused { principal, refusal }) => {
+                assert_eq!(principal.token_id, entry.id);
+                assert_eq!(refusal.code(), "token_network");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A wrong secret says nothing about the limits.
+        let mut bad = token.clone();
+        bad.pop();
+        bad.push('x');
+        assert!(matches!(
+            store.authenticate(&bad, here),
+            Err(TokenError::Unknown)
+        ));
+        let inside = TokenUse::now(Some("10.9.8.7".parse().unwrap()));
+        assert!(store.authenticate(&token, inside).is_ok());
+        // The limits are kept in the file.
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!(store.entry(&entry.id).unwrap().limits, limits);
+        assert!(store.authenticate(&token, here).is_err());
+    }
+
+    #[test]
+    fn token_files_without_limits_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let (entry, token) = TokenStore::open(&path)
+            .unwrap()
+            .create(RoleName::new("admin").unwrap(), "old")
+            .unwrap();
+        // As written before tokens had limits.
+        let old = serde_json::json!({"format": 1, "tokens": {entry.id.clone(): {
+            "id": entry.id, "role": "admin", "secret_hash": entry.secret_hash,
+            "label": "old", "created_at_ms": 1, "revoked_at_ms": null}}});
+        std::fs::write(&path, old.to_string()).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert!(store.entry(&entry.id).unwrap().limits.is_empty());
+        assert!(store.authenticate(&token, anywhere()).is_ok());
+    }
+
+    #[test]
+    fn limits_travel_with_the_record_and_old_members_refuse_limited_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path().join("t.json")).unwrap();
+        let (plain, _) = store.create(RoleName::new("admin").unwrap(), "").unwrap();
+        let r = plain.to_record();
+        assert_eq!(r.secret_hash, plain.secret_hash);
+        assert!(r.limits.is_none());
+        assert_eq!(TokenEntry::from_record(r).unwrap().limits, plain.limits);
+
+        let limits = TokenLimits {
+            allow_from: vec![parse_network("fd00::/8").unwrap()],
+            not_before_ms: Some(5),
+            not_after_ms: None,
+        };
+        let (limited, token) = store
+            .create_limited(RoleName::new("admin").unwrap(), "", limits.clone())
+            .unwrap();
+        let r = limited.to_record();
+        // A member that does not know limits finds no hash to match.
+        assert!(r.secret_hash.is_empty());
+        let back = TokenEntry::from_record(r.clone()).unwrap();
+        assert_eq!(back.limits, limits);
+        assert_eq!(back.secret_hash, limited.secret_hash);
+        let (_, secret) = split_token(&token).unwrap();
+        let as_old_member = TokenEntry {
+            secret_hash: r.secret_hash.clone(),
+            limits: TokenLimits::default(),
+            ..back.clone()
+        };
+        assert!(matches!(
+            verify(&as_old_member, secret, anywhere()),
+            Err(TokenError::Unknown)
+        ));
+        // Limits that do not parse refuse the token.
+        let mut broken = r;
+        broken.limits.as_mut().unwrap().allow_from = vec!["not a network".into()];
+        assert!(TokenEntry::from_record(broken).is_err());
     }
 }

@@ -844,3 +844,37 @@ async fn bad_settings_are_refused_before_anything_listens() {
     let err = net::new(unlistenable, Keypair::generate_ed25519()).unwrap_err();
     assert!(matches!(err, NetError::Listen { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_stopped_peer_says_why_it_failed() {
+    timeout(3 * BOUND, async {
+        let a = start(config(vec![tcp()], vec![])).await;
+        let b = start(config(vec![tcp()], vec![])).await;
+        let b_peer = b.peer;
+        timeout(BOUND, a.client.dial(b.addr("/tcp/")))
+            .await
+            .unwrap()
+            .unwrap();
+        round_trips(&a.client, b_peer).await;
+        b.stop().await;
+        // Once the connection is gone, the next request dials again and is
+        // refused by the closed port: the error says so.
+        let err = eventually("b is seen unreachable", || async {
+            match a.client.cluster(b_peer, ClusterRequest::Health).await {
+                Err(e @ NetError::PeerUnreachable { .. }) => Ok(e),
+                // Not yet: the old connection still closing; try again.
+                _ => Err(NetError::Refused { peer: b_peer }),
+            }
+        })
+        .await;
+        assert!(
+            err.to_string()
+                .to_lowercase()
+                .contains("connection refused"),
+            "{err}"
+        );
+        a.stop().await;
+    })
+    .await
+    .expect("test bounded in time");
+}

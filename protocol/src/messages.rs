@@ -325,10 +325,31 @@ pub enum ClusterRequest {
 pub struct TokenRecord {
     pub id: String,
     pub role: RoleName,
-    /// blake3 of the secret part, hex.
+    /// blake3 of the secret part, hex. Empty for a token with limits, whose
+    /// hash travels in `limits`: a member too old to know limits then
+    /// refuses the token instead of accepting it without them.
     pub secret_hash: String,
     #[serde(default)]
     pub revoked: bool,
+    /// Where and when the token may be used; absent: anywhere, any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TokenRecordLimits>,
+}
+
+/// The limits of a [`TokenRecord`], which every member enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecordLimits {
+    /// blake3 of the secret part, hex.
+    pub secret_hash: String,
+    /// Networks in CIDR form the caller's address must be in; empty: any.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
+    /// Not valid before, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub not_before_ms: Option<u64>,
+    /// Not valid after, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub not_after_ms: Option<u64>,
 }
 
 /// A node's health as it reports it.

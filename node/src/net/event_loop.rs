@@ -65,6 +65,10 @@ pub struct EventLoop {
     /// a request that finds the connection's streams all in use, so the
     /// loop never opens more than `max_outbound_streams_per_peer`.
     outbound: HashMap<(PeerId, Protocol), Outbound>,
+    /// Why the last dial of a peer failed, so that a request failing on
+    /// the dial can say "connection refused" rather than only "could not
+    /// dial". Cleared when a connection is made; bounded.
+    dial_errors: HashMap<PeerId, String>,
 }
 
 #[derive(Default)]
@@ -112,6 +116,7 @@ impl EventLoop {
             pending_find: HashMap::new(),
             pending_requests: HashMap::new(),
             outbound: HashMap::new(),
+            dial_errors: HashMap::new(),
         }
     }
 
@@ -395,6 +400,7 @@ impl EventLoop {
                 ..
             } => {
                 NetCounters::bump(&self.counters.connections_established);
+                self.dial_errors.remove(&peer_id);
                 if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
@@ -418,9 +424,15 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 error,
-                ..
+                peer_id,
             } => {
                 NetCounters::bump(&self.counters.dial_failures);
+                if let Some(peer) = peer_id {
+                    if self.dial_errors.len() >= MAX_DIAL_ERRORS {
+                        self.dial_errors.clear();
+                    }
+                    self.dial_errors.insert(peer, dial_error_reason(&error));
+                }
                 if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetError::DialFailed {
                         addr,
@@ -556,7 +568,11 @@ impl EventLoop {
         match error {
             OutboundFailure::DialFailure => NetError::PeerUnreachable {
                 peer,
-                reason: "no address of the peer could be dialed".into(),
+                reason: self
+                    .dial_errors
+                    .get(&peer)
+                    .cloned()
+                    .unwrap_or_else(|| "no address of the peer could be dialed".into()),
             },
             OutboundFailure::Timeout => {
                 NetCounters::bump(&self.counters.outbound_timeouts);
@@ -626,5 +642,35 @@ pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last() {
         Some(AddrProtocol::P2p(peer)) => Some(peer),
         _ => None,
+    }
+}
+
+/// Peers whose last dial error is remembered at most.
+const MAX_DIAL_ERRORS: usize = 4096;
+
+/// A dial error in a few words: the innermost cause of each address's
+/// failure ("Connection refused (os error 111)"), not libp2p's nested
+/// rendering with every multiaddr.
+fn dial_error_reason(error: &libp2p::swarm::DialError) -> String {
+    fn root(e: &(dyn std::error::Error + 'static)) -> String {
+        let mut cur = e;
+        while let Some(next) = cur.source() {
+            cur = next;
+        }
+        cur.to_string()
+    }
+    match error {
+        libp2p::swarm::DialError::NoAddresses => "no address of the peer is known".into(),
+        libp2p::swarm::DialError::Transport(errors) => {
+            let mut reasons: Vec<String> = errors.iter().map(|(_, e)| root(e)).collect();
+            reasons.sort();
+            reasons.dedup();
+            if reasons.is_empty() {
+                "no address of the peer answered".into()
+            } else {
+                reasons.join("; ")
+            }
+        }
+        other => root(other),
     }
 }

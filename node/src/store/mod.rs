@@ -281,6 +281,39 @@ impl ContextStore {
         }
     }
 
+    /// Whether `role` may write a new version over `current`, the newest
+    /// version of its address: only if it can read it. A tombstone carries
+    /// the readers of the version it deleted, so writing over a deleted
+    /// version needs the same authority as writing over the live one. A
+    /// tombstone without readers (written before tombstones carried them)
+    /// falls back to the readers of the version it deleted, and when that
+    /// version is not found, to roles of master authority alone.
+    async fn may_replace(
+        &self,
+        role: &RoleName,
+        current: &RecordMeta,
+        opts: QuorumOpts,
+    ) -> Result<bool, StoreError> {
+        if !current.tombstone || !current.readers.is_empty() {
+            return Ok(current.readers.contains(role));
+        }
+        if self.0.roles.authority(role) == Some(Authority::Master) {
+            return Ok(true);
+        }
+        let Some(deleted) = &current.parent_version else {
+            return Ok(false);
+        };
+        let found = match self.route(&current.key) {
+            Some(route) => self
+                .quorum_history(&route, &current.key, opts.r)
+                .await?
+                .into_iter()
+                .find(|m| &m.version == deleted),
+            None => self.0.store.get(&current.key, deleted)?.map(|r| r.meta),
+        };
+        Ok(found.is_some_and(|m| !m.tombstone && m.readers.contains(role)))
+    }
+
     /// Whether `role` may write (anything but read-only authority).
     fn may_write(&self, role: &RoleName) -> bool {
         !matches!(
@@ -377,17 +410,18 @@ impl ContextStore {
             .map_err(|e| e.quorum_of("write", &given, Some("reading the parent version")))?;
         let parent = current.as_ref();
         if let Some(p) = parent
-            && !p.tombstone
-            && !p.readers.contains(&caller.role)
+            && !self
+                .may_replace(&caller.role, p, opts)
+                .await
+                .map_err(|e| e.quorum_of("write", &given, Some("reading the deleted version")))?
         {
+            let reason = if p.tombstone {
+                "the deleted version is not readable by this role"
+            } else {
+                "the current version is not readable by this role"
+            };
             return Err(self
-                .deny(
-                    caller,
-                    AuditAction::Write,
-                    &key,
-                    "write",
-                    "the current version is not readable by this role",
-                )
+                .deny(caller, AuditAction::Write, &key, "write", reason)
                 .await);
         }
         if let Some(expect) = &req.expect_latest {
