@@ -126,14 +126,21 @@ fn marker_reaches_no_file_and_no_log() {
     index
         .delete(&key_of("src/secret/0.rs"), &version(9))
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(60));
-    assert_eq!(
-        index
-            .search(&query("developer", MARKER))
-            .unwrap()
-            .total_hits,
-        149
-    );
+    // The interval commit (every 20 ms) makes the delete visible; wait for
+    // it rather than for a time a loaded machine may not honour.
+    let start = std::time::Instant::now();
+    while index
+        .search(&query("developer", MARKER))
+        .unwrap()
+        .total_hits
+        != 149
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(90),
+            "the delete was never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     index.close().unwrap();
 
     for (path, bytes) in files_under(data.path()) {

@@ -84,7 +84,7 @@ async fn a_scheduled_sweeper_runs_until_shutdown() {
     let task = tokio::spawn(sweeper.run(async {
         let _ = stopped.await;
     }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while store.stats().unwrap().versions > 0 || status.get().items_total < 5 {
         assert!(tokio::time::Instant::now() < deadline, "sweeper never ran");
         tokio::time::sleep(Duration::from_millis(5)).await;
