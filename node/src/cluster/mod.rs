@@ -714,8 +714,41 @@ impl Cluster {
             }
         }
         targets.retain(|p| *p != self.0.me);
+        // Where the layout says each member listens: a member that is down
+        // and not connected is dialed there again before it is probed, so
+        // two members that restarted while the other was away find each
+        // other without a bootstrap peer, even after Kademlia dropped the
+        // address that failed.
+        let addresses: std::collections::HashMap<String, String> = self
+            .layout()
+            .map(|l| {
+                l.members()
+                    .iter()
+                    .map(|m| (m.id.clone(), m.address.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let addresses = &addresses;
         let probes = targets.iter().map(|peer| async move {
-            let known = self.0.peers.get(peer).is_some_and(|p| p.info.is_some());
+            let state = self.0.peers.get(peer);
+            if state
+                .as_ref()
+                .is_some_and(|p| p.failures > 0 && !p.connected)
+                && let Some(addr) = addresses.get(peer)
+                && let Ok(addr) = addr.parse::<libp2p::Multiaddr>()
+            {
+                let dial = self.0.net.dial(addr);
+                match tokio::time::timeout(self.0.config.probe_timeout, dial).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "member still unreachable at its layout address");
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "dialing the member's layout address timed out");
+                    }
+                }
+            }
+            let known = state.is_some_and(|p| p.info.is_some());
             if !known {
                 self.hello(peer).await;
                 return self.0.peers.is_up(peer);
