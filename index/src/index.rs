@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +27,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
 use slurp_protocol::VersionId;
 
 use crate::config::{IndexConfig, TextMatch};
+use crate::coverage::{Coverage, RebuildItem, UnopenableCounts, UnopenableEntry, UnopenableSet};
 use crate::error::{IndexError, RebuildError};
 use crate::observer::{CommitEvent, CommitTrigger, IndexObserver, NoopObserver};
 use crate::schema::{Fields, IndexEntry, build_schema, register_analyzers};
@@ -52,7 +53,9 @@ pub enum WriteOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyState {
     pub version: VersionId,
-    /// `false` when that version is a tombstone.
+    /// `false` when that version is a tombstone, or a version that could
+    /// not be opened ([`ContextIndex::mark_unopenable`]): either way no
+    /// document of the key is indexed.
     pub live: bool,
 }
 
@@ -82,6 +85,9 @@ pub struct RebuildProgress {
     /// Entries refused as invalid (see [`IndexError::InvalidEntry`]); each
     /// is logged with its key.
     pub rejected: u64,
+    /// Records the feed could not open ([`RebuildItem::Unopenable`]) that
+    /// the new index counts, by reason: not indexed, not an error.
+    pub unopenable: UnopenableCounts,
     pub elapsed: Duration,
     /// Whether the new index is committed and live.
     pub finished: bool,
@@ -109,6 +115,11 @@ pub struct IndexStatus {
     pub last_merge: Option<MergeReport>,
     /// Set while a rebuild runs.
     pub rebuild: Option<RebuildProgress>,
+    /// Whether the index holds everything its source has (a rebuild
+    /// expected, running or failed means it does not).
+    pub coverage: Coverage,
+    /// Records the source holds that could not be opened, by reason.
+    pub unopenable: UnopenableCounts,
 }
 
 /// One generation of the engine: an index, its reader and query parser.
@@ -141,6 +152,18 @@ pub(crate) struct Shared {
     last_merge: Mutex<Option<MergeReport>>,
     rebuilding: AtomicBool,
     rebuild_progress: Mutex<RebuildProgress>,
+    /// Entries read by the running rebuild (updated per entry).
+    rebuild_read: AtomicU64,
+    /// `Complete`, `Failed`, or `Rebuilding` (whose `read` is
+    /// `rebuild_read`).
+    coverage: Mutex<Coverage>,
+    /// Records marked unopenable; changed only under `write` (lock
+    /// `write` first), read without it.
+    unopenable: Mutex<UnopenableSet>,
+    /// Pending writes, live keys and tombstones when the running rebuild
+    /// took the write lock: the figures `status()` reports meanwhile, as
+    /// writes wait for the rebuild.
+    counts_before_rebuild: Mutex<(usize, usize, usize)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,6 +245,51 @@ impl Shared {
             self.commit_locked(w, CommitTrigger::BatchFull)?;
         }
         Ok(())
+    }
+
+    /// Pending writes, live keys and tombstones (tombstones exclude keys
+    /// marked unopenable). Call with `write` held.
+    fn counts(&self, w: &WriteState) -> (usize, usize, usize) {
+        let live = w.versions.values().filter(|s| s.live).count();
+        let unopenable = lock(&self.unopenable).len();
+        (
+            w.pending,
+            live,
+            (w.versions.len() - live).saturating_sub(unopenable),
+        )
+    }
+
+    /// Forgets `key` as unopenable (a version of it was indexed or
+    /// deleted). Call with `write` held.
+    fn clear_unopenable(&self, key: &str) {
+        let mut u = lock(&self.unopenable);
+        if u.remove(key) {
+            self.observer.on_unopenable(&u.counts());
+        }
+    }
+
+    fn set_coverage(&self, c: Coverage) {
+        let mut cur = lock(&self.coverage);
+        *cur = c;
+        self.observer.on_coverage(&cur);
+    }
+
+    pub(crate) fn coverage(&self) -> Coverage {
+        match &*lock(&self.coverage) {
+            Coverage::Rebuilding { expected, .. } => Coverage::Rebuilding {
+                read: self.rebuild_read.load(Ordering::Relaxed),
+                expected: *expected,
+            },
+            c => c.clone(),
+        }
+    }
+
+    pub(crate) fn unopenable_in(
+        &self,
+        role: &slurp_protocol::RoleName,
+        scope: &crate::SlotScope,
+    ) -> u64 {
+        lock(&self.unopenable).in_scope(role, scope)
     }
 
     fn commit_if_due(&self) {
@@ -318,6 +386,10 @@ impl ContextIndex {
             last_merge: Mutex::new(None),
             rebuilding: AtomicBool::new(false),
             rebuild_progress: Mutex::new(RebuildProgress::default()),
+            rebuild_read: AtomicU64::new(0),
+            coverage: Mutex::new(Coverage::Complete),
+            unopenable: Mutex::new(UnopenableSet::default()),
+            counts_before_rebuild: Mutex::new((0, 0, 0)),
         });
         let committer = spawn_committer(Arc::downgrade(&shared), interval)?;
         Ok(ContextIndex {
@@ -351,6 +423,7 @@ impl ContextIndex {
                 live: true,
             },
         );
+        self.shared.clear_unopenable(&entry.key);
         self.shared.note_write(&mut w)?;
         Ok(WriteOutcome::Applied)
     }
@@ -379,8 +452,62 @@ impl ContextIndex {
                 live: false,
             },
         );
+        self.shared.clear_unopenable(key);
         self.shared.note_write(&mut w)?;
         Ok(WriteOutcome::Applied)
+    }
+
+    /// Records that the source holds `entry`'s version but could not open
+    /// it (no key held, or corrupt). Under the newest-version rule of
+    /// [`ContextIndex::upsert`]: when it is newer than what is indexed for
+    /// its key, the key's document is removed (its plaintext is of an older
+    /// version) and the record is counted as unopenable until a newer
+    /// version is indexed or deleted. Searches by its readers report it in
+    /// [`crate::SearchResults::unopenable`]; [`ContextIndex::status`]
+    /// counts it by reason. Not an error.
+    pub fn mark_unopenable(&self, entry: &UnopenableEntry) -> Result<WriteOutcome, IndexError> {
+        let mut w = lock(&self.shared.write);
+        if let Some(outcome) = check_version(&w.versions, &entry.key, &entry.version) {
+            return Ok(outcome);
+        }
+        w.writer
+            .delete_term(self.shared.fields.key_term(&entry.key));
+        w.versions.insert(
+            entry.key.clone(),
+            KeyState {
+                version: entry.version.clone(),
+                live: false,
+            },
+        );
+        {
+            let mut u = lock(&self.shared.unopenable);
+            u.insert(entry);
+            self.shared.observer.on_unopenable(&u.counts());
+        }
+        self.shared.note_write(&mut w)?;
+        Ok(WriteOutcome::Applied)
+    }
+
+    /// Records held but not openable, by reason.
+    pub fn unopenable(&self) -> UnopenableCounts {
+        lock(&self.shared.unopenable).counts()
+    }
+
+    /// Whether the index holds everything its source has.
+    pub fn coverage(&self) -> Coverage {
+        self.shared.coverage()
+    }
+
+    /// Announces a rebuild: until the next [`ContextIndex::rebuild`]
+    /// finishes, [`ContextIndex::coverage`] is `Rebuilding` (with
+    /// `expected`, what the feed will hold at most) and searches report
+    /// their results as possibly incomplete. A node calls this before it
+    /// starts reading its store, so it is never taken for complete
+    /// meanwhile.
+    pub fn expect_rebuild(&self, expected: Option<u64>) {
+        self.shared.rebuild_read.store(0, Ordering::Relaxed);
+        self.shared
+            .set_coverage(Coverage::Rebuilding { read: 0, expected });
     }
 
     /// Commits every pending write and makes it visible to searches that
@@ -399,10 +526,21 @@ impl ContextIndex {
     /// The index's state: documents, segments, memory, pending writes, the
     /// last commit and merge, and a running rebuild.
     pub fn status(&self) -> Result<IndexStatus, IndexError> {
-        let (pending_ops, live_keys, tombstones) = {
-            let w = lock(&self.shared.write);
-            let live = w.versions.values().filter(|s| s.live).count();
-            (w.pending, live, w.versions.len() - live)
+        // Never waits for a running rebuild (which holds the write lock
+        // throughout): writes wait for it, so the figures from when it
+        // started are still the current ones.
+        let (pending_ops, live_keys, tombstones) = loop {
+            match self.shared.write.try_lock() {
+                Ok(w) => break self.shared.counts(&w),
+                Err(TryLockError::Poisoned(e)) => break self.shared.counts(&e.into_inner()),
+                Err(TryLockError::WouldBlock) => {
+                    if self.shared.rebuilding.load(Ordering::Acquire) {
+                        break *lock(&self.shared.counts_before_rebuild);
+                    }
+                    // A write or commit holds it for a moment.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
         };
         let searcher = self.shared.engine().reader.searcher();
         let deleted_docs = searcher
@@ -427,6 +565,8 @@ impl ContextIndex {
             last_commit: *lock(&self.shared.last_commit),
             last_merge: lock(&self.shared.last_merge).clone(),
             rebuild,
+            coverage: self.shared.coverage(),
+            unopenable: self.unopenable(),
         })
     }
 
@@ -508,7 +648,9 @@ impl ContextIndex {
     }
 
     /// Recreates the index from scratch from `entries` (the node feeds every
-    /// readable context of its store), then swaps it in atomically.
+    /// live context of its store: opened as an [`IndexEntry`], or, when it
+    /// cannot be opened, as an [`UnopenableEntry`], counted and not
+    /// indexed), then swaps it in atomically.
     ///
     /// Searches keep running against the previous index until the swap;
     /// writes wait for the rebuild to finish and then apply to the new
@@ -516,35 +658,51 @@ impl ContextIndex {
     /// own writer (`rebuild_threads`, `rebuild_heap_bytes`). `progress` is
     /// called every `rebuild_progress_every` entries and once at the end;
     /// [`ContextIndex::status`] shows the same figures. On error the
-    /// previous index stays live and unchanged. Invalid entries are skipped
-    /// and counted, not fatal. While it runs the node holds both indexes in
-    /// memory.
-    pub fn rebuild<I, E>(
+    /// previous index stays live and unchanged (and
+    /// [`ContextIndex::coverage`] says the rebuild failed). Invalid entries
+    /// are skipped and counted, not fatal; so are unopenable ones. While it
+    /// runs the node holds both indexes in memory.
+    pub fn rebuild<I, T, E>(
         &self,
         entries: I,
         progress: &mut dyn FnMut(&RebuildProgress),
     ) -> Result<RebuildProgress, RebuildError>
     where
-        I: IntoIterator<Item = Result<IndexEntry, E>>,
+        I: IntoIterator<Item = Result<T, E>>,
+        T: Into<RebuildItem>,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
         let shared = &self.shared;
         let mut w = lock(&shared.write);
+        *lock(&shared.counts_before_rebuild) = shared.counts(&w);
+        let expected = match &*lock(&shared.coverage) {
+            Coverage::Rebuilding { expected, .. } => *expected,
+            _ => None,
+        };
+        shared.rebuild_read.store(0, Ordering::Relaxed);
+        shared.set_coverage(Coverage::Rebuilding { read: 0, expected });
         shared.rebuilding.store(true, Ordering::Release);
         *lock(&shared.rebuild_progress) = RebuildProgress::default();
         let result = self.rebuild_locked(&mut w, entries, progress);
+        shared.set_coverage(match &result {
+            Ok(_) => Coverage::Complete,
+            Err(e) => Coverage::Failed {
+                error: e.to_string(),
+            },
+        });
         shared.rebuilding.store(false, Ordering::Release);
         result
     }
 
-    fn rebuild_locked<I, E>(
+    fn rebuild_locked<I, T, E>(
         &self,
         w: &mut WriteState,
         entries: I,
         progress: &mut dyn FnMut(&RebuildProgress),
     ) -> Result<RebuildProgress, RebuildError>
     where
-        I: IntoIterator<Item = Result<IndexEntry, E>>,
+        I: IntoIterator<Item = Result<T, E>>,
+        T: Into<RebuildItem>,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
         let shared = &self.shared;
@@ -564,6 +722,7 @@ impl ContextIndex {
         )
         .map_err(|e| index_err(&p, e))?;
         let mut versions: HashMap<String, KeyState> = HashMap::new();
+        let mut unopenable = UnopenableSet::default();
         let report = |p: &mut RebuildProgress, progress: &mut dyn FnMut(&RebuildProgress)| {
             p.elapsed = start.elapsed();
             *lock(&shared.rebuild_progress) = p.clone();
@@ -572,11 +731,38 @@ impl ContextIndex {
         };
 
         for item in entries {
-            let entry = item.map_err(|e| RebuildError::Source {
+            let item = item.map_err(|e| RebuildError::Source {
                 indexed: p.indexed,
                 source: e.into(),
             })?;
             p.read += 1;
+            shared.rebuild_read.store(p.read, Ordering::Relaxed);
+            let entry = match item.into() {
+                RebuildItem::Entry(entry) => entry,
+                RebuildItem::Unopenable(u) => {
+                    match check_version(&versions, &u.key, &u.version) {
+                        Some(_) => p.superseded += 1,
+                        None => {
+                            if versions.get(&u.key).is_some_and(|s| s.live) {
+                                writer.delete_term(shared.fields.key_term(&u.key));
+                            }
+                            versions.insert(
+                                u.key.clone(),
+                                KeyState {
+                                    version: u.version.clone(),
+                                    live: false,
+                                },
+                            );
+                            unopenable.insert(&u);
+                            p.unopenable = unopenable.counts();
+                        }
+                    }
+                    if p.read.is_multiple_of(config.rebuild_progress_every) {
+                        report(&mut p, progress);
+                    }
+                    continue;
+                }
+            };
             match check_version(&versions, &entry.key, &entry.version) {
                 Some(WriteOutcome::Superseded { .. }) | Some(WriteOutcome::AlreadyApplied) => {
                     p.superseded += 1;
@@ -589,6 +775,9 @@ impl ContextIndex {
                         writer
                             .add_document(doc)
                             .map_err(|e| index_err(&p, e.into()))?;
+                        if unopenable.remove(&entry.key) {
+                            p.unopenable = unopenable.counts();
+                        }
                         versions.insert(
                             entry.key,
                             KeyState {
@@ -630,6 +819,11 @@ impl ContextIndex {
         let old_writer = std::mem::replace(&mut w.writer, steady);
         *shared.engine.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(engine);
         w.versions = versions;
+        {
+            let mut u = lock(&shared.unopenable);
+            *u = unopenable;
+            shared.observer.on_unopenable(&u.counts());
+        }
         w.pending = 0;
         w.pending_since = None;
         *lock(&shared.last_commit) = Some(SystemTime::now());

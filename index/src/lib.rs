@@ -23,12 +23,20 @@
 //!   exported, summed across nodes and fed back so every node ranks as one
 //!   global index would ([`stats`]).
 //!
+//! - **Says what it cannot search.** Records the node holds but cannot open
+//!   (sealed to roles it holds no key for, or corrupt) are counted, not
+//!   indexed and never an error, and a search reports how many of them its
+//!   role and scope cover; while a rebuild is pending, running or failed,
+//!   [`ContextIndex::coverage`] and every search say the index is
+//!   incomplete ([`coverage`]).
+//!
 //! Commits are batched by count and time; a background thread commits what
 //! the batch has not. Merging runs in the background under a configurable
 //! log merge policy, and [`ContextIndex::optimize`] merges everything on
 //! demand. Metrics go through the [`IndexObserver`] hooks.
 
 pub mod config;
+pub mod coverage;
 pub mod error;
 pub mod index;
 pub mod observer;
@@ -39,6 +47,7 @@ pub mod stats;
 mod syntax;
 
 pub use config::{IndexConfig, MergeConfig, TextMatch};
+pub use coverage::{Coverage, RebuildItem, UnopenableCounts, UnopenableEntry, UnopenableReason};
 pub use error::{
     ConfigError, IndexError, MissingSide, QueryProblem, RebuildError, SearchError, SlotScopeError,
     StatisticsError,

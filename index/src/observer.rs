@@ -54,6 +54,12 @@ pub trait IndexObserver: Send + Sync {
     fn on_commit(&self, _event: &CommitEvent) {}
     fn on_merge(&self, _report: &crate::MergeReport) {}
     fn on_rebuild_progress(&self, _progress: &crate::RebuildProgress) {}
+    /// The records marked unopenable changed (a mark, a newer version
+    /// indexed or deleted, a rebuild swapped in): the counts now.
+    fn on_unopenable(&self, _counts: &crate::UnopenableCounts) {}
+    /// Coverage changed: a rebuild was announced, started, finished or
+    /// failed.
+    fn on_coverage(&self, _coverage: &crate::Coverage) {}
 }
 
 /// An observer that records nothing.

@@ -182,6 +182,16 @@ pub struct SearchResults {
     pub warnings: Vec<String>,
     /// Wall time of the search.
     pub took: Duration,
+    /// Records the query's role may read, in the search's scope, that the
+    /// index's source holds but could not open
+    /// ([`ContextIndex::mark_unopenable`]): their matches, if any, are not
+    /// in these results.
+    #[serde(default)]
+    pub unopenable: u64,
+    /// Whether the index held everything its source has when it answered
+    /// (not while a rebuild is expected or running, nor after one failed).
+    #[serde(default)]
+    pub coverage: crate::Coverage,
 }
 
 /// Parsed query text (none when the text is blank).
@@ -613,6 +623,8 @@ impl ContextIndex {
             facets,
             warnings: Vec::new(),
             took,
+            unopenable: shared.unopenable_in(&q.role, scope),
+            coverage: shared.coverage(),
         };
         shared.observer.on_search(&SearchEvent {
             role: q.role.clone(),

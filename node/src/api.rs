@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -760,8 +759,11 @@ async fn status(
     let index = match node.store.index() {
         Some(i) => {
             let s = i.status().map_err(StoreError::from)?;
-            json!({"enabled": true, "ready": node.index_ready.load(Ordering::SeqCst), "docs": s.docs,
-                   "segments": s.segments, "bytes": s.index_bytes, "pending_ops": s.pending_ops})
+            json!({"enabled": true, "ready": s.coverage.is_complete(), "docs": s.docs,
+                   "segments": s.segments, "bytes": s.index_bytes, "pending_ops": s.pending_ops,
+                   "coverage": s.coverage,
+                   "unopenable": {"total": s.unopenable.total(), "no_key": s.unopenable.no_key,
+                                  "corrupt": s.unopenable.corrupt}})
         }
         None => json!({"enabled": false}),
     };
@@ -938,14 +940,33 @@ async fn health(State(node): State<Shared>) -> impl IntoResponse {
         Ok(s) => component(true, format!("{} keys, {} versions", s.keys, s.versions)),
         Err(e) => component(false, e.to_string()),
     };
-    let index_ready = node.index_ready.load(Ordering::SeqCst);
+    // Ready once the index holds everything in the store: not while it is
+    // rebuilt from it, nor after a failed rebuild. Records this node holds
+    // but cannot open are normal (sealed to roles it holds no key for):
+    // they are named, and do not make it unready.
     let index = match node.store.index() {
         None => component(true, "disabled".into()),
         Some(i) => match i.status() {
-            Ok(s) if index_ready => {
-                component(true, format!("{} docs in {} segments", s.docs, s.segments))
+            Ok(s) => {
+                let u = s.unopenable;
+                let unopenable = if u.total() > 0 {
+                    format!(
+                        "; {} held but not openable here (no key: {}, corrupt: {})",
+                        u.total(),
+                        u.no_key,
+                        u.corrupt
+                    )
+                } else {
+                    String::new()
+                };
+                match &s.coverage {
+                    slurp_index::Coverage::Complete => component(
+                        true,
+                        format!("{} docs in {} segments{unopenable}", s.docs, s.segments),
+                    ),
+                    c => component(false, format!("{c}{unopenable}")),
+                }
             }
-            Ok(_) => component(false, "rebuilding from the store".into()),
             Err(e) => component(false, e.to_string()),
         },
     };

@@ -37,6 +37,11 @@ pub struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
     pub worker: String,
 }
@@ -86,6 +91,8 @@ pub struct Metrics {
     pub store_committed_writes: Counter,
     pub index_docs: Gauge,
     pub index_segments: Gauge,
+    pub index_ready: Gauge,
+    pub index_unopenable: Family<ReasonLabels, Gauge>,
     pub worker_active: Family<WorkerLabels, Gauge>,
     pub worker_runs: Family<WorkerLabels, Counter>,
     pub worker_items: Family<WorkerLabels, Counter>,
@@ -192,6 +199,28 @@ impl Metrics {
             "Segments in the full-text index",
             index_segments.clone(),
         );
+        let index_ready = Gauge::default();
+        r.register(
+            "index_ready",
+            "1 when the full-text index holds everything in the store; 0 while it is rebuilt from the store or after a failed rebuild",
+            index_ready.clone(),
+        );
+        let index_unopenable = Family::<ReasonLabels, Gauge>::default();
+        r.register(
+            "index_unopenable_records",
+            "Records this node holds but cannot open, so cannot index or search, by reason: no_key (sealed to roles it holds no key for; normal on a replica), corrupt",
+            index_unopenable.clone(),
+        );
+        for reason in [
+            slurp_index::UnopenableReason::NoKey,
+            slurp_index::UnopenableReason::Corrupt,
+        ] {
+            index_unopenable
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+                .set(0);
+        }
         let worker_active = Family::<WorkerLabels, Gauge>::default();
         r.register(
             "worker_active",
@@ -299,6 +328,8 @@ impl Metrics {
             store_committed_writes,
             index_docs,
             index_segments,
+            index_ready,
+            index_unopenable,
             worker_active,
             worker_runs,
             worker_items,
@@ -399,6 +430,24 @@ impl slurp_index::IndexObserver for IndexMetrics {
     fn on_commit(&self, e: &slurp_index::CommitEvent) {
         self.0.record("commit", "index", true, e.took);
     }
+
+    fn on_unopenable(&self, counts: &slurp_index::UnopenableCounts) {
+        for reason in [
+            slurp_index::UnopenableReason::NoKey,
+            slurp_index::UnopenableReason::Corrupt,
+        ] {
+            self.0
+                .index_unopenable
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+                .set(counts.get(reason) as i64);
+        }
+    }
+
+    fn on_coverage(&self, coverage: &slurp_index::Coverage) {
+        self.0.index_ready.set(i64::from(coverage.is_complete()));
+    }
 }
 
 #[cfg(test)]
@@ -419,6 +468,8 @@ mod tests {
         assert!(classic.contains("# TYPE slurp_cache_hits_total counter"));
         assert!(classic.contains("# HELP slurp_cache_hits_total "));
         assert!(classic.contains("# TYPE slurp_cache_entries gauge"));
+        assert!(classic.contains("slurp_index_unopenable_records{reason=\"no_key\"} 0"));
+        assert!(classic.contains("slurp_index_unopenable_records{reason=\"corrupt\"} 0"));
         assert!(!classic.contains("# EOF"));
     }
 }

@@ -9,14 +9,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use slurp_crypto::{AuditConfig, AuditLog, Envelope, EnvelopeConfig, SecretString};
-use slurp_index::{ContextIndex, IndexEntry};
+use slurp_index::{
+    ContextIndex, IndexEntry, RebuildItem, RebuildProgress, UnopenableEntry, UnopenableReason,
+};
 use slurp_protocol::{ContextNode, Framed, RoleSet, WriterId};
-use slurp_storage::{Latest, Store};
+use slurp_storage::{Latest, ReadError, Store};
 use tokio::sync::watch;
 
 use crate::audit::AuditSink;
@@ -39,7 +42,9 @@ pub struct Node {
     pub workers: Workers,
     pub custody: Arc<Custody>,
     pub audit_log: Arc<AuditLog>,
-    /// Set once the index has been rebuilt from the store.
+    /// Set once the index has been rebuilt from the store (cleared while a
+    /// rebuild runs, and after a failed one). `/health` reads the index's
+    /// own [`ContextIndex::coverage`], which says why.
     pub index_ready: Arc<AtomicBool>,
     /// Where the first admin token was written, when this start made it.
     pub admin_token_file: Option<PathBuf>,
@@ -49,6 +54,7 @@ pub struct Node {
     /// API starts).
     pub forwarder: Forwarder,
     shutdown: watch::Sender<bool>,
+    rebuilds: RebuildControl,
 }
 
 /// Where forwarded API calls are served.
@@ -223,14 +229,17 @@ impl Node {
         let audit = AuditSink::start(audit_log.clone(), metrics.clone(), &config.audit);
 
         let index = if config.store_options.indexing {
-            Some(Arc::new(
-                ContextIndex::open_in_memory_with_observer(
-                    config.index.clone(),
-                    Arc::new(IndexMetrics(metrics.clone())),
-                )
-                .context("creating the index")?,
-            ))
+            let index = ContextIndex::open_in_memory_with_observer(
+                config.index.clone(),
+                Arc::new(IndexMetrics(metrics.clone())),
+            )
+            .context("creating the index")?;
+            // Not complete until the rebuild below has read the store: the
+            // node says so on /health and in every search meanwhile.
+            index.expect_rebuild(local.stats().ok().map(|s| s.keys));
+            Some(Arc::new(index))
         } else {
+            metrics.index_ready.set(1);
             None
         };
 
@@ -310,6 +319,7 @@ impl Node {
             cluster,
             forwarder: Arc::new(std::sync::OnceLock::new()),
             shutdown,
+            rebuilds: RebuildControl::default(),
         };
         node.start_network(events);
         node.start_workers();
@@ -534,26 +544,62 @@ impl Node {
         });
     }
 
-    /// Rebuilds the in-memory index from the store in the background.
+    /// Registers the `index-rebuild` worker and runs it once: it rebuilds
+    /// the in-memory index from the store in the background. Records this
+    /// node cannot open are counted, never fatal; a rebuild that fails
+    /// (the store cannot be read) leaves the index marked failed, and
+    /// running the worker again retries it.
     fn start_rebuild(&self, index: Arc<ContextIndex>) {
         let local = self.store.local().clone();
         let custody = self.custody.clone();
         let ready = self.index_ready.clone();
-        tokio::task::spawn_blocking(move || {
-            let start = Instant::now();
-            let keyring = custody.keyring();
-            let entries = RebuildEntries::new(local, keyring);
-            let r = index.rebuild(entries, &mut |_| {});
-            match r {
-                Ok(p) => tracing::info!(
-                    indexed = p.indexed,
-                    took_ms = start.elapsed().as_millis() as u64,
-                    "index rebuilt from the store"
-                ),
-                Err(e) => tracing::error!(error = %e, "index rebuild failed"),
-            }
-            ready.store(true, Ordering::SeqCst);
-        });
+        let control = self.rebuilds.clone();
+        self.workers.spawn(
+            REBUILD_WORKER,
+            "rebuilds the full-text index from the store (once at start; run it again after a failed rebuild)",
+            std::time::Duration::ZERO,
+            Box::new(move || {
+                let (index, local, custody, ready, control) = (
+                    index.clone(),
+                    local.clone(),
+                    custody.clone(),
+                    ready.clone(),
+                    control.clone(),
+                );
+                Box::pin(async move {
+                    ready.store(false, Ordering::SeqCst);
+                    index.expect_rebuild(local.stats().ok().map(|s| s.keys));
+                    let running = control.start();
+                    let p = tokio::task::spawn_blocking(move || {
+                        let _running = running;
+                        rebuild_index(&index, local, custody.keyring(), control)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??;
+                    ready.store(true, Ordering::SeqCst);
+                    Ok(PassReport {
+                        items: p.indexed,
+                        note: rebuild_note(&p),
+                    })
+                })
+            }),
+        );
+        let _ = self.workers.trigger(REBUILD_WORKER);
+    }
+
+    /// Pauses index rebuilds until the returned hold is dropped: a rebuild
+    /// waits before it reads each page of the store, with the index marked
+    /// rebuilding. For tests that must see a rebuild in progress; run one
+    /// with `workers.trigger("index-rebuild")`.
+    #[doc(hidden)]
+    pub fn hold_index_rebuilds(&self) -> RebuildHold {
+        self.rebuilds.hold()
+    }
+
+    /// Rebuilds waiting at a [`Node::hold_index_rebuilds`] hold.
+    #[doc(hidden)]
+    pub fn index_rebuilds_held(&self) -> usize {
+        self.rebuilds.waiting()
     }
 
     /// Stops the workers.
@@ -577,7 +623,8 @@ impl Node {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         self.store.audit().flush().await;
-        while !self.index_ready.load(Ordering::SeqCst) {
+        // A rebuild cannot be cut short; it holds the store until it ends.
+        while self.rebuilds.running() > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
@@ -699,45 +746,230 @@ async fn hand_off(
     })
 }
 
-/// Every live context of the local store, opened for the index.
+/// The worker that rebuilds the index.
+pub const REBUILD_WORKER: &str = "index-rebuild";
+
+/// Rebuilds `index` from every live record of `local`, logging the outcome.
+fn rebuild_index(
+    index: &ContextIndex,
+    local: Store,
+    keyring: Arc<slurp_crypto::Keyring>,
+    control: RebuildControl,
+) -> Result<RebuildProgress, String> {
+    let start = Instant::now();
+    let entries = RebuildEntries::new(local, keyring, control);
+    match index.rebuild(entries, &mut |_| {}) {
+        Ok(p) => {
+            tracing::info!(
+                indexed = p.indexed,
+                unopenable_no_key = p.unopenable.no_key,
+                unopenable_corrupt = p.unopenable.corrupt,
+                rejected = p.rejected,
+                took_ms = start.elapsed().as_millis() as u64,
+                "index rebuilt from the store"
+            );
+            Ok(p)
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "index rebuild failed: search misses what it did not reach (`slurp workers --run index-rebuild` retries)"
+            );
+            Err(e.to_string())
+        }
+    }
+}
+
+/// What a rebuild did, for the worker's status.
+fn rebuild_note(p: &RebuildProgress) -> String {
+    let mut note = format!("indexed {} of {} records", p.indexed, p.read);
+    let u = p.unopenable;
+    if u.total() > 0 {
+        note += &format!(
+            "; {} held but not openable here (no key: {}, corrupt: {})",
+            u.total(),
+            u.no_key,
+            u.corrupt
+        );
+    }
+    if p.rejected > 0 {
+        note += &format!("; {} invalid", p.rejected);
+    }
+    note + &format!(" in {} ms", p.elapsed.as_millis())
+}
+
+/// Opens a sealed context for the index with whichever key this node
+/// holds; when it cannot, why: no key held (sealed to roles it does not
+/// hold) or corrupt.
+pub(crate) fn open_for_index(
+    envelope: &[u8],
+    config: &EnvelopeConfig,
+    keyring: &slurp_crypto::Keyring,
+) -> Result<ContextNode, (UnopenableReason, String)> {
+    let plain = Envelope::from_bytes(envelope, config)
+        .and_then(|env| env.open(keyring))
+        .map_err(|e| {
+            let reason = match e {
+                slurp_crypto::EnvelopeError::NoKey { .. } => UnopenableReason::NoKey,
+                _ => UnopenableReason::Corrupt,
+            };
+            (reason, e.to_string())
+        })?;
+    ContextNode::decode(&plain).map_err(|e| (UnopenableReason::Corrupt, e.to_string()))
+}
+
+/// Logs a record the index cannot open: at debug when no key is held
+/// (normal on a replica), as a warning when it is corrupt.
+pub(crate) fn log_unopenable(key: &str, reason: UnopenableReason, error: &str) {
+    match reason {
+        UnopenableReason::NoKey => {
+            tracing::debug!(%key, error, "held but not openable here (no key held); not indexed")
+        }
+        UnopenableReason::Corrupt => {
+            tracing::warn!(%key, error, "a stored record does not open (corrupt); not indexed")
+        }
+    }
+}
+
+/// Index rebuilds in flight, and holds that pause them (for tests).
+#[derive(Clone, Default)]
+struct RebuildControl(Arc<RebuildControlInner>);
+
+#[derive(Default)]
+struct RebuildControlInner {
+    running: AtomicUsize,
+    /// Holds alive, and rebuilds waiting at them.
+    held: Mutex<(usize, usize)>,
+    released: Condvar,
+}
+
+/// One rebuild in flight, until dropped.
+struct Running(RebuildControl);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Pauses index rebuilds while alive ([`Node::hold_index_rebuilds`]).
+#[doc(hidden)]
+pub struct RebuildHold(RebuildControl);
+
+impl Drop for RebuildHold {
+    fn drop(&mut self) {
+        let inner = &self.0.0;
+        inner.held.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
+        inner.released.notify_all();
+    }
+}
+
+impl RebuildControl {
+    fn start(&self) -> Running {
+        self.0.running.fetch_add(1, Ordering::SeqCst);
+        Running(self.clone())
+    }
+
+    fn running(&self) -> usize {
+        self.0.running.load(Ordering::SeqCst)
+    }
+
+    fn hold(&self) -> RebuildHold {
+        self.0.held.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+        RebuildHold(self.clone())
+    }
+
+    fn waiting(&self) -> usize {
+        self.0.held.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// Blocks while a hold is alive.
+    fn wait_while_held(&self) {
+        let inner = &self.0;
+        let mut g = inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == 0 {
+            return;
+        }
+        g.1 += 1;
+        let mut g = inner
+            .released
+            .wait_while(g, |(holds, _)| *holds > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        g.1 -= 1;
+    }
+}
+
+/// Every live context of the local store for the index: opened, or, when
+/// this node cannot open it, counted as unopenable (with why).
 struct RebuildEntries {
     local: Store,
     keyring: Arc<slurp_crypto::Keyring>,
+    control: RebuildControl,
+    envelope: EnvelopeConfig,
     page: std::vec::IntoIter<String>,
     after: Option<String>,
     done: bool,
 }
 
 impl RebuildEntries {
-    fn new(local: Store, keyring: Arc<slurp_crypto::Keyring>) -> Self {
+    fn new(local: Store, keyring: Arc<slurp_crypto::Keyring>, control: RebuildControl) -> Self {
         RebuildEntries {
             local,
             keyring,
+            control,
+            envelope: EnvelopeConfig::default(),
             page: Vec::new().into_iter(),
             after: None,
             done: false,
         }
     }
 
-    fn entry(&self, key: &str) -> Result<Option<IndexEntry>, String> {
-        let Latest::Live { record, .. } = self.local.latest(key).map_err(|e| e.to_string())? else {
-            return Ok(None);
+    /// The newest version of `key` for the index; `None` when it is
+    /// deleted or gone. Only a failure to read the store is an error.
+    fn entry(&self, key: &str) -> Result<Option<RebuildItem>, String> {
+        let record = match self.local.latest(key) {
+            Ok(Latest::Live { record, .. }) => record,
+            Ok(_) => return Ok(None),
+            Err(ReadError::Corrupt(e)) => {
+                // The stored bytes do not decode: counted when the
+                // record's metadata still reads, skipped otherwise.
+                log_unopenable(key, UnopenableReason::Corrupt, &e.to_string());
+                return Ok(self.local.latest_meta(key).ok().flatten().map(|(meta, _)| {
+                    RebuildItem::Unopenable(UnopenableEntry {
+                        key: key.to_string(),
+                        version: meta.version,
+                        readers: meta.readers,
+                        reason: UnopenableReason::Corrupt,
+                    })
+                }));
+            }
+            Err(e) => return Err(format!("{key}: {e}")),
         };
-        let env = Envelope::from_bytes(&record.envelope, &EnvelopeConfig::default())
-            .map_err(|e| format!("{key}: {e}"))?;
-        let plain = env.open(&self.keyring).map_err(|e| format!("{key}: {e}"))?;
-        let context = ContextNode::decode(&plain).map_err(|e| format!("{key}: {e}"))?;
-        Ok(Some(IndexEntry {
-            key: key.to_string(),
-            version: record.meta.version,
-            readers: record.meta.readers,
-            context,
-        }))
+        let meta = record.meta;
+        Ok(Some(
+            match open_for_index(&record.envelope, &self.envelope, &self.keyring) {
+                Ok(context) => RebuildItem::Entry(IndexEntry {
+                    key: key.to_string(),
+                    version: meta.version,
+                    readers: meta.readers,
+                    context,
+                }),
+                Err((reason, error)) => {
+                    log_unopenable(key, reason, &error);
+                    RebuildItem::Unopenable(UnopenableEntry {
+                        key: key.to_string(),
+                        version: meta.version,
+                        readers: meta.readers,
+                        reason,
+                    })
+                }
+            },
+        ))
     }
 }
 
 impl Iterator for RebuildEntries {
-    type Item = Result<IndexEntry, String>;
+    type Item = Result<RebuildItem, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -751,6 +983,7 @@ impl Iterator for RebuildEntries {
             if self.done {
                 return None;
             }
+            self.control.wait_while_held();
             match self.local.list_keys("", self.after.as_deref(), 1024) {
                 Ok(page) => {
                     self.done = page.next_after.is_none();

@@ -38,7 +38,7 @@ pub use batch::{BatchItemResult, BatchProgress, BatchReport, BatchStoreItem, Bat
 pub use links::{LinkEdge, LinkGraph, LinkNode};
 pub use quorum::QuorumOpts;
 pub use resolve::{FieldSource, Resolved};
-pub use search::{SearchResponse, SearchResultHit};
+pub use search::{Incomplete, SearchResponse, SearchResultHit};
 
 use crate::audit::AuditSink;
 use crate::cache::{CachedRead, ContextCache, Selector};

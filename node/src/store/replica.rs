@@ -5,18 +5,20 @@
 //! versions are append-only and merge by union), then refreshes what it
 //! derives from them: the cache entries of the address are invalidated and
 //! the newest live version is indexed, opened with whichever of the
-//! record's reader roles this node holds a key for. Nothing here needs or
+//! record's reader roles this node holds a key for. A version no held key
+//! opens (or a corrupt one) is stored all the same and counted by the
+//! index as held but not openable, never an error. Nothing here needs or
 //! produces plaintext beyond that in-memory index entry.
 
 use std::time::Instant;
 
-use slurp_crypto::{Envelope, Keyring};
-use slurp_index::IndexEntry;
+use slurp_crypto::Keyring;
+use slurp_index::{IndexEntry, UnopenableEntry};
+use slurp_protocol::ContextNode;
 use slurp_protocol::messages::{
     ErrorCode, Head, KeyScope, KeyVersions, PutOutcome as WirePut, RemoteError, ReplicateRequest,
     ReplicateResponse, SealedVersion, VersionOutcome,
 };
-use slurp_protocol::{ContextNode, Framed};
 use slurp_storage::{Latest, NewVersion, PutOutcome};
 
 use super::ContextStore;
@@ -233,10 +235,7 @@ impl ContextStore {
         } else {
             let context = match plain {
                 Some(c) => Ok(c),
-                None => Envelope::from_bytes(&v.envelope.0, &self.0.envelope)
-                    .and_then(|env| env.open(keyring))
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| ContextNode::decode(&p).map_err(|e| e.to_string())),
+                None => crate::node::open_for_index(&v.envelope.0, &self.0.envelope, keyring),
             };
             match context {
                 Ok(context) => index
@@ -247,9 +246,19 @@ impl ContextStore {
                         context,
                     })
                     .map(|_| ()),
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "cannot open a replicated version to index it");
-                    return;
+                // Sealed to roles this node holds no key for (normal for a
+                // replica) or corrupt: counted, and the older version's
+                // document goes, as it is no longer the newest.
+                Err((reason, error)) => {
+                    crate::node::log_unopenable(key, reason, &error);
+                    index
+                        .mark_unopenable(&UnopenableEntry {
+                            key: key.clone(),
+                            version: v.meta.version.clone(),
+                            readers: v.meta.readers.clone(),
+                            reason,
+                        })
+                        .map(|_| ())
                 }
             }
         };

@@ -17,6 +17,14 @@
 //! refuses (bad text, a limit) is checked on this node before any other is
 //! asked and fails the whole search with one error; a node refusing it is
 //! never taken for a node that is down.
+//!
+//! An answer that may lack matches says so: `incomplete` with its
+//! `incomplete_reasons`, each explained in `warnings`. Besides missing
+//! partitions, that is an index still being rebuilt from its store (or
+//! whose rebuild failed), records in the search's role and scope that the
+//! node holding them cannot open (sealed to roles it holds no key for, or
+//! corrupt; counted in `unopenable`), and hits that could not be opened
+//! for the caller.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,14 +33,15 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use slurp_crypto::AuditAction;
 use slurp_index::{
-    ContextIndex, FacetCount, FacetCounts, QueryStatistics, SearchHit, SearchQuery, SearchResults,
-    SlotScope,
+    ContextIndex, Coverage, FacetCount, FacetCounts, QueryStatistics, SearchHit, SearchQuery,
+    SearchResults, SlotScope,
 };
 use slurp_protocol::messages::{ErrorCode, RemoteError, SearchRequest, SearchResponse as Wire};
 use slurp_protocol::placement::Layout;
 use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
 
 use super::ContextStore;
+use super::quorum::cluster_peer_label;
 use crate::cluster::{Cluster, ClusterError};
 use crate::error::StoreError;
 use crate::tokens::Principal;
@@ -68,6 +77,111 @@ pub struct SearchResponse {
     /// Nodes that answered for a share of the partitions (1 on a lone node).
     #[serde(default)]
     pub nodes: usize,
+    /// Whether the answer may lack matches, for any of
+    /// `incomplete_reasons` (each explained in `warnings`). `partial`
+    /// keeps its narrower meaning: partitions were not searched.
+    #[serde(default)]
+    pub incomplete: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incomplete_reasons: Vec<Incomplete>,
+    /// Records the caller's role may read, in the search's scope, that the
+    /// nodes answering hold but cannot open: matches among them are not
+    /// in this answer.
+    #[serde(default)]
+    pub unopenable: u64,
+}
+
+/// Why a search's answer may lack matches.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Incomplete {
+    /// Partitions no reachable node answered for (`partial`,
+    /// `missing_partitions`).
+    MissingPartitions,
+    /// An answering node's index is still being rebuilt from its store.
+    IndexRebuilding,
+    /// An answering node's index rebuild failed: its index lacks what the
+    /// rebuild did not reach.
+    IndexRebuildFailed,
+    /// Records in scope that the node holding them cannot open
+    /// (`unopenable`).
+    UnopenableRecords,
+    /// Hits the index found that could not be read or opened for the
+    /// caller.
+    HitsLeftOut,
+}
+
+/// What makes an answer incomplete, gathered while it is put together.
+#[derive(Default)]
+struct Gaps {
+    reasons: Vec<Incomplete>,
+    warnings: Vec<String>,
+    unopenable: u64,
+}
+
+impl Gaps {
+    fn note(&mut self, reason: Incomplete, warning: String) {
+        if !self.reasons.contains(&reason) {
+            self.reasons.push(reason);
+        }
+        self.warnings.push(warning);
+    }
+
+    /// What one node's answer says of its own coverage (`who`: "this
+    /// node", or the node's name).
+    fn share(&mut self, who: &str, role: &RoleName, r: &SearchResults) {
+        match &r.coverage {
+            Coverage::Complete => {}
+            Coverage::Rebuilding { read, expected } => self.note(
+                Incomplete::IndexRebuilding,
+                format!(
+                    "the index of {who} is still being rebuilt from its store ({read}{} records read): matches among the rest are missing",
+                    expected.map(|n| format!(" of at most {n}")).unwrap_or_default()
+                ),
+            ),
+            Coverage::Failed { error } => self.note(
+                Incomplete::IndexRebuildFailed,
+                format!(
+                    "the index rebuild of {who} failed ({error}): matches among the records it did not reach are missing (`slurp workers --run index-rebuild` there retries)"
+                ),
+            ),
+        }
+        if r.unopenable > 0 {
+            self.unopenable += r.unopenable;
+            self.note(
+                Incomplete::UnopenableRecords,
+                format!(
+                    "{} readable by role {role} {} held by {who} but cannot be opened there (no key held, or corrupt), so {} not searched",
+                    if r.unopenable == 1 {
+                        "1 record".to_string()
+                    } else {
+                        format!("{} records", r.unopenable)
+                    },
+                    if r.unopenable == 1 { "is" } else { "are" },
+                    if r.unopenable == 1 { "it was" } else { "they were" },
+                ),
+            );
+        }
+    }
+
+    /// Fills the response's fields (warnings after those it has).
+    fn apply(self, resp: &mut SearchResponse) {
+        if resp.partial
+            && !resp
+                .incomplete_reasons
+                .contains(&Incomplete::MissingPartitions)
+        {
+            resp.incomplete_reasons.push(Incomplete::MissingPartitions);
+        }
+        for r in self.reasons {
+            if !resp.incomplete_reasons.contains(&r) {
+                resp.incomplete_reasons.push(r);
+            }
+        }
+        resp.warnings.extend(self.warnings);
+        resp.unopenable += self.unopenable;
+        resp.incomplete = !resp.incomplete_reasons.is_empty();
+    }
 }
 
 fn remote_err(e: impl std::fmt::Display) -> Wire {
@@ -175,6 +289,8 @@ impl ContextStore {
             self.0
                 .metrics
                 .record("search", "index", true, index_start.elapsed());
+            let mut gaps = Gaps::default();
+            gaps.share("this node", &caller.role, &results);
             let mut hits = Vec::with_capacity(results.hits.len());
             for hit in results.hits {
                 let Ok(addr) = UcxlAddress::from_key(&hit.key) else {
@@ -190,10 +306,15 @@ impl ContextStore {
                     }),
                     // Deleted or expired since it was indexed.
                     Err(StoreError::NotFound(_) | StoreError::Deleted { .. }) => {}
+                    // Indexed with another role's key this node holds.
+                    Err(e @ StoreError::NoKey(_)) => gaps.note(
+                        Incomplete::HitsLeftOut,
+                        format!("hit {} left out: {e}", hit.key),
+                    ),
                     Err(e) => return Err(e),
                 }
             }
-            Ok(SearchResponse {
+            let mut resp = SearchResponse {
                 total_hits: results.total_hits,
                 hits,
                 facets: results.facets,
@@ -203,7 +324,12 @@ impl ContextStore {
                 partial: false,
                 missing_partitions: Vec::new(),
                 nodes: 1,
-            })
+                incomplete: false,
+                incomplete_reasons: Vec::new(),
+                unopenable: 0,
+            };
+            gaps.apply(&mut resp);
+            Ok(resp)
         })
         .await
     }
@@ -439,8 +565,17 @@ impl ContextStore {
             let mut hits: Vec<SearchHit> = Vec::new();
             let mut facets = FacetCounts::default();
             let mut warnings: Vec<String> = Vec::new();
+            let mut gaps = Gaps::default();
             let mut nodes = 0usize;
             for (peer, r) in answers {
+                if let Ok(Share::Results(results)) = &r {
+                    let who = if peer == cluster.me() {
+                        "this node".to_string()
+                    } else {
+                        format!("node {}", cluster_peer_label(cluster, &peer))
+                    };
+                    gaps.share(&who, &caller.role, results);
+                }
                 match r {
                     Ok(Share::Results(SearchResults {
                         total_hits: t,
@@ -518,15 +653,25 @@ impl ContextStore {
                         context: read.context,
                     }),
                     (_, Err(StoreError::NotFound(_) | StoreError::Deleted { .. })) => {}
-                    (hit, Err(e @ (StoreError::Quorum { .. } | StoreError::Unavailable(_)))) => {
-                        warnings.push(format!("hit {} left out: {e}", hit.key));
+                    (
+                        hit,
+                        Err(
+                            e @ (StoreError::Quorum { .. }
+                            | StoreError::Unavailable(_)
+                            | StoreError::NoKey(_)),
+                        ),
+                    ) => {
+                        gaps.note(
+                            Incomplete::HitsLeftOut,
+                            format!("hit {} left out: {e}", hit.key),
+                        );
                     }
                     (_, Err(e)) => return Err(e),
                 }
             }
             missing.sort_unstable();
             missing.dedup();
-            Ok(SearchResponse {
+            let mut resp = SearchResponse {
                 total_hits,
                 hits: out,
                 facets,
@@ -536,7 +681,12 @@ impl ContextStore {
                 partial: !missing.is_empty(),
                 missing_partitions: missing,
                 nodes,
-            })
+                incomplete: false,
+                incomplete_reasons: Vec::new(),
+                unopenable: 0,
+            };
+            gaps.apply(&mut resp);
+            Ok(resp)
         })
         .await
     }
