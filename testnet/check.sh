@@ -29,10 +29,9 @@ fi
 if [ "${SLURP_CHECK_SMOKE:-1}" != 0 ]; then
   export SLURP_TESTNET_PROFILE=debug
   # The test build above just made target/debug/slurp from these sources
-  # (with the dev-dependencies' features: reqwest's `blocking`, figment's
-  # `test`). `cargo build --bin slurp` would compile reqwest, figment and
-  # slurp-node again without them (about a minute on a loaded 2-core
-  # machine) for no gain, so the testnet runs the binary the tests ran.
+  # (node/Cargo.toml gives the normal dependencies the tests' features, so
+  # it is the binary `cargo build` makes): the testnet runs the binary the
+  # tests ran, without asking cargo again.
   export SLURP_TESTNET_BUILD=0
   SLURP_TESTNET_DIR=$(mktemp -d)
   export SLURP_TESTNET_DIR
