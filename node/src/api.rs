@@ -747,6 +747,94 @@ async fn revoke_token(
     Ok(Json(entry))
 }
 
+/// [`require_admin`] for the audit and key routes, which are themselves
+/// audited: the call is recorded as `action` on `target`, allowed or denied.
+async fn admin_audited(
+    node: &Node,
+    caller: &Principal,
+    action: &str,
+    target: &str,
+) -> Result<(), ApiError> {
+    let action_of = || slurp_crypto::AuditAction::Other(action.into());
+    match require_admin(node, caller) {
+        Ok(()) => {
+            node.store
+                .audit()
+                .allow(&caller.token_id, &caller.role, action_of(), target)
+                .await;
+            Ok(())
+        }
+        Err(e) => {
+            node.store
+                .audit()
+                .deny(
+                    &caller.token_id,
+                    &caller.role,
+                    action_of(),
+                    target,
+                    "needs master authority",
+                )
+                .await;
+            Err(e)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    /// Entries to return, the newest last.
+    #[serde(default = "default_audit_limit")]
+    limit: usize,
+}
+
+fn default_audit_limit() -> usize {
+    20
+}
+
+/// Most entries one tail returns.
+const MAX_AUDIT_TAIL: usize = 10_000;
+
+/// The last entries of the node's audit log (admin). Includes this call.
+async fn audit_tail(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_audited(&node, &caller, "audit_tail", "audit.log").await?;
+    node.store.audit().flush().await;
+    let (log, limit) = (node.audit_log.clone(), q.limit.min(MAX_AUDIT_TAIL));
+    let tail = tokio::task::spawn_blocking(move || crate::audit::tail(&log, limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit", e.to_string()))?;
+    Ok(Json(tail))
+}
+
+/// Verifies the whole hash chain of the audit log and its head file
+/// (admin). A broken chain is `ok: false` with a 200: the check worked.
+async fn audit_verify(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_audited(&node, &caller, "audit_verify", "audit.log").await?;
+    node.store.audit().flush().await;
+    let log = node.audit_log.clone();
+    let verdict = tokio::task::spawn_blocking(move || crate::audit::verify(&log))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit", e.to_string()))?;
+    Ok(Json(verdict))
+}
+
+/// Every role key this node knows, by fingerprint (admin).
+async fn list_keys(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_audited(&node, &caller, "key_list", "keys").await?;
+    Ok(Json(json!({"keys": node.custody.key_views()})))
+}
+
 async fn whoami(Caller(caller): Caller) -> impl IntoResponse {
     Json(json!({"token_id": caller.token_id, "role": caller.role}))
 }
@@ -767,6 +855,7 @@ async fn status(
         }
         None => json!({"enabled": false}),
     };
+    let keyring = node.custody.keyring();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "writer_id": node.store.writer().as_str(),
@@ -777,6 +866,10 @@ async fn status(
         "workers": node.workers.list(),
         "batches": node.store.batches().list(),
         "roles": node.store.roles().roles().collect::<Vec<_>>(),
+        // The fingerprint of each role's current key (null: none known).
+        "keys": node.store.roles().roles().map(|r| {
+            (r.to_string(), json!(keyring.current_public(r).map(|k| k.fingerprint().to_hex())))
+        }).collect::<serde_json::Map<_, _>>(),
         "cluster": {
             "peer_id": node.cluster.me(),
             "layout_version": node.cluster.layout_version(),
@@ -1111,6 +1204,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/tokens"),
     ("get", "/v1/tokens"),
     ("delete", "/v1/tokens/{id}"),
+    ("get", "/v1/audit"),
+    ("post", "/v1/audit/verify"),
+    ("get", "/v1/keys"),
     ("get", "/v1/whoami"),
     ("get", "/v1/status"),
     ("get", "/v1/workers"),
@@ -1145,6 +1241,9 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/links", get(links))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/v1/audit", get(audit_tail))
+        .route("/v1/audit/verify", post(audit_verify))
+        .route("/v1/keys", get(list_keys))
         .route("/v1/whoami", get(whoami))
         .route("/v1/status", get(status))
         .route("/v1/workers", get(workers))

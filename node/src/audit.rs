@@ -10,13 +10,18 @@
 //! because the log repairs a torn tail on open. When the queue is full a
 //! request waits for room rather than dropping its entry: audit is never
 //! silently skipped.
+//!
+//! The same module reads the log back for operators (`GET /v1/audit`,
+//! `POST /v1/audit/verify`): the tail and the verdict come from the crypto
+//! crate's reader and verifier, never a second copy of the chain rules.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use slurp_crypto::{AuditAction, AuditLog, AuditRecord, Decision};
+use slurp_crypto::{AuditAction, AuditError, AuditLog, AuditRecord, Decision, EntryHash};
 use slurp_protocol::RoleName;
 use tokio::sync::{mpsc, oneshot};
 
@@ -144,5 +149,146 @@ impl AuditSink {
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+/// One audit entry as the API shows it: the stored fields, with the action
+/// as its name, hashes as hex and the entry's own hash (its chain position).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EntryView {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub actor: String,
+    pub role: Option<RoleName>,
+    pub action: String,
+    pub target: String,
+    pub decision: Decision,
+    pub reason: String,
+    /// Hash of the entry before (the genesis value for seq 1).
+    pub prev: String,
+    /// Hash of this entry: what the next entry, or the head, chains to.
+    pub hash: String,
+}
+
+/// The last entries of the log, oldest first.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditTail {
+    pub entries: Vec<EntryView>,
+    /// Entries read from the start of the log.
+    pub total: u64,
+    /// Why reading stopped early: the chain is broken after `total`
+    /// entries (see `POST /v1/audit/verify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The last `limit` entries of `log`. Reading walks (and so checks) the
+/// chain from the start; a break ends the tail at the last good entry and
+/// is reported in [`AuditTail::error`] rather than hiding the entries
+/// before it.
+pub fn tail(log: &AuditLog, limit: usize) -> Result<AuditTail, AuditError> {
+    let mut it = log.iter()?;
+    let mut entries = VecDeque::with_capacity(limit.min(1024));
+    let mut total = 0;
+    let mut error = None;
+    loop {
+        match it.next_entry() {
+            Ok(Some((_, e, hash))) => {
+                total += 1;
+                if limit == 0 {
+                    continue;
+                }
+                if entries.len() == limit {
+                    entries.pop_front();
+                }
+                entries.push_back(view(e, hash));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Ok(AuditTail {
+        entries: entries.into(),
+        total,
+        error,
+    })
+}
+
+fn view(e: slurp_crypto::AuditEntry, hash: EntryHash) -> EntryView {
+    EntryView {
+        seq: e.seq,
+        time_ms: e.time_ms,
+        actor: e.actor,
+        role: e.role,
+        action: e.action.to_string(),
+        target: e.target,
+        decision: e.decision,
+        reason: e.reason,
+        prev: e.prev.to_string(),
+        hash: hash.to_string(),
+    }
+}
+
+/// The verdict on the whole log: chain and head file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditVerdict {
+    pub ok: bool,
+    /// Entries verified (when `ok`).
+    pub entries: u64,
+    /// The last entry, `<seq>:<hash>` (when `ok`): anchor it elsewhere to
+    /// detect entries later dropped from the end.
+    pub head: Option<String>,
+    /// What the head file records, `<seq>:<hash>`.
+    pub head_file: Option<String>,
+    /// The first entry found broken (or missing), when not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken_seq: Option<u64>,
+    /// What is wrong, naming the entry and its offset, when not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Verifies `log` on disk against its head file with
+/// [`AuditLog::verify`].
+pub fn verify(log: &AuditLog) -> AuditVerdict {
+    let head_file = slurp_crypto::audit::read_head_file(log.head_path())
+        .ok()
+        .flatten()
+        .map(|h| h.to_string());
+    match log.verify() {
+        Ok(r) => AuditVerdict {
+            ok: true,
+            entries: r.entries,
+            head: Some(r.last.to_string()),
+            head_file,
+            broken_seq: None,
+            error: None,
+        },
+        Err(e) => AuditVerdict {
+            ok: false,
+            entries: 0,
+            head: None,
+            head_file,
+            broken_seq: broken_seq(&e),
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// The seq of the first entry a verification error names as broken or
+/// missing.
+fn broken_seq(e: &AuditError) -> Option<u64> {
+    match e {
+        AuditError::Malformed { seq, .. }
+        | AuditError::ChainBroken { seq, .. }
+        | AuditError::HeadMismatch { seq, .. } => Some(*seq),
+        AuditError::SeqMismatch { expected, .. } => Some(*expected),
+        AuditError::HeadAhead { last_seq, .. } | AuditError::TruncatedTail { last_seq, .. } => {
+            Some(last_seq + 1)
+        }
+        _ => None,
     }
 }

@@ -8,6 +8,10 @@
 //! in the roles file; a role added to the file later gets its key at the
 //! next start. The keyring is behind a lock so rotation (a later capability)
 //! can swap it while requests run.
+//!
+//! Keys are named by their fingerprint wherever they are shown
+//! (`GET /v1/keys`, `/v1/status`, audit entries of key generation), so an
+//! operator can match what a node reports against the key files.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -125,7 +129,44 @@ impl Custody {
     }
 }
 
-/// Where the node key file lives.
+/// One role key a node knows, as `GET /v1/keys` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyView {
+    pub role: String,
+    pub epoch: u32,
+    /// 32 hex characters, see docs/crypto.md "Fingerprint".
+    pub fingerprint: String,
+    /// Whether this node holds the private key (can open records sealed
+    /// to it).
+    pub held: bool,
+    /// Whether this is the role's current key (the highest epoch known):
+    /// the one new records are sealed to.
+    pub current: bool,
+}
+
+impl Custody {
+    /// Every role key the node knows (held or public only), by role then
+    /// epoch.
+    pub fn key_views(&self) -> Vec<KeyView> {
+        let keyring = self.keyring();
+        keyring
+            .public_keys()
+            .map(|k| {
+                let fp = k.fingerprint();
+                KeyView {
+                    role: k.role().to_string(),
+                    epoch: k.epoch(),
+                    fingerprint: fp.to_hex(),
+                    held: keyring.get(&fp).is_some(),
+                    current: keyring
+                        .current_public(k.role())
+                        .is_some_and(|c| c.fingerprint() == fp),
+                }
+            })
+            .collect()
+    }
+}
+
 impl Custody {
     /// A proof that the node holding this custody holds `role`'s current
     /// key, bound to one forwarded API call from `sender` (its peer id).
@@ -181,6 +222,7 @@ impl Custody {
     }
 }
 
+/// Where the node key file lives.
 pub fn node_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("node.key")
 }
@@ -211,6 +253,32 @@ mod tests {
                 .fingerprint(),
             fp
         );
+    }
+
+    #[test]
+    fn key_views_name_every_key_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Custody::open(
+            dir.path(),
+            &RoleSet::default(),
+            &KeysConfig::default(),
+            None,
+        )
+        .unwrap();
+        let views = c.key_views();
+        assert_eq!(views.len(), 4);
+        let on_disk: Vec<String> = c
+            .keystore()
+            .list()
+            .unwrap()
+            .iter()
+            .map(|i| i.fingerprint.to_hex())
+            .collect();
+        for v in &views {
+            assert!(v.held && v.current && v.epoch == 1, "{v:?}");
+            assert_eq!(v.fingerprint.len(), 32);
+            assert!(on_disk.contains(&v.fingerprint), "{v:?} not in {on_disk:?}");
+        }
     }
 
     #[test]

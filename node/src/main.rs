@@ -145,6 +145,13 @@ enum Command {
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The node's audit log: the last entries, or a check of its hash
+    /// chain (admin).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Role keys the node knows, by fingerprint (admin).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Node status: store, index, cache, workers, batches.
     Status {
         #[command(flatten)]
@@ -404,6 +411,32 @@ enum BatchCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// The last entries of the audit log, oldest first.
+    Tail {
+        /// How many entries (at most 10000).
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Verify the whole hash chain and the head; exits 5 when it is broken.
+    Verify {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Every role key: role, epoch, fingerprint, held here, current.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum TokenCommand {
     /// Create a token for a role; prints it once.
     Create {
@@ -546,6 +579,45 @@ fn print_as(json: bool, v: &Value, text: impl FnOnce(&Value) -> String) -> Resul
 /// `1 hit`, `2 hits`.
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// One line per audit entry: seq, UTC time, decision, actor and role,
+/// action, target, and the reason of a denial.
+fn show_audit_tail(v: &Value) -> String {
+    let mut lines: Vec<String> = v["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let time = e["time_ms"]
+                .as_u64()
+                .map(|ms| {
+                    humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + Duration::from_millis(ms),
+                    )
+                    .to_string()
+                })
+                .unwrap_or_default();
+            let mut line = format!(
+                "{:>6} {} {:<5} {} ({}) {} {}",
+                e["seq"].as_u64().unwrap_or(0),
+                time,
+                e["decision"].as_str().unwrap_or(""),
+                e["actor"].as_str().unwrap_or(""),
+                e["role"].as_str().unwrap_or("-"),
+                e["action"].as_str().unwrap_or(""),
+                e["target"].as_str().unwrap_or("")
+            );
+            if let Some(r) = e["reason"].as_str().filter(|r| !r.is_empty()) {
+                line.push_str(&format!(": {r}"));
+            }
+            line
+        })
+        .collect();
+    if let Some(err) = v["error"].as_str() {
+        lines.push(format!("(the log is broken after this: {err})"));
+    }
+    lines.join("\n")
 }
 
 fn show_context(v: &Value) -> String {
@@ -1414,6 +1486,64 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 out
+            })?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Tail { limit, c }) => {
+            let v = client(&c)?
+                .get("/v1/audit", &[("limit", limit.to_string())])
+                .await?;
+            print(&c, &v, show_audit_tail)?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { c }) => {
+            let v = client(&c)?.post("/v1/audit/verify", &json!({})).await?;
+            print(&c, &v, |v| {
+                if v["ok"].as_bool() == Some(true) {
+                    format!(
+                        "audit log ok: {} entries, head {}",
+                        v["entries"],
+                        v["head"].as_str().unwrap_or("")
+                    )
+                } else {
+                    String::new()
+                }
+            })?;
+            if v["ok"].as_bool() != Some(true) {
+                return Err(invalid(format!(
+                    "the audit log is broken: {}",
+                    v["error"].as_str().unwrap_or("unknown error")
+                )));
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::List { c }) => {
+            let v = client(&c)?.get("/v1/keys", &[]).await?;
+            print(&c, &v, |v| {
+                v["keys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|k| {
+                        format!(
+                            "{:<12} epoch {:<3} {}  {}{}",
+                            k["role"].as_str().unwrap_or(""),
+                            k["epoch"].as_u64().unwrap_or(0),
+                            k["fingerprint"].as_str().unwrap_or(""),
+                            if k["held"].as_bool() == Some(true) {
+                                "held"
+                            } else {
+                                "public only"
+                            },
+                            if k["current"].as_bool() == Some(true) {
+                                ", current"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })?;
             Ok(())
         }
