@@ -103,18 +103,37 @@ async fn serve(
         && cluster.layout().is_some()
         && !cluster.accepts_from(&peer)
     {
-        if custody.check_forward_proof(
-            &proof.0,
-            caller_role,
-            &peer.to_base58(),
-            method,
-            path,
-            &body.0,
-        ) {
+        let sender = peer.to_base58();
+        let verified =
+            custody.check_forward_proof(&proof.0, caller_role, &sender, method, path, &body.0);
+        // The proof names a key: the audit entry says which (by
+        // fingerprint), and which peer proved it.
+        let key = custody
+            .keyring()
+            .current(caller_role)
+            .map(|k| k.fingerprint().to_hex());
+        let target: String = format!("{method} {path}").chars().take(256).collect();
+        let action = || slurp_crypto::AuditAction::Other("forward".into());
+        if verified {
+            let mut record = slurp_crypto::AuditRecord::allow(&sender, action(), target)
+                .with_role(caller_role.clone());
+            record.reason = format!("proved key {}", key.unwrap_or_default());
+            store.audit().record(record).await;
             if let Request::Forward(r) = request {
                 return Response::Forward(crate::api::serve_forward(forward, r).await);
             }
         } else {
+            let reason = match &key {
+                Some(fp) => format!("proof does not verify against key {fp}"),
+                None => "this node holds no key of the role".to_string(),
+            };
+            store
+                .audit()
+                .record(
+                    slurp_crypto::AuditRecord::deny(&sender, action(), target, reason)
+                        .with_role(caller_role.clone()),
+                )
+                .await;
             return Response::Forward(ForwardResponse::Error(RemoteError {
                 code: ErrorCode::Forbidden,
                 message: format!("the call's proof for role {caller_role} does not verify"),

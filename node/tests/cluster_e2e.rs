@@ -107,6 +107,31 @@ fn join_forward_and_leave_through_the_cli() {
         let v = n.json(&n.admin, &["get", ADDR]);
         assert_eq!(v["context"]["summary"], "through a non-member");
     }
+    // The member that took it audited which peer proved which key.
+    let n3_peer = status(&n3)["peer_id"].as_str().unwrap().to_string();
+    let admin_fp = n1.json(&n1.admin, &["keys", "list"])["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "admin" && k["current"] == true)
+        .unwrap()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forwarded: Vec<Value> = [&n1, &n2]
+        .iter()
+        .flat_map(|n| {
+            let tail = n.json(&n.admin, &["audit", "tail", "-n", "200"]);
+            tail["entries"].as_array().unwrap().clone()
+        })
+        .filter(|e| e["action"] == "forward" && e["actor"] == n3_peer.as_str())
+        .collect();
+    assert!(!forwarded.is_empty(), "no forward entry from {n3_peer}");
+    for e in &forwarded {
+        assert_eq!(e["decision"], "allow", "{e}");
+        assert_eq!(e["role"], "admin", "{e}");
+        assert_eq!(e["reason"], format!("proved key {admin_fp}"), "{e}");
+    }
     // Forwarded calls keep the caller's role: a developer token of n3
     // cannot read an architect record through n1.
     let arch = "ucxl://claude:architect@shop:checkout/*^/docs/adr.md";
