@@ -147,6 +147,39 @@ async fn a_put_over_a_deleted_version_needs_the_authority_of_a_put_over_the_live
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_reader_of_a_deleted_record_learns_that_it_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(dir.path()).await;
+    let s = &node.store;
+    let (arch, dev) = (who("architect"), who("developer"));
+    let a = UcxlAddress::parse(ARCH).unwrap();
+    s.put(
+        &arch,
+        PutRequest::new(ctx(ARCH, "secret plan", &["architect"])),
+    )
+    .await
+    .unwrap();
+    s.delete(&arch, &a).await.unwrap();
+    // The architect sees "deleted"; the developer is refused as for the
+    // live record, not told that something was there.
+    assert!(matches!(
+        s.get(&arch, &a).await,
+        Err(StoreError::Deleted { .. })
+    ));
+    for e in [
+        s.get(&dev, &a).await.unwrap_err(),
+        s.get(&dev, &a.with_temporal(slurp_protocol::Temporal::Version(2)))
+            .await
+            .unwrap_err(),
+        s.delete(&dev, &a).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, StoreError::Forbidden { .. }), "{e}");
+    }
+    let denied = denials_of(&node, "test-developer").await;
+    assert!(denied.iter().any(|e| e.target == a.key()), "{denied:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_without_readers_fall_back_to_the_deleted_version_or_to_master() {
     let dir = tempfile::tempdir().unwrap();
     let node = lone_node(dir.path()).await;

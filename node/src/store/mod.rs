@@ -748,6 +748,9 @@ impl ContextStore {
                 return Err(StoreError::NotFound(address.to_string()));
             };
             if latest.tombstone {
+                // Only a role that could read what was deleted learns that
+                // it existed.
+                self.require_tombstone_reader(caller, &key, &latest).await?;
                 return Err(StoreError::Deleted {
                     address: address.to_string(),
                     version: latest.version.clone(),
@@ -858,6 +861,8 @@ impl ContextStore {
             match self.0.store.latest(&key)? {
                 Latest::Live { record, ordinal } => (record, ordinal),
                 Latest::Deleted { tombstone, .. } => {
+                    self.require_tombstone_reader(caller, &key, &tombstone)
+                        .await?;
                     return Err(StoreError::Deleted {
                         address: address.to_string(),
                         version: tombstone.version,
@@ -967,6 +972,7 @@ impl ContextStore {
             .metrics
             .record("get", "cluster", true, start.elapsed());
         if meta.tombstone {
+            self.require_tombstone_reader(caller, &key, &meta).await?;
             return Err(StoreError::Deleted {
                 address: address.to_string(),
                 version: meta.version,
@@ -1021,6 +1027,23 @@ impl ContextStore {
                 "role is not a reader of the record",
             )
             .await)
+    }
+
+    /// A tombstone answers "deleted" only to a role that could read what it
+    /// deleted (its readers); others are refused as for the live record,
+    /// so the answer does not reveal that the address ever held anything
+    /// they may not read. Tombstones written before they carried readers
+    /// (none recorded) answer "deleted" to anyone, as they always did.
+    async fn require_tombstone_reader(
+        &self,
+        caller: &Principal,
+        key: &str,
+        tombstone: &RecordMeta,
+    ) -> Result<(), StoreError> {
+        if tombstone.readers.is_empty() {
+            return Ok(());
+        }
+        self.require_reader(caller, key, tombstone).await
     }
 
     /// Opens a stored record with `role`'s key: the stanza for that role is
