@@ -3,12 +3,15 @@
 //! client: what a user of `slurp get`, `slurp search` and `slurp cluster
 //! status` sees in the answers and the errors.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{copy_keys, wait_until};
 use serde_json::{Value, json};
 use slurp_node::config::NodeConfig;
 use slurp_node::error::StoreError;
@@ -45,27 +48,6 @@ fn config(dir: &Path, i: usize, cluster: bool) -> NodeConfig {
     c.cluster.read_quorum = 2;
     c.cluster.partition_bits = 4;
     c
-}
-
-fn copy_keys(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("keys")).unwrap();
-    for e in std::fs::read_dir(from.join("keys")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join("keys").join(e.file_name())).unwrap();
-    }
-    // The key the role keys are sealed to (not the network identity).
-    std::fs::copy(from.join("node.key"), to.join("node.key")).unwrap();
-}
-
-async fn wait_until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {limit:?}");
 }
 
 /// Node 0 served over HTTP; the others reachable only through the
@@ -116,7 +98,7 @@ impl Nodes {
     }
 
     async fn converged(&self, members: usize) {
-        wait_until("layout convergence", Duration::from_secs(90), async || {
+        wait_until("layout convergence", async || {
             let mut layouts = vec![self.first.cluster.layout()];
             layouts.extend(self.others.iter().flatten().map(|n| n.cluster.layout()));
             layouts.iter().all(|l| {
@@ -284,14 +266,10 @@ async fn broken_search_syntax_is_one_clear_error(nodes: &Nodes) {
         assert_eq!(body["partial"], false, "{text}: {body}");
     }
     // The index commits within about a second of a write.
-    wait_until(
-        "search finds the writes",
-        Duration::from_secs(90),
-        async || {
-            let (_, body) = nodes.search(&dev, "token refresh").await;
-            body["total_hits"] == 1
-        },
-    )
+    wait_until("search finds the writes", async || {
+        let (_, body) = nodes.search(&dev, "token refresh").await;
+        body["total_hits"] == 1
+    })
     .await;
 }
 
@@ -411,13 +389,13 @@ async fn quorum_errors_name_the_write_and_the_nodes_and_recovery_clears_them() {
             .cloned()
             .unwrap()
     };
-    wait_until("node 1 seen down", Duration::from_secs(90), async || {
+    wait_until("node 1 seen down", async || {
         let m = member(&nodes, &p1).await;
         m["up"] == false && m["last_error"].is_string()
     })
     .await;
     nodes.restart(1).await;
-    wait_until("node 1 seen up", Duration::from_secs(90), async || {
+    wait_until("node 1 seen up", async || {
         member(&nodes, &p1).await["up"] == true
     })
     .await;

@@ -3,10 +3,13 @@
 //! failure and distributed search, through the real store, swarm and
 //! cluster code (no sockets, no mocks).
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{LIVENESS, copy_keys, wait_until};
 use slurp_index::{ContextIndex, IndexConfig, IndexEntry, SearchQuery};
 use slurp_node::config::NodeConfig;
 use slurp_node::error::StoreError;
@@ -73,35 +76,6 @@ fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> NodeConf
     c.cluster.read_quorum = 2.min(o.rf);
     c.cluster.partition_bits = 6;
     c
-}
-
-fn copy_keys(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("keys")).unwrap();
-    for e in std::fs::read_dir(from.join("keys")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join("keys").join(e.file_name())).unwrap();
-    }
-    let nk = from.join("node.key");
-    if nk.exists() {
-        std::fs::copy(&nk, to.join("node.key")).unwrap();
-    }
-}
-
-/// How long a test waits for something that normally takes well under a
-/// second (a layout to converge, a replica to catch up). Only a bound that
-/// ends a broken test: on a loaded machine (CI, a parallel build) these
-/// take many times longer, and no test asserts how fast they are.
-const LIVENESS: Duration = Duration::from_secs(90);
-
-async fn wait_until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {limit:?}");
 }
 
 impl Cluster {
@@ -190,7 +164,7 @@ impl Cluster {
     /// Waits until every running node holds a layout of `members` members,
     /// all with the same version.
     async fn converged(&self, members: usize) {
-        wait_until("layout convergence", LIVENESS, async || {
+        wait_until("layout convergence", async || {
             let layouts: Vec<_> = self
                 .nodes
                 .iter()
@@ -214,7 +188,7 @@ impl Cluster {
             .flatten()
             .map(|n| n.net.peer_id().to_base58())
             .collect();
-        wait_until("members see each other up", LIVENESS, async || {
+        wait_until("members see each other up", async || {
             self.nodes.iter().flatten().all(|n| {
                 let me = n.net.peer_id().to_base58();
                 running.iter().filter(|p| **p != me).all(|p| {
@@ -253,7 +227,7 @@ async fn nodes_auto_join_and_every_node_reads_what_one_wrote() {
         assert_eq!(r.context.summary, "bearer token checks");
     }
     // Replication put the sealed record in every replica's own store.
-    wait_until("all replicas stored", LIVENESS, async || {
+    wait_until("all replicas stored", async || {
         (0..3).all(|i| {
             c.node(i)
                 .store
@@ -326,7 +300,7 @@ async fn restarted_nodes_find_each_other_without_their_bootstrap_peer() {
         .unwrap();
     c.restart_in_place(1, vec![gone.clone()]).await;
     c.restart_in_place(2, vec![gone]).await;
-    wait_until("1 and 2 reconnect", LIVENESS, async || {
+    wait_until("1 and 2 reconnect", async || {
         c.node(1).cluster.peers().view(&c.peer(2)).up
     })
     .await;
@@ -355,7 +329,7 @@ async fn an_admin_joins_and_removes_members() {
     })
     .await;
     // Wait until node 0 has heard from both peers.
-    wait_until("peers known", LIVENESS, async || {
+    wait_until("peers known", async || {
         let s = c.node(0).cluster.status();
         s.others.iter().filter(|p| p.name.is_some()).count() == 2
     })
@@ -460,7 +434,7 @@ async fn a_read_repairs_a_replica_that_missed_a_write() {
         .put(&admin(), PutRequest::new(ctx(A, "first")))
         .await
         .unwrap();
-    wait_until("node 2 has the first version", LIVENESS, async || {
+    wait_until("node 2 has the first version", async || {
         c.node(2)
             .store
             .local()
@@ -508,7 +482,7 @@ async fn a_read_repairs_a_replica_that_missed_a_write() {
         .unwrap();
     assert_eq!(r.version, second.version);
     assert_eq!(r.context.summary, "second");
-    wait_until("node 2 repaired", LIVENESS, async || {
+    wait_until("node 2 repaired", async || {
         local(&c).as_deref() == Some(second.version.as_str())
     })
     .await;
@@ -612,12 +586,9 @@ async fn hinted_handoff_returns_versions_to_a_replica_that_was_down() {
             })
             .sum::<u64>()
     };
-    wait_until("a fallback holds a hint", LIVENESS, async || {
-        hinted(&c) == 1
-    })
-    .await;
+    wait_until("a fallback holds a hint", async || hinted(&c) == 1).await;
     c.restart(down_i).await;
-    wait_until("the hint is handed back", LIVENESS, async || {
+    wait_until("the hint is handed back", async || {
         hinted(&c) == 0
             && c.node(down_i)
                 .store
@@ -686,7 +657,7 @@ async fn cluster_search_ranks_like_one_index_and_reports_missing_partitions() {
         let want = single.search(&q).unwrap();
         let mut got = None;
         // Replicas index within about a second of a write.
-        wait_until("search settles", LIVENESS, async || {
+        wait_until("search settles", async || {
             let r = c.node(1).store.search(&dev, q.clone()).await.unwrap();
             let ok = r.total_hits == want.total_hits;
             got = Some(r);

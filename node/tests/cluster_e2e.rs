@@ -4,55 +4,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, TestNode};
+use common::{TestNode, copy_keys, free_port, peer_id, wait};
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn peer_id(data: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["node", "peer-id", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn copy_keys(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("keys")).unwrap();
-    for e in std::fs::read_dir(from.join("keys")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join("keys").join(e.file_name())).unwrap();
-    }
-    if from.join("node.key").exists() {
-        std::fs::copy(from.join("node.key"), to.join("node.key")).unwrap();
-    }
-}
 
 fn status(n: &TestNode) -> Value {
     n.json(&n.admin, &["cluster", "status"])
-}
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within 30 s");
 }
 
 fn members(v: &Value) -> usize {

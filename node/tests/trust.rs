@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{TestNode, http};
+use common::{TestNode, copy_keys, free_port, http, peer_id, wait};
 use serde_json::{Value, json};
 use slurp_crypto::{AuditAction, AuditConfig, AuditEntry, AuditFilter, AuditLog, Decision};
 use slurp_node::config::NodeConfig;
@@ -552,47 +552,6 @@ fn the_cli_creates_tokens_with_limits() {
 }
 
 // ---- in a cluster, with the real binary --------------------------------
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn peer_id(data: &Path) -> String {
-    let out = std::process::Command::new(common::BIN)
-        .args(["node", "peer-id", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn copy_keys(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("keys")).unwrap();
-    for e in std::fs::read_dir(from.join("keys")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join("keys").join(e.file_name())).unwrap();
-    }
-    if from.join("node.key").exists() {
-        std::fs::copy(from.join("node.key"), to.join("node.key")).unwrap();
-    }
-}
-
-/// Waits for `f`, 90 s at most (a liveness bound, not a speed claim).
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within 90 s");
-}
 
 #[test]
 fn every_cluster_member_enforces_token_limits_and_tombstone_readers() {

@@ -5,10 +5,12 @@
 //! in the status, and searches in their scope say they are incomplete.
 //! While the index is rebuilt, `/health` is not ready and searches say so.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use common::wait_until;
 use serde_json::{Value, json};
 use slurp_crypto::{Envelope, RoleKey};
 use slurp_node::config::NodeConfig;
@@ -45,19 +47,6 @@ fn config(dir: &std::path::Path) -> NodeConfig {
     c.index.commit_every_ops = 1;
     c.net.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     c
-}
-
-async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    // A liveness bound, not a speed claim.
-    let limit = Duration::from_secs(90);
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: not within {limit:?}");
 }
 
 /// A node served over HTTP on 127.0.0.1.

@@ -199,3 +199,67 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// How long a test waits for something that takes well under a second on
+/// an idle machine (a node to start, a layout to converge, a replica to
+/// catch up): only a bound that ends a broken test. On a loaded machine
+/// these take many times longer, and no test asserts how fast they are.
+pub const LIVENESS: Duration = Duration::from_secs(90);
+
+/// Polls `f` until it holds, for at most [`LIVENESS`].
+pub fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIVENESS;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within {LIVENESS:?}");
+}
+
+/// Polls the async `f` until it holds, for at most [`LIVENESS`].
+pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < LIVENESS {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within {LIVENESS:?}");
+}
+
+/// A TCP port free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The peer id of the node whose data directory is `data` (made if new).
+pub fn peer_id(data: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["node", "peer-id", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Copies the role keys (and the node key they are sealed to) of one data
+/// directory into another, as the testnet does until keys travel through
+/// the swarm.
+pub fn copy_keys(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("keys")).unwrap();
+    for e in std::fs::read_dir(from.join("keys")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("keys").join(e.file_name())).unwrap();
+    }
+    if from.join("node.key").exists() {
+        std::fs::copy(from.join("node.key"), to.join("node.key")).unwrap();
+    }
+}
