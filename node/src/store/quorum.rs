@@ -99,6 +99,20 @@ pub(crate) fn cluster_peer_label(cluster: &Cluster, peer: &str) -> String {
     peer_label(name.as_deref(), peer)
 }
 
+/// A read of `key` that fewer than `need` replicas answered, with each
+/// replica named as the cluster knows it.
+fn read_quorum_failed(
+    cluster: &Cluster,
+    key: &str,
+    need: usize,
+    acked: usize,
+    failed: &[(String, String)],
+) -> StoreError {
+    quorum_failed("read", &address_of(key), need, acked, failed, |p| {
+        cluster_peer_label(cluster, p)
+    })
+}
+
 /// A quorum error naming each replica that failed (by `label`) and why.
 /// `op` of `address` is what failed, as the user would say it.
 pub(crate) fn quorum_failed(
@@ -209,14 +223,7 @@ impl ContextStore {
         })
         .await;
         if ok.len() < need {
-            return Err(quorum_failed(
-                "read",
-                &address_of(key),
-                need,
-                ok.len(),
-                &failed,
-                |p| cluster_peer_label(cluster, p),
-            ));
+            return Err(read_quorum_failed(cluster, key, need, ok.len(), &failed));
         }
         let mut newest = ok
             .iter()
@@ -318,14 +325,7 @@ impl ContextStore {
         })
         .await;
         if ok.len() < need {
-            return Err(quorum_failed(
-                "read",
-                &address_of(key),
-                need,
-                ok.len(),
-                &failed,
-                |p| cluster_peer_label(cluster, p),
-            ));
+            return Err(read_quorum_failed(cluster, key, need, ok.len(), &failed));
         }
         let mut merged: HashMap<VersionId, RecordMeta> = HashMap::new();
         for (_, metas) in ok {
