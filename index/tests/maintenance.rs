@@ -88,15 +88,16 @@ fn the_interval_commits_a_partial_batch() {
     });
     let written = Instant::now();
     index.upsert(&doc(1, "timed", 1)).unwrap();
-    while total(&index, "timed") == 0 {
+    // The commit thread makes the write visible, then tells the observer:
+    // wait for both (a loaded machine may run the test between the two).
+    while total(&index, "timed") == 0 || rec.commits.lock().unwrap().is_empty() {
         assert!(
             written.elapsed() < Duration::from_secs(90),
             "never committed"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Visible no earlier than the interval, and well within the documented
-    // bound (interval + a quarter interval tick + commit time).
+    // Visible no earlier than the interval.
     assert!(written.elapsed() >= Duration::from_millis(50));
     let commits = rec.commits.lock().unwrap();
     assert_eq!(commits[0].trigger, CommitTrigger::Interval);
