@@ -87,18 +87,35 @@ fn into_head(node: &TestNode, args: &[&str]) -> (i32, String) {
     (code, stderr(&out))
 }
 
+/// `n` import lines for developer contexts `src/{prefix}{i}.rs` of
+/// `project`, with the summary `summary(i)`.
+fn import_lines(
+    project: &str,
+    prefix: &str,
+    n: usize,
+    summary: impl Fn(usize) -> String,
+) -> String {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "address": format!("ucxl://t:developer@{project}:main/*^/src/{prefix}{i}.rs"),
+                "summary": summary(i),
+                "encrypted_for": ["developer"],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
 #[test]
 fn a_closed_stdout_ends_every_output_shape_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(&dir.path().join("data"));
     // Enough data that an export overflows a pipe's buffer (64 KiB).
-    let mut jsonl = String::new();
-    for i in 0..150 {
-        jsonl.push_str(&format!(
-            "{{\"address\":\"ucxl://t:developer@pipe:main/*^/src/f{i}.rs\",\"summary\":\"pipe checkout {i} {}\",\"encrypted_for\":[\"developer\"]}}\n",
-            "x".repeat(600)
-        ));
-    }
+    let jsonl = import_lines("pipe", "f", 150, |i| {
+        format!("pipe checkout {i} {}", "x".repeat(600))
+    });
     let file = dir.path().join("many.jsonl");
     std::fs::write(&file, jsonl).unwrap();
     node.ok(&node.admin, &["batch", "import", file.to_str().unwrap()]);
@@ -308,12 +325,7 @@ fn put_merge_keeps_what_it_is_not_told_to_change() {
 fn import_derives_paths_and_search_says_what_it_left_out() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(&dir.path().join("data"));
-    let mut jsonl = String::new();
-    for i in 0..12 {
-        jsonl.push_str(&format!(
-            "{{\"address\":\"ucxl://t:developer@imp:main/*^/src/m{i}.rs\",\"summary\":\"importer module {i}\",\"encrypted_for\":[\"developer\"]}}\n"
-        ));
-    }
+    let mut jsonl = import_lines("imp", "m", 12, |i| format!("importer module {i}"));
     // A batch item line with its own roles.
     jsonl.push_str("{\"context\":{\"address\":\"ucxl://t:developer@imp:main/*^/docs/one.md\",\"summary\":\"a single doc\",\"encrypted_for\":[\"developer\"]},\"roles\":[\"architect\"]}\n");
     let file = dir.path().join("in.jsonl");

@@ -84,20 +84,29 @@ async fn legacy_tombstone(node: &Node, addr: &str, parent: Option<&VersionId>) {
     assert!(r.iter().all(|o| o.is_ok()), "{r:?}");
 }
 
+/// Writes an architect-only record at `ARCH` and deletes it; returns its
+/// address and the tombstone.
+async fn deleted_architect_record(node: &Node) -> (UcxlAddress, slurp_node::store::PutResult) {
+    let arch = who("architect");
+    let a = UcxlAddress::parse(ARCH).unwrap();
+    node.store
+        .put(
+            &arch,
+            PutRequest::new(ctx(ARCH, "the plan", &["architect"])),
+        )
+        .await
+        .unwrap();
+    let gone = node.store.delete(&arch, &a).await.unwrap();
+    (a, gone)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_over_a_deleted_version_needs_the_authority_of_a_put_over_the_live_one() {
     let dir = tempfile::tempdir().unwrap();
     let node = lone_node(dir.path()).await;
     let s = &node.store;
     let (arch, dev) = (who("architect"), who("developer"));
-    let a = UcxlAddress::parse(ARCH).unwrap();
-    s.put(
-        &arch,
-        PutRequest::new(ctx(ARCH, "the plan", &["architect"])),
-    )
-    .await
-    .unwrap();
-    let gone = s.delete(&arch, &a).await.unwrap();
+    let (a, gone) = deleted_architect_record(&node).await;
     // The tombstone carries the readers of the version it deleted.
     assert!(gone.readers.contains(&arch.role));
     assert!(!gone.readers.contains(&dev.role));
@@ -152,14 +161,7 @@ async fn only_a_reader_of_a_deleted_record_learns_that_it_was_deleted() {
     let node = lone_node(dir.path()).await;
     let s = &node.store;
     let (arch, dev) = (who("architect"), who("developer"));
-    let a = UcxlAddress::parse(ARCH).unwrap();
-    s.put(
-        &arch,
-        PutRequest::new(ctx(ARCH, "secret plan", &["architect"])),
-    )
-    .await
-    .unwrap();
-    s.delete(&arch, &a).await.unwrap();
+    let (a, _) = deleted_architect_record(&node).await;
     // The architect sees "deleted"; the developer is refused as for the
     // live record, not told that something was there.
     assert!(matches!(
