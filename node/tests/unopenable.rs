@@ -9,6 +9,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::wait_until;
 use serde_json::{Value, json};
@@ -140,7 +141,23 @@ impl Served {
         drop(self.http);
         let _ = self.stop.send(());
         self.server.await.unwrap().unwrap();
-        let node = Arc::into_inner(self.node).expect("no other holder of the node");
+        // The server's connection tasks drop their clones of the node
+        // just after the server reports that it stopped.
+        let mut node = self.node;
+        let deadline = std::time::Instant::now() + common::LIVENESS;
+        let node = loop {
+            match Arc::try_unwrap(node) {
+                Ok(n) => break n,
+                Err(again) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "something still holds the node"
+                    );
+                    node = again;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
         node.close().await;
     }
 }
