@@ -366,6 +366,22 @@ impl Framed for SealedKeyFile {
     const VERSION: u16 = 1;
 }
 
+/// The on-disk form of a sealed secret other than a role key (framed CBOR,
+/// kind `SEALED_SECRET`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SealedSecretFile {
+    name: String,
+    sealed_with: SealedWith,
+    #[serde(with = "serde_bytes")]
+    sealed: Vec<u8>,
+}
+
+impl Framed for SealedSecretFile {
+    const KIND: u16 = kinds::SEALED_SECRET;
+    const NAME: &'static str = "sealed-secret";
+    const VERSION: u16 = 1;
+}
+
 /// What a key file says about itself in clear; listing needs no unlock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedKeyInfo {
@@ -625,14 +641,23 @@ impl Keystore {
         path: &Path,
         file: &SealedKeyFile,
     ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        self.unseal_bytes(path, &file.sealed_with, &file.sealed)
+    }
+
+    fn unseal_bytes(
+        &self,
+        path: &Path,
+        sealed_with: &SealedWith,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
         let mismatch = || KeystoreError::SealedDifferently {
             path: path.to_path_buf(),
-            sealed_with: file.sealed_with.to_string(),
+            sealed_with: sealed_with.to_string(),
             unlock: self.unlock.name(),
         };
-        let decryptor = Decryptor::new_buffered(&file.sealed[..])
+        let decryptor = Decryptor::new_buffered(sealed)
             .map_err(|e| corrupt(path, format!("sealed identity: {e}")))?;
-        let result = match (&self.unlock, &file.sealed_with) {
+        let result = match (&self.unlock, sealed_with) {
             (Unlock::NodeKey(node), SealedWith::NodeKey { fingerprint }) => {
                 if *fingerprint != node.fingerprint {
                     return Err(KeystoreError::WrongNodeKey {
@@ -685,10 +710,58 @@ impl Keystore {
             _ => return Err(mismatch()),
         };
         let mut reader = result?;
-        let mut out = Zeroizing::new(Vec::with_capacity(file.sealed.len()));
+        let mut out = Zeroizing::new(Vec::with_capacity(sealed.len()));
         io::Read::read_to_end(&mut reader, &mut out)
             .map_err(|e| corrupt(path, format!("sealed identity: {e}")))?;
         Ok(out)
+    }
+
+    /// Writes `secret` (another key than a role key, such as the cluster
+    /// key) sealed like the role keys, to `<name>.secret` in the keystore
+    /// directory (atomic, mode 0600). `name` is a plain word.
+    pub fn store_secret(&self, name: &str, secret: &[u8]) -> Result<PathBuf, KeystoreError> {
+        let path = self.secret_path(name)?;
+        let (sealed, sealed_with) = self.seal(secret)?;
+        let bytes = SealedSecretFile {
+            name: name.to_string(),
+            sealed_with,
+            sealed,
+        }
+        .encode()
+        .map_err(|e| KeystoreError::Seal(e.to_string()))?;
+        fsutil::write_atomic(&path, &bytes).map_err(io_err(&path))?;
+        Ok(path)
+    }
+
+    /// Reads back a secret written by [`Keystore::store_secret`]; `None`
+    /// when there is no such file.
+    pub fn load_secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, KeystoreError> {
+        let path = self.secret_path(name)?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let file =
+            SealedSecretFile::decode_limited(&bytes, self.config.max_file_bytes as usize)
+                .map_err(|e| corrupt(&path, e.to_string()))?;
+        if file.name != name {
+            return Err(KeystoreError::LabelMismatch {
+                path,
+                reason: format!("the file holds secret {:?}, not {name:?}", file.name),
+            });
+        }
+        self.unseal_bytes(&path, &file.sealed_with, &file.sealed)
+            .map(Some)
+    }
+
+    fn secret_path(&self, name: &str) -> Result<PathBuf, KeystoreError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(KeystoreError::Seal(format!(
+                "{name:?} is not a plain name for a secret"
+            )));
+        }
+        Ok(self.dir.join(format!("{name}.secret")))
     }
 
     /// Key files in the directory, sorted by path (temporary files of

@@ -8,12 +8,15 @@
 //! - [`keystore`]: role identities on disk, only ever sealed (to a node key
 //!   or a passphrase), written atomically with mode 0600.
 //! - [`shamir`]: splitting a key into verified threshold shares for custody.
+//! - [`cluster`]: the Ed25519 cluster key that signs membership
+//!   certificates and layouts.
 //! - [`audit`]: an append-only, hash-chained log of who did what.
 //!
 //! Each concern has its own error enum; [`CryptoError`] gathers them for
 //! callers that only report.
 
 pub mod audit;
+pub mod cluster;
 pub mod envelope;
 mod fsutil;
 pub mod keys;
@@ -24,6 +27,7 @@ pub use audit::{
     AuditAction, AuditConfig, AuditEntry, AuditError, AuditFilter, AuditHead, AuditIter, AuditLog,
     AuditRecord, Decision, EntryHash, TailRepair, VerifyReport, verify_file,
 };
+pub use cluster::{ClusterKey, ClusterPublic, SignatureError};
 pub use envelope::{
     Envelope, EnvelopeConfig, EnvelopeError, EnvelopeHeader, StanzaRef, open, open_age_file,
     open_bytes, peek_header, rewrap, seal,
@@ -56,4 +60,6 @@ pub enum CryptoError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
 }

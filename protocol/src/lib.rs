@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod context;
+pub mod membership;
 pub mod messages;
 pub mod partition;
 pub mod placement;
@@ -22,6 +23,7 @@ pub use context::{
     AccessLevel, ContextLimits, ContextNode, DecisionLinks, RecordMeta, ValidationError,
     VersionInfo,
 };
+pub use membership::{ClusterId, JoinToken, MembershipError, NodeCertificate, Signed};
 pub use partition::{Partition, PartitionScheme, Slot};
 pub use placement::{
     Layout, LayoutDiff, LayoutError, Member, MemberIndex, PartitionChange, Placement,

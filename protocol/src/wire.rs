@@ -144,6 +144,9 @@ pub mod kinds {
     pub const BACKUP_META: u16 = 9;
     pub const TOMBSTONE: u16 = 10;
     pub const LAYOUT: u16 = 11;
+    pub const NODE_CERTIFICATE: u16 = 12;
+    pub const SIGNED_STATEMENT: u16 = 13;
+    pub const SEALED_SECRET: u16 = 14;
     // Cluster messages (`messages`), 20..=39.
     pub const REPLICATE_REQUEST: u16 = 20;
     pub const REPLICATE_RESPONSE: u16 = 21;
