@@ -291,6 +291,12 @@ impl AuditRecord {
         self
     }
 
+    /// Sets why (an allowed action may say why too).
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
     fn validate(&self, config: &AuditConfig) -> Result<(), AuditError> {
         if self.actor.is_empty() {
             return Err(AuditError::EmptyActor);

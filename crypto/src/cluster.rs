@@ -201,10 +201,7 @@ mod tests {
         let signed = key.sign(PURPOSE_CERTIFICATE, &cert("a")).unwrap();
         // Swap the statement for another peer's, keep the signature.
         let mut swapped = signed.clone();
-        swapped.statement = key
-            .sign(PURPOSE_CERTIFICATE, &cert("b"))
-            .unwrap()
-            .statement;
+        swapped.statement = key.sign(PURPOSE_CERTIFICATE, &cert("b")).unwrap().statement;
         assert!(
             key.public()
                 .verify::<NodeCertificate>(PURPOSE_CERTIFICATE, &swapped, 1 << 16)

@@ -742,9 +742,8 @@ impl Keystore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let file =
-            SealedSecretFile::decode_limited(&bytes, self.config.max_file_bytes as usize)
-                .map_err(|e| corrupt(&path, e.to_string()))?;
+        let file = SealedSecretFile::decode_limited(&bytes, self.config.max_file_bytes as usize)
+            .map_err(|e| corrupt(&path, e.to_string()))?;
         if file.name != name {
             return Err(KeystoreError::LabelMismatch {
                 path,

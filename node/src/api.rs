@@ -944,6 +944,14 @@ fn cluster_error(e: crate::cluster::ClusterError) -> ApiError {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_layout", e.to_string())
         }
         E::NoLayout => ApiError::new(StatusCode::CONFLICT, "no_layout", e.to_string()),
+        E::NotInitialized => ApiError::new(StatusCode::CONFLICT, "no_cluster", e.to_string()),
+        E::AlreadyInitialized(_) => {
+            ApiError::new(StatusCode::CONFLICT, "already_initialized", e.to_string())
+        }
+        E::NotKeyHolder => ApiError::new(StatusCode::CONFLICT, "not_key_holder", e.to_string()),
+        E::Refused(_) | E::Remote(..) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "refused", e.to_string())
+        }
         _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster", e.to_string()),
     }
 }
@@ -954,6 +962,18 @@ async fn cluster_join(
     ApiJson(body): ApiJson<JoinBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
+    // A peer that has no certificate yet gets one first (it must be
+    // connected to this node).
+    if let Some(peer) = body.peer.as_deref()
+        && peer != node.cluster.me()
+        && let Ok(id) = peer.parse::<libp2p::PeerId>()
+        && !node.cluster.admits(&id)
+    {
+        node.cluster
+            .certify_peer(peer)
+            .await
+            .map_err(cluster_error)?;
+    }
     let m = node
         .cluster
         .stage_join(body.peer.as_deref(), body.zone, body.capacity)
@@ -961,6 +981,96 @@ async fn cluster_join(
     Ok(Json(
         json!({"staged": m, "pending": node.cluster.status().staged}),
     ))
+}
+
+async fn cluster_init(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    let l = node.cluster.init().await.map_err(cluster_error)?;
+    let status = node.cluster.status();
+    Ok(Json(json!({
+        "cluster": status.cluster,
+        "layout_version": l.version(),
+        "members": l.members().len(),
+        "certificate_not_after_ms": status.certificate_not_after_ms,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    /// Roles the joining node may hold; all this node holds when absent.
+    #[serde(default)]
+    roles: Option<Vec<slurp_protocol::RoleName>>,
+    /// How long the invite is valid, e.g. `30m`; `cluster.invite_ttl` when
+    /// absent.
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<std::time::Duration>,
+}
+
+async fn cluster_invite(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<InviteBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    if let Some(roles) = &body.roles
+        && let Some(r) = roles.iter().find(|r| !node.store.roles().contains(r))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_role",
+            format!("role {r} is not in the roles file"),
+        ));
+    }
+    let (invite, token) = node
+        .cluster
+        .invite(body.roles, body.ttl)
+        .map_err(cluster_error)?;
+    node.store
+        .audit()
+        .allow(
+            &caller.token_id,
+            &caller.role,
+            slurp_crypto::AuditAction::Other("cluster_invite".into()),
+            &invite.id,
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": invite.id,
+            "token": token.to_string(),
+            "roles": invite.roles,
+            "not_after_ms": invite.not_after_ms,
+        })),
+    ))
+}
+
+async fn cluster_invites(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    let invites: Vec<serde_json::Value> = node
+        .cluster
+        .membership()
+        .invites()
+        .into_iter()
+        .map(|i| {
+            json!({
+                "id": i.id,
+                "roles": i.roles,
+                "created_ms": i.created_ms,
+                "not_after_ms": i.not_after_ms,
+                "used_by": i.used_by,
+                "used_ms": i.used_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "invites": invites })))
 }
 
 #[derive(Deserialize)]
@@ -1250,6 +1360,11 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/workers/{name}/run", post(run_worker))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/placement", get(cluster_placement))
+        .route("/v1/cluster/init", post(cluster_init))
+        .route(
+            "/v1/cluster/invites",
+            post(cluster_invite).get(cluster_invites),
+        )
         .route("/v1/cluster/join", post(cluster_join))
         .route("/v1/cluster/remove", post(cluster_remove))
         .route("/v1/cluster/apply", post(cluster_apply))

@@ -211,6 +211,8 @@ pub struct ClusterOverrides {
     pub capacity: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_join: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -124,6 +124,15 @@ impl Custody {
         &self.created
     }
 
+    /// Roles whose current key this node holds, sorted.
+    pub fn roles(&self) -> Vec<slurp_protocol::RoleName> {
+        let keyring = self.keyring();
+        let mut roles: Vec<_> = keyring.held_roles().cloned().collect();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+
     pub fn keystore(&self) -> &Keystore {
         &self.keystore
     }

@@ -222,7 +222,32 @@ enum ClusterCommand {
         #[command(flatten)]
         c: ClientArgs,
     },
-    /// Stage a peer (the node itself if no peer id) to join the layout.
+    /// Create the cluster on this node: its key, and a layout with this
+    /// node as the only member.
+    Init {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Create a one-time join token for a new node (printed once).
+    Invite {
+        /// Roles the new node may hold, comma-separated (default: all this
+        /// node holds).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// How long the token is valid, e.g. `30m` (default:
+        /// cluster.invite_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Invites this node issued: who used them, when they expire.
+    Invites {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Stage a peer (the node itself if no peer id) to join the layout; a
+    /// connected peer without a certificate is certified first.
     Join {
         /// The peer id (see `slurp cluster status`: others).
         peer: Option<String>,
@@ -295,9 +320,13 @@ struct RunArgs {
     /// Relative capacity of this node for placement.
     #[arg(long)]
     capacity: Option<u32>,
-    /// Add healthy peers (and this node) to the layout automatically.
+    /// With --join-token: ask to be added to the layout at once (testnets).
     #[arg(long)]
     auto_join: bool,
+    /// A join token from `slurp cluster invite`, redeemed at start when
+    /// this node belongs to no cluster yet.
+    #[arg(long, env = "SLURP_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
 }
 
 impl RunArgs {
@@ -314,13 +343,16 @@ impl RunArgs {
                     bootstrap: (!self.bootstrap.is_empty()).then(|| self.bootstrap.clone()),
                 }
             }),
-            cluster: (self.zone.is_some() || self.capacity.is_some() || self.auto_join).then(
-                || ClusterOverrides {
-                    zone: self.zone.clone(),
-                    capacity: self.capacity,
-                    auto_join: self.auto_join.then_some(true),
-                },
-            ),
+            cluster: (self.zone.is_some()
+                || self.capacity.is_some()
+                || self.auto_join
+                || self.join_token.is_some())
+            .then(|| ClusterOverrides {
+                zone: self.zone.clone(),
+                capacity: self.capacity,
+                auto_join: self.auto_join.then_some(true),
+                join_token: self.join_token.clone(),
+            }),
         };
         Ok(NodeConfig::load(self.config.as_deref(), &overrides)?)
     }
@@ -1787,6 +1819,59 @@ async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
             let v = client(&c)?.get("/v1/cluster", &[]).await?;
             print(&c, &v, cluster_text)?;
         }
+        ClusterCommand::Init { c } => {
+            let v = client(&c)?.post("/v1/cluster/init", &json!({})).await?;
+            print(&c, &v, |v| {
+                format!(
+                    "cluster {} created: layout version {} with this node; add nodes with `slurp cluster invite`",
+                    v["cluster"].as_str().unwrap_or(""),
+                    v["layout_version"]
+                )
+            })?;
+        }
+        ClusterCommand::Invite { roles, ttl, c } => {
+            if let Some(t) = &ttl {
+                humantime::parse_duration(t)
+                    .map_err(|e| usage(&["cluster", "invite"], format!("--ttl {t}: {e}")))?;
+            }
+            let body = json!({
+                "roles": (!roles.is_empty()).then_some(roles),
+                "ttl": ttl,
+            });
+            let v = client(&c)?.post("/v1/cluster/invites", &body).await?;
+            print(&c, &v, |v| v["token"].as_str().unwrap_or("").to_string())?;
+        }
+        ClusterCommand::Invites { c } => {
+            let v = client(&c)?.get("/v1/cluster/invites", &[]).await?;
+            print(&c, &v, |v| {
+                let mut out = String::new();
+                for i in v["invites"].as_array().into_iter().flatten() {
+                    let state = match i["used_by"].as_str() {
+                        Some(p) => format!("used by {p}"),
+                        None => format!(
+                            "open until {}",
+                            slurp_node::tokens::time_text(i["not_after_ms"].as_u64().unwrap_or(0))
+                        ),
+                    };
+                    out.push_str(&format!(
+                        "{}  roles {}  {state}\n",
+                        i["id"].as_str().unwrap_or(""),
+                        i["roles"]
+                            .as_array()
+                            .map(|r| r
+                                .iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(","))
+                            .unwrap_or_default()
+                    ));
+                }
+                if out.is_empty() {
+                    out = "no invites".into();
+                }
+                out.trim_end().to_string()
+            })?;
+        }
         ClusterCommand::Join {
             peer,
             zone,
@@ -1875,9 +1960,15 @@ fn applied_text(v: &Value) -> String {
 
 fn cluster_text(v: &Value) -> String {
     let mut out = format!(
-        "node {} ({})\nlayout version {}{}",
+        "node {} ({})\ncluster {}\nlayout version {}{}",
         v["name"].as_str().unwrap_or(""),
         v["peer_id"].as_str().unwrap_or(""),
+        match v["cluster"].as_str() {
+            Some(id) if v["key_holder"] == true =>
+                format!("{id} (this node holds the cluster key)"),
+            Some(id) => id.to_string(),
+            None => "none yet (slurp cluster init, or start with --join-token)".into(),
+        },
         v["layout_version"],
         match v["replication_factor"].as_u64() {
             Some(rf) => format!(
@@ -1924,6 +2015,9 @@ fn cluster_text(v: &Value) -> String {
                 p["peer_id"].as_str().unwrap_or("")
             ));
         }
+    }
+    if let Some(e) = v["join_error"].as_str() {
+        out.push_str(&format!("\njoining failed: {e}"));
     }
     let staged = &v["staged"];
     let joins = staged["join"].as_object().map(|o| o.len()).unwrap_or(0);

@@ -73,6 +73,20 @@ async fn serve(
     use slurp_protocol::messages::{
         ErrorCode, ForwardResponse, RemoteError, ReplicateResponse, SearchResponse,
     };
+    let stranger = || RemoteError {
+        code: ErrorCode::Forbidden,
+        message: "not a member of this cluster: join with a token from `slurp cluster invite`"
+            .into(),
+    };
+    // Nothing but cluster requests (joining, certificates) for a peer that
+    // is neither in the layout nor certified.
+    if !matches!(request, Request::Cluster(_)) && !cluster.admits(&peer) {
+        return match request {
+            Request::Replicate(_) => Response::Replicate(ReplicateResponse::Error(stranger())),
+            Request::Search(_) => Response::Search(SearchResponse::Error(stranger())),
+            _ => Response::Forward(ForwardResponse::Error(stranger())),
+        };
+    }
     if let Request::Cluster(slurp_protocol::messages::ClusterRequest::GetToken { id }) = &request {
         // Hashes of secrets, but still only for members.
         let r = if cluster.accepts_from(&peer) {
@@ -90,8 +104,8 @@ async fn serve(
     if let Request::Cluster(r) = request {
         return Response::Cluster(cluster.serve(peer, r).await);
     }
-    // A node outside the layout may forward API calls when it proves it
-    // holds the key of the role it acts as.
+    // A certified node outside the layout may forward API calls when it
+    // proves it holds the key of the role it acts as.
     if let Request::Forward(slurp_protocol::messages::ForwardRequest::Call {
         method,
         path,
@@ -311,8 +325,18 @@ impl Node {
             config.cluster.clone(),
             &dir,
             metrics.clone(),
+            custody.clone(),
+            audit.clone(),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if cluster.identity().is_none()
+            && config.cluster.auto_join
+            && config.cluster.join_token.is_none()
+        {
+            anyhow::bail!(
+                "cluster.auto_join needs cluster.join_token (--join-token): create one with `slurp cluster invite` on a member"
+            );
+        }
 
         let cache = ContextCache::new(&config.cache, metrics.clone());
         let store = ContextStore::new(StoreParts {

@@ -186,22 +186,30 @@ impl FromStr for JoinToken {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.trim().split('.').collect();
         let [prefix, cluster, issuer, id, secret] = parts[..] else {
-            return Err(MembershipError::BadJoinToken("it has not five dot-separated parts"));
+            return Err(MembershipError::BadJoinToken(
+                "it has not five dot-separated parts",
+            ));
         };
         if prefix != JOIN_PREFIX {
-            return Err(MembershipError::BadJoinToken("it does not start with slurp-join-v1"));
+            return Err(MembershipError::BadJoinToken(
+                "it does not start with slurp-join-v1",
+            ));
         }
-        let cluster = cluster
-            .parse()
-            .map_err(|_| MembershipError::BadJoinToken("the cluster id is not 32 hex characters"))?;
+        let cluster = cluster.parse().map_err(|_| {
+            MembershipError::BadJoinToken("the cluster id is not 32 hex characters")
+        })?;
         let plain = |p: &str| {
             !p.is_empty() && p.len() <= 128 && p.bytes().all(|b| b.is_ascii_alphanumeric())
         };
         if !plain(issuer) || !plain(id) {
-            return Err(MembershipError::BadJoinToken("the issuer or id is malformed"));
+            return Err(MembershipError::BadJoinToken(
+                "the issuer or id is malformed",
+            ));
         }
         if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(MembershipError::BadJoinToken("the secret is not 64 hex characters"));
+            return Err(MembershipError::BadJoinToken(
+                "the secret is not 64 hex characters",
+            ));
         }
         Ok(JoinToken {
             cluster,

@@ -25,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::context::RecordMeta;
+use crate::membership::{ClusterId, Signed};
 use crate::role::RoleName;
 use crate::version::VersionId;
 use crate::wire::{Bytes, Framed, kinds};
@@ -306,8 +307,30 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterRequest {
-    /// Introduce this node and the layout version it holds.
-    Hello { node: NodeInfo, layout_version: u64 },
+    /// Introduce this node and the layout version it holds, with its
+    /// certificate (a peer that shows none, or a bad one, learns nothing).
+    Hello {
+        node: NodeInfo,
+        layout_version: u64,
+        #[serde(default)]
+        certificate: Option<Signed>,
+    },
+    /// Redeem an invite (the parts of a join token after the cluster and
+    /// issuer): the issuer certifies the sender's peer id and, with
+    /// `apply`, adds it to the layout.
+    Join {
+        invite: String,
+        secret: String,
+        node: NodeInfo,
+        #[serde(default)]
+        apply: bool,
+    },
+    /// An admin's `slurp cluster join PEER`: the certificate the cluster key
+    /// signed for the receiver, and the key to check it with.
+    Admit {
+        cluster_key: Bytes,
+        certificate: Signed,
+    },
     /// The peer's current layout if it is newer than `newer_than`.
     GetLayout {
         #[serde(default)]
@@ -370,9 +393,23 @@ pub enum ClusterResponse {
     Hello {
         node: NodeInfo,
         layout_version: u64,
+        #[serde(default)]
+        certificate: Option<Signed>,
     },
-    /// `layout` is the framed layout, or `None` when the peer's is not
-    /// newer than asked.
+    /// Answers `Join`: the cluster's public key, the sender's certificate
+    /// and, when it was added, the layout that has it (a framed `Signed`).
+    Joined {
+        cluster_key: Bytes,
+        certificate: Signed,
+        #[serde(default)]
+        layout: Option<Bytes>,
+    },
+    /// Answers `Admit`: the receiver took the certificate.
+    Admitted {
+        cluster: ClusterId,
+    },
+    /// `layout` is the framed `Signed` layout, or `None` when the peer's is
+    /// not newer than asked.
     Layout {
         version: u64,
         #[serde(default)]
@@ -516,6 +553,42 @@ mod tests {
         assert_eq!(
             SearchRequest::decode(&search.encode().unwrap()).unwrap(),
             search
+        );
+        let signed = Signed {
+            statement: Bytes(vec![1, 2, 3]),
+            signature: Bytes(vec![7; 64]),
+        };
+        for req in [
+            ClusterRequest::Join {
+                invite: "inv1".into(),
+                secret: "ab".repeat(32),
+                node: NodeInfo {
+                    name: "n".into(),
+                    peer_id: "p".into(),
+                    api_addr: None,
+                    software_version: "0".into(),
+                    zone: None,
+                    capacity: None,
+                    listen_addrs: vec![],
+                    auto_join: true,
+                },
+                apply: true,
+            },
+            ClusterRequest::Admit {
+                cluster_key: Bytes(vec![3; 32]),
+                certificate: signed.clone(),
+            },
+        ] {
+            assert_eq!(ClusterRequest::decode(&req.encode().unwrap()).unwrap(), req);
+        }
+        let joined = ClusterResponse::Joined {
+            cluster_key: Bytes(vec![3; 32]),
+            certificate: signed,
+            layout: Some(Bytes(vec![9; 10])),
+        };
+        assert_eq!(
+            ClusterResponse::decode(&joined.encode().unwrap()).unwrap(),
+            joined
         );
         let health = ClusterResponse::Health {
             status: HealthStatus::Ok,

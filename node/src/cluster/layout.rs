@@ -1,12 +1,14 @@
 //! The layout this node holds, and the changes an admin has staged.
 //!
 //! Every node keeps the newest layout it has seen in
-//! `<data>/cluster/layout.cbor` (framed CBOR, written atomically) and
-//! accepts a layout from a peer only if it is newer. Two admins (or two
-//! auto-joining nodes) can publish different layouts with the same version;
-//! the one whose encoding has the greater blake3 digest wins everywhere, so
-//! every node converges on the same layout without coordination, and the
-//! loser's changes are simply staged again on top of it.
+//! `<data>/cluster/layout.cbor` (a framed [`Signed`] statement: the
+//! layout's bytes and the cluster key's signature, written atomically) and
+//! accepts a layout only if the cluster key signed it and it is newer, so a
+//! replayed older layout changes nothing. Two holders of the cluster key
+//! can sign different layouts with the same version; the one whose encoding
+//! has the greater blake3 digest wins everywhere, so every node converges
+//! on the same layout without coordination, and the loser's changes are
+//! simply staged again on top of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 use slurp_protocol::placement::{Layout, Member};
-use slurp_protocol::{Framed, PartitionScheme};
+use slurp_protocol::{Framed, PartitionScheme, Signed};
 
 use super::ClusterError;
 
@@ -36,7 +38,7 @@ impl Staged {
 /// The current layout and the staged changes.
 pub struct LayoutState {
     path: PathBuf,
-    current: RwLock<Option<(Arc<Layout>, [u8; 32])>>,
+    current: RwLock<Option<Held>>,
     staged: Mutex<Staged>,
     /// Members a layout change removed (and none re-added since), kept in
     /// `removed.json`, so auto-join never undoes an admin's removal.
@@ -44,21 +46,42 @@ pub struct LayoutState {
     removed_path: PathBuf,
 }
 
+/// The layout held, its digest (for ties) and the signed form peers get.
+struct Held {
+    layout: Arc<Layout>,
+    digest: [u8; 32],
+    signed: Signed,
+}
+
 fn digest(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()
 }
 
 impl LayoutState {
-    /// Loads the layout kept under `dir` (none on a new node).
-    pub fn load(dir: &Path) -> Result<Self, ClusterError> {
+    /// Loads the layout kept under `dir` (none on a new node), checking
+    /// its signature with `verify`.
+    pub fn load(
+        dir: &Path,
+        verify: impl FnOnce(&Signed) -> Result<Layout, ClusterError>,
+    ) -> Result<Self, ClusterError> {
         let dir = dir.join("cluster");
         std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Io(e.to_string()))?;
         let path = dir.join("layout.cbor");
         let current = match std::fs::read(&path) {
             Ok(bytes) => {
-                let layout = Layout::decode(&bytes)
-                    .map_err(|e| ClusterError::Io(format!("{}: {e}", path.display())))?;
-                Some((Arc::new(layout), digest(&bytes)))
+                let bad = |e: String| ClusterError::Io(format!("{}: {e}", path.display()));
+                let signed = Signed::decode_limited(&bytes, super::membership::MAX_STATEMENT)
+                    .map_err(|e| {
+                        bad(format!(
+                            "{e} (a layout from before signed layouts: remove the file and `slurp cluster init` again)"
+                        ))
+                    })?;
+                let layout = verify(&signed).map_err(|e| bad(e.to_string()))?;
+                Some(Held {
+                    layout: Arc::new(layout),
+                    digest: digest(&signed.statement.0),
+                    signed,
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(ClusterError::Io(format!("{}: {e}", path.display()))),
@@ -84,32 +107,42 @@ impl LayoutState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(l, _)| l.clone())
+            .map(|h| h.layout.clone())
+    }
+
+    /// The current layout as signed, for peers.
+    pub fn signed(&self) -> Option<Signed> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|h| h.signed.clone())
     }
 
     pub fn version(&self) -> u64 {
         self.current().map(|l| l.version()).unwrap_or(0)
     }
 
-    /// Takes `layout` if it is newer than the current one (see the module
-    /// docs for ties); returns whether it was taken.
-    pub fn offer(&self, layout: Layout) -> Result<bool, ClusterError> {
-        let bytes = layout
-            .encode()
-            .map_err(|e| ClusterError::Io(e.to_string()))?;
-        let d = digest(&bytes);
+    /// Takes `layout`, whose signature the caller checked (`signed` is
+    /// its signed form), if it is newer than the current one (see the
+    /// module docs for ties); returns whether it was taken.
+    pub fn offer(&self, layout: Layout, signed: Signed) -> Result<bool, ClusterError> {
+        let d = digest(&signed.statement.0);
         let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if let Some((c, cd)) = cur.as_ref()
-            && (layout.version(), d) <= (c.version(), *cd)
+        if let Some(h) = cur.as_ref()
+            && (layout.version(), d) <= (h.layout.version(), h.digest)
         {
             return Ok(false);
         }
+        let bytes = signed
+            .encode()
+            .map_err(|e| ClusterError::Io(e.to_string()))?;
         write_atomic(&self.path, &bytes)?;
         {
             let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
             let before = removed.clone();
-            if let Some((c, _)) = cur.as_ref() {
-                for m in c.members() {
+            if let Some(h) = cur.as_ref() {
+                for m in h.layout.members() {
                     if layout.member_index(&m.id).is_none() {
                         removed.insert(m.id.clone());
                     }
@@ -129,7 +162,11 @@ impl LayoutState {
             members = layout.members().len(),
             "cluster layout updated"
         );
-        *cur = Some((Arc::new(layout), d));
+        *cur = Some(Held {
+            layout: Arc::new(layout),
+            digest: d,
+            signed,
+        });
         Ok(true)
     }
 
@@ -169,13 +206,15 @@ impl LayoutState {
         &self,
         replication_factor: u8,
         partition_bits: u8,
+        sign: impl FnOnce(&Layout) -> Result<Signed, ClusterError>,
     ) -> Result<Arc<Layout>, ClusterError> {
         let staged = self.staged();
         if staged.is_empty() {
             return Err(ClusterError::NothingStaged);
         }
         let next = self.next_layout(&staged, replication_factor, partition_bits)?;
-        self.offer(next)?;
+        let signed = sign(&next)?;
+        self.offer(next, signed)?;
         let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         if *s == staged {
             *s = Staged::default();
@@ -241,6 +280,32 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use slurp_crypto::ClusterKey;
+    use slurp_protocol::membership::PURPOSE_LAYOUT;
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_seed(&[9; 32])
+    }
+
+    fn sign(l: &Layout) -> Result<Signed, ClusterError> {
+        Ok(key().sign(PURPOSE_LAYOUT, l).unwrap())
+    }
+
+    fn verify(s: &Signed) -> Result<Layout, ClusterError> {
+        key()
+            .public()
+            .verify(PURPOSE_LAYOUT, s, 1 << 20)
+            .map_err(|e| ClusterError::Refused(e.to_string()))
+    }
+
+    fn load(dir: &Path) -> LayoutState {
+        LayoutState::load(dir, verify).unwrap()
+    }
+
+    fn offer(s: &LayoutState, l: Layout) -> bool {
+        let signed = sign(&l).unwrap();
+        s.offer(l, signed).unwrap()
+    }
 
     fn member(id: &str) -> Member {
         Member {
@@ -254,35 +319,35 @@ mod tests {
     #[test]
     fn staged_changes_make_the_next_version_and_survive_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let state = LayoutState::load(dir.path()).unwrap();
+        let state = load(dir.path());
         assert!(state.current().is_none());
         assert!(matches!(
-            state.apply(3, 8),
+            state.apply(3, 8, sign),
             Err(ClusterError::NothingStaged)
         ));
         state.stage_join(member("a"));
         state.stage_join(member("b"));
-        let l1 = state.apply(3, 8).unwrap();
+        let l1 = state.apply(3, 8, sign).unwrap();
         assert_eq!(l1.version(), 1);
         assert_eq!(l1.members().len(), 2);
         assert!(state.staged().is_empty());
         state.stage_remove("a");
         state.stage_join(member("c"));
-        let l2 = state.apply(5, 4).unwrap();
+        let l2 = state.apply(5, 4, sign).unwrap();
         assert_eq!(l2.version(), 2);
         // The first layout fixed the replication factor and partitions.
         assert_eq!(l2.replication_factor(), 3);
         assert_eq!(l2.partitions().bits(), 8);
         let ids: Vec<_> = l2.members().iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["b", "c"]);
-        let again = LayoutState::load(dir.path()).unwrap();
+        let again = load(dir.path());
         assert_eq!(again.current().unwrap().as_ref(), l2.as_ref());
         // The removal is remembered (auto-join must not undo it) until a
         // layout has the member again.
         assert!(again.was_removed("a"));
         assert!(!again.was_removed("b"));
         again.stage_join(member("a"));
-        again.apply(3, 8).unwrap();
+        again.apply(3, 8, sign).unwrap();
         assert!(!again.was_removed("a"));
     }
 
@@ -294,18 +359,18 @@ mod tests {
         let old = Layout::new(2, 3, scheme, vec![member("a")]).unwrap();
         let d1 = tempfile::tempdir().unwrap();
         let d2 = tempfile::tempdir().unwrap();
-        let s1 = LayoutState::load(d1.path()).unwrap();
-        let s2 = LayoutState::load(d2.path()).unwrap();
-        assert!(s1.offer(la.clone()).unwrap());
-        assert!(s2.offer(lb.clone()).unwrap());
-        s1.offer(lb.clone()).unwrap();
-        s2.offer(la.clone()).unwrap();
+        let s1 = load(d1.path());
+        let s2 = load(d2.path());
+        assert!(offer(&s1, la.clone()));
+        assert!(offer(&s2, lb.clone()));
+        offer(&s1, lb.clone());
+        offer(&s2, la.clone());
         assert_eq!(
             s1.current(),
             s2.current(),
             "both converge on one of the two"
         );
-        assert!(!s1.offer(old).unwrap());
-        assert!(!s1.offer(s1.current().unwrap().as_ref().clone()).unwrap());
+        assert!(!offer(&s1, old));
+        assert!(!offer(&s1, s1.current().unwrap().as_ref().clone()));
     }
 }

@@ -1,20 +1,26 @@
 //! The cluster as one node sees it: the layout it holds, the peers it
 //! talks to, and where each key lives.
 //!
-//! Membership is a versioned [`Layout`] (members with zone and capacity,
-//! the replication factor, a fixed partition count). An admin changes it
-//! with `slurp cluster join|remove|apply` on any node, or a node started
-//! with `cluster.auto_join` adds peers that have been healthy for a while
-//! (for testnets). Nodes converge by pulling: every `Hello` and health
-//! probe carries the sender's layout version, and a node that sees a newer
-//! one fetches it (see [`layout`] for how ties break).
+//! A cluster is created once, by `slurp cluster init` on its first node,
+//! which makes the cluster key (see [`membership`]). Membership is a
+//! versioned [`Layout`] (members with zone and capacity, the replication
+//! factor, a fixed partition count) signed by that key. A new node joins
+//! with a one-time invite (`slurp cluster invite`, then the node runs with
+//! `cluster.join_token`), or an admin certifies a connected node with
+//! `slurp cluster join PEER`; `slurp cluster remove|apply` change the
+//! layout. Nodes converge by pulling: every `Hello` and health probe
+//! carries the sender's layout version, and a node that sees a newer one
+//! fetches it (see [`layout`] for how ties break) and takes it only if the
+//! cluster key signed it.
 //!
-//! Only layout members may send replication, search and forwarding
-//! requests; anyone connected may ask for the layout and health, which is
-//! how a new node learns the cluster before it is a member.
+//! A peer that is neither in the layout nor holds a valid certificate gets
+//! nothing from any protocol: no layout, no health, no node details, no
+//! replication, search, forwarding or token lookups. It may only redeem an
+//! invite. Only layout members may send replication and search requests.
 
 pub mod batch;
 pub mod layout;
+pub mod membership;
 pub mod peers;
 
 use std::str::FromStr;
@@ -32,10 +38,16 @@ use slurp_protocol::messages::{
 use slurp_protocol::placement::{Layout, Member};
 use slurp_protocol::{Partition, PartitionScheme};
 
+use crate::audit::AuditSink;
+use crate::keys::Custody;
 use crate::metrics::Metrics;
 use crate::net::{NetClient, NetError};
 use layout::{LayoutState, Staged};
+use membership::{Membership, certify};
 use peers::{PeerBook, PeerView};
+use slurp_crypto::{AuditAction, AuditRecord, ClusterKey, ClusterPublic};
+use slurp_protocol::membership::PURPOSE_LAYOUT;
+use slurp_protocol::{JoinToken, Signed};
 
 /// Cluster settings (`[cluster]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
@@ -55,15 +67,24 @@ pub struct ClusterConfig {
     pub zone: String,
     /// This node's relative capacity for placement, a weight (at least 1).
     pub capacity: u32,
-    /// Add peers to the layout automatically once they have been healthy
-    /// for `auto_join_after` (and this node, if no layout exists yet), true
-    /// or false. For testnets; production clusters join members explicitly.
+    /// Ask to be added to the layout at once when redeeming `join_token`,
+    /// true or false. For testnets; production clusters certify a node
+    /// with the token and add it with `slurp cluster join` and `apply`.
     pub auto_join: bool,
-    /// How long a peer must have been healthy before `auto_join` adds it, a
-    /// duration such as `2s`.
+    /// A join token from `slurp cluster invite` (one-time, expiring): the
+    /// node redeems it at start if it belongs to no cluster yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// How long a node certificate signed by this node stays valid, a
+    /// duration such as `365days`.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
-    pub auto_join_after: Duration,
+    pub certificate_validity: Duration,
+    /// How long an invite is valid when `slurp cluster invite` gives no
+    /// `--ttl`, a duration such as `1h`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub invite_ttl: Duration,
     /// How often peers are probed and layouts compared, a duration such as
     /// `1s`.
     #[serde(with = "humantime_serde")]
@@ -110,7 +131,9 @@ impl Default for ClusterConfig {
             zone: "default".into(),
             capacity: 100,
             auto_join: false,
-            auto_join_after: Duration::from_secs(2),
+            join_token: None,
+            certificate_validity: Duration::from_secs(365 * 86_400),
+            invite_ttl: Duration::from_secs(3600),
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(2),
             replica_timeout: Duration::from_secs(3),
@@ -138,6 +161,15 @@ impl ClusterConfig {
         PartitionScheme::new(self.partition_bits).map_err(|e| format!("cluster.{e}"))?;
         if self.capacity == 0 {
             return Err("cluster.capacity must be positive".into());
+        }
+        if let Some(t) = &self.join_token {
+            t.parse::<slurp_protocol::JoinToken>()
+                .map_err(|e| format!("cluster.join_token: {e}"))?;
+        }
+        if self.certificate_validity.is_zero() || self.invite_ttl.is_zero() {
+            return Err(
+                "cluster.certificate_validity and cluster.invite_ttl must be positive".into(),
+            );
         }
         if self.handoff_batch == 0 {
             return Err("cluster.handoff_batch must be at least 1".into());
@@ -174,6 +206,18 @@ pub enum ClusterError {
     Io(String),
     #[error("{0} did not answer within {1:?}")]
     Timeout(String, Duration),
+    #[error(
+        "this node belongs to no cluster: run `slurp cluster init` on the first node, or start this one with a join token from `slurp cluster invite`"
+    )]
+    NotInitialized,
+    #[error("this node already belongs to cluster {0}")]
+    AlreadyInitialized(slurp_protocol::ClusterId),
+    #[error(
+        "this node does not hold the cluster key: run the command on the node that ran `slurp cluster init`"
+    )]
+    NotKeyHolder,
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl ClusterError {
@@ -210,6 +254,17 @@ impl Route {
 pub struct ClusterStatus {
     pub peer_id: String,
     pub name: String,
+    /// The cluster this node belongs to (the id of the cluster key), if
+    /// any.
+    pub cluster: Option<String>,
+    /// Whether this node holds the cluster key (signs certificates and
+    /// layouts).
+    pub key_holder: bool,
+    /// When this node's certificate expires, ms since the Unix epoch.
+    pub certificate_not_after_ms: Option<u64>,
+    /// Why redeeming the join token failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_error: Option<String>,
     pub layout_version: u64,
     pub replication_factor: Option<u8>,
     pub partitions: Option<u32>,
@@ -250,8 +305,20 @@ struct Inner {
     started: Instant,
     metrics: Metrics,
     batcher: batch::Batcher,
+    membership: Membership,
+    custody: Arc<Custody>,
+    audit: AuditSink,
+    /// Why redeeming `join_token` failed for good (shown in the status).
+    join_error: std::sync::Mutex<Option<String>>,
     /// Tokens found on other members (or not found), with when.
     tokens: std::sync::Mutex<std::collections::HashMap<String, (Instant, Option<TokenRecord>)>>,
+}
+
+/// The name of the cluster key among the keystore's sealed secrets.
+const CLUSTER_KEY_SECRET: &str = "cluster";
+
+fn other(action: &str) -> AuditAction {
+    AuditAction::Other(action.to_string())
 }
 
 /// Token lookups remembered at most (the map is cleared past it).
@@ -281,9 +348,12 @@ impl Cluster {
         config: ClusterConfig,
         data_dir: &std::path::Path,
         metrics: Metrics,
+        custody: Arc<Custody>,
+        audit: AuditSink,
     ) -> Result<Self, ClusterError> {
         config.validate().map_err(ClusterError::Layout)?;
-        let layout = LayoutState::load(data_dir)?;
+        let membership = Membership::load(data_dir)?;
+        let layout = LayoutState::load(data_dir, |s| membership.verify_layout(s))?;
         Ok(Cluster(Arc::new(Inner {
             me: net.peer_id().to_base58(),
             net,
@@ -294,6 +364,10 @@ impl Cluster {
             started: Instant::now(),
             metrics,
             batcher: batch::Batcher::default(),
+            membership,
+            custody,
+            audit,
+            join_error: Default::default(),
             tokens: Default::default(),
         })))
     }
@@ -345,11 +419,111 @@ impl Cluster {
             .is_some_and(|l| l.member_index(&self.0.me).is_some())
     }
 
-    /// Whether `peer` may send replication, search and forwarding
-    /// requests: a member of the current layout.
+    /// Whether `peer` may send replication and search requests: a member
+    /// of the current layout.
     pub fn accepts_from(&self, peer: &PeerId) -> bool {
         self.layout()
             .is_some_and(|l| l.member_index(&peer.to_base58()).is_some())
+    }
+
+    /// Whether this node answers `peer` at all: it is in the current
+    /// (signed) layout, or it showed a valid certificate and no later
+    /// layout removed it.
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        let id = peer.to_base58();
+        self.accepts_from(peer)
+            || (self.0.membership.certified(&id) && !self.0.layout.was_removed(&id))
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub fn identity(&self) -> Option<Arc<membership::Identity>> {
+        self.0.membership.identity()
+    }
+
+    /// The membership state (invites, certificates).
+    pub fn membership(&self) -> &Membership {
+        &self.0.membership
+    }
+
+    /// The cluster key, when this node holds it.
+    pub fn cluster_key(&self) -> Result<ClusterKey, ClusterError> {
+        let seed = self
+            .0
+            .custody
+            .keystore()
+            .load_secret(CLUSTER_KEY_SECRET)
+            .map_err(|e| ClusterError::Io(e.to_string()))?
+            .ok_or(ClusterError::NotKeyHolder)?;
+        let seed: [u8; 32] = seed[..]
+            .try_into()
+            .map_err(|_| ClusterError::Io("the sealed cluster key is not 32 bytes".into()))?;
+        let key = ClusterKey::from_seed(&seed);
+        match self.identity() {
+            Some(id) if id.public != key.public() => Err(ClusterError::Io(format!(
+                "the sealed cluster key is of cluster {}, this node belongs to {}",
+                key.public().id(),
+                id.id()
+            ))),
+            _ => Ok(key),
+        }
+    }
+
+    /// Whether this node holds the cluster key.
+    pub fn holds_cluster_key(&self) -> bool {
+        self.cluster_key().is_ok()
+    }
+
+    /// Creates the cluster: a new cluster key (sealed in this node's
+    /// keystore), this node's certificate, and the first layout with this
+    /// node as its only member.
+    pub async fn init(&self) -> Result<Arc<Layout>, ClusterError> {
+        if let Some(id) = self.identity() {
+            return Err(ClusterError::AlreadyInitialized(id.id()));
+        }
+        if self.layout().is_some() {
+            return Err(ClusterError::Refused(
+                "this node already holds a layout of another cluster".into(),
+            ));
+        }
+        let key = ClusterKey::generate();
+        self.0
+            .custody
+            .keystore()
+            .store_secret(CLUSTER_KEY_SECRET, &key.seed()[..])
+            .map_err(|e| ClusterError::Io(e.to_string()))?;
+        let roles = self.0.custody.roles();
+        let cert = certify(&key, &self.0.me, roles, self.0.config.certificate_validity)?;
+        let identity = self.0.membership.adopt(key.public(), cert, &self.0.me)?;
+        self.audit(
+            AuditRecord::allow("node", other("cluster_init"), identity.id().to_hex())
+                .with_reason(format!("cluster key {}", identity.id())),
+        )
+        .await;
+        self.0
+            .layout
+            .stage_join(self.member_of(&self.0.me, &self.info()));
+        self.apply()
+    }
+
+    /// Creates a one-time invite; returns it and the join token.
+    pub fn invite(
+        &self,
+        roles: Option<Vec<slurp_protocol::RoleName>>,
+        ttl: Option<Duration>,
+    ) -> Result<(membership::Invite, JoinToken), ClusterError> {
+        if self.identity().is_none() {
+            return Err(ClusterError::NotInitialized);
+        }
+        // Only the key holder can redeem it, so only it issues.
+        self.cluster_key()?;
+        let roles = roles.unwrap_or_else(|| self.0.custody.roles());
+        self.0
+            .membership
+            .create_invite(&self.0.me, roles, ttl.unwrap_or(self.0.config.invite_ttl))
+    }
+
+    async fn audit(&self, record: AuditRecord) {
+        self.0.audit.record(record).await;
     }
 
     /// Where `key` lives, or `None` before the first layout.
@@ -560,15 +734,53 @@ impl Cluster {
         }
     }
 
-    /// Answers a cluster-state request from `peer`.
+    /// Answers a cluster-state request from `peer`. A peer this node does
+    /// not admit may only redeem an invite, be admitted by an admin, or
+    /// show a certificate in its `Hello`; everything else is refused
+    /// without detail.
     pub async fn serve(&self, peer: PeerId, req: ClusterRequest) -> ClusterResponse {
-        let version = self.layout_version();
+        let from = peer.to_base58();
+        let refuse = |why: &str| {
+            ClusterResponse::Error(RemoteError {
+                code: ErrorCode::Forbidden,
+                message: why.to_string(),
+            })
+        };
+        const NOT_ADMITTED: &str =
+            "not a member of this cluster: join with a token from `slurp cluster invite`";
         match req {
+            ClusterRequest::Join {
+                invite,
+                secret,
+                node,
+                apply,
+            } => self.serve_join(&from, &invite, &secret, node, apply).await,
+            ClusterRequest::Admit {
+                cluster_key,
+                certificate,
+            } => self.serve_admit(&from, &cluster_key.0, certificate).await,
             ClusterRequest::Hello {
                 node,
                 layout_version,
+                certificate,
             } => {
-                let from = peer.to_base58();
+                if let Some(c) = &certificate
+                    && !self.admits(&peer)
+                {
+                    if let Err(why) = self.0.membership.admit_certificate(&from, c) {
+                        self.audit(AuditRecord::deny(
+                            from.clone(),
+                            other("cluster_hello"),
+                            from.clone(),
+                            why,
+                        ))
+                        .await;
+                    }
+                }
+                if !self.admits(&peer) {
+                    return refuse(NOT_ADMITTED);
+                }
+                let version = self.layout_version();
                 self.0.peers.record_info(&from, node, layout_version);
                 if layout_version > version {
                     let this = self.clone();
@@ -577,12 +789,17 @@ impl Cluster {
                 ClusterResponse::Hello {
                     node: self.info(),
                     layout_version: version,
+                    certificate: self.identity().map(|i| i.certificate.clone()),
                 }
             }
+            _ if !self.admits(&peer) => refuse(NOT_ADMITTED),
             ClusterRequest::GetLayout { newer_than } => {
+                let version = self.layout_version();
                 let layout = self
-                    .layout()
-                    .filter(|l| newer_than.is_none_or(|v| l.version() > v));
+                    .0
+                    .layout
+                    .signed()
+                    .filter(|_| newer_than.is_none_or(|v| version > v));
                 match layout.map(|l| l.encode()) {
                     Some(Ok(bytes)) => ClusterResponse::Layout {
                         version,
@@ -605,10 +822,140 @@ impl Cluster {
             }),
             ClusterRequest::Health => ClusterResponse::Health {
                 status: HealthStatus::Ok,
-                layout_version: version,
+                layout_version: self.layout_version(),
                 uptime_secs: self.0.started.elapsed().as_secs(),
                 partitions_syncing: 0,
             },
+        }
+    }
+
+    /// Redeems an invite for `peer` (the peer id the connection
+    /// authenticated): certifies it and, with `apply`, adds it to the
+    /// layout. Every attempt is audited; the joiner learns only "invalid
+    /// join token" when the invite does not hold.
+    async fn serve_join(
+        &self,
+        peer: &str,
+        invite: &str,
+        secret: &str,
+        node: NodeInfo,
+        apply: bool,
+    ) -> ClusterResponse {
+        let target: String = invite.chars().take(64).collect();
+        let deny = |code: ErrorCode, message: String| {
+            ClusterResponse::Error(RemoteError { code, message })
+        };
+        let key = match self.cluster_key() {
+            Ok(k) => k,
+            Err(e) => return deny(ErrorCode::Unavailable, e.to_string()),
+        };
+        if self.0.layout.was_removed(peer) {
+            self.audit(AuditRecord::deny(
+                peer,
+                other("cluster_join"),
+                target,
+                "the peer was removed from the layout",
+            ))
+            .await;
+            return deny(
+                ErrorCode::Forbidden,
+                "this peer was removed from the cluster".into(),
+            );
+        }
+        let spent = match self.0.membership.redeem(invite, secret, peer) {
+            Ok(i) => i,
+            Err(why) => {
+                self.audit(AuditRecord::deny(
+                    peer,
+                    other("cluster_join"),
+                    target,
+                    format!("{} ({why})", why.code()),
+                ))
+                .await;
+                return deny(ErrorCode::Forbidden, "invalid join token".into());
+            }
+        };
+        let cert = match certify(
+            &key,
+            peer,
+            spent.roles.clone(),
+            self.0.config.certificate_validity,
+        ) {
+            Ok(c) => c,
+            Err(e) => return deny(ErrorCode::Internal, e.to_string()),
+        };
+        if let Err(e) = self.0.membership.admit_certificate(peer, &cert) {
+            return deny(ErrorCode::Internal, e);
+        }
+        self.0.peers.record_info(peer, node.clone(), 0);
+        let mut layout = None;
+        if apply {
+            self.0.layout.stage_join(self.member_of(peer, &node));
+            match self.apply() {
+                Ok(_) => layout = self.0.layout.signed().and_then(|s| s.encode().ok()),
+                Err(e) => tracing::warn!(%peer, error = %e, "could not add the joining node"),
+            }
+        }
+        let roles: Vec<&str> = spent.roles.iter().map(|r| r.as_str()).collect();
+        self.audit(
+            AuditRecord::allow(peer, other("cluster_join"), target).with_reason(format!(
+                "certified for roles [{}]{}",
+                roles.join(","),
+                if layout.is_some() {
+                    ", added to the layout"
+                } else {
+                    ""
+                }
+            )),
+        )
+        .await;
+        tracing::info!(%peer, invite, "a node joined with an invite");
+        ClusterResponse::Joined {
+            cluster_key: key.public().to_bytes().to_vec().into(),
+            certificate: cert,
+            layout: layout.map(Into::into),
+        }
+    }
+
+    /// Takes a certificate an admin's `cluster join` sent: only on a node
+    /// that belongs to no cluster yet, or to the same one.
+    async fn serve_admit(
+        &self,
+        peer: &str,
+        cluster_key: &[u8],
+        certificate: Signed,
+    ) -> ClusterResponse {
+        let result = ClusterPublic::from_bytes(cluster_key)
+            .map_err(|e| ClusterError::Refused(e.to_string()))
+            .and_then(|public| self.0.membership.adopt(public, certificate, &self.0.me));
+        match result {
+            Ok(identity) => {
+                self.audit(
+                    AuditRecord::allow(peer, other("cluster_admit"), identity.id().to_hex())
+                        .with_reason("took a certificate of the cluster key"),
+                )
+                .await;
+                tracing::info!(cluster = %identity.id(), "admitted to a cluster");
+                let this = self.clone();
+                let from = peer.to_string();
+                tokio::spawn(async move { this.hello(&from).await });
+                ClusterResponse::Admitted {
+                    cluster: identity.id(),
+                }
+            }
+            Err(e) => {
+                self.audit(AuditRecord::deny(
+                    peer,
+                    other("cluster_admit"),
+                    peer,
+                    e.to_string(),
+                ))
+                .await;
+                ClusterResponse::Error(RemoteError {
+                    code: ErrorCode::Forbidden,
+                    message: e.to_string(),
+                })
+            }
         }
     }
 
@@ -657,7 +1004,9 @@ impl Cluster {
         found
     }
 
-    /// Fetches `peer`'s layout if it is newer than ours.
+    /// Fetches `peer`'s layout if it is newer than ours, and takes it if
+    /// the cluster key signed it. A layout that is not newer than the one
+    /// held (a replay) or not signed by the key is refused and audited.
     pub async fn pull_layout(&self, peer: &str) {
         let have = self.layout_version();
         let req = ClusterRequest::GetLayout {
@@ -667,30 +1016,109 @@ impl Cluster {
             Ok(ClusterResponse::Layout {
                 layout: Some(bytes),
                 ..
-            }) => match Layout::decode(&bytes.0) {
-                Ok(l) => {
-                    if let Err(e) = self.0.layout.offer(l) {
-                        tracing::warn!(error = %e, "cannot keep the layout");
-                    }
+            }) => {
+                if let Err(e) = self.take_layout(peer, &bytes.0).await {
+                    tracing::warn!(%peer, error = %e, "refused a layout");
                 }
-                Err(e) => tracing::warn!(%peer, error = %e, "peer sent a bad layout"),
-            },
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(%peer, error = %e, "layout pull failed"),
         }
     }
 
-    /// Introduces this node to `peer` (on every new connection).
+    /// Checks and takes a framed signed layout `from` sent.
+    async fn take_layout(&self, from: &str, bytes: &[u8]) -> Result<bool, ClusterError> {
+        let deny = |why: String| AuditRecord::deny(from, other("cluster_layout"), from, why);
+        let signed = match Signed::decode_limited(bytes, membership::MAX_STATEMENT) {
+            Ok(s) => s,
+            Err(e) => {
+                self.audit(deny(format!("undecodable layout: {e}"))).await;
+                return Err(ClusterError::Refused(e.to_string()));
+            }
+        };
+        let layout = match self.0.membership.verify_layout(&signed) {
+            Ok(l) => l,
+            Err(e) => {
+                self.audit(deny(e.to_string())).await;
+                return Err(e);
+            }
+        };
+        let (version, have) = (layout.version(), self.layout_version());
+        if version < have {
+            self.audit(deny(format!(
+                "stale layout version {version} (holding {have}): a replay"
+            )))
+            .await;
+            return Err(ClusterError::Refused(format!(
+                "layout version {version} is older than the held {have}"
+            )));
+        }
+        let taken = self.0.layout.offer(layout, signed)?;
+        if taken {
+            self.forget_removed();
+            self.audit(
+                AuditRecord::allow(from, other("cluster_layout"), from)
+                    .with_reason(format!("took layout version {version}")),
+            )
+            .await;
+        }
+        Ok(taken)
+    }
+
+    /// Drops the certificates of peers the layout removed.
+    fn forget_removed(&self) {
+        for peer in self.0.peers.known() {
+            if self.0.layout.was_removed(&peer) {
+                self.0.membership.forget(&peer);
+            }
+        }
+    }
+
+    /// What this node tells `peer` about itself: everything to a peer it
+    /// admits, only its peer id and version to any other.
+    fn info_for(&self, peer: &str) -> NodeInfo {
+        let info = self.info();
+        if parse_peer(peer).is_ok_and(|p| self.admits(&p)) {
+            return info;
+        }
+        NodeInfo {
+            name: String::new(),
+            peer_id: info.peer_id,
+            api_addr: None,
+            software_version: info.software_version,
+            zone: None,
+            capacity: None,
+            listen_addrs: Vec::new(),
+            auto_join: false,
+        }
+    }
+
+    /// Introduces this node to `peer` (on every new connection), with its
+    /// certificate; takes the peer's certificate from the answer.
     pub async fn hello(&self, peer: &str) {
+        let Some(identity) = self.identity() else {
+            return;
+        };
         let req = ClusterRequest::Hello {
-            node: self.info(),
+            node: self.info_for(peer),
             layout_version: self.layout_version(),
+            certificate: Some(identity.certificate.clone()),
         };
         match self.cluster_request(peer, req).await {
             Ok(ClusterResponse::Hello {
                 node,
                 layout_version,
+                certificate,
             }) => {
+                if let Some(c) = certificate
+                    && let Err(why) = self.0.membership.admit_certificate(peer, &c)
+                {
+                    tracing::warn!(%peer, %why, "peer showed a bad certificate");
+                }
+                let Ok(id) = parse_peer(peer) else { return };
+                if !self.admits(&id) {
+                    return;
+                }
                 self.0.peers.record_info(peer, node, layout_version);
                 if layout_version > self.layout_version() {
                     self.pull_layout(peer).await;
@@ -701,10 +1129,115 @@ impl Cluster {
         }
     }
 
-    /// One round of membership upkeep: probe every member and known peer,
-    /// pull newer layouts, and (with `auto_join`) add healthy peers.
-    /// Returns how many peers answered.
+    /// Redeems `cluster.join_token` at its issuer, once this node belongs to
+    /// no cluster. A refusal (invalid, used or expired token, another
+    /// cluster) is final and shown in the status; an unreachable issuer is
+    /// tried again next round.
+    async fn join_with_token(&self) {
+        if self.identity().is_some()
+            || self
+                .0
+                .join_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        {
+            return;
+        }
+        let Some(text) = &self.0.config.join_token else {
+            return;
+        };
+        let token: JoinToken = match text.parse() {
+            Ok(t) => t,
+            Err(e) => return self.join_failed(e.to_string()),
+        };
+        let req = ClusterRequest::Join {
+            invite: token.id.clone(),
+            secret: token.secret.clone(),
+            node: self.info(),
+            apply: self.0.config.auto_join,
+        };
+        match self.cluster_request(&token.issuer, req).await {
+            Ok(ClusterResponse::Joined {
+                cluster_key,
+                certificate,
+                layout,
+            }) => {
+                let result = ClusterPublic::from_bytes(&cluster_key.0)
+                    .map_err(|e| ClusterError::Refused(e.to_string()))
+                    .and_then(|public| {
+                        if public.id() != token.cluster {
+                            return Err(ClusterError::Refused(format!(
+                                "the issuer answered with cluster {}, the token names {}",
+                                public.id(),
+                                token.cluster
+                            )));
+                        }
+                        self.0.membership.adopt(public, certificate, &self.0.me)
+                    });
+                match result {
+                    Ok(identity) => {
+                        tracing::info!(cluster = %identity.id(), "joined the cluster");
+                        if let Some(l) = layout
+                            && let Err(e) = self.take_layout(&token.issuer, &l.0).await
+                        {
+                            tracing::warn!(error = %e, "refused the layout of the join");
+                        }
+                        self.hello(&token.issuer).await;
+                    }
+                    Err(e) => self.join_failed(e.to_string()),
+                }
+            }
+            Ok(_) => self.join_failed("the issuer answered with an unexpected message".into()),
+            Err(ClusterError::Remote(ErrorCode::Forbidden, why)) => self.join_failed(why),
+            Err(e) => {
+                tracing::info!(issuer = %token.issuer, error = %e, "cannot reach the invite's issuer yet")
+            }
+        }
+    }
+
+    fn join_failed(&self, why: String) {
+        tracing::error!(%why, "joining the cluster failed; start the node with a new join token");
+        *self.0.join_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// An admin's `cluster join PEER`: certifies the connected `peer`
+    /// (roles: all this node holds) and sends it the certificate.
+    pub async fn certify_peer(&self, peer: &str) -> Result<(), ClusterError> {
+        parse_peer(peer)?;
+        let key = self.cluster_key()?;
+        let cert = certify(
+            &key,
+            peer,
+            self.0.custody.roles(),
+            self.0.config.certificate_validity,
+        )?;
+        self.0
+            .membership
+            .admit_certificate(peer, &cert)
+            .map_err(ClusterError::Refused)?;
+        let req = ClusterRequest::Admit {
+            cluster_key: key.public().to_bytes().to_vec().into(),
+            certificate: cert,
+        };
+        match self.cluster_request(peer, req).await? {
+            ClusterResponse::Admitted { cluster } if cluster == key.public().id() => {
+                self.audit(
+                    AuditRecord::allow("admin", other("cluster_certify"), peer)
+                        .with_reason(format!("certified for cluster {cluster}")),
+                )
+                .await;
+                Ok(())
+            }
+            _ => Err(ClusterError::Unexpected),
+        }
+    }
+
+    /// One round of membership upkeep: redeem the join token if this node
+    /// belongs to no cluster yet, probe every member and known peer, and
+    /// pull newer layouts. Returns how many peers answered.
     pub async fn tick(&self) -> usize {
+        self.join_with_token().await;
         let mut targets: Vec<String> = self.0.peers.known();
         if let Some(l) = self.layout() {
             for m in l.members() {
@@ -776,9 +1309,6 @@ impl Cluster {
             .into_iter()
             .filter(|ok| *ok)
             .count();
-        if self.0.config.auto_join {
-            self.auto_join();
-        }
         self.0
             .metrics
             .cluster_layout_version
@@ -800,56 +1330,6 @@ impl Cluster {
                 .first()
                 .cloned()
                 .unwrap_or_else(|| format!("/p2p/{id}")),
-        }
-    }
-
-    /// Adds peers that ask for it (they run with `auto_join` too) and have
-    /// been healthy for `auto_join_after` to the layout. Only the
-    /// member with the smallest id among the healthy ones does it (any
-    /// node, when there is no layout yet), so changes rarely race; when
-    /// they do, the layout tie-break settles it and the next round adds
-    /// what the losing change had.
-    fn auto_join(&self) {
-        let healthy = self.0.peers.healthy_for(self.0.config.auto_join_after);
-        let layout = self.layout();
-        let is_member = |id: &str| {
-            layout
-                .as_ref()
-                .is_some_and(|l| l.member_index(id).is_some())
-        };
-        let mut candidates: Vec<Member> = healthy
-            .iter()
-            .filter(|(id, _)| !is_member(id) && !self.0.layout.was_removed(id))
-            .filter_map(|(id, p)| {
-                p.info
-                    .as_ref()
-                    .filter(|i| i.auto_join)
-                    .map(|i| self.member_of(id, i))
-            })
-            .collect();
-        if !is_member(&self.0.me) && !self.0.layout.was_removed(&self.0.me) {
-            candidates.push(self.member_of(&self.0.me, &self.info()));
-        }
-        if candidates.is_empty() {
-            return;
-        }
-        let mut deciders: Vec<&str> = healthy
-            .iter()
-            .map(|(id, _)| id.as_str())
-            .filter(|id| layout.is_none() || is_member(id))
-            .collect();
-        if layout.is_none() || is_member(&self.0.me) {
-            deciders.push(&self.0.me);
-        }
-        if deciders.iter().min() != Some(&self.0.me.as_str()) {
-            return;
-        }
-        for m in candidates {
-            self.0.layout.stage_join(m);
-        }
-        match self.apply() {
-            Ok(l) => tracing::info!(version = l.version(), "auto-join applied a layout"),
-            Err(e) => tracing::warn!(error = %e, "auto-join failed"),
         }
     }
 
@@ -893,23 +1373,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// Commits the staged changes as the next layout and tells the peers.
+    /// Commits the staged changes as the next layout, signed with the
+    /// cluster key, and tells the peers.
     pub fn apply(&self) -> Result<Arc<Layout>, ClusterError> {
+        if self.identity().is_none() {
+            return Err(ClusterError::NotInitialized);
+        }
+        let key = self.cluster_key()?;
         let l = self.0.layout.apply(
             self.0.config.replication_factor,
             self.0.config.partition_bits,
+            |layout| {
+                key.sign(PURPOSE_LAYOUT, layout)
+                    .map_err(|e| ClusterError::Io(e.to_string()))
+            },
         )?;
+        self.forget_removed();
         self.announce();
         Ok(l)
-    }
-
-    /// Takes a layout made elsewhere (tests, restore) if it is newer.
-    pub fn offer_layout(&self, layout: Layout) -> Result<bool, ClusterError> {
-        let taken = self.0.layout.offer(layout)?;
-        if taken {
-            self.announce();
-        }
-        Ok(taken)
     }
 
     /// Sends `Hello` (with our layout version) to every known peer, so
@@ -970,6 +1451,15 @@ impl Cluster {
         ClusterStatus {
             peer_id: self.0.me.clone(),
             name: info.name,
+            cluster: self.identity().map(|i| i.id().to_hex()),
+            key_holder: self.identity().is_some() && self.holds_cluster_key(),
+            certificate_not_after_ms: self.identity().map(|i| i.cert.not_after_ms),
+            join_error: self
+                .0
+                .join_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             layout_version: layout.as_ref().map(|l| l.version()).unwrap_or(0),
             replication_factor: layout.as_ref().map(|l| l.replication_factor()),
             partitions: layout.as_ref().map(|l| l.partitions().count()),
