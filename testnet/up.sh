@@ -4,13 +4,16 @@
 #
 #   testnet/up.sh [N]          (default 3)
 #
-# Every node runs with --auto-join, so the cluster forms its layout by
-# itself (replication factor 3, W 2, R 2 by default; at most N). Node 1 is
-# the bootstrap peer of the others. Data, logs and pids are under
-# ./.testnet (SLURP_TESTNET_DIR); node I serves its API on 7100+I and its
-# swarm on 7200+I (SLURP_TESTNET_PORT moves both). The role keys are made
-# by node 1 and copied to the others before their first start (key
-# distribution through the swarm is a later capability).
+# Node 1 creates the cluster (`slurp cluster init`: the cluster key, a
+# layout with node 1) and invites every other node: each starts with its
+# own one-time join token and --auto-join, so it is certified and added to
+# the layout at once (replication factor 3, W 2, R 2 by default; at most
+# N). Node 1 is the bootstrap peer of the others. Data, logs and pids are
+# under ./.testnet (SLURP_TESTNET_DIR); node I serves its API on 7100+I and
+# its swarm on 7200+I (SLURP_TESTNET_PORT moves both). The role keys are
+# made by node 1 and copied to the others before their first start (role
+# keys travelling through the swarm is a later capability); the cluster
+# key stays on node 1.
 #
 # Afterwards: `source .testnet/env && slurp search token`, and
 # testnet/status.sh, kill.sh I, start.sh I, smoke.sh, down.sh.
@@ -36,29 +39,37 @@ echo "$N" >"$DIR/nodes"
 
 PEER1=$("$BIN" node peer-id --data "$DIR/node1")
 BOOT="/ip4/127.0.0.1/tcp/$(p2p_port 1)/p2p/$PEER1"
-for i in $(seq 1 "$N"); do
-  args=(node run --data "$DIR/node$i" --listen "127.0.0.1:$(api_port "$i")"
+# write_cmd I [ARGS...]: how node I is started (and restarted by start.sh).
+write_cmd() {
+  local i=$1; shift
+  local args=(node run --data "$DIR/node$i" --listen "127.0.0.1:$(api_port "$i")"
         --p2p-listen "/ip4/127.0.0.1/tcp/$(p2p_port "$i")" --name "node$i"
-        --zone "zone$(( (i - 1) % 3 + 1 ))" --auto-join)
-  [ "$i" -gt 1 ] && args+=(--bootstrap "$BOOT")
+        --zone "zone$(( (i - 1) % 3 + 1 ))" "$@")
   # shellcheck disable=SC2206
   args+=(${SLURP_TESTNET_ARGS:-})
   printf 'exec %q' "$BIN" >"$DIR/node$i.cmd"
   printf ' %q' "${args[@]}" >>"$DIR/node$i.cmd"
   echo >>"$DIR/node$i.cmd"
-done
+}
 
+write_cmd 1
 launch 1
 wait_healthy 1
 for i in $(seq 2 "$N"); do
   mkdir -p "$DIR/node$i"
   cp -r "$DIR/node1/keys" "$DIR/node$i/keys"
   [ -f "$DIR/node1/node.key" ] && cp "$DIR/node1/node.key" "$DIR/node$i/node.key"
+done
+as_node 1 cluster init
+for i in $(seq 2 "$N"); do
+  # A restart reuses the command; the token, spent by then, is ignored
+  # by a node that already belongs to the cluster.
+  write_cmd "$i" --bootstrap "$BOOT" --auto-join --join-token "$(as_node 1 cluster invite)"
   launch "$i"
 done
 for i in $(seq 2 "$N"); do wait_healthy "$i"; done
 
-# The layout forms once every node has been healthy for a moment.
+# The layout grows as each node redeems its invite.
 # one_layout: every node lists N members under the same layout version.
 one_layout() {
   local i lo v m want=""

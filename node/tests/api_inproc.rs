@@ -36,8 +36,8 @@ fn config(dir: &Path, i: usize, cluster: bool) -> NodeConfig {
     };
     c.index.commit_every_ops = 1;
     c.net.listen = vec![memory_addr()];
-    c.cluster.auto_join = cluster;
-    c.cluster.auto_join_after = Duration::from_millis(200);
+    // Nodes after the first join with an invite and ask to be added.
+    c.cluster.auto_join = cluster && i > 0;
     c.cluster.probe_interval = Duration::from_millis(100);
     // Generous: on a loaded machine a slow answer must not count as a
     // down peer; stopped nodes fail at once (the dial is refused).
@@ -67,6 +67,9 @@ impl Nodes {
         let cluster = n > 1;
         let c0 = config(dir.path(), 0, cluster);
         let first = Arc::new(Node::open(c0.clone()).await.unwrap());
+        if cluster {
+            first.cluster.init().await.unwrap();
+        }
         let boot: libp2p::Multiaddr = format!("{}/p2p/{}", c0.net.listen[0], first.net.peer_id())
             .parse()
             .unwrap();
@@ -75,6 +78,8 @@ impl Nodes {
         for i in 1..n {
             let mut c = config(dir.path(), i, cluster);
             c.net.bootstrap = vec![boot.clone()];
+            let (_, token) = first.cluster.invite(None, None).unwrap();
+            c.cluster.join_token = Some(token.to_string());
             copy_keys(&c0.data_dir, &c.data_dir);
             others.push(Some(Node::open(c.clone()).await.unwrap()));
             configs.push(c);

@@ -63,7 +63,6 @@ fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> NodeConf
     c.index.commit_every_ops = 1;
     c.net.listen = vec![listen];
     c.cluster.auto_join = o.auto_join;
-    c.cluster.auto_join_after = Duration::from_millis(200);
     c.cluster.probe_interval = Duration::from_millis(100);
     // Generous: a loaded machine (CI, a parallel build) must not turn slow
     // answers into failed quorums. Stopped nodes fail at once anyway (the
@@ -84,8 +83,12 @@ impl Cluster {
         let mut configs = Vec::new();
         let mut nodes = Vec::new();
         let first_addr = memory_addr();
-        let c0 = config(dir.path(), 0, first_addr.clone(), &o);
+        let mut c0 = config(dir.path(), 0, first_addr.clone(), &o);
+        c0.cluster.auto_join = false;
         let n0 = Node::open(c0.clone()).await.unwrap();
+        // Node 0 creates the cluster; every other node joins with an invite
+        // (and, with `auto_join`, asks to be added to the layout at once).
+        n0.cluster.init().await.unwrap();
         let boot: libp2p::Multiaddr = format!("{first_addr}/p2p/{}", n0.net.peer_id())
             .parse()
             .unwrap();
@@ -94,6 +97,13 @@ impl Cluster {
         for i in 1..o.n {
             let mut c = config(dir.path(), i, memory_addr(), &o);
             c.net.bootstrap = vec![boot.clone()];
+            let (_, token) = nodes[0]
+                .as_ref()
+                .unwrap()
+                .cluster
+                .invite(None, None)
+                .unwrap();
+            c.cluster.join_token = Some(token.to_string());
             copy_keys(&configs[0].data_dir, &c.data_dir);
             nodes.push(Some(Node::open(c.clone()).await.unwrap()));
             configs.push(c);
@@ -328,28 +338,36 @@ async fn an_admin_joins_and_removes_members() {
         auto_join: false,
     })
     .await;
-    // Wait until node 0 has heard from both peers.
+    // Both joined with their invites: certified, known to node 0, but not
+    // in the layout (they did not ask to be added at once).
     wait_until("peers known", async || {
         let s = c.node(0).cluster.status();
         s.others.iter().filter(|p| p.name.is_some()).count() == 2
     })
     .await;
-    assert!(c.node(0).cluster.layout().is_none());
+    let l0 = c.node(0).cluster.layout().unwrap();
+    assert_eq!((l0.version(), l0.members().len()), (1, 1));
+    assert!(c.node(1).cluster.identity().is_some());
     let n0 = &c.node(0).cluster;
     n0.stage_join(None, Some("z1".into()), None).unwrap();
     n0.stage_join(Some(&c.peer(1)), Some("z2".into()), Some(200))
         .unwrap();
     n0.stage_join(Some(&c.peer(2)), None, None).unwrap();
     let l1 = n0.apply().unwrap();
-    assert_eq!(l1.version(), 1);
+    assert_eq!(l1.version(), 2);
     c.converged(3).await;
     let m1 = l1.members().iter().find(|m| m.id == c.peer(1)).unwrap();
     assert_eq!((m1.zone.as_str(), m1.capacity), ("z2", 200));
-    // Any node can change the layout; every node converges.
+    // Only the holder of the cluster key signs layouts.
     let n1 = &c.node(1).cluster;
     n1.stage_remove(&c.peer(2)).unwrap();
-    let l2 = n1.apply().unwrap();
-    assert_eq!(l2.version(), 2);
+    assert!(matches!(
+        n1.apply(),
+        Err(slurp_node::cluster::ClusterError::NotKeyHolder)
+    ));
+    n0.stage_remove(&c.peer(2)).unwrap();
+    let l2 = n0.apply().unwrap();
+    assert_eq!(l2.version(), 3);
     c.converged(2).await;
     assert!(!c.node(2).cluster.is_member());
     assert!(c.node(0).cluster.is_member());
@@ -368,8 +386,16 @@ async fn an_admin_joins_and_removes_members() {
             .unwrap()
             .is_none()
     );
+    // A removed member is refused by the others, although its
+    // certificate has not expired.
+    let p2: libp2p::PeerId = c.peer(2).parse().unwrap();
+    assert!(!c.node(0).cluster.admits(&p2));
+    assert!(!c.node(1).cluster.admits(&p2));
     // Nothing staged: apply is refused.
-    assert!(n1.apply().is_err());
+    assert!(matches!(
+        n0.apply(),
+        Err(slurp_node::cluster::ClusterError::NothingStaged)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
-//! The cluster through the real binary on 127.0.0.1: nodes bootstrap over
-//! TCP, auto-join, a node outside the layout forwards API calls to a
-//! member, and an admin joins and removes members with the CLI.
+//! The cluster through the real binary on 127.0.0.1: a node creates the
+//! cluster, others join over TCP with invites, a certified node outside
+//! the layout forwards API calls to a member, and an admin joins and
+//! removes members with the CLI.
 
 mod common;
 
@@ -11,6 +12,10 @@ use serde_json::Value;
 
 fn status(n: &TestNode) -> Value {
     n.json(&n.admin, &["cluster", "status"])
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn members(v: &Value) -> usize {
@@ -26,13 +31,35 @@ fn join_forward_and_leave_through_the_cli() {
     let port = free_port();
     let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
     let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
-    let fast = ["--auto-join"];
-    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1", fast[0]]);
+    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
     copy_keys(&d[0], &d[1]);
     copy_keys(&d[0], &d[2]);
-    let n2 = TestNode::start_with(&d[1], &["--bootstrap", &boot, "--name", "n2", fast[0]]);
-    // n3 does not ask to join: it learns the layout but stays outside it.
-    let n3 = TestNode::start_with(&d[2], &["--bootstrap", &boot, "--name", "n3"]);
+    n1.init_cluster();
+    let n2 = TestNode::start_with(
+        &d[1],
+        &[
+            "--bootstrap",
+            &boot,
+            "--name",
+            "n2",
+            "--auto-join",
+            "--join-token",
+            &n1.invite(),
+        ],
+    );
+    // n3 joins without asking to be added: it is certified, learns the
+    // layout, but stays outside it.
+    let n3 = TestNode::start_with(
+        &d[2],
+        &[
+            "--bootstrap",
+            &boot,
+            "--name",
+            "n3",
+            "--join-token",
+            &n1.invite(),
+        ],
+    );
     wait("n1 and n2 form a layout", || members(&status(&n1)) == 2);
     wait("n3 learns the layout", || {
         status(&n3)["layout_version"].as_u64() >= Some(1)
@@ -107,7 +134,8 @@ fn join_forward_and_leave_through_the_cli() {
     let w = n3.json(&n3.admin, &["cluster", "where", ADDR]);
     assert_eq!(w["replicas"].as_array().unwrap().len(), 2);
 
-    // An admin joins n3 from n1, then removes n2 from n3.
+    // An admin joins n3 from n1, then removes n2. Only n1 holds the
+    // cluster key, so only n1 can publish the change.
     let p3 = status(&n3)["peer_id"].as_str().unwrap().to_string();
     let v = n1.json(
         &n1.admin,
@@ -117,9 +145,13 @@ fn join_forward_and_leave_through_the_cli() {
     wait("n3 becomes a member", || status(&n3)["member"] == true);
     let p2 = status(&n2)["peer_id"].as_str().unwrap().to_string();
     n3.ok(&n3.admin, &["cluster", "remove", &p2]);
-    let staged = status(&n3);
+    let out = n3.cli(&n3.admin, &["cluster", "apply", "--json"]).unwrap();
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "not_key_holder", "{err}");
+    n1.ok(&n1.admin, &["cluster", "remove", &p2]);
+    let staged = status(&n1);
     assert_eq!(staged["staged"]["remove"][0], p2.as_str());
-    let applied = n3.json(&n3.admin, &["cluster", "apply"]);
+    let applied = n1.json(&n1.admin, &["cluster", "apply"]);
     let version = applied["version"].as_u64();
     let converged = || {
         [&n1, &n2, &n3]
@@ -139,9 +171,17 @@ fn join_forward_and_leave_through_the_cli() {
             .collect::<Vec<_>>()
     );
     assert_eq!(status(&n2)["member"], false);
-    // Writes and reads keep working, through any node.
-    n2.ok(&n2.admin, &["put", ADDR, "--summary", "after n2 left"]);
-    let v = n3.json(&n3.admin, &["get", ADDR]);
+    // The members refuse the removed node, although its certificate has
+    // not expired: it can no longer write through them.
+    let out = n2
+        .cli(&n2.admin, &["put", ADDR, "--summary", "from a removed node"])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not a member of this cluster"), "{stderr}");
+    // Writes and reads keep working through the members.
+    n3.ok(&n3.admin, &["put", ADDR, "--summary", "after n2 left"]);
+    let v = n1.json(&n1.admin, &["get", ADDR]);
     assert_eq!(v["context"]["summary"], "after n2 left");
     // Only admins change the layout.
     let out = n1
@@ -160,11 +200,14 @@ fn replicas_hold_only_ciphertext() {
     let port = free_port();
     let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
     let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
-    let mut n1 = TestNode::start_logging(&d[0], &["--p2p-listen", &p2p, "--auto-join"], "debug");
+    let mut n1 = TestNode::start_logging(&d[0], &["--p2p-listen", &p2p], "debug");
     copy_keys(&d[0], &d[1]);
     copy_keys(&d[0], &d[2]);
-    let mut n2 = TestNode::start_logging(&d[1], &["--bootstrap", &boot, "--auto-join"], "debug");
-    let mut n3 = TestNode::start_logging(&d[2], &["--bootstrap", &boot, "--auto-join"], "debug");
+    n1.init_cluster();
+    let join = n1.joining(&boot);
+    let mut n2 = TestNode::start_logging(&d[1], &args(&join), "debug");
+    let join = n1.joining(&boot);
+    let mut n3 = TestNode::start_logging(&d[2], &args(&join), "debug");
     wait("three members", || {
         [&n1, &n2, &n3].iter().all(|n| members(&status(n)) == 3)
     });

@@ -11,9 +11,9 @@ use slurp_node::net::{
     self, NetClient, NetConfig, NetError, NetEvent, ProtocolLimits, Request, Response,
 };
 use slurp_protocol::messages::{
-    ClusterRequest, ClusterResponse, ForwardRequest, ForwardResponse, HealthStatus, KeyScope,
-    NodeInfo, PutOutcome, ReplicateRequest, ReplicateResponse, SealedVersion, SearchRequest,
-    SearchResponse, VersionOutcome,
+    ClusterRequest, ClusterResponse, ErrorCode, ForwardRequest, ForwardResponse, HealthStatus,
+    KeyScope, NodeInfo, PutOutcome, RemoteError, ReplicateRequest, ReplicateResponse,
+    SealedVersion, SearchRequest, SearchResponse, VersionOutcome,
 };
 use slurp_protocol::{Bytes, Hlc, RecordMeta, RoleName, VersionId, WriterId};
 use tokio::sync::{mpsc, oneshot};
@@ -195,6 +195,7 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         Request::Cluster(ClusterRequest::Hello { layout_version, .. }) => ClusterResponse::Hello {
             node: info(client.peer_id()),
             layout_version: layout_version + 1,
+            certificate: None,
         }
         .into(),
         Request::Cluster(ClusterRequest::GetLayout {
@@ -207,6 +208,13 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         .into(),
         Request::Cluster(ClusterRequest::GetToken { .. }) => {
             ClusterResponse::Token { token: None }.into()
+        }
+        Request::Cluster(ClusterRequest::Join { .. } | ClusterRequest::Admit { .. }) => {
+            ClusterResponse::Error(RemoteError {
+                code: ErrorCode::Forbidden,
+                message: "no cluster here".into(),
+            })
+            .into()
         }
         Request::Cluster(ClusterRequest::Health) => ClusterResponse::Health {
             status: HealthStatus::Ok,
@@ -384,12 +392,13 @@ async fn round_trips(from: &NetClient, to: PeerId) {
             ClusterRequest::Hello {
                 node: info(from.peer_id()),
                 layout_version: 4,
+                certificate: None,
             },
         )
         .await
         .unwrap();
     assert!(
-        matches!(hello, ClusterResponse::Hello { layout_version: 5, ref node } if node.peer_id == to.to_string())
+        matches!(hello, ClusterResponse::Hello { layout_version: 5, ref node, .. } if node.peer_id == to.to_string())
     );
     let layout = from
         .cluster(to, ClusterRequest::GetLayout { newer_than: None })

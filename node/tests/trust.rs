@@ -562,18 +562,20 @@ fn every_cluster_member_enforces_token_limits_and_tombstone_readers() {
     let port = free_port();
     let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
     let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
-    let n1 = TestNode::start_with(
-        &d[0],
-        &["--p2p-listen", &p2p, "--name", "n1", "--auto-join"],
-    );
+    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
     copy_keys(&d[0], &d[1]);
     copy_keys(&d[0], &d[2]);
-    let n2 = TestNode::start_with(
-        &d[1],
-        &["--bootstrap", &boot, "--name", "n2", "--auto-join"],
+    n1.init_cluster();
+    let mut a2 = n1.joining(&boot);
+    a2.extend(["--name".to_string(), "n2".to_string()]);
+    let n2 = TestNode::start_with(&d[1], &a2.iter().map(String::as_str).collect::<Vec<_>>());
+    // n3 is certified but stays outside the layout: it forwards data calls
+    // to a member.
+    let t3 = n1.invite();
+    let n3 = TestNode::start_with(
+        &d[2],
+        &["--bootstrap", &boot, "--name", "n3", "--join-token", &t3],
     );
-    // n3 stays outside the layout: it forwards data calls to a member.
-    let n3 = TestNode::start_with(&d[2], &["--bootstrap", &boot, "--name", "n3"]);
     let members = |n: &TestNode| {
         n.json(&n.admin, &["cluster", "status"])["members"]
             .as_array()

@@ -217,14 +217,6 @@ impl Membership {
             .is_some_and(|c| c.valid_at(now))
     }
 
-    /// Forgets the certificate of `peer` (it was removed from the layout).
-    pub fn forget(&self, peer: &str) {
-        self.certs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(peer);
-    }
-
     /// Checks a signed layout against the cluster key.
     pub fn verify_layout(&self, signed: &Signed) -> Result<Layout, ClusterError> {
         let public = self.public().ok_or(ClusterError::NotInitialized)?;
@@ -436,8 +428,6 @@ mod tests {
         let expired = certify(&key, "late", vec![], Duration::ZERO).unwrap();
         let e = check_certificate(&key.public(), &expired, "late", now_ms() + 1).unwrap_err();
         assert!(e.contains("valid from"), "{e}");
-        m.forget("peer");
-        assert!(!m.certified("peer"));
     }
 
     #[test]

@@ -792,7 +792,16 @@ impl Cluster {
                     certificate: self.identity().map(|i| i.certificate.clone()),
                 }
             }
-            _ if !self.admits(&peer) => refuse(NOT_ADMITTED),
+            // A member that was removed still holds a certificate: it may
+            // learn the layout that removed it, and nothing else.
+            ClusterRequest::GetLayout { .. }
+                if !self.admits(&peer) && !self.0.membership.certified(&from) =>
+            {
+                refuse(NOT_ADMITTED)
+            }
+            ClusterRequest::GetToken { .. } | ClusterRequest::Health if !self.admits(&peer) => {
+                refuse(NOT_ADMITTED)
+            }
             ClusterRequest::GetLayout { newer_than } => {
                 let version = self.layout_version();
                 let layout = self
@@ -1055,7 +1064,6 @@ impl Cluster {
         }
         let taken = self.0.layout.offer(layout, signed)?;
         if taken {
-            self.forget_removed();
             self.audit(
                 AuditRecord::allow(from, other("cluster_layout"), from)
                     .with_reason(format!("took layout version {version}")),
@@ -1063,15 +1071,6 @@ impl Cluster {
             .await;
         }
         Ok(taken)
-    }
-
-    /// Drops the certificates of peers the layout removed.
-    fn forget_removed(&self) {
-        for peer in self.0.peers.known() {
-            if self.0.layout.was_removed(&peer) {
-                self.0.membership.forget(&peer);
-            }
-        }
     }
 
     /// What this node tells `peer` about itself: everything to a peer it
@@ -1388,7 +1387,6 @@ impl Cluster {
                     .map_err(|e| ClusterError::Io(e.to_string()))
             },
         )?;
-        self.forget_removed();
         self.announce();
         Ok(l)
     }

@@ -128,6 +128,32 @@ impl TestNode {
         serde_json::from_str(&self.ok(token, &a)).expect("json output")
     }
 
+    /// Creates the cluster on this node (`slurp cluster init`).
+    pub fn init_cluster(&self) {
+        self.ok(&self.admin, &["cluster", "init"]);
+    }
+
+    /// A one-time join token from this node (`slurp cluster invite`).
+    pub fn invite(&self) -> String {
+        self.ok(&self.admin, &["cluster", "invite"])
+            .trim()
+            .to_string()
+    }
+
+    /// Arguments for a node that joins this node's cluster through
+    /// `boot` with a fresh invite and asks to be added at once.
+    pub fn joining(&self, boot: &str) -> Vec<String> {
+        [
+            "--bootstrap",
+            boot,
+            "--auto-join",
+            "--join-token",
+            &self.invite(),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
     /// Creates a token for `role`.
     pub fn token(&self, role: &str) -> String {
         self.json(&self.admin, &["token", "create", role])["token"]
@@ -257,6 +283,10 @@ pub fn copy_keys(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("keys")).unwrap();
     for e in std::fs::read_dir(from.join("keys")).unwrap() {
         let e = e.unwrap();
+        // Role keys only: the cluster key stays with the node that made it.
+        if e.path().extension().is_some_and(|x| x == "secret") {
+            continue;
+        }
         std::fs::copy(e.path(), to.join("keys").join(e.file_name())).unwrap();
     }
     if from.join("node.key").exists() {
