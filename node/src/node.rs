@@ -89,7 +89,9 @@ async fn serve(
     }
     if let Request::Cluster(slurp_protocol::messages::ClusterRequest::GetToken { id }) = &request {
         // Hashes of secrets, but still only for members.
-        let r = if cluster.accepts_from(&peer) {
+        let r = if !cluster.admits(&peer) {
+            slurp_protocol::messages::ClusterResponse::Error(stranger())
+        } else if cluster.accepts_from(&peer) {
             slurp_protocol::messages::ClusterResponse::Token {
                 token: tokens.entry(id).map(|e| e.to_record()),
             }

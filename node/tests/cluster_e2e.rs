@@ -174,7 +174,10 @@ fn join_forward_and_leave_through_the_cli() {
     // The members refuse the removed node, although its certificate has
     // not expired: it can no longer write through them.
     let out = n2
-        .cli(&n2.admin, &["put", ADDR, "--summary", "from a removed node"])
+        .cli(
+            &n2.admin,
+            &["put", ADDR, "--summary", "from a removed node"],
+        )
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");

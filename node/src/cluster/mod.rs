@@ -1245,7 +1245,9 @@ impl Cluster {
                 }
             }
         }
-        targets.retain(|p| *p != self.0.me);
+        // Peers this node does not admit got a hello when they connected;
+        // they are not probed (nor told anything) again.
+        targets.retain(|p| *p != self.0.me && parse_peer(p).is_ok_and(|id| self.admits(&id)));
         // Where the layout says each member listens: a member that is down
         // and not connected is dialed there again before it is probed, so
         // two members that restarted while the other was away find each

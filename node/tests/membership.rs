@@ -1,0 +1,569 @@
+//! Every door of the cluster, tried by peers that should not get through:
+//! a stranger that only knows a member's address, one that forged its own
+//! certificate, one that replays a spent invite, and a certified peer that
+//! lies (serves an old layout, or one signed by another key). Real nodes
+//! and a real swarm on the in-memory transport; the intruders are bare
+//! swarms that send whatever they like.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{LIVENESS, copy_keys, wait_until};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use slurp_crypto::{AuditEntry, AuditFilter, ClusterKey};
+use slurp_node::config::NodeConfig;
+use slurp_node::net::{self, NetClient, NetConfig, NetEvent, Request, Response};
+use slurp_node::node::Node;
+use slurp_protocol::membership::{PURPOSE_CERTIFICATE, PURPOSE_LAYOUT};
+use slurp_protocol::messages::{
+    ClusterRequest, ClusterResponse, ErrorCode, ForwardRequest, ForwardResponse, KeyScope,
+    NodeInfo, ReplicateRequest, ReplicateResponse, SearchRequest, SearchResponse,
+};
+use slurp_protocol::placement::Layout;
+use slurp_protocol::{Bytes, Framed, NodeCertificate, PartitionScheme, RoleName, Signed};
+use tokio::sync::mpsc;
+
+static PORTS: AtomicU64 = AtomicU64::new(0);
+
+fn memory_addr() -> Multiaddr {
+    // Unique within this process, and apart from the other test files'.
+    let n = 7_000_000 + std::process::id() as u64 * 1000 + PORTS.fetch_add(1, Ordering::SeqCst);
+    format!("/memory/{n}").parse().unwrap()
+}
+
+fn config(dir: &Path, i: usize) -> NodeConfig {
+    let mut c = NodeConfig {
+        data_dir: dir.join(format!("node{i}")),
+        node_name: Some(format!("node{i}")),
+        ..NodeConfig::default()
+    };
+    c.net.listen = vec![memory_addr()];
+    c.cluster.probe_interval = Duration::from_millis(100);
+    c.cluster.probe_timeout = Duration::from_secs(10);
+    c.cluster.replica_timeout = Duration::from_secs(10);
+    c.cluster.replication_factor = 2;
+    c.cluster.write_quorum = 1;
+    c.cluster.read_quorum = 1;
+    c.cluster.partition_bits = 4;
+    c
+}
+
+/// Two members: node 0 made the cluster, node 1 joined with an invite.
+struct Members {
+    _dir: tempfile::TempDir,
+    n0: Node,
+    n1: Node,
+    addr0: Multiaddr,
+}
+
+impl Members {
+    async fn start() -> Members {
+        let dir = tempfile::tempdir().unwrap();
+        let c0 = config(dir.path(), 0);
+        let n0 = Node::open(c0.clone()).await.unwrap();
+        n0.cluster.init().await.unwrap();
+        let addr0 = c0.net.listen[0]
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(n0.net.peer_id()));
+        let mut c1 = config(dir.path(), 1);
+        c1.net.bootstrap = vec![addr0.clone()];
+        c1.cluster.auto_join = true;
+        let (_, token) = n0.cluster.invite(None, None).unwrap();
+        c1.cluster.join_token = Some(token.to_string());
+        copy_keys(&c0.data_dir, &c1.data_dir);
+        let n1 = Node::open(c1).await.unwrap();
+        let m = Members {
+            _dir: dir,
+            n0,
+            n1,
+            addr0,
+        };
+        wait_until("both members hold the same 2-member layout", async || {
+            let (a, b) = (m.n0.cluster.layout(), m.n1.cluster.layout());
+            a.zip(b)
+                .is_some_and(|(a, b)| a.members().len() == 2 && a.version() == b.version())
+        })
+        .await;
+        m
+    }
+
+    async fn close(self) {
+        self.n0.close().await;
+        self.n1.close().await;
+    }
+}
+
+/// A bare swarm that connects to a member and sends what a test tells it.
+struct Intruder {
+    client: NetClient,
+    peer: PeerId,
+    events: Option<mpsc::Receiver<NetEvent>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Intruder {
+    async fn start(target: &Multiaddr) -> Intruder {
+        let config = NetConfig {
+            listen: vec![memory_addr()],
+            request_timeout: LIVENESS,
+            ..NetConfig::default()
+        };
+        let (client, events, event_loop) = net::new(config, Keypair::generate_ed25519()).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(event_loop.run(async move {
+            let _ = stopped.await;
+        }));
+        client.dial(target.clone()).await.unwrap();
+        Intruder {
+            peer: client.peer_id(),
+            client,
+            events: Some(events),
+            stop: Some(stop),
+        }
+    }
+
+    fn id(&self) -> String {
+        self.peer.to_base58()
+    }
+
+    async fn cluster(&self, to: PeerId, req: ClusterRequest) -> ClusterResponse {
+        self.client.cluster(to, req).await.unwrap()
+    }
+}
+
+impl Drop for Intruder {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn info(peer: &str) -> NodeInfo {
+    NodeInfo {
+        name: "intruder".into(),
+        peer_id: peer.into(),
+        api_addr: Some("127.0.0.1:1".into()),
+        software_version: "0".into(),
+        zone: None,
+        capacity: None,
+        listen_addrs: vec![],
+        auto_join: true,
+    }
+}
+
+fn forbidden_cluster(r: &ClusterResponse) -> String {
+    match r {
+        ClusterResponse::Error(e) if e.code == ErrorCode::Forbidden => e.message.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Audit entries of `node` with action `action`.
+async fn audited(node: &Node, action: &str) -> Vec<AuditEntry> {
+    node.store.audit().flush().await;
+    let filter = AuditFilter {
+        action: Some(slurp_crypto::AuditAction::Other(action.into())),
+        ..AuditFilter::default()
+    };
+    node.audit_log.query(&filter).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_nothing_from_any_protocol() {
+    let m = Members::start().await;
+    let mut stranger = Intruder::start(&m.addr0).await;
+    let to = m.n0.net.peer_id();
+    let me = stranger.id();
+
+    // Cluster state: no hello, layout, health or token lookups.
+    for req in [
+        ClusterRequest::Hello {
+            node: info(&me),
+            layout_version: 0,
+            certificate: None,
+        },
+        ClusterRequest::GetLayout { newer_than: None },
+        ClusterRequest::Health,
+        ClusterRequest::GetToken {
+            id: m.n0.tokens.list()[0].id.clone(),
+        },
+    ] {
+        let why = forbidden_cluster(&stranger.cluster(to, req.clone()).await);
+        assert!(
+            why.contains("not a member of this cluster"),
+            "{req:?}: {why}"
+        );
+    }
+    // A certificate signed by a key of its own making does not help.
+    let forger = ClusterKey::generate();
+    let forged = forger
+        .sign(
+            PURPOSE_CERTIFICATE,
+            &NodeCertificate {
+                cluster: m.n0.cluster.identity().unwrap().id(),
+                peer_id: me.clone(),
+                roles: vec![RoleName::new("admin").unwrap()],
+                issued_ms: 0,
+                not_after_ms: u64::MAX,
+            },
+        )
+        .unwrap();
+    let r = stranger
+        .cluster(
+            to,
+            ClusterRequest::Hello {
+                node: info(&me),
+                layout_version: 99,
+                certificate: Some(forged.clone()),
+            },
+        )
+        .await;
+    forbidden_cluster(&r);
+    let denied = audited(&m.n0, "cluster_hello").await;
+    assert!(
+        denied
+            .iter()
+            .any(|e| e.actor == me && e.reason.contains("does not verify")),
+        "{denied:?}"
+    );
+    // Nor can it make a member take its certificate as the member's own.
+    let r = stranger
+        .cluster(
+            to,
+            ClusterRequest::Admit {
+                cluster_key: Bytes(forger.public().to_bytes().to_vec()),
+                certificate: forger
+                    .sign(
+                        PURPOSE_CERTIFICATE,
+                        &NodeCertificate {
+                            cluster: forger.public().id(),
+                            peer_id: to.to_base58(),
+                            roles: vec![],
+                            issued_ms: 0,
+                            not_after_ms: u64::MAX,
+                        },
+                    )
+                    .unwrap(),
+            },
+        )
+        .await;
+    assert!(forbidden_cluster(&r).contains("belongs to cluster"));
+    // A made-up invite is an invalid join token, whatever was wrong.
+    let r = stranger
+        .cluster(
+            to,
+            ClusterRequest::Join {
+                invite: "inv0000000000000000".into(),
+                secret: "00".repeat(32),
+                node: info(&me),
+                apply: true,
+            },
+        )
+        .await;
+    assert_eq!(forbidden_cluster(&r), "invalid join token");
+
+    // Data: no replication, search or forwarded calls.
+    let key = "shop/checkout/src/a.rs".to_string();
+    for req in [
+        ReplicateRequest::GetVersions {
+            key: key.clone(),
+            versions: None,
+        },
+        ReplicateRequest::VersionIds {
+            scope: KeyScope::Keys(vec![key.clone()]),
+        },
+        ReplicateRequest::Heads {
+            keys: vec![key.clone()],
+            with_envelope: true,
+        },
+        ReplicateRequest::History { key: key.clone() },
+        ReplicateRequest::PutVersions {
+            versions: vec![],
+            layout_version: None,
+            write_quorum_id: None,
+            hint_for: None,
+        },
+    ] {
+        match stranger.client.replicate(to, req.clone()).await.unwrap() {
+            ReplicateResponse::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{req:?}"),
+            other => panic!("{req:?} answered {other:?}"),
+        }
+    }
+    let role = RoleName::new("admin").unwrap();
+    for req in [
+        SearchRequest::TermStatistics {
+            query: serde_json::json!({"text": "token"}),
+            role: role.clone(),
+            scope: None,
+        },
+        SearchRequest::Search {
+            query: serde_json::json!({"text": "token"}),
+            role: role.clone(),
+            stats: None,
+            limit: 10,
+            scope: None,
+        },
+    ] {
+        match stranger.client.search(to, req).await.unwrap() {
+            SearchResponse::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden),
+            other => panic!("search answered {other:?}"),
+        }
+    }
+    for proof in [None, Some(Bytes(vec![0; 32]))] {
+        let call = ForwardRequest::Call {
+            method: "GET".into(),
+            path: "/v1/list?prefix=ucxl://".into(),
+            content_type: None,
+            body: Bytes(vec![]),
+            caller_role: role.clone(),
+            request_id: None,
+            proof,
+        };
+        match stranger.client.forward(to, call).await.unwrap() {
+            ForwardResponse::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden),
+            other => panic!("forward answered {other:?}"),
+        }
+    }
+
+    // The stranger is not in the layout, and the members never told it
+    // who they are: every hello they sent it names no zone, address or API.
+    let layout = m.n0.cluster.layout().unwrap();
+    assert!(layout.member_index(&me).is_none());
+    assert!(
+        !m.n0
+            .cluster
+            .status()
+            .others
+            .iter()
+            .any(|p| p.peer_id == me && p.name.is_some())
+    );
+    let mut rx = stranger.events.take().unwrap();
+    let mut hellos = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(e)) = tokio::time::timeout_at(until, rx.recv()).await {
+        if let NetEvent::InboundRequest {
+            request: Request::Cluster(ClusterRequest::Hello { node, .. }),
+            ..
+        } = e
+        {
+            hellos.push(node);
+        }
+    }
+    assert!(!hellos.is_empty(), "the member greeted the new connection");
+    for h in &hellos {
+        assert!(
+            h.name.is_empty() && h.api_addr.is_none() && h.listen_addrs.is_empty(),
+            "{h:?}"
+        );
+    }
+    drop(stranger);
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_are_spent_once_expire_and_every_refusal_is_audited() {
+    let m = Members::start().await;
+    let peer = Intruder::start(&m.addr0).await;
+    let to = m.n0.net.peer_id();
+    let me = peer.id();
+    let join = |invite: &str, secret: &str| ClusterRequest::Join {
+        invite: invite.into(),
+        secret: secret.into(),
+        node: info(&me),
+        apply: false,
+    };
+
+    let (_, token) = m.n0.cluster.invite(None, None).unwrap();
+    let r = peer.cluster(to, join(&token.id, &"ab".repeat(32))).await;
+    assert_eq!(forbidden_cluster(&r), "invalid join token");
+    let ClusterResponse::Joined {
+        cluster_key,
+        certificate,
+        layout,
+    } = peer.cluster(to, join(&token.id, &token.secret)).await
+    else {
+        panic!("the invite was not honoured");
+    };
+    assert!(layout.is_none(), "not added without asking");
+    let public = slurp_crypto::ClusterPublic::from_bytes(&cluster_key.0).unwrap();
+    assert_eq!(public.id(), token.cluster);
+    let cert: NodeCertificate = public
+        .verify(PURPOSE_CERTIFICATE, &certificate, 1 << 20)
+        .unwrap();
+    assert_eq!(cert.peer_id, me, "certified for its own peer id");
+    // Spent: a replay of the same join is refused.
+    let r = peer.cluster(to, join(&token.id, &token.secret)).await;
+    assert_eq!(forbidden_cluster(&r), "invalid join token");
+    // Expired.
+    let (_, late) =
+        m.n0.cluster
+            .invite(None, Some(Duration::from_millis(1)))
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let r = peer.cluster(to, join(&late.id, &late.secret)).await;
+    assert_eq!(forbidden_cluster(&r), "invalid join token");
+    let entries = audited(&m.n0, "cluster_join").await;
+    for want in ["invite_wrong_secret", "invite_used", "invite_expired"] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.actor == me && e.reason.starts_with(want)),
+            "{want}: {entries:?}"
+        );
+    }
+    assert!(entries.iter().any(|e| e.actor == me
+        && e.decision == slurp_crypto::Decision::Allow
+        && e.reason.starts_with("certified")));
+
+    // Certified, but not in the layout: it may say hello and learn the
+    // layout, but a replica does not take its writes.
+    let r = peer
+        .cluster(
+            to,
+            ClusterRequest::Hello {
+                node: info(&me),
+                layout_version: 0,
+                certificate: Some(certificate),
+            },
+        )
+        .await;
+    assert!(matches!(r, ClusterResponse::Hello { .. }), "{r:?}");
+    match peer
+        .client
+        .replicate(
+            to,
+            ReplicateRequest::PutVersions {
+                versions: vec![],
+                layout_version: None,
+                write_quorum_id: None,
+                hint_for: None,
+            },
+        )
+        .await
+        .unwrap()
+    {
+        ReplicateResponse::Error(e) => assert_eq!(e.code, ErrorCode::LayoutMismatch),
+        other => panic!("a certified non-member replicated: {other:?}"),
+    }
+    drop(peer);
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_serves_an_old_or_forged_layout_is_refused_and_audited() {
+    let m = Members::start().await;
+    let mut liar = Intruder::start(&m.addr0).await;
+    let to = m.n0.net.peer_id();
+    let me = liar.id();
+    // The liar is a real member: it joined with an invite.
+    let (_, token) = m.n0.cluster.invite(None, None).unwrap();
+    let ClusterResponse::Joined {
+        certificate,
+        layout: Some(old),
+        ..
+    } = liar
+        .cluster(
+            to,
+            ClusterRequest::Join {
+                invite: token.id.clone(),
+                secret: token.secret.clone(),
+                node: info(&me),
+                apply: true,
+            },
+        )
+        .await
+    else {
+        panic!("the invite was not honoured");
+    };
+    // A later layout supersedes the one the liar kept.
+    m.n0.cluster
+        .stage_join(None, Some("elsewhere".into()), None)
+        .unwrap();
+    let current = m.n0.cluster.apply().unwrap().version();
+    let old_version = Layout::decode(&Signed::decode(&old.0).unwrap().statement.0)
+        .unwrap()
+        .version();
+    assert!(old_version < current);
+
+    // It answers every layout request with what `serve` holds.
+    let serve: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(old.0.clone()));
+    let mut rx = liar.events.take().unwrap();
+    let (client, held, cert) = (liar.client.clone(), serve.clone(), certificate.clone());
+    let liar_id = me.clone();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            if let NetEvent::InboundRequest {
+                request: Request::Cluster(req),
+                handle,
+                ..
+            } = e
+            {
+                let resp = match req {
+                    ClusterRequest::GetLayout { .. } => ClusterResponse::Layout {
+                        version: 1000,
+                        layout: Some(Bytes(held.lock().unwrap().clone())),
+                    },
+                    _ => ClusterResponse::Hello {
+                        node: info(&liar_id),
+                        layout_version: 1000,
+                        certificate: Some(cert.clone()),
+                    },
+                };
+                let _ = client.respond(handle, Response::Cluster(resp)).await;
+            }
+        }
+    });
+    let claim_newer = || ClusterRequest::Hello {
+        node: info(&me),
+        layout_version: 1000,
+        certificate: Some(certificate.clone()),
+    };
+    liar.cluster(to, claim_newer()).await;
+    wait_until("the replayed layout is refused and audited", async || {
+        audited(&m.n0, "cluster_layout").await.iter().any(|e| {
+            e.actor == me
+                && e.reason
+                    .contains(&format!("stale layout version {old_version}"))
+        })
+    })
+    .await;
+    assert_eq!(m.n0.cluster.layout_version(), current);
+
+    // A newer layout signed by another key: refused too.
+    let forger = ClusterKey::generate();
+    let forged = Layout::new(
+        1000,
+        1,
+        PartitionScheme::new(4).unwrap(),
+        vec![slurp_protocol::Member {
+            id: me.clone(),
+            zone: "z".into(),
+            capacity: 100,
+            address: "/memory/1".into(),
+        }],
+    )
+    .unwrap();
+    *serve.lock().unwrap() = forger
+        .sign(PURPOSE_LAYOUT, &forged)
+        .unwrap()
+        .encode()
+        .unwrap();
+    liar.cluster(to, claim_newer()).await;
+    wait_until("the forged layout is refused and audited", async || {
+        audited(&m.n0, "cluster_layout")
+            .await
+            .iter()
+            .any(|e| e.actor == me && e.reason.contains("does not verify"))
+    })
+    .await;
+    assert_eq!(m.n0.cluster.layout_version(), current);
+    assert_eq!(m.n1.cluster.layout_version(), current);
+    drop(liar);
+    m.close().await;
+}
