@@ -654,3 +654,121 @@ fn every_cluster_member_enforces_token_limits_and_tombstone_readers() {
         201
     );
 }
+
+/// The intrusion of the security review, as a test: a node with a fresh
+/// data directory, nothing copied, bootstraps to a member. With
+/// `--auto-join` and no invite it does not even start; with a cluster of
+/// its own it is not added, its tokens mean nothing to the members, and it
+/// can neither read, write, list nor learn addresses.
+#[test]
+fn a_foreign_node_bootstrapping_to_a_member_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d: Vec<_> = ["n1", "n2", "foreign"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    let port = free_port();
+    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
+    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
+    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
+    copy_keys(&d[0], &d[1]);
+    n1.init_cluster();
+    let a2 = n1.joining(&boot);
+    let n2 = TestNode::start_with(&d[1], &a2.iter().map(String::as_str).collect::<Vec<_>>());
+    let members = |n: &TestNode| {
+        n.json(&n.admin, &["cluster", "status"])["members"]
+            .as_array()
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    wait("n1 and n2 form a layout", || {
+        members(&n1) == 2 && members(&n2) == 2
+    });
+    let secret = "ucxl://claude:architect@shop:checkout/*^/docs/secret.md";
+    n1.ok(&n1.admin, &["put", secret, "--summary", "architects only"]);
+
+    // --auto-join without an invite: refused at start, nothing listens.
+    let out = std::process::Command::new(common::BIN)
+        .args(["node", "run", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&d[2])
+        .args(["--bootstrap", &boot, "--auto-join"])
+        .env_remove("SLURP_NODE")
+        .env_remove("SLURP_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs cluster.join_token"), "{stderr}");
+    // A made-up invite for this cluster: refused by the issuer, audited.
+    let cluster_id = n1.json(&n1.admin, &["cluster", "status"])["cluster"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged = format!(
+        "slurp-join-v1.{cluster_id}.{}.inv0123456789abcdef.{}",
+        peer_id(&d[0]),
+        "0".repeat(64)
+    );
+    let foreign = TestNode::start_with(
+        &d[2],
+        &["--bootstrap", &boot, "--auto-join", "--join-token", &forged],
+    );
+    wait("the forged invite is refused", || {
+        foreign.json(&foreign.admin, &["cluster", "status"])["join_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid join token"))
+    });
+    let refused = audited(&d[0], |e| {
+        e.action.to_string() == "cluster_join" && e.decision == Decision::Deny
+    });
+    assert!(refused.reason.starts_with("invite_unknown"), "{refused:?}");
+
+    // With a cluster of its own, connected to n1.
+    foreign.init_cluster();
+    let fpeer = peer_id(&d[2]);
+    let p1 = peer_id(&d[0]);
+    wait("the foreign node is connected to n1", || {
+        foreign.json(&foreign.admin, &["cluster", "status"])["others"]
+            .as_array()
+            .is_some_and(|o| {
+                o.iter()
+                    .any(|p| p["peer_id"] == p1.as_str() && p["connected"] == true)
+            })
+    });
+    let s1 = n1.json(&n1.admin, &["cluster", "status"]);
+    let ids: Vec<&str> = s1["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(!ids.contains(&fpeer.as_str()));
+    // Its admin token means nothing to the members.
+    for n in [&n1, &n2] {
+        let r = http()
+            .get(format!("{}/v1/whoami", n.url))
+            .bearer_auth(&foreign.admin)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    // It reads, lists and searches only its own (empty) store, and what it
+    // writes stays with it.
+    let out = foreign.cli(&foreign.admin, &["get", secret]).unwrap();
+    assert!(!out.status.success());
+    let listed = foreign.json(&foreign.admin, &["list", "ucxl://any:any@any:any/*^/"]);
+    assert!(!listed.to_string().contains("secret.md"), "{listed}");
+    let mine = "ucxl://x:developer@shop:checkout/*^/src/foreign.rs";
+    foreign.ok(&foreign.admin, &["put", mine, "--summary", "from outside"]);
+    let out = n1.cli(&n1.admin, &["get", mine]).unwrap();
+    assert_eq!(out.status.code(), Some(3), "not found on the members");
+    // It learned no member's name, zone or addresses.
+    let fs = foreign.json(&foreign.admin, &["cluster", "status"]);
+    assert_eq!(fs["members"].as_array().unwrap().len(), 1, "{fs}");
+    for p in fs["others"].as_array().into_iter().flatten() {
+        assert!(p["name"].is_null(), "{p}");
+        assert!(p["api_addr"].is_null(), "{p}");
+    }
+    assert_ne!(fs["cluster"], s1["cluster"]);
+}
