@@ -466,7 +466,7 @@ impl Node {
         let cluster = self.cluster.clone();
         self.workers.spawn(
             "membership",
-            "probes peers, pulls newer layouts, auto-joins healthy peers",
+            "redeems the join token, probes admitted peers, pulls newer signed layouts",
             self.config.cluster.probe_interval,
             Box::new(move || {
                 let cluster = cluster.clone();
