@@ -359,6 +359,7 @@ async fn forward_if_not_member(State(node): State<Shared>, req: Request, next: N
             caller_role: caller.role.clone(),
             request_id: None,
             proof: proof.clone(),
+            authorisation: None,
         };
         match cluster
             .forward(peer, call, node.config.api.request_timeout)

@@ -106,6 +106,52 @@ async fn serve(
     if let Request::Cluster(r) = request {
         return Response::Cluster(cluster.serve(peer, r).await);
     }
+    // A member acts for a caller only with a statement, signed by it and
+    // holding its certificate, that the cluster key allowed it the role.
+    let checked = match &request {
+        Request::Forward(r) => Some((
+            r.role().clone(),
+            cluster.check_authorisation(
+                &peer,
+                r.role(),
+                crate::cluster::authorise::forward_digest(r),
+                r.authorisation(),
+            ),
+        )),
+        Request::Search(r) => Some((
+            r.role().clone(),
+            cluster.check_authorisation(
+                &peer,
+                r.role(),
+                crate::cluster::authorise::search_digest(r),
+                r.authorisation(),
+            ),
+        )),
+        _ => None,
+    };
+    if let Some((role, Err(refusal))) = checked {
+        let sender = peer.to_base58();
+        store
+            .audit()
+            .record(
+                slurp_crypto::AuditRecord::deny(
+                    &sender,
+                    slurp_crypto::AuditAction::Other("caller_authorisation".into()),
+                    &sender,
+                    format!("{}: {refusal}", refusal.code()),
+                )
+                .with_role(role.clone()),
+            )
+            .await;
+        let e = RemoteError {
+            code: ErrorCode::Forbidden,
+            message: format!("acting for role {role} refused: {refusal}"),
+        };
+        return match request {
+            Request::Search(_) => Response::Search(SearchResponse::Error(e)),
+            _ => Response::Forward(ForwardResponse::Error(e)),
+        };
+    }
     // A certified node outside the layout may forward API calls when it
     // proves it holds the key of the role it acts as.
     if let Request::Forward(slurp_protocol::messages::ForwardRequest::Call {
@@ -306,7 +352,7 @@ impl Node {
         let keypair =
             crate::net::identity::load_or_create(&dir).context("loading the node identity")?;
         let (net, events, event_loop) =
-            crate::net::new(config.net.clone(), keypair).context("starting the swarm")?;
+            crate::net::new(config.net.clone(), keypair.clone()).context("starting the swarm")?;
         let mut stop = shutdown_rx.clone();
         tokio::spawn(event_loop.run(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -322,13 +368,16 @@ impl Node {
             auto_join: config.cluster.auto_join,
         };
         let cluster = Cluster::new(
-            net.clone(),
-            info,
-            config.cluster.clone(),
+            crate::cluster::ClusterParts {
+                net: net.clone(),
+                info,
+                config: config.cluster.clone(),
+                metrics: metrics.clone(),
+                custody: custody.clone(),
+                audit: audit.clone(),
+                keypair,
+            },
             &dir,
-            metrics.clone(),
-            custody.clone(),
-            audit.clone(),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         if cluster.identity().is_none()
@@ -591,9 +640,10 @@ impl Node {
                             tokens.clone(),
                         );
                         tokio::spawn(async move {
-                            let response =
-                                serve(&store, &cluster, &custody, &tokens, &forward, peer, request)
-                                    .await;
+                            let response = serve(
+                                &store, &cluster, &custody, &tokens, &forward, peer, *request,
+                            )
+                            .await;
                             if let Err(e) = net.respond(handle, response).await {
                                 tracing::debug!(%peer, error = %e, "response not sent");
                             }

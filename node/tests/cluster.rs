@@ -190,17 +190,29 @@ impl Cluster {
         })
         .await;
         // Peers learn each other's health from probes: wait until every
-        // running node sees every other running member up, rather than for
-        // a time that a busy machine may not honour.
+        // running member sees every other running member up, rather than
+        // for a time that a busy machine may not honour. (A removed node
+        // is refused by the members, so it sees them failing.)
+        let layout = self
+            .nodes
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|n| n.cluster.layout());
+        let is_member = |p: &str| layout.as_ref().is_some_and(|l| l.member_index(p).is_some());
         let running: Vec<String> = self
             .nodes
             .iter()
             .flatten()
             .map(|n| n.net.peer_id().to_base58())
+            .filter(|p| is_member(p))
             .collect();
         wait_until("members see each other up", async || {
             self.nodes.iter().flatten().all(|n| {
                 let me = n.net.peer_id().to_base58();
+                if !is_member(&me) {
+                    return true;
+                }
                 running.iter().filter(|p| **p != me).all(|p| {
                     n.cluster
                         .peers()

@@ -100,6 +100,7 @@ impl Members {
 
 /// A bare swarm that connects to a member and sends what a test tells it.
 struct Intruder {
+    keypair: Keypair,
     client: NetClient,
     peer: PeerId,
     events: Option<mpsc::Receiver<NetEvent>>,
@@ -113,13 +114,15 @@ impl Intruder {
             request_timeout: LIVENESS,
             ..NetConfig::default()
         };
-        let (client, events, event_loop) = net::new(config, Keypair::generate_ed25519()).unwrap();
+        let keypair = Keypair::generate_ed25519();
+        let (client, events, event_loop) = net::new(config, keypair.clone()).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(event_loop.run(async move {
             let _ = stopped.await;
         }));
         client.dial(target.clone()).await.unwrap();
         Intruder {
+            keypair,
             peer: client.peer_id(),
             client,
             events: Some(events),
@@ -301,6 +304,7 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
             query: serde_json::json!({"text": "token"}),
             role: role.clone(),
             scope: None,
+            authorisation: None,
         },
         SearchRequest::Search {
             query: serde_json::json!({"text": "token"}),
@@ -308,6 +312,7 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
             stats: None,
             limit: 10,
             scope: None,
+            authorisation: None,
         },
     ] {
         match stranger.client.search(to, req).await.unwrap() {
@@ -324,6 +329,7 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
             caller_role: role.clone(),
             request_id: None,
             proof,
+            authorisation: None,
         };
         match stranger.client.forward(to, call).await.unwrap() {
             ForwardResponse::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden),
@@ -347,10 +353,8 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
     let mut hellos = Vec::new();
     let until = tokio::time::Instant::now() + Duration::from_millis(500);
     while let Ok(Some(e)) = tokio::time::timeout_at(until, rx.recv()).await {
-        if let NetEvent::InboundRequest {
-            request: Request::Cluster(ClusterRequest::Hello { node, .. }),
-            ..
-        } = e
+        if let NetEvent::InboundRequest { request, .. } = e
+            && let Request::Cluster(ClusterRequest::Hello { node, .. }) = *request
         {
             hellos.push(node);
         }
@@ -499,10 +503,9 @@ async fn a_member_that_serves_an_old_or_forged_layout_is_refused_and_audited() {
     tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
             if let NetEvent::InboundRequest {
-                request: Request::Cluster(req),
-                handle,
-                ..
+                request, handle, ..
             } = e
+                && let Request::Cluster(req) = *request
             {
                 let resp = match req {
                     ClusterRequest::GetLayout { .. } => ClusterResponse::Layout {
@@ -566,4 +569,129 @@ async fn a_member_that_serves_an_old_or_forged_layout_is_refused_and_audited() {
     assert_eq!(m.n1.cluster.layout_version(), current);
     drop(liar);
     m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_acts_for_a_caller_only_in_roles_it_was_certified_for_and_once() {
+    let Members {
+        _dir,
+        n0,
+        n1,
+        addr0,
+    } = Members::start().await;
+    let n0 = Arc::new(n0);
+    // Forwarded calls are served through the API router.
+    let _ = n0.forwarder.set(slurp_node::api::router(n0.clone()));
+    let peer = Intruder::start(&addr0).await;
+    let to = n0.net.peer_id();
+    let me = peer.id();
+    // A real member, certified for `developer` only.
+    let dev = RoleName::new("developer").unwrap();
+    let admin = RoleName::new("admin").unwrap();
+    let (_, token) = n0.cluster.invite(Some(vec![dev.clone()]), None).unwrap();
+    let ClusterResponse::Joined { certificate, .. } = peer
+        .cluster(
+            to,
+            ClusterRequest::Join {
+                invite: token.id.clone(),
+                secret: token.secret.clone(),
+                node: info(&me),
+                apply: true,
+            },
+        )
+        .await
+    else {
+        panic!("the invite was not honoured");
+    };
+    let signer = slurp_node::cluster::authorise::Authoriser::new(
+        peer.keypair.clone(),
+        Duration::from_secs(30),
+    );
+    let whoami = |role: &RoleName| ForwardRequest::Call {
+        method: "GET".into(),
+        path: "/v1/whoami".into(),
+        content_type: None,
+        body: Bytes(vec![]),
+        caller_role: role.clone(),
+        request_id: Some("r".into()),
+        proof: None,
+        authorisation: None,
+    };
+    let signed = |role: &RoleName| {
+        let mut call = whoami(role);
+        let digest = slurp_node::cluster::authorise::forward_digest(&call);
+        call.set_authorisation(Some(
+            signer
+                .sign(&to.to_base58(), role, digest, certificate.clone())
+                .unwrap(),
+        ));
+        call
+    };
+    let refused = |r: ForwardResponse| match r {
+        ForwardResponse::Error(e) if e.code == ErrorCode::Forbidden => e.message,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    // As developer, with a statement: served as developer.
+    let call = signed(&dev);
+    match peer.client.forward(to, call.clone()).await.unwrap() {
+        ForwardResponse::Reply { status, body, .. } => {
+            assert_eq!(status, 200);
+            let v: serde_json::Value = serde_json::from_slice(&body.0).unwrap();
+            assert_eq!(v["role"], "developer", "{v}");
+        }
+        other => panic!("a certified developer was refused: {other:?}"),
+    }
+    // The same statement again: a replay.
+    let why = refused(peer.client.forward(to, call).await.unwrap());
+    assert!(why.contains("replay"), "{why}");
+    // As admin, which its certificate does not allow.
+    let why = refused(peer.client.forward(to, signed(&admin)).await.unwrap());
+    assert!(why.contains("not certified for role admin"), "{why}");
+    // Without a statement, or with one for another request.
+    let why = refused(peer.client.forward(to, whoami(&dev)).await.unwrap());
+    assert!(why.contains("no caller authorisation"), "{why}");
+    let mut swapped = whoami(&dev);
+    swapped.set_authorisation(signed(&dev).authorisation().cloned());
+    let ForwardRequest::Call { path, .. } = &mut swapped;
+    *path = "/v1/status".into();
+    let why = refused(peer.client.forward(to, swapped).await.unwrap());
+    assert!(why.contains("another request"), "{why}");
+    // A search fanned out as admin: refused the same way.
+    let search = SearchRequest::Search {
+        query: serde_json::json!({"text": "token"}),
+        role: admin.clone(),
+        stats: None,
+        limit: 10,
+        scope: None,
+        authorisation: None,
+    };
+    let mut s = search.clone();
+    let digest = slurp_node::cluster::authorise::search_digest(&s);
+    s.set_authorisation(Some(
+        signer
+            .sign(&to.to_base58(), &admin, digest, certificate.clone())
+            .unwrap(),
+    ));
+    match peer.client.search(to, s).await.unwrap() {
+        SearchResponse::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden),
+        other => panic!("an admin search was served: {other:?}"),
+    }
+    // Every refusal is audited with its reason.
+    let entries = audited(&n0, "caller_authorisation").await;
+    for want in [
+        "authorisation_replay",
+        "role_not_granted",
+        "authorisation_missing",
+        "authorisation_wrong_request",
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.actor == me && e.reason.starts_with(want)),
+            "{want}: {entries:?}"
+        );
+    }
+    drop(peer);
+    n1.close().await;
 }

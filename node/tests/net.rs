@@ -120,7 +120,7 @@ async fn serve(client: NetClient, mut events: mpsc::Receiver<NetEvent>) {
             request, handle, ..
         } = event
         {
-            match answer(&client, request) {
+            match answer(&client, *request) {
                 Some(response) => {
                     let _ = client.respond(handle, response).await;
                 }
@@ -336,6 +336,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
                 caller_role: role(),
                 request_id: None,
                 proof: None,
+                authorisation: None,
             },
         )
         .await
@@ -356,6 +357,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
                 query: serde_json::json!({"text": "x"}),
                 role: role(),
                 scope: None,
+                authorisation: None,
             },
         )
         .await
@@ -375,6 +377,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
                 stats: Some(serde_json::json!({"docs": 9})),
                 limit: 10,
                 scope: None,
+                authorisation: None,
             },
         )
         .await
@@ -572,6 +575,7 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
                     caller_role: role(),
                     request_id: None,
                     proof: None,
+                    authorisation: None,
                 },
             )
             .await
@@ -592,6 +596,7 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
                     stats: None,
                     limit: 10,
                     scope: None,
+                    authorisation: None,
                 },
             )
             .await
@@ -617,6 +622,7 @@ async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_sur
                     query: serde_json::json!({"text": "x"}),
                     role: role(),
                     scope: None,
+                    authorisation: None,
                 },
             )
             .await
@@ -682,7 +688,7 @@ async fn requests_fail_in_bounded_time_with_typed_errors() {
                     peer,
                 } => {
                     assert_eq!(peer, a.peer);
-                    assert_eq!(request, Request::Cluster(ClusterRequest::Health));
+                    assert_eq!(*request, Request::Cluster(ClusterRequest::Health));
                     break handle;
                 }
                 _ => continue,

@@ -23,7 +23,9 @@ pub use context::{
     AccessLevel, ContextLimits, ContextNode, DecisionLinks, RecordMeta, ValidationError,
     VersionInfo,
 };
-pub use membership::{ClusterId, JoinToken, MembershipError, NodeCertificate, Signed};
+pub use membership::{
+    CallerAuthorisation, ClusterId, JoinToken, MembershipError, NodeCertificate, Signed,
+};
 pub use partition::{Partition, PartitionScheme, Slot};
 pub use placement::{
     Layout, LayoutDiff, LayoutError, Member, MemberIndex, PartitionChange, Placement,

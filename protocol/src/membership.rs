@@ -33,6 +33,8 @@ pub const CLUSTER_ID_LEN: usize = 16;
 pub const PURPOSE_CERTIFICATE: &str = "slurp node certificate v1";
 /// What a signature over a layout is for (part of the signed bytes).
 pub const PURPOSE_LAYOUT: &str = "slurp layout v1";
+/// What a member's signature over a [`CallerAuthorisation`] is for.
+pub const PURPOSE_AUTHORISATION: &str = "slurp caller authorisation v1";
 
 /// The name of a cluster: the first 16 bytes of the blake3 hash of its
 /// Ed25519 public key, shown as 32 lowercase hex characters.
@@ -122,6 +124,35 @@ impl NodeCertificate {
     pub fn valid_at(&self, now_ms: u64) -> bool {
         self.issued_ms <= now_ms.saturating_add(CLOCK_SKEW_MS) && now_ms <= self.not_after_ms
     }
+}
+
+/// A member's statement that it acts for a caller of `role` in one request
+/// to `target`: signed with the sender's own node key (its libp2p
+/// identity), with the sender's certificate inside, so the target can check
+/// that the cluster key allowed the sender that role. A member therefore
+/// acts through the others only for roles it was certified for, and a
+/// statement is good for one request, one target and a short time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerAuthorisation {
+    /// Peer id (base58) of the member acting for the caller.
+    pub sender: String,
+    /// Peer id (base58) of the member asked.
+    pub target: String,
+    pub role: RoleName,
+    /// blake3 of the framed request with its authorisation left out.
+    pub request: Bytes,
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+    /// 16 random bytes; a target refuses a nonce it has seen.
+    pub nonce: Bytes,
+    /// The sender's certificate.
+    pub certificate: Signed,
+}
+
+impl Framed for CallerAuthorisation {
+    const KIND: u16 = kinds::CALLER_AUTHORISATION;
+    const NAME: &'static str = "caller-authorisation";
+    const VERSION: u16 = 1;
 }
 
 /// How far a peer's clock may run ahead of ours before a statement it

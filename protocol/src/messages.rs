@@ -224,6 +224,9 @@ pub enum ForwardRequest {
         /// custody); members need none.
         #[serde(default)]
         proof: Option<Bytes>,
+        /// The sender's signed [`CallerAuthorisation`] for this call.
+        #[serde(default)]
+        authorisation: Option<Signed>,
     },
 }
 
@@ -255,6 +258,9 @@ pub enum SearchRequest {
         /// ranges); absent means every slot it holds.
         #[serde(default)]
         scope: Option<serde_json::Value>,
+        /// The sender's signed [`CallerAuthorisation`] for `role`.
+        #[serde(default)]
+        authorisation: Option<Signed>,
     },
     /// Run the query, scoring with `stats` (the summed statistics) if given.
     Search {
@@ -265,7 +271,56 @@ pub enum SearchRequest {
         limit: u32,
         #[serde(default)]
         scope: Option<serde_json::Value>,
+        /// The sender's signed [`CallerAuthorisation`] for `role`.
+        #[serde(default)]
+        authorisation: Option<Signed>,
     },
+}
+
+impl ForwardRequest {
+    /// The authorisation the call carries.
+    pub fn authorisation(&self) -> Option<&Signed> {
+        match self {
+            ForwardRequest::Call { authorisation, .. } => authorisation.as_ref(),
+        }
+    }
+
+    /// Sets (or clears) the call's authorisation.
+    pub fn set_authorisation(&mut self, auth: Option<Signed>) {
+        match self {
+            ForwardRequest::Call { authorisation, .. } => *authorisation = auth,
+        }
+    }
+
+    /// The role the sender acts as.
+    pub fn role(&self) -> &RoleName {
+        match self {
+            ForwardRequest::Call { caller_role, .. } => caller_role,
+        }
+    }
+}
+
+impl SearchRequest {
+    pub fn authorisation(&self) -> Option<&Signed> {
+        match self {
+            SearchRequest::TermStatistics { authorisation, .. }
+            | SearchRequest::Search { authorisation, .. } => authorisation.as_ref(),
+        }
+    }
+
+    pub fn set_authorisation(&mut self, auth: Option<Signed>) {
+        match self {
+            SearchRequest::TermStatistics { authorisation, .. }
+            | SearchRequest::Search { authorisation, .. } => *authorisation = auth,
+        }
+    }
+
+    /// The role the sender acts as.
+    pub fn role(&self) -> &RoleName {
+        match self {
+            SearchRequest::TermStatistics { role, .. } | SearchRequest::Search { role, .. } => role,
+        }
+    }
 }
 
 /// Responses of `/slurp/search/*`.
@@ -538,6 +593,7 @@ mod tests {
             caller_role: RoleName::new("developer").unwrap(),
             request_id: Some("r1".into()),
             proof: None,
+            authorisation: None,
         };
         assert_eq!(
             ForwardRequest::decode(&call.encode().unwrap()).unwrap(),
@@ -549,6 +605,7 @@ mod tests {
             stats: Some(serde_json::json!({"docs": 12, "terms": {"token": 3}})),
             limit: 10,
             scope: Some(serde_json::json!([[0, 99], [200, 300]])),
+            authorisation: None,
         };
         assert_eq!(
             SearchRequest::decode(&search.encode().unwrap()).unwrap(),

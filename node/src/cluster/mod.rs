@@ -18,6 +18,7 @@
 //! replication, search, forwarding or token lookups. It may only redeem an
 //! invite. Only layout members may send replication and search requests.
 
+pub mod authorise;
 pub mod batch;
 pub mod layout;
 pub mod membership;
@@ -85,6 +86,12 @@ pub struct ClusterConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub invite_ttl: Duration,
+    /// How long a member's statement that it acts for a caller (on a
+    /// forwarded call or a search it fans out) stays valid, a duration
+    /// such as `30s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub authorisation_ttl: Duration,
     /// How often peers are probed and layouts compared, a duration such as
     /// `1s`.
     #[serde(with = "humantime_serde")]
@@ -134,6 +141,7 @@ impl Default for ClusterConfig {
             join_token: None,
             certificate_validity: Duration::from_secs(365 * 86_400),
             invite_ttl: Duration::from_secs(3600),
+            authorisation_ttl: Duration::from_secs(30),
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(2),
             replica_timeout: Duration::from_secs(3),
@@ -166,10 +174,11 @@ impl ClusterConfig {
             t.parse::<slurp_protocol::JoinToken>()
                 .map_err(|e| format!("cluster.join_token: {e}"))?;
         }
-        if self.certificate_validity.is_zero() || self.invite_ttl.is_zero() {
-            return Err(
-                "cluster.certificate_validity and cluster.invite_ttl must be positive".into(),
-            );
+        if self.certificate_validity.is_zero()
+            || self.invite_ttl.is_zero()
+            || self.authorisation_ttl.is_zero()
+        {
+            return Err("cluster.certificate_validity, cluster.invite_ttl and cluster.authorisation_ttl must be positive".into());
         }
         if self.handoff_batch == 0 {
             return Err("cluster.handoff_batch must be at least 1".into());
@@ -306,6 +315,7 @@ struct Inner {
     metrics: Metrics,
     batcher: batch::Batcher,
     membership: Membership,
+    authoriser: authorise::Authoriser,
     custody: Arc<Custody>,
     audit: AuditSink,
     /// Why redeeming `join_token` failed for good (shown in the status).
@@ -326,6 +336,20 @@ const TOKEN_CACHE_ENTRIES: usize = 10_000;
 /// How long "no member knows this token" is remembered.
 const TOKEN_MISS_TTL: Duration = Duration::from_secs(2);
 
+/// What a [`Cluster`] is made of.
+pub struct ClusterParts {
+    pub net: NetClient,
+    /// What this node says about itself.
+    pub info: NodeInfo,
+    pub config: ClusterConfig,
+    pub metrics: Metrics,
+    /// The keystore holds the cluster key on the node that made it.
+    pub custody: Arc<Custody>,
+    pub audit: AuditSink,
+    /// The node's libp2p identity, which signs its caller authorisations.
+    pub keypair: libp2p::identity::Keypair,
+}
+
 /// A [`Cluster`] that does not keep it alive (held by background tasks).
 #[derive(Clone)]
 pub(crate) struct WeakCluster(std::sync::Weak<Inner>);
@@ -342,17 +366,19 @@ fn parse_peer(id: &str) -> Result<PeerId, ClusterError> {
 
 impl Cluster {
     /// The cluster state under `data_dir`, talking through `net`.
-    pub fn new(
-        net: NetClient,
-        info: NodeInfo,
-        config: ClusterConfig,
-        data_dir: &std::path::Path,
-        metrics: Metrics,
-        custody: Arc<Custody>,
-        audit: AuditSink,
-    ) -> Result<Self, ClusterError> {
+    pub fn new(parts: ClusterParts, data_dir: &std::path::Path) -> Result<Self, ClusterError> {
+        let ClusterParts {
+            net,
+            info,
+            config,
+            metrics,
+            custody,
+            audit,
+            keypair,
+        } = parts;
         config.validate().map_err(ClusterError::Layout)?;
         let membership = Membership::load(data_dir)?;
+        let authoriser = authorise::Authoriser::new(keypair, config.authorisation_ttl);
         let layout = LayoutState::load(data_dir, |s| membership.verify_layout(s))?;
         Ok(Cluster(Arc::new(Inner {
             me: net.peer_id().to_base58(),
@@ -365,6 +391,7 @@ impl Cluster {
             metrics,
             batcher: batch::Batcher::default(),
             membership,
+            authoriser,
             custody,
             audit,
             join_error: Default::default(),
@@ -520,6 +547,40 @@ impl Cluster {
         self.0
             .membership
             .create_invite(&self.0.me, roles, ttl.unwrap_or(self.0.config.invite_ttl))
+    }
+
+    /// This node's statement that it acts for `role` in the request with
+    /// `digest` to `peer` (none before it belongs to a cluster).
+    fn authorise(
+        &self,
+        peer: &str,
+        role: &slurp_protocol::RoleName,
+        digest: [u8; 32],
+    ) -> Result<Option<Signed>, ClusterError> {
+        let Some(identity) = self.identity() else {
+            return Ok(None);
+        };
+        self.0
+            .authoriser
+            .sign(peer, role, digest, identity.certificate.clone())
+            .map(Some)
+            .map_err(ClusterError::Io)
+    }
+
+    /// Checks the authorisation `peer` attached to a request in which it
+    /// acts for `role` (see [`authorise`]).
+    pub fn check_authorisation(
+        &self,
+        peer: &PeerId,
+        role: &slurp_protocol::RoleName,
+        digest: [u8; 32],
+        auth: Option<&Signed>,
+    ) -> Result<(), authorise::Refusal> {
+        let public =
+            self.0.membership.public().ok_or_else(|| {
+                authorise::Refusal::Certificate("this node is in no cluster".into())
+            })?;
+        self.0.authoriser.check(&public, peer, role, digest, auth)
     }
 
     async fn audit(&self, record: AuditRecord) {
@@ -698,9 +759,11 @@ impl Cluster {
     pub async fn search(
         &self,
         peer: &str,
-        req: SearchRequest,
+        mut req: SearchRequest,
     ) -> Result<SearchResponse, ClusterError> {
         let id = parse_peer(peer)?;
+        let auth = self.authorise(peer, req.role(), authorise::search_digest(&req))?;
+        req.set_authorisation(auth);
         let limit = self.0.config.replica_timeout;
         match self.timed(peer, limit, self.0.net.search(id, req)).await? {
             SearchResponse::Error(e) => Err(ClusterError::remote(e)),
@@ -711,10 +774,12 @@ impl Cluster {
     pub async fn forward(
         &self,
         peer: &str,
-        req: ForwardRequest,
+        mut req: ForwardRequest,
         limit: Duration,
     ) -> Result<ForwardResponse, ClusterError> {
         let id = parse_peer(peer)?;
+        let auth = self.authorise(peer, req.role(), authorise::forward_digest(&req))?;
+        req.set_authorisation(auth);
         match self.timed(peer, limit, self.0.net.forward(id, req)).await? {
             ForwardResponse::Error(e) => Err(ClusterError::remote(e)),
             r => Ok(r),
@@ -766,16 +831,15 @@ impl Cluster {
             } => {
                 if let Some(c) = &certificate
                     && !self.admits(&peer)
+                    && let Err(why) = self.0.membership.admit_certificate(&from, c)
                 {
-                    if let Err(why) = self.0.membership.admit_certificate(&from, c) {
-                        self.audit(AuditRecord::deny(
-                            from.clone(),
-                            other("cluster_hello"),
-                            from.clone(),
-                            why,
-                        ))
-                        .await;
-                    }
+                    self.audit(AuditRecord::deny(
+                        from.clone(),
+                        other("cluster_hello"),
+                        from.clone(),
+                        why,
+                    ))
+                    .await;
                 }
                 if !self.admits(&peer) {
                     return refuse(NOT_ADMITTED);

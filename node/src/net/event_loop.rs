@@ -524,7 +524,7 @@ impl EventLoop {
                     NetCounters::bump(&self.counters.inbound_requests);
                     self.emit(NetEvent::InboundRequest {
                         peer,
-                        request: wrap_request(request),
+                        request: Box::new(wrap_request(request)),
                         handle: ResponseHandle(wrap_channel(channel)),
                     });
                 }

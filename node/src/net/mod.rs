@@ -59,7 +59,8 @@ pub enum NetEvent {
     /// A peer asks something; answer with [`NetClient::respond`].
     InboundRequest {
         peer: PeerId,
-        request: Request,
+        /// Boxed: a request is large next to the other events.
+        request: Box<Request>,
         handle: ResponseHandle,
     },
     /// The first connection to a peer is up.

@@ -1214,6 +1214,7 @@ impl ContextStore {
                     caller_role: caller.role.clone(),
                     request_id: None,
                     proof: None,
+                    authorisation: None,
                 };
                 match cluster
                     .forward(peer, call, self.0.options.operation_timeout)

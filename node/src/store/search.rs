@@ -346,15 +346,16 @@ impl ContextStore {
             });
         };
         let (query, role, scope, stats, limit) = match req {
-            SearchRequest::TermStatistics { query, role, scope } => {
-                (query, role, scope, None, None)
-            }
+            SearchRequest::TermStatistics {
+                query, role, scope, ..
+            } => (query, role, scope, None, None),
             SearchRequest::Search {
                 query,
                 role,
                 stats,
                 limit,
                 scope,
+                ..
             } => (query, role, scope, stats, Some(limit)),
         };
         let mut query: SearchQuery = match serde_json::from_value(query) {
@@ -433,6 +434,7 @@ impl ContextStore {
                 query: q,
                 role,
                 scope: Some(sc),
+                authorisation: None,
             },
             Some(st) => SearchRequest::Search {
                 query: q,
@@ -440,6 +442,7 @@ impl ContextStore {
                 stats: Some(serde_json::to_value(st).map_err(|e| failed(&e))?),
                 limit: query.limit as u32,
                 scope: Some(sc),
+                authorisation: None,
             },
         };
         match cluster.search(peer, req).await {
