@@ -10,10 +10,10 @@
 # the layout at once (replication factor 3, W 2, R 2 by default; at most
 # N). Node 1 is the bootstrap peer of the others. Data, logs and pids are
 # under ./.testnet (SLURP_TESTNET_DIR); node I serves its API on 7100+I and
-# its swarm on 7200+I (SLURP_TESTNET_PORT moves both). The role keys are
-# made by node 1 and copied to the others before their first start (role
-# keys travelling through the swarm is a later capability); the cluster
-# key stays on node 1.
+# its swarm on 7200+I (SLURP_TESTNET_PORT moves both). Nothing is copied
+# between data directories: node 1 makes the role keys and the cluster key,
+# and every other node receives the keys of the roles its invite grants
+# through the swarm, sealed to it.
 #
 # Afterwards: `source .testnet/env && slurp search token`, and
 # testnet/status.sh, kill.sh I, start.sh I, smoke.sh, down.sh.
@@ -55,11 +55,6 @@ write_cmd() {
 write_cmd 1
 launch 1
 wait_healthy 1
-for i in $(seq 2 "$N"); do
-  mkdir -p "$DIR/node$i"
-  cp -r "$DIR/node1/keys" "$DIR/node$i/keys"
-  [ -f "$DIR/node1/node.key" ] && cp "$DIR/node1/node.key" "$DIR/node$i/node.key"
-done
 as_node 1 cluster init
 for i in $(seq 2 "$N"); do
   # A restart reuses the command; the token, spent by then, is ignored

@@ -5,6 +5,7 @@
 //! - [`envelope`]: a record sealed once to every role of its reader closure,
 //!   with a clear header that lets a reader open it with one X25519
 //!   operation and lets rotation find it without opening it.
+//! - [`grant`]: a role key sealed to one request of another node.
 //! - [`keystore`]: role identities on disk, only ever sealed (to a node key
 //!   or a passphrase), written atomically with mode 0600.
 //! - [`shamir`]: splitting a key into verified threshold shares for custody.
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod cluster;
 pub mod envelope;
 mod fsutil;
+pub mod grant;
 pub mod keys;
 pub mod keystore;
 pub mod shamir;
@@ -32,6 +34,7 @@ pub use envelope::{
     Envelope, EnvelopeConfig, EnvelopeError, EnvelopeHeader, StanzaRef, open, open_age_file,
     open_bytes, peek_header, rewrap, seal,
 };
+pub use grant::{GrantError, SealedGrant, open_grant, seal_grant};
 pub use keys::{Fingerprint, KeyError, Keyring, PublicRoleKey, RoleKey};
 pub use keystore::{
     Keystore, KeystoreConfig, KeystoreError, NodeKey, SealedKeyInfo, SealedWith, Unlock,
@@ -44,6 +47,8 @@ pub use shamir::{
 /// Re-exported so callers can hold passphrases and secret strings without
 /// depending on `secrecy` themselves.
 pub use age::secrecy::{ExposeSecret, SecretString};
+/// Re-exported for the one-request keys grants are sealed to.
+pub use age::x25519;
 /// Plaintext returned by `open` is wrapped in this and zeroed on drop.
 pub use zeroize::Zeroizing;
 

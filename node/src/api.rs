@@ -1178,22 +1178,31 @@ async fn health(State(node): State<Shared>) -> impl IntoResponse {
         true,
         format!("{} entries", node.store.cache().entry_count()),
     );
+    // A member needs the keys of the roles its certificate grants (they
+    // arrive through the swarm after it joins); a node on its own needs
+    // a key of every role.
     let keyring = node.custody.keyring();
-    let missing: Vec<String> = node
-        .store
-        .roles()
-        .roles()
+    let c = node.cluster.status();
+    let needed: Vec<slurp_protocol::RoleName> = match node.cluster.identity() {
+        Some(id) => id.cert.roles.clone(),
+        None => node.store.roles().roles().cloned().collect(),
+    };
+    let missing: Vec<String> = needed
+        .iter()
         .filter(|r| keyring.current(r).is_none())
         .map(|r| r.to_string())
         .collect();
-    let keys = if missing.is_empty() {
+    let keys = if let Some(e) = &c.join_error {
+        component(false, format!("joining the cluster failed: {e}"))
+    } else if node.cluster.identity().is_none() && node.config.cluster.join_token.is_some() {
+        component(false, "joining the cluster with the join token".into())
+    } else if missing.is_empty() {
         component(true, format!("{} role keys held", keyring.len()))
     } else {
         component(false, format!("no key for roles {}", missing.join(", ")))
     };
     // The cluster component informs; it does not gate readiness (a node
     // serves what its quorums allow, and says so per request).
-    let c = node.cluster.status();
     let cluster = match (c.layout_version, c.member) {
         (0, _) => component(true, "no layout: serving alone".into()),
         (v, member) => {

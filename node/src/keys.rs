@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
-use slurp_crypto::{Keyring, Keystore, KeystoreConfig, NodeKey, RoleKey, SecretString, Unlock};
+use slurp_crypto::{
+    Keyring, Keystore, KeystoreConfig, NodeKey, PublicRoleKey, RoleKey, SecretString, Unlock,
+};
 use slurp_protocol::RoleSet;
 
 /// How role keys are sealed on disk (`[keys]`).
@@ -62,6 +64,8 @@ pub enum CustodyError {
     Key(#[from] slurp_crypto::KeyError),
     #[error("keys.unlock = \"passphrase\" needs SLURP_KEYSTORE_PASSPHRASE to be set")]
     NoPassphrase,
+    #[error("keystore: {0}")]
+    Io(String),
 }
 
 /// The role keys of a node.
@@ -69,6 +73,8 @@ pub struct Custody {
     keyring: RwLock<Arc<Keyring>>,
     keystore: Keystore,
     created: Vec<String>,
+    /// The roles of the roles file.
+    roles: Vec<slurp_protocol::RoleName>,
 }
 
 impl Custody {
@@ -79,6 +85,19 @@ impl Custody {
         roles: &RoleSet,
         config: &KeysConfig,
         passphrase: Option<SecretString>,
+    ) -> Result<Self, CustodyError> {
+        Self::open_with(data_dir, roles, config, passphrase, true)
+    }
+
+    /// [`Custody::open`], generating missing keys only with `generate`: a
+    /// node that joins a cluster takes the cluster's keys instead (granted
+    /// through the swarm), so that it never seals to keys of its own.
+    pub fn open_with(
+        data_dir: &Path,
+        roles: &RoleSet,
+        config: &KeysConfig,
+        passphrase: Option<SecretString>,
+        generate: bool,
     ) -> Result<Self, CustodyError> {
         let unlock = match config.unlock {
             UnlockMode::NodeKey => {
@@ -96,7 +115,7 @@ impl Custody {
         let keystore = Keystore::open(data_dir.join("keys"), unlock, ks_config)?;
         let mut keyring = keystore.load_all()?;
         let mut created = Vec::new();
-        for role in roles.roles() {
+        for role in roles.roles().filter(|_| generate) {
             if keyring.current(role).is_none() {
                 let key = RoleKey::generate(role.clone(), 1);
                 keystore.store(&key)?;
@@ -108,6 +127,7 @@ impl Custody {
             keyring: RwLock::new(Arc::new(keyring)),
             keystore,
             created,
+            roles: roles.roles().cloned().collect(),
         })
     }
 
@@ -135,6 +155,84 @@ impl Custody {
 
     pub fn keystore(&self) -> &Keystore {
         &self.keystore
+    }
+
+    /// Rebuilds the keyring from the keystore and the public keys of the
+    /// cluster's key directory. A private key the directory contradicts
+    /// (another key for the same role and epoch: one this node made before
+    /// it joined) is moved to `keys/retired/` and no longer used.
+    pub fn reload(&self, directory: &[PublicRoleKey]) -> Result<Vec<String>, CustodyError> {
+        let listed: std::collections::HashMap<(String, u32), slurp_crypto::Fingerprint> = directory
+            .iter()
+            .map(|k| ((k.role().to_string(), k.epoch()), k.fingerprint()))
+            .collect();
+        let mut retired = Vec::new();
+        for info in self.keystore.list()? {
+            if let Some(fp) = listed.get(&(info.role.to_string(), info.epoch))
+                && *fp != info.fingerprint
+            {
+                let dir = self.keystore.dir().join("retired");
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| CustodyError::Io(format!("{}: {e}", dir.display())))?;
+                let to = dir.join(info.path.file_name().unwrap_or_default());
+                std::fs::rename(&info.path, &to)
+                    .map_err(|e| CustodyError::Io(format!("{}: {e}", info.path.display())))?;
+                retired.push(format!(
+                    "{} epoch {} ({})",
+                    info.role, info.epoch, info.fingerprint
+                ));
+            }
+        }
+        let mut keyring = self.keystore.load_all()?;
+        for k in directory {
+            keyring.add_public(k.clone())?;
+        }
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        Ok(retired)
+    }
+
+    /// Generates epoch 1 of every role of the roles file that has no key
+    /// yet (a node that creates a cluster after it failed to join one);
+    /// returns the roles it made keys for.
+    pub fn generate_missing(&self) -> Result<Vec<String>, CustodyError> {
+        let mut ring = (*self.keyring()).clone();
+        let mut made = Vec::new();
+        for role in &self.roles {
+            if ring.current_public(role).is_none() {
+                let key = RoleKey::generate(role.clone(), 1);
+                self.keystore.store(&key)?;
+                ring.insert(key)?;
+                made.push(role.to_string());
+            }
+        }
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        Ok(made)
+    }
+
+    /// Keeps a granted key (sealed at rest like every role key); false when
+    /// it was already held.
+    pub fn add_granted(&self, key: &RoleKey) -> Result<bool, CustodyError> {
+        if self.keyring().get(&key.fingerprint()).is_some() {
+            return Ok(false);
+        }
+        self.keystore.store(key)?;
+        let mut ring = (*self.keyring()).clone();
+        ring.insert(key.clone())?;
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        Ok(true)
+    }
+
+    /// Every held private key of `roles`, each sealed to `recipient`.
+    pub fn grants_for(
+        &self,
+        roles: &[slurp_protocol::RoleName],
+        recipient: &slurp_crypto::x25519::Recipient,
+    ) -> Result<Vec<slurp_protocol::SealedGrant>, slurp_crypto::GrantError> {
+        self.keyring()
+            .keys()
+            .filter(|k| roles.contains(k.role()))
+            .map(|k| slurp_crypto::seal_grant(k, recipient))
+            .collect()
     }
 }
 

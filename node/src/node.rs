@@ -296,8 +296,20 @@ impl Node {
         let passphrase = std::env::var("SLURP_KEYSTORE_PASSPHRASE")
             .ok()
             .map(SecretString::from);
+        // Role keys are made by a node on its own (which may create a
+        // cluster later) and by the holder of the cluster key; every other
+        // member is granted the cluster's keys through the swarm and must
+        // never seal to keys of its own.
+        let in_cluster = dir.join("cluster").join("identity.json").exists();
+        let key_holder = dir.join("keys").join("cluster.secret").exists();
+        let generate = if in_cluster {
+            key_holder
+        } else {
+            config.cluster.join_token.is_none()
+        };
         let custody = Arc::new(
-            Custody::open(&dir, &roles, &config.keys, passphrase).context("opening role keys")?,
+            Custody::open_with(&dir, &roles, &config.keys, passphrase, generate)
+                .context("opening role keys")?,
         );
         if !custody.created().is_empty() {
             tracing::info!(roles = ?custody.created(), "generated role keys");
@@ -380,6 +392,14 @@ impl Node {
             &dir,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if cluster.identity().is_some() {
+            // The key holder publishes keys made at this start (a role
+            // added to the roles file); every member loads the directory.
+            if let Err(e) = cluster.publish_new_keys() {
+                tracing::warn!(error = %e, "cannot publish the new role keys");
+            }
+            cluster.reload_keys();
+        }
         if cluster.identity().is_none()
             && config.cluster.auto_join
             && config.cluster.join_token.is_none()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{copy_keys, wait_until};
+use common::wait_until;
 use serde_json::{Value, json};
 use slurp_node::config::NodeConfig;
 use slurp_node::error::StoreError;
@@ -80,7 +80,6 @@ impl Nodes {
             c.net.bootstrap = vec![boot.clone()];
             let (_, token) = first.cluster.invite(None, None).unwrap();
             c.cluster.join_token = Some(token.to_string());
-            copy_keys(&c0.data_dir, &c.data_dir);
             others.push(Some(Node::open(c.clone()).await.unwrap()));
             configs.push(c);
         }
@@ -103,6 +102,15 @@ impl Nodes {
     }
 
     async fn converged(&self, members: usize) {
+        wait_until("every node holds its granted keys", async || {
+            self.first.cluster.granted_roles_held()
+                && self
+                    .others
+                    .iter()
+                    .flatten()
+                    .all(|n| n.cluster.granted_roles_held())
+        })
+        .await;
         wait_until("layout convergence", async || {
             let mut layouts = vec![self.first.cluster.layout()];
             layouts.extend(self.others.iter().flatten().map(|n| n.cluster.layout()));

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{LIVENESS, copy_keys, wait_until};
+use common::{LIVENESS, wait_until};
 use slurp_index::{ContextIndex, IndexConfig, IndexEntry, SearchQuery};
 use slurp_node::config::NodeConfig;
 use slurp_node::error::StoreError;
@@ -104,7 +104,6 @@ impl Cluster {
                 .invite(None, None)
                 .unwrap();
             c.cluster.join_token = Some(token.to_string());
-            copy_keys(&configs[0].data_dir, &c.data_dir);
             nodes.push(Some(Node::open(c.clone()).await.unwrap()));
             configs.push(c);
         }
@@ -174,6 +173,13 @@ impl Cluster {
     /// Waits until every running node holds a layout of `members` members,
     /// all with the same version.
     async fn converged(&self, members: usize) {
+        wait_until("every node holds its granted keys", async || {
+            self.nodes
+                .iter()
+                .flatten()
+                .all(|n| n.cluster.granted_roles_held())
+        })
+        .await;
         wait_until("layout convergence", async || {
             let layouts: Vec<_> = self
                 .nodes

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestNode, copy_keys, free_port, peer_id, wait};
+use common::{TestNode, free_port, peer_id, wait};
 use serde_json::Value;
 
 fn status(n: &TestNode) -> Value {
@@ -32,8 +32,6 @@ fn join_forward_and_leave_through_the_cli() {
     let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
     let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
     let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
-    copy_keys(&d[0], &d[1]);
-    copy_keys(&d[0], &d[2]);
     n1.init_cluster();
     let n2 = TestNode::start_with(
         &d[1],
@@ -204,8 +202,6 @@ fn replicas_hold_only_ciphertext() {
     let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
     let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
     let mut n1 = TestNode::start_logging(&d[0], &["--p2p-listen", &p2p], "debug");
-    copy_keys(&d[0], &d[1]);
-    copy_keys(&d[0], &d[2]);
     n1.init_cluster();
     let join = n1.joining(&boot);
     let mut n2 = TestNode::start_logging(&d[1], &args(&join), "debug");

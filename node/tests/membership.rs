@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{LIVENESS, copy_keys, wait_until};
+use common::{LIVENESS, wait_until};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use slurp_crypto::{AuditEntry, AuditFilter, ClusterKey};
@@ -75,7 +75,6 @@ impl Members {
         c1.cluster.auto_join = true;
         let (_, token) = n0.cluster.invite(None, None).unwrap();
         c1.cluster.join_token = Some(token.to_string());
-        copy_keys(&c0.data_dir, &c1.data_dir);
         let n1 = Node::open(c1).await.unwrap();
         let m = Members {
             _dir: dir,

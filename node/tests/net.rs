@@ -209,13 +209,15 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         Request::Cluster(ClusterRequest::GetToken { .. }) => {
             ClusterResponse::Token { token: None }.into()
         }
-        Request::Cluster(ClusterRequest::Join { .. } | ClusterRequest::Admit { .. }) => {
-            ClusterResponse::Error(RemoteError {
-                code: ErrorCode::Forbidden,
-                message: "no cluster here".into(),
-            })
-            .into()
-        }
+        Request::Cluster(
+            ClusterRequest::Join { .. }
+            | ClusterRequest::Admit { .. }
+            | ClusterRequest::GetKeys { .. },
+        ) => ClusterResponse::Error(RemoteError {
+            code: ErrorCode::Forbidden,
+            message: "no cluster here".into(),
+        })
+        .into(),
         Request::Cluster(ClusterRequest::Health) => ClusterResponse::Health {
             status: HealthStatus::Ok,
             layout_version: 7,

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{TestNode, copy_keys, free_port, http, peer_id, wait};
+use common::{TestNode, free_port, http, peer_id, wait};
 use serde_json::{Value, json};
 use slurp_crypto::{AuditAction, AuditConfig, AuditEntry, AuditFilter, AuditLog, Decision};
 use slurp_node::config::NodeConfig;
@@ -563,8 +563,6 @@ fn every_cluster_member_enforces_token_limits_and_tombstone_readers() {
     let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
     let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
     let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
-    copy_keys(&d[0], &d[1]);
-    copy_keys(&d[0], &d[2]);
     n1.init_cluster();
     let mut a2 = n1.joining(&boot);
     a2.extend(["--name".to_string(), "n2".to_string()]);
@@ -671,7 +669,6 @@ fn a_foreign_node_bootstrapping_to_a_member_gets_nothing() {
     let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
     let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
     let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
-    copy_keys(&d[0], &d[1]);
     n1.init_cluster();
     let a2 = n1.joining(&boot);
     let n2 = TestNode::start_with(&d[1], &a2.iter().map(String::as_str).collect::<Vec<_>>());
@@ -709,9 +706,10 @@ fn a_foreign_node_bootstrapping_to_a_member_gets_nothing() {
         peer_id(&d[0]),
         "0".repeat(64)
     );
-    let foreign = TestNode::start_with(
+    let foreign = TestNode::spawn(
         &d[2],
         &["--bootstrap", &boot, "--auto-join", "--join-token", &forged],
+        "info",
     );
     wait("the forged invite is refused", || {
         foreign.json(&foreign.admin, &["cluster", "status"])["join_error"]

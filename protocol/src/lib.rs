@@ -24,7 +24,8 @@ pub use context::{
     VersionInfo,
 };
 pub use membership::{
-    CallerAuthorisation, ClusterId, JoinToken, MembershipError, NodeCertificate, Signed,
+    CallerAuthorisation, ClusterId, DirectoryKey, JoinToken, KeyDirectory, MembershipError,
+    NodeCertificate, SealedGrant, Signed,
 };
 pub use partition::{Partition, PartitionScheme, Slot};
 pub use placement::{

@@ -155,6 +155,49 @@ impl Framed for CallerAuthorisation {
     const VERSION: u16 = 1;
 }
 
+/// What a signature over a [`KeyDirectory`] is for.
+pub const PURPOSE_KEYS: &str = "slurp role key directory v1";
+
+/// The cluster key's list of the role keys of the cluster: every epoch of
+/// every role, public halves only. Writers seal only to keys listed here
+/// and nodes take a granted private key only if it is listed, so no member
+/// can slip in a key of its own. Versioned like a layout: a node takes a
+/// directory only if it is newer than the one it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDirectory {
+    pub cluster: ClusterId,
+    pub version: u64,
+    pub issued_ms: u64,
+    pub keys: Vec<DirectoryKey>,
+}
+
+/// One public role key of a [`KeyDirectory`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryKey {
+    pub role: RoleName,
+    pub epoch: u32,
+    /// The age recipient (`age1...`).
+    pub recipient: String,
+}
+
+impl Framed for KeyDirectory {
+    const KIND: u16 = kinds::KEY_DIRECTORY;
+    const NAME: &'static str = "key-directory";
+    const VERSION: u16 = 1;
+}
+
+/// One role key handed to a granted node, sealed (age) to a key that node
+/// made for the request (see `slurp_crypto::grant`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedGrant {
+    pub role: RoleName,
+    pub epoch: u32,
+    /// The key's fingerprint, hex.
+    pub fingerprint: String,
+    /// An age file holding the `AGE-SECRET-KEY-1...` line.
+    pub sealed: Bytes,
+}
+
 /// How far a peer's clock may run ahead of ours before a statement it
 /// signed "in the future" is refused.
 pub const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;

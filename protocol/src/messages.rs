@@ -25,7 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::context::RecordMeta;
-use crate::membership::{ClusterId, Signed};
+use crate::membership::{ClusterId, SealedGrant, Signed};
 use crate::role::RoleName;
 use crate::version::VersionId;
 use crate::wire::{Bytes, Framed, kinds};
@@ -396,6 +396,10 @@ pub enum ClusterRequest {
     /// The API token `id` if the peer made it (members only): lets any
     /// member accept a token made on another.
     GetToken { id: String },
+    /// The signed key directory, and the private keys of the roles the
+    /// sender's certificate grants it, sealed to `recipient` (an age
+    /// X25519 recipient the sender made for this request).
+    GetKeys { recipient: String },
 }
 
 /// An API token as members share it: never the secret, only its blake3.
@@ -458,6 +462,15 @@ pub enum ClusterResponse {
         certificate: Signed,
         #[serde(default)]
         layout: Option<Bytes>,
+    },
+    /// Answers `GetKeys`: the signed [`KeyDirectory`](crate::KeyDirectory)
+    /// (absent before the cluster has one) and the granted keys this member
+    /// holds.
+    Keys {
+        #[serde(default)]
+        directory: Option<Signed>,
+        #[serde(default)]
+        grants: Vec<SealedGrant>,
     },
     /// Answers `Admit`: the receiver took the certificate.
     Admitted {

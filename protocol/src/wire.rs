@@ -148,6 +148,7 @@ pub mod kinds {
     pub const SIGNED_STATEMENT: u16 = 13;
     pub const SEALED_SECRET: u16 = 14;
     pub const CALLER_AUTHORISATION: u16 = 15;
+    pub const KEY_DIRECTORY: u16 = 16;
     // Cluster messages (`messages`), 20..=39.
     pub const REPLICATE_REQUEST: u16 = 20;
     pub const REPLICATE_RESPONSE: u16 = 21;

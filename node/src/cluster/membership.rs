@@ -20,9 +20,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use slurp_crypto::{ClusterKey, ClusterPublic};
-use slurp_protocol::membership::{PURPOSE_CERTIFICATE, PURPOSE_LAYOUT};
+use slurp_protocol::membership::{PURPOSE_CERTIFICATE, PURPOSE_KEYS, PURPOSE_LAYOUT};
 use slurp_protocol::placement::Layout;
-use slurp_protocol::{Bytes, ClusterId, JoinToken, NodeCertificate, RoleName, Signed};
+use slurp_protocol::{
+    Bytes, ClusterId, DirectoryKey, Framed, JoinToken, KeyDirectory, NodeCertificate, RoleName,
+    Signed,
+};
 
 use super::ClusterError;
 
@@ -110,6 +113,8 @@ pub struct Membership {
     /// Certificates peers have shown, checked, by peer id.
     certs: Mutex<HashMap<String, NodeCertificate>>,
     invites: Mutex<Vec<Invite>>,
+    /// The cluster's key directory, as signed.
+    directory: RwLock<Option<(KeyDirectory, Signed)>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
@@ -138,12 +143,28 @@ impl Membership {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(&invites_path)(e)),
         };
-        Ok(Membership {
+        let m = Membership {
             dir,
             identity: RwLock::new(identity),
             certs: Mutex::new(HashMap::new()),
             invites: Mutex::new(invites),
-        })
+            directory: RwLock::new(None),
+        };
+        let keys_path = m.dir.join("keys.cbor");
+        match std::fs::read(&keys_path) {
+            Ok(bytes) => {
+                let bad = |e: String| ClusterError::Io(format!("{}: {e}", keys_path.display()));
+                let signed = Signed::decode_limited(&bytes, MAX_STATEMENT)
+                    .map_err(|e| bad(e.to_string()))?;
+                let d = m
+                    .verify_directory(&signed)
+                    .map_err(|e| bad(e.to_string()))?;
+                *m.directory.write().unwrap_or_else(|e| e.into_inner()) = Some((d, signed));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&keys_path)(e)),
+        }
+        Ok(m)
     }
 
     pub fn identity(&self) -> Option<Arc<Identity>> {
@@ -215,6 +236,101 @@ impl Membership {
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
             .is_some_and(|c| c.valid_at(now))
+    }
+
+    /// The cluster's key directory, if this node has one.
+    pub fn directory(&self) -> Option<(KeyDirectory, Signed)> {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The public keys the directory lists (entries that do not parse are
+    /// left out with a warning; the cluster key signed them, so that is a
+    /// bug of the signer).
+    pub fn directory_keys(&self) -> Vec<slurp_crypto::PublicRoleKey> {
+        let Some((d, _)) = self.directory() else {
+            return Vec::new();
+        };
+        d.keys
+            .iter()
+            .filter_map(|k| {
+                slurp_crypto::PublicRoleKey::parse(k.role.clone(), k.epoch, &k.recipient)
+                    .map_err(|e| tracing::warn!(role = %k.role, epoch = k.epoch, error = %e, "unusable key in the directory"))
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn verify_directory(&self, signed: &Signed) -> Result<KeyDirectory, ClusterError> {
+        let public = self.public().ok_or(ClusterError::NotInitialized)?;
+        let d: KeyDirectory = public
+            .verify(PURPOSE_KEYS, signed, MAX_STATEMENT)
+            .map_err(|e| ClusterError::Refused(format!("key directory: {e}")))?;
+        if d.cluster != public.id() {
+            return Err(ClusterError::Refused(format!(
+                "the key directory is of cluster {}",
+                d.cluster
+            )));
+        }
+        Ok(d)
+    }
+
+    /// Takes a signed key directory if the cluster key signed it and it is
+    /// newer than the one held; returns whether it was taken. An older
+    /// one is refused as a replay.
+    pub fn offer_directory(&self, signed: Signed) -> Result<bool, ClusterError> {
+        let d = self.verify_directory(&signed)?;
+        let mut cur = self.directory.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((have, _)) = cur.as_ref() {
+            if d.version < have.version {
+                return Err(ClusterError::Refused(format!(
+                    "key directory version {} is older than the held {}: a replay",
+                    d.version, have.version
+                )));
+            }
+            if d.version == have.version {
+                return Ok(false);
+            }
+        }
+        let bytes = signed
+            .encode()
+            .map_err(|e| ClusterError::Io(e.to_string()))?;
+        let path = self.dir.join("keys.cbor");
+        crate::tokens::write_private_file(&path, &bytes).map_err(io(&path))?;
+        *cur = Some((d, signed));
+        Ok(true)
+    }
+
+    /// Signs a directory of `keys` one version past the held one.
+    pub fn sign_directory(
+        &self,
+        key: &ClusterKey,
+        keys: Vec<DirectoryKey>,
+    ) -> Result<Signed, ClusterError> {
+        let version = self.directory().map(|(d, _)| d.version).unwrap_or(0) + 1;
+        key.sign(
+            PURPOSE_KEYS,
+            &KeyDirectory {
+                cluster: key.public().id(),
+                version,
+                issued_ms: now_ms(),
+                keys,
+            },
+        )
+        .map_err(|e| ClusterError::Io(e.to_string()))
+    }
+
+    /// The certificate `peer` showed, if valid now.
+    pub fn certificate_of(&self, peer: &str) -> Option<NodeCertificate> {
+        let now = now_ms();
+        self.certs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .filter(|c| c.valid_at(now))
+            .cloned()
     }
 
     /// Checks a signed layout against the cluster key.

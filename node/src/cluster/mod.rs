@@ -274,6 +274,9 @@ pub struct ClusterStatus {
     /// Why redeeming the join token failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join_error: Option<String>,
+    /// Whether this node holds the key directory and a key of every role
+    /// its certificate grants (false while the keys are on their way).
+    pub keys_held: bool,
     pub layout_version: u64,
     pub replication_factor: Option<u8>,
     pub partitions: Option<u32>,
@@ -515,12 +518,17 @@ impl Cluster {
         let key = ClusterKey::generate();
         self.0
             .custody
+            .generate_missing()
+            .map_err(|e| ClusterError::Io(e.to_string()))?;
+        self.0
+            .custody
             .keystore()
             .store_secret(CLUSTER_KEY_SECRET, &key.seed()[..])
             .map_err(|e| ClusterError::Io(e.to_string()))?;
         let roles = self.0.custody.roles();
         let cert = certify(&key, &self.0.me, roles, self.0.config.certificate_validity)?;
         let identity = self.0.membership.adopt(key.public(), cert, &self.0.me)?;
+        self.publish_directory(&key)?;
         self.audit(
             AuditRecord::allow("node", other("cluster_init"), identity.id().to_hex())
                 .with_reason(format!("cluster key {}", identity.id())),
@@ -829,8 +837,9 @@ impl Cluster {
                 layout_version,
                 certificate,
             } => {
+                // The certificate is checked even from a layout member: it
+                // says which roles the member may be granted.
                 if let Some(c) = &certificate
-                    && !self.admits(&peer)
                     && let Err(why) = self.0.membership.admit_certificate(&from, c)
                 {
                     self.audit(AuditRecord::deny(
@@ -863,9 +872,14 @@ impl Cluster {
             {
                 refuse(NOT_ADMITTED)
             }
-            ClusterRequest::GetToken { .. } | ClusterRequest::Health if !self.admits(&peer) => {
+            ClusterRequest::GetToken { .. }
+            | ClusterRequest::Health
+            | ClusterRequest::GetKeys { .. }
+                if !self.admits(&peer) =>
+            {
                 refuse(NOT_ADMITTED)
             }
+            ClusterRequest::GetKeys { recipient } => self.serve_keys(&from, &recipient).await,
             ClusterRequest::GetLayout { newer_than } => {
                 let version = self.layout_version();
                 let layout = self
@@ -988,6 +1002,212 @@ impl Cluster {
             certificate: cert,
             layout: layout.map(Into::into),
         }
+    }
+
+    /// Answers a certified peer's `GetKeys`: the key directory, and every
+    /// key this node holds of the roles the peer's certificate grants,
+    /// sealed to the peer's request key. Audited.
+    async fn serve_keys(&self, peer: &str, recipient: &str) -> ClusterResponse {
+        let refuse = |message: String| {
+            ClusterResponse::Error(RemoteError {
+                code: ErrorCode::Forbidden,
+                message,
+            })
+        };
+        let Some(cert) = self.0.membership.certificate_of(peer) else {
+            return refuse("show a valid certificate (hello) before asking for keys".into());
+        };
+        let Ok(recipient) = recipient.parse::<slurp_crypto::x25519::Recipient>() else {
+            return ClusterResponse::Error(RemoteError {
+                code: ErrorCode::BadRequest,
+                message: "recipient is not an age X25519 recipient".into(),
+            });
+        };
+        let grants = match self.0.custody.grants_for(&cert.roles, &recipient) {
+            Ok(g) => g,
+            Err(e) => {
+                return ClusterResponse::Error(RemoteError {
+                    code: ErrorCode::Internal,
+                    message: e.to_string(),
+                });
+            }
+        };
+        if !grants.is_empty() {
+            let keys: Vec<String> = grants
+                .iter()
+                .map(|g| format!("{}/{}:{}", g.role, g.epoch, g.fingerprint))
+                .collect();
+            let target: String = keys.join(",").chars().take(1024).collect();
+            self.audit(
+                AuditRecord::allow(peer, other("key_grant"), target).with_reason(format!(
+                    "{} keys sealed to the peer's request key",
+                    grants.len()
+                )),
+            )
+            .await;
+        }
+        ClusterResponse::Keys {
+            directory: self.0.membership.directory().map(|(_, s)| s),
+            grants,
+        }
+    }
+
+    /// Asks members for the key directory and the keys this node's
+    /// certificate grants, and keeps what it did not hold. Returns how
+    /// many keys it took.
+    pub async fn fetch_keys(&self) -> usize {
+        let Some(identity) = self.identity() else {
+            return 0;
+        };
+        let request_key = slurp_crypto::x25519::Identity::generate();
+        let recipient = request_key.to_public().to_string();
+        let mut peers: Vec<String> = self
+            .layout()
+            .map(|l| l.members().iter().map(|m| m.id.clone()).collect())
+            .unwrap_or_default();
+        peers.extend(self.0.peers.known());
+        peers.sort();
+        peers.dedup();
+        peers.retain(|p| *p != self.0.me && parse_peer(p).is_ok_and(|id| self.admits(&id)));
+        self.order(&mut peers);
+        let mut taken = 0;
+        for peer in peers.iter().take(4) {
+            let req = ClusterRequest::GetKeys {
+                recipient: recipient.clone(),
+            };
+            let Ok(ClusterResponse::Keys { directory, grants }) =
+                self.cluster_request(peer, req).await
+            else {
+                continue;
+            };
+            if let Some(d) = directory {
+                match self.0.membership.offer_directory(d) {
+                    Ok(true) => self.reload_keys(),
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.audit(AuditRecord::deny(
+                            peer.as_str(),
+                            other("key_directory"),
+                            peer.as_str(),
+                            e.to_string(),
+                        ))
+                        .await;
+                        continue;
+                    }
+                }
+            }
+            let listed = self.0.membership.directory_keys();
+            for g in &grants {
+                let known = listed.iter().any(|k| {
+                    k.role() == &g.role
+                        && k.epoch() == g.epoch
+                        && k.fingerprint().to_hex() == g.fingerprint
+                });
+                let why = if !identity.cert.roles.contains(&g.role) {
+                    Some(format!("role {} is not granted to this node", g.role))
+                } else if !known {
+                    Some(format!(
+                        "key {} of {} epoch {} is not in the signed key directory",
+                        g.fingerprint, g.role, g.epoch
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    tracing::warn!(%peer, %why, "refused a granted key");
+                    self.audit(AuditRecord::deny(
+                        peer.as_str(),
+                        other("key_grant"),
+                        g.fingerprint.clone(),
+                        why,
+                    ))
+                    .await;
+                    continue;
+                }
+                match slurp_crypto::open_grant(g, &request_key)
+                    .map_err(|e| e.to_string())
+                    .and_then(|k| self.0.custody.add_granted(&k).map_err(|e| e.to_string()))
+                {
+                    Ok(true) => taken += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(%peer, error = %e, "a granted key did not open"),
+                }
+            }
+            if self.granted_roles_held() {
+                break;
+            }
+        }
+        if taken > 0 {
+            tracing::info!(keys = taken, "received role keys from the cluster");
+        }
+        taken
+    }
+
+    /// Whether this node holds a key of every role its certificate grants
+    /// (and has the key directory).
+    pub fn granted_roles_held(&self) -> bool {
+        let Some(identity) = self.identity() else {
+            return true;
+        };
+        let keyring = self.0.custody.keyring();
+        self.0.membership.directory().is_some()
+            && identity
+                .cert
+                .roles
+                .iter()
+                .all(|r| keyring.current(r).is_some())
+    }
+
+    /// Rebuilds the keyring with the directory's public keys.
+    pub fn reload_keys(&self) {
+        match self.0.custody.reload(&self.0.membership.directory_keys()) {
+            Ok(retired) if !retired.is_empty() => tracing::warn!(
+                ?retired,
+                "retired role keys this node made before it joined the cluster"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot load the cluster's key directory"),
+        }
+    }
+
+    /// On the key holder: publishes a new key directory when the keyring
+    /// has public keys the directory lacks (keys made at this start).
+    /// Returns whether it published.
+    pub fn publish_new_keys(&self) -> Result<bool, ClusterError> {
+        let Ok(key) = self.cluster_key() else {
+            return Ok(false);
+        };
+        let listed = self.0.membership.directory_keys();
+        let missing = self
+            .0
+            .custody
+            .keyring()
+            .public_keys()
+            .any(|k| !listed.iter().any(|l| l.fingerprint() == k.fingerprint()));
+        if missing {
+            self.publish_directory(&key)?;
+        }
+        Ok(missing)
+    }
+
+    /// Signs and takes a key directory of every public key this node
+    /// knows (the key holder, after `cluster init` or a rotation).
+    fn publish_directory(&self, key: &ClusterKey) -> Result<(), ClusterError> {
+        let keys = self
+            .0
+            .custody
+            .keyring()
+            .public_keys()
+            .map(|k| slurp_protocol::DirectoryKey {
+                role: k.role().clone(),
+                epoch: k.epoch(),
+                recipient: k.recipient().to_string(),
+            })
+            .collect();
+        let signed = self.0.membership.sign_directory(key, keys)?;
+        self.0.membership.offer_directory(signed)?;
+        self.reload_keys();
+        Ok(())
     }
 
     /// Takes a certificate an admin's `cluster join` sent: only on a node
@@ -1247,6 +1467,7 @@ impl Cluster {
                             tracing::warn!(error = %e, "refused the layout of the join");
                         }
                         self.hello(&token.issuer).await;
+                        self.fetch_keys().await;
                     }
                     Err(e) => self.join_failed(e.to_string()),
                 }
@@ -1301,6 +1522,9 @@ impl Cluster {
     /// pull newer layouts. Returns how many peers answered.
     pub async fn tick(&self) -> usize {
         self.join_with_token().await;
+        if !self.granted_roles_held() {
+            self.fetch_keys().await;
+        }
         let mut targets: Vec<String> = self.0.peers.known();
         if let Some(l) = self.layout() {
             for m in l.members() {
@@ -1516,6 +1740,7 @@ impl Cluster {
             peer_id: self.0.me.clone(),
             name: info.name,
             cluster: self.identity().map(|i| i.id().to_hex()),
+            keys_held: self.granted_roles_held(),
             key_holder: self.identity().is_some() && self.holds_cluster_key(),
             certificate_not_after_ms: self.identity().map(|i| i.cert.not_after_ms),
             join_error: self

@@ -32,6 +32,13 @@ impl TestNode {
 
     /// Starts a node whose log filter is `log` (e.g. `debug`).
     pub fn start_logging(data: &Path, extra: &[&str], log: &str) -> TestNode {
+        let node = Self::spawn(data, extra, log);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts a node and returns once it serves its API, ready or not.
+    pub fn spawn(data: &Path, extra: &[&str], log: &str) -> TestNode {
         let mut child = Command::new(BIN)
             .args(["node", "run", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
@@ -76,15 +83,13 @@ impl TestNode {
             .expect("admin token")
             .trim()
             .to_string();
-        let node = TestNode {
+        TestNode {
             child: Some(child),
             url,
             data: data.to_path_buf(),
             admin,
             log,
-        };
-        node.wait_ready();
-        node
+        }
     }
 
     fn wait_ready(&self) {
