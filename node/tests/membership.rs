@@ -694,3 +694,104 @@ async fn a_member_acts_for_a_caller_only_in_roles_it_was_certified_for_and_once(
     drop(peer);
     n1.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_only_the_keys_its_invite_granted_and_cannot_open_the_rest_from_its_disk() {
+    use slurp_node::store::{PutRequest, QuorumOpts};
+    use slurp_node::tokens::Principal;
+    use slurp_protocol::{ContextNode, UcxlAddress};
+    let dir = tempfile::tempdir().unwrap();
+    let c0 = config(dir.path(), 0);
+    let n0 = Node::open(c0.clone()).await.unwrap();
+    n0.cluster.init().await.unwrap();
+    let dev = RoleName::new("developer").unwrap();
+    let (_, token) = n0.cluster.invite(Some(vec![dev.clone()]), None).unwrap();
+    let mut c1 = config(dir.path(), 1);
+    c1.net.bootstrap = vec![
+        c0.net.listen[0]
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(n0.net.peer_id())),
+    ];
+    c1.cluster.auto_join = true;
+    c1.cluster.join_token = Some(token.to_string());
+    let n1 = Node::open(c1).await.unwrap();
+    wait_until("node 1 joined and holds its granted keys", async || {
+        n0.cluster.layout().is_some_and(|l| l.members().len() == 2)
+            && n1.cluster.layout().is_some_and(|l| l.members().len() == 2)
+            && n1.cluster.granted_roles_held()
+    })
+    .await;
+    // Only the developer key reached it; it knows the others' public keys.
+    let held: Vec<String> = n1
+        .custody
+        .keyring()
+        .held_roles()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(held, ["developer"]);
+    assert!(
+        n1.custody
+            .keyring()
+            .current_public(&RoleName::new("architect").unwrap())
+            .is_some()
+    );
+    let on_disk: Vec<String> = n1
+        .custody
+        .keystore()
+        .list()
+        .unwrap()
+        .iter()
+        .map(|k| k.role.to_string())
+        .collect();
+    assert_eq!(on_disk, ["developer"]);
+
+    let who = |role: &str| Principal {
+        token_id: "t".into(),
+        role: RoleName::new(role).unwrap(),
+    };
+    let arch = UcxlAddress::parse("ucxl://a:architect@shop:checkout/*^/docs/adr.md").unwrap();
+    let devr = UcxlAddress::parse("ucxl://a:developer@shop:checkout/*^/src/a.rs").unwrap();
+    let put = |addr: &UcxlAddress, role: &str| {
+        PutRequest::new(ContextNode::new(
+            addr.clone(),
+            "granted or not",
+            vec![RoleName::new(role).unwrap()],
+        ))
+    };
+    let both = QuorumOpts {
+        w: Some(2),
+        ..QuorumOpts::default()
+    };
+    for (addr, role) in [(&arch, "architect"), (&devr, "developer")] {
+        n0.store
+            .put_opts(&who("admin"), put(addr, role), both.clone())
+            .await
+            .unwrap();
+    }
+    // Both are on node 1's disk; it opens only the one it was granted.
+    assert!(n1.store.local().latest_meta(&arch.key()).unwrap().is_some());
+    let got = n1.store.get(&who("developer"), &devr).await.unwrap();
+    assert_eq!(got.context.summary, "granted or not");
+    let err = n1.store.get(&who("architect"), &arch).await.unwrap_err();
+    assert!(err.to_string().contains("no key"), "{err}");
+    assert!(n0.store.get(&who("architect"), &arch).await.is_ok());
+    // The issuer audited what it granted, by fingerprint.
+    let dev_fp = n0
+        .custody
+        .keyring()
+        .current(&dev)
+        .unwrap()
+        .fingerprint()
+        .to_hex();
+    let grants = audited(&n0, "key_grant").await;
+    let to_n1: Vec<_> = grants
+        .iter()
+        .filter(|e| e.actor == n1.net.peer_id().to_base58())
+        .collect();
+    assert!(!to_n1.is_empty());
+    for e in to_n1 {
+        assert_eq!(e.target, format!("developer/1:{dev_fp}"), "{e:?}");
+    }
+    n1.close().await;
+    n0.close().await;
+}
