@@ -43,18 +43,48 @@ pub enum GrantError {
     },
 }
 
-/// Seals `key` to `recipient`.
-pub fn seal_grant(key: &RoleKey, recipient: &x25519::Recipient) -> Result<SealedGrant, GrantError> {
+/// Seals `secret` (a key, a key share) to `recipient` as an age file.
+pub fn seal_to(secret: &[u8], recipient: &x25519::Recipient) -> Result<Vec<u8>, GrantError> {
     let seal = |e: &dyn std::fmt::Display| GrantError::Seal(e.to_string());
     let encryptor =
         age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
             .map_err(|e| seal(&e))?;
-    let secret = key.to_secret_string();
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(secret.len() + 256);
     let mut w = encryptor.wrap_output(&mut out).map_err(|e| seal(&e))?;
-    w.write_all(secret.expose_secret().as_bytes())
-        .map_err(|e| seal(&e))?;
+    w.write_all(secret).map_err(|e| seal(&e))?;
     w.finish().map_err(|e| seal(&e))?;
+    Ok(out)
+}
+
+/// Opens what [`seal_to`] made, at most `limit` bytes of it.
+pub fn open_sealed(
+    sealed: &[u8],
+    identity: &x25519::Identity,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    if sealed.len() > limit + 1024 {
+        return Err(format!("over {limit} bytes"));
+    }
+    let decryptor = age::Decryptor::new_buffered(sealed).map_err(|e| e.to_string())?;
+    if decryptor.is_scrypt() {
+        return Err("passphrase-sealed".into());
+    }
+    let mut reader = decryptor
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .map_err(|e| e.to_string())?;
+    let mut out = Zeroizing::new(Vec::new());
+    reader
+        .by_ref()
+        .take(limit as u64)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Seals `key` to `recipient`.
+pub fn seal_grant(key: &RoleKey, recipient: &x25519::Recipient) -> Result<SealedGrant, GrantError> {
+    let secret = key.to_secret_string();
+    let out = seal_to(secret.expose_secret().as_bytes(), recipient)?;
     Ok(SealedGrant {
         role: key.role().clone(),
         epoch: key.epoch(),
@@ -71,23 +101,7 @@ pub fn open_grant(grant: &SealedGrant, identity: &x25519::Identity) -> Result<Ro
         epoch: grant.epoch,
         reason,
     };
-    if grant.sealed.0.len() > MAX_GRANT {
-        return Err(fail(format!("over {MAX_GRANT} bytes")));
-    }
-    let decryptor =
-        age::Decryptor::new_buffered(&grant.sealed.0[..]).map_err(|e| fail(e.to_string()))?;
-    if decryptor.is_scrypt() {
-        return Err(fail("passphrase-sealed".into()));
-    }
-    let mut reader = decryptor
-        .decrypt(std::iter::once(identity as &dyn age::Identity))
-        .map_err(|e| fail(e.to_string()))?;
-    let mut text = Zeroizing::new(Vec::new());
-    reader
-        .by_ref()
-        .take(MAX_GRANT as u64)
-        .read_to_end(&mut text)
-        .map_err(|e| fail(e.to_string()))?;
+    let text = open_sealed(&grant.sealed.0, identity, MAX_GRANT).map_err(fail)?;
     let text = std::str::from_utf8(&text).map_err(|_| fail("not UTF-8".into()))?;
     let key = RoleKey::from_secret_str(grant.role.clone(), grant.epoch, text.trim())
         .map_err(|e| fail(e.to_string()))?;

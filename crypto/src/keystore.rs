@@ -754,6 +754,16 @@ impl Keystore {
             .map(Some)
     }
 
+    /// Deletes the secret `name` (a no-op when there is none).
+    pub fn remove_secret(&self, name: &str) -> Result<(), KeystoreError> {
+        let path = self.secret_path(name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => fsutil::sync_dir(&self.dir).map_err(io_err(&self.dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     fn secret_path(&self, name: &str) -> Result<PathBuf, KeystoreError> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(KeystoreError::Seal(format!(

@@ -34,7 +34,7 @@ pub use envelope::{
     Envelope, EnvelopeConfig, EnvelopeError, EnvelopeHeader, StanzaRef, open, open_age_file,
     open_bytes, peek_header, rewrap, seal,
 };
-pub use grant::{GrantError, SealedGrant, open_grant, seal_grant};
+pub use grant::{GrantError, SealedGrant, open_grant, open_sealed, seal_grant, seal_to};
 pub use keys::{Fingerprint, KeyError, Keyring, PublicRoleKey, RoleKey};
 pub use keystore::{
     Keystore, KeystoreConfig, KeystoreError, NodeKey, SealedKeyInfo, SealedWith, Unlock,

@@ -949,7 +949,11 @@ fn cluster_error(e: crate::cluster::ClusterError) -> ApiError {
         E::AlreadyInitialized(_) => {
             ApiError::new(StatusCode::CONFLICT, "already_initialized", e.to_string())
         }
-        E::NotKeyHolder => ApiError::new(StatusCode::CONFLICT, "not_key_holder", e.to_string()),
+        E::KeyUnavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "key_unavailable",
+            e.to_string(),
+        ),
         E::Refused(_) | E::Remote(..) => {
             ApiError::new(StatusCode::BAD_GATEWAY, "refused", e.to_string())
         }
@@ -1098,7 +1102,7 @@ async fn cluster_apply(
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
     let before = node.cluster.layout();
-    let l = node.cluster.apply().map_err(cluster_error)?;
+    let l = node.cluster.apply().await.map_err(cluster_error)?;
     let moved = before.map(|b| b.diff(&l).moved_replicas()).unwrap_or(0);
     node.store
         .audit()

@@ -488,7 +488,7 @@ async fn a_member_that_serves_an_old_or_forged_layout_is_refused_and_audited() {
     m.n0.cluster
         .stage_join(None, Some("elsewhere".into()), None)
         .unwrap();
-    let current = m.n0.cluster.apply().unwrap().version();
+    let current = m.n0.cluster.apply().await.unwrap().version();
     let old_version = Layout::decode(&Signed::decode(&old.0).unwrap().statement.0)
         .unwrap()
         .version();

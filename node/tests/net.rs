@@ -212,7 +212,10 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         Request::Cluster(
             ClusterRequest::Join { .. }
             | ClusterRequest::Admit { .. }
-            | ClusterRequest::GetKeys { .. },
+            | ClusterRequest::GetKeys { .. }
+            | ClusterRequest::PrepareShare
+            | ClusterRequest::PutShare { .. }
+            | ClusterRequest::GetShare { .. },
         ) => ClusterResponse::Error(RemoteError {
             code: ErrorCode::Forbidden,
             message: "no cluster here".into(),

@@ -400,6 +400,21 @@ pub enum ClusterRequest {
     /// sender's certificate grants it, sealed to `recipient` (an age
     /// X25519 recipient the sender made for this request).
     GetKeys { recipient: String },
+    /// From the holder of the whole cluster key splitting it: a recipient
+    /// to seal this node's share to (made for this one share).
+    PrepareShare,
+    /// A share of the cluster key for this node to keep: a framed key
+    /// share, age-sealed to the recipient `PrepareShare` answered.
+    PutShare { sealed: Bytes },
+    /// This node's share of the cluster key, sealed to `recipient`, for an
+    /// admin operation (`reason`, audited). `authorisation` is the
+    /// sender's caller authorisation for role admin.
+    GetShare {
+        recipient: String,
+        reason: String,
+        #[serde(default)]
+        authorisation: Option<Signed>,
+    },
 }
 
 /// An API token as members share it: never the secret, only its blake3.
@@ -471,6 +486,17 @@ pub enum ClusterResponse {
         directory: Option<Signed>,
         #[serde(default)]
         grants: Vec<SealedGrant>,
+    },
+    /// Answers `PrepareShare`.
+    ShareRecipient {
+        recipient: String,
+    },
+    /// Answers `PutShare`: the share is kept, sealed at rest.
+    ShareStored,
+    /// Answers `GetShare`: the framed share, age-sealed to the recipient
+    /// asked for.
+    Share {
+        sealed: Bytes,
     },
     /// Answers `Admit`: the receiver took the certificate.
     Admitted {

@@ -149,6 +149,8 @@ pub mod kinds {
     pub const SEALED_SECRET: u16 = 14;
     pub const CALLER_AUTHORISATION: u16 = 15;
     pub const KEY_DIRECTORY: u16 = 16;
+    pub const SHARE_ASSIGNMENT: u16 = 17;
+    pub const DEALT_SHARE: u16 = 18;
     // Cluster messages (`messages`), 20..=39.
     pub const REPLICATE_REQUEST: u16 = 20;
     pub const REPLICATE_RESPONSE: u16 = 21;

@@ -21,7 +21,7 @@ use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
 use slurp_crypto::ClusterPublic;
 use slurp_protocol::membership::{CLOCK_SKEW_MS, PURPOSE_AUTHORISATION};
-use slurp_protocol::messages::{ForwardRequest, SearchRequest};
+use slurp_protocol::messages::{ClusterRequest, ForwardRequest, SearchRequest};
 use slurp_protocol::{Bytes, CallerAuthorisation, Framed, RoleName, Signed};
 
 use super::membership::{MAX_STATEMENT, check_certificate, now_ms};
@@ -97,6 +97,16 @@ pub fn forward_digest(req: &ForwardRequest) -> [u8; 32] {
 pub fn search_digest(req: &SearchRequest) -> [u8; 32] {
     let mut bare = req.clone();
     bare.set_authorisation(None);
+    digest(&bare)
+}
+
+/// The digest of a cluster request that carries an authorisation
+/// (`GetShare`), with it left out.
+pub fn cluster_digest(req: &ClusterRequest) -> [u8; 32] {
+    let mut bare = req.clone();
+    if let ClusterRequest::GetShare { authorisation, .. } = &mut bare {
+        *authorisation = None;
+    }
     digest(&bare)
 }
 

@@ -387,6 +387,17 @@ impl Membership {
             .clone()
     }
 
+    /// Whether invite `id` would be honoured with `secret` now, without
+    /// spending it.
+    pub fn check_invite(&self, id: &str, secret: &str) -> Result<(), InviteRefusal> {
+        let invites = self.invites.lock().unwrap_or_else(|e| e.into_inner());
+        let invite = invites
+            .iter()
+            .find(|i| i.id == id)
+            .ok_or(InviteRefusal::Unknown)?;
+        check(invite, secret)
+    }
+
     /// Spends invite `id` for `peer` if `secret` matches, it is unused and
     /// not expired; the invite is marked used on disk before this returns.
     pub fn redeem(&self, id: &str, secret: &str, peer: &str) -> Result<Invite, InviteRefusal> {
@@ -395,19 +406,8 @@ impl Membership {
             .iter_mut()
             .find(|i| i.id == id)
             .ok_or(InviteRefusal::Unknown)?;
-        let stored =
-            blake3::Hash::from_hex(&invite.secret_hash).map_err(|_| InviteRefusal::Unknown)?;
-        // blake3::Hash equality is constant time.
-        if blake3::hash(secret.as_bytes()) != stored {
-            return Err(InviteRefusal::WrongSecret);
-        }
-        if let Some(by) = &invite.used_by {
-            return Err(InviteRefusal::Used(by.clone()));
-        }
+        check(invite, secret)?;
         let now = now_ms();
-        if now > invite.not_after_ms {
-            return Err(InviteRefusal::Expired);
-        }
         invite.used_by = Some(peer.to_string());
         invite.used_ms = Some(now);
         let spent = invite.clone();
@@ -422,6 +422,22 @@ impl Membership {
         let path = self.dir.join("invites.json");
         crate::tokens::write_private_file(&path, &json).map_err(io(&path))
     }
+}
+
+/// Whether `invite` is honoured with `secret` now.
+fn check(invite: &Invite, secret: &str) -> Result<(), InviteRefusal> {
+    let stored = blake3::Hash::from_hex(&invite.secret_hash).map_err(|_| InviteRefusal::Unknown)?;
+    // blake3::Hash equality is constant time.
+    if blake3::hash(secret.as_bytes()) != stored {
+        return Err(InviteRefusal::WrongSecret);
+    }
+    if let Some(by) = &invite.used_by {
+        return Err(InviteRefusal::Used(by.clone()));
+    }
+    if now_ms() > invite.not_after_ms {
+        return Err(InviteRefusal::Expired);
+    }
+    Ok(())
 }
 
 /// Signs a certificate for `peer` with `key`.

@@ -23,6 +23,7 @@ pub mod batch;
 pub mod layout;
 pub mod membership;
 pub mod peers;
+pub mod shares;
 
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -86,6 +87,13 @@ pub struct ClusterConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub invite_ttl: Duration,
+    /// Shares the cluster key is split into once the layout has this many
+    /// members up (0: never split, the key stays whole on the node that
+    /// made it), a count.
+    pub key_shares: u8,
+    /// Shares that rebuild the cluster key, a count (at least 2, at most
+    /// `key_shares`).
+    pub key_threshold: u8,
     /// How long a member's statement that it acts for a caller (on a
     /// forwarded call or a search it fans out) stays valid, a duration
     /// such as `30s`.
@@ -142,6 +150,8 @@ impl Default for ClusterConfig {
             certificate_validity: Duration::from_secs(365 * 86_400),
             invite_ttl: Duration::from_secs(3600),
             authorisation_ttl: Duration::from_secs(30),
+            key_shares: 5,
+            key_threshold: 3,
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(2),
             replica_timeout: Duration::from_secs(3),
@@ -179,6 +189,12 @@ impl ClusterConfig {
             || self.authorisation_ttl.is_zero()
         {
             return Err("cluster.certificate_validity, cluster.invite_ttl and cluster.authorisation_ttl must be positive".into());
+        }
+        if self.key_shares != 0 && (self.key_threshold < 2 || self.key_threshold > self.key_shares)
+        {
+            return Err(
+                "cluster.key_threshold must be at least 2 and at most cluster.key_shares".into(),
+            );
         }
         if self.handoff_batch == 0 {
             return Err("cluster.handoff_batch must be at least 1".into());
@@ -221,12 +237,10 @@ pub enum ClusterError {
     NotInitialized,
     #[error("this node already belongs to cluster {0}")]
     AlreadyInitialized(slurp_protocol::ClusterId),
-    #[error(
-        "this node does not hold the cluster key: run the command on the node that ran `slurp cluster init`"
-    )]
-    NotKeyHolder,
     #[error("refused: {0}")]
     Refused(String),
+    #[error("the cluster key cannot be rebuilt: {0}")]
+    KeyUnavailable(String),
 }
 
 impl ClusterError {
@@ -266,9 +280,12 @@ pub struct ClusterStatus {
     /// The cluster this node belongs to (the id of the cluster key), if
     /// any.
     pub cluster: Option<String>,
-    /// Whether this node holds the cluster key (signs certificates and
-    /// layouts).
+    /// Whether this node holds the whole cluster key (it made the
+    /// cluster and has not split the key yet).
     pub key_holder: bool,
+    /// How this node keeps the cluster key: whole, a share of it, or
+    /// neither.
+    pub key_custody: shares::KeyCustody,
     /// When this node's certificate expires, ms since the Unix epoch.
     pub certificate_not_after_ms: Option<u64>,
     /// Why redeeming the join token failed, if it did.
@@ -321,6 +338,8 @@ struct Inner {
     authoriser: authorise::Authoriser,
     custody: Arc<Custody>,
     audit: AuditSink,
+    /// The one-share recipient made for `PrepareShare`, with when.
+    share_request: std::sync::Mutex<Option<(slurp_crypto::x25519::Identity, Instant)>>,
     /// Why redeeming `join_token` failed for good (shown in the status).
     join_error: std::sync::Mutex<Option<String>>,
     /// Tokens found on other members (or not found), with when.
@@ -398,6 +417,7 @@ impl Cluster {
             custody,
             audit,
             join_error: Default::default(),
+            share_request: Default::default(),
             tokens: Default::default(),
         })))
     }
@@ -475,32 +495,10 @@ impl Cluster {
         &self.0.membership
     }
 
-    /// The cluster key, when this node holds it.
-    pub fn cluster_key(&self) -> Result<ClusterKey, ClusterError> {
-        let seed = self
-            .0
-            .custody
-            .keystore()
-            .load_secret(CLUSTER_KEY_SECRET)
-            .map_err(|e| ClusterError::Io(e.to_string()))?
-            .ok_or(ClusterError::NotKeyHolder)?;
-        let seed: [u8; 32] = seed[..]
-            .try_into()
-            .map_err(|_| ClusterError::Io("the sealed cluster key is not 32 bytes".into()))?;
-        let key = ClusterKey::from_seed(&seed);
-        match self.identity() {
-            Some(id) if id.public != key.public() => Err(ClusterError::Io(format!(
-                "the sealed cluster key is of cluster {}, this node belongs to {}",
-                key.public().id(),
-                id.id()
-            ))),
-            _ => Ok(key),
-        }
-    }
-
-    /// Whether this node holds the cluster key.
+    /// Whether this node holds the whole cluster key (it made it and has
+    /// not split it among the members yet).
     pub fn holds_cluster_key(&self) -> bool {
-        self.cluster_key().is_ok()
+        self.whole_key().ok().flatten().is_some()
     }
 
     /// Creates the cluster: a new cluster key (sealed in this node's
@@ -537,7 +535,7 @@ impl Cluster {
         self.0
             .layout
             .stage_join(self.member_of(&self.0.me, &self.info()));
-        self.apply()
+        self.apply().await
     }
 
     /// Creates a one-time invite; returns it and the join token.
@@ -546,11 +544,14 @@ impl Cluster {
         roles: Option<Vec<slurp_protocol::RoleName>>,
         ttl: Option<Duration>,
     ) -> Result<(membership::Invite, JoinToken), ClusterError> {
-        if self.identity().is_none() {
-            return Err(ClusterError::NotInitialized);
+        let identity = self.identity().ok_or(ClusterError::NotInitialized)?;
+        // Redeeming it takes the cluster key, which only a node certified
+        // for admin may rebuild.
+        if !identity.cert.roles.iter().any(|r| r.as_str() == "admin") {
+            return Err(ClusterError::Refused(
+                "this node is not certified for admin, so it cannot redeem invites".into(),
+            ));
         }
-        // Only the key holder can redeem it, so only it issues.
-        self.cluster_key()?;
         let roles = roles.unwrap_or_else(|| self.0.custody.roles());
         self.0
             .membership
@@ -875,11 +876,17 @@ impl Cluster {
             ClusterRequest::GetToken { .. }
             | ClusterRequest::Health
             | ClusterRequest::GetKeys { .. }
+            | ClusterRequest::PrepareShare
+            | ClusterRequest::PutShare { .. }
+            | ClusterRequest::GetShare { .. }
                 if !self.admits(&peer) =>
             {
                 refuse(NOT_ADMITTED)
             }
             ClusterRequest::GetKeys { recipient } => self.serve_keys(&from, &recipient).await,
+            ClusterRequest::PrepareShare => self.serve_prepare_share(),
+            ClusterRequest::PutShare { sealed } => self.serve_put_share(&from, &sealed.0).await,
+            req @ ClusterRequest::GetShare { .. } => self.serve_get_share(&peer, &req).await,
             ClusterRequest::GetLayout { newer_than } => {
                 let version = self.layout_version();
                 let layout = self
@@ -932,10 +939,6 @@ impl Cluster {
         let deny = |code: ErrorCode, message: String| {
             ClusterResponse::Error(RemoteError { code, message })
         };
-        let key = match self.cluster_key() {
-            Ok(k) => k,
-            Err(e) => return deny(ErrorCode::Unavailable, e.to_string()),
-        };
         if self.0.layout.was_removed(peer) {
             self.audit(AuditRecord::deny(
                 peer,
@@ -949,6 +952,23 @@ impl Cluster {
                 "this peer was removed from the cluster".into(),
             );
         }
+        // The invite is checked before the cluster key is rebuilt (a
+        // stranger's guess never costs the share holders anything), and
+        // spent after.
+        if let Err(why) = self.0.membership.check_invite(invite, secret) {
+            self.audit(AuditRecord::deny(
+                peer,
+                other("cluster_join"),
+                target,
+                format!("{} ({why})", why.code()),
+            ))
+            .await;
+            return deny(ErrorCode::Forbidden, "invalid join token".into());
+        }
+        let key = match self.obtain_key(&format!("redeem invite {target}")).await {
+            Ok(k) => k,
+            Err(e) => return deny(ErrorCode::Unavailable, e.to_string()),
+        };
         let spent = match self.0.membership.redeem(invite, secret, peer) {
             Ok(i) => i,
             Err(why) => {
@@ -978,7 +998,7 @@ impl Cluster {
         let mut layout = None;
         if apply {
             self.0.layout.stage_join(self.member_of(peer, &node));
-            match self.apply() {
+            match self.apply_with(&key) {
                 Ok(_) => layout = self.0.layout.signed().and_then(|s| s.encode().ok()),
                 Err(e) => tracing::warn!(%peer, error = %e, "could not add the joining node"),
             }
@@ -1174,7 +1194,7 @@ impl Cluster {
     /// has public keys the directory lacks (keys made at this start).
     /// Returns whether it published.
     pub fn publish_new_keys(&self) -> Result<bool, ClusterError> {
-        let Ok(key) = self.cluster_key() else {
+        let Ok(Some(key)) = self.whole_key() else {
             return Ok(false);
         };
         let listed = self.0.membership.directory_keys();
@@ -1489,7 +1509,7 @@ impl Cluster {
     /// (roles: all this node holds) and sends it the certificate.
     pub async fn certify_peer(&self, peer: &str) -> Result<(), ClusterError> {
         parse_peer(peer)?;
-        let key = self.cluster_key()?;
+        let key = self.obtain_key(&format!("certify {peer}")).await?;
         let cert = certify(
             &key,
             peer,
@@ -1522,6 +1542,7 @@ impl Cluster {
     /// pull newer layouts. Returns how many peers answered.
     pub async fn tick(&self) -> usize {
         self.join_with_token().await;
+        self.maybe_split().await;
         if !self.granted_roles_held() {
             self.fetch_keys().await;
         }
@@ -1664,11 +1685,24 @@ impl Cluster {
 
     /// Commits the staged changes as the next layout, signed with the
     /// cluster key, and tells the peers.
-    pub fn apply(&self) -> Result<Arc<Layout>, ClusterError> {
+    pub async fn apply(&self) -> Result<Arc<Layout>, ClusterError> {
         if self.identity().is_none() {
             return Err(ClusterError::NotInitialized);
         }
-        let key = self.cluster_key()?;
+        if self.0.layout.staged().is_empty() {
+            return Err(ClusterError::NothingStaged);
+        }
+        let key = self
+            .obtain_key(&format!(
+                "publish layout version {}",
+                self.layout_version() + 1
+            ))
+            .await?;
+        self.apply_with(&key)
+    }
+
+    /// [`Cluster::apply`] with the cluster key at hand.
+    fn apply_with(&self, key: &ClusterKey) -> Result<Arc<Layout>, ClusterError> {
         let l = self.0.layout.apply(
             self.0.config.replication_factor,
             self.0.config.partition_bits,
@@ -1742,6 +1776,7 @@ impl Cluster {
             cluster: self.identity().map(|i| i.id().to_hex()),
             keys_held: self.granted_roles_held(),
             key_holder: self.identity().is_some() && self.holds_cluster_key(),
+            key_custody: self.key_custody(),
             certificate_not_after_ms: self.identity().map(|i| i.cert.not_after_ms),
             join_error: self
                 .0
