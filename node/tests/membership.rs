@@ -795,3 +795,160 @@ async fn a_node_holds_only_the_keys_its_invite_granted_and_cannot_open_the_rest_
     n1.close().await;
     n0.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_key_is_split_among_members_and_rebuilt_from_threshold_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = |mut c: NodeConfig| {
+        c.cluster.key_shares = 3;
+        c.cluster.key_threshold = 2;
+        c
+    };
+    let c0 = split(config(dir.path(), 0));
+    let n0 = Node::open(c0.clone()).await.unwrap();
+    n0.cluster.init().await.unwrap();
+    let addr0 = c0.net.listen[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(n0.net.peer_id()));
+    let mut others = Vec::new();
+    for i in 1..3 {
+        let mut c = split(config(dir.path(), i));
+        c.net.bootstrap = vec![addr0.clone()];
+        c.cluster.auto_join = true;
+        let (_, token) = n0.cluster.invite(None, None).unwrap();
+        c.cluster.join_token = Some(token.to_string());
+        others.push(Some(Node::open(c).await.unwrap()));
+    }
+    wait_until(
+        "the key is split: no node holds it whole, each holds a share",
+        async || {
+            let all = [Some(&n0), others[0].as_ref(), others[1].as_ref()];
+            all.iter().all(|n| {
+                n.is_some_and(|n| {
+                    let c = n.cluster.key_custody();
+                    !c.whole && c.share.is_some()
+                })
+            })
+        },
+    )
+    .await;
+    let sets: Vec<String> = [Some(&n0), others[0].as_ref(), others[1].as_ref()]
+        .iter()
+        .map(|n| n.unwrap().cluster.key_custody().share.unwrap().set)
+        .collect();
+    assert!(
+        sets.iter().all(|s| *s == sets[0]),
+        "one share set: {sets:?}"
+    );
+    // The whole key is gone from the disk that made it.
+    assert!(!c0.data_dir.join("keys").join("cluster.secret").exists());
+
+    // A member certified for developer only gets no share, with or
+    // without a statement claiming admin.
+    let peer = Intruder::start(&addr0).await;
+    let to = n0.net.peer_id();
+    let dev = RoleName::new("developer").unwrap();
+    let admin = RoleName::new("admin").unwrap();
+    let (_, token) = n0.cluster.invite(Some(vec![dev]), None).unwrap();
+    let ClusterResponse::Joined { certificate, .. } = peer
+        .cluster(
+            to,
+            ClusterRequest::Join {
+                invite: token.id.clone(),
+                secret: token.secret.clone(),
+                node: info(&peer.id()),
+                apply: false,
+            },
+        )
+        .await
+    else {
+        panic!("the invite was not honoured");
+    };
+    let signer = slurp_node::cluster::authorise::Authoriser::new(
+        peer.keypair.clone(),
+        Duration::from_secs(30),
+    );
+    let ask = |auth: bool| {
+        let mut req = ClusterRequest::GetShare {
+            recipient: slurp_crypto::x25519::Identity::generate()
+                .to_public()
+                .to_string(),
+            reason: "curiosity".into(),
+            authorisation: None,
+        };
+        if auth {
+            let digest = slurp_node::cluster::authorise::cluster_digest(&req);
+            let signed = signer
+                .sign(&to.to_base58(), &admin, digest, certificate.clone())
+                .unwrap();
+            if let ClusterRequest::GetShare { authorisation, .. } = &mut req {
+                *authorisation = Some(signed);
+            }
+        }
+        req
+    };
+    let why = forbidden_cluster(&peer.cluster(to, ask(true)).await);
+    assert!(why.contains("not certified for role admin"), "{why}");
+    let why = forbidden_cluster(&peer.cluster(to, ask(false)).await);
+    assert!(why.contains("no caller authorisation"), "{why}");
+    let denied: Vec<_> = audited(&n0, "share_release")
+        .await
+        .into_iter()
+        .filter(|e| e.actor == peer.id())
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|e| e.decision == slurp_crypto::Decision::Deny && e.target == "curiosity"),
+        "{denied:?}"
+    );
+    drop(peer);
+
+    // Any member certified for admin signs a layout from two shares.
+    let n1 = others[0].as_ref().unwrap();
+    n1.cluster
+        .stage_join(None, Some("z-one".into()), None)
+        .unwrap();
+    let v = n1.cluster.apply().await.unwrap().version();
+    wait_until("node 0 takes the layout node 1 signed", async || {
+        n0.cluster.layout_version() == v
+    })
+    .await;
+    // Node 0 released its share to node 1 for that, and said why.
+    let n1_peer = n1.net.peer_id().to_base58();
+    let released = audited(&n0, "share_release").await;
+    assert!(
+        released
+            .iter()
+            .any(|e| e.actor == n1_peer && e.target.starts_with("publish layout version")),
+        "{released:?}"
+    );
+    assert!(!audited(n1, "cluster_key_rebuild").await.is_empty());
+    // One holder down: still two shares.
+    let n2 = others[1].take().unwrap();
+    let n2_peer = n2.net.peer_id().to_base58();
+    n2.close().await;
+    wait_until("node 0 sees node 2 down", async || {
+        !n0.cluster.peers().is_up(&n2_peer)
+    })
+    .await;
+    n0.cluster
+        .stage_join(None, Some("z-zero".into()), None)
+        .unwrap();
+    let v = n0.cluster.apply().await.unwrap().version();
+    assert_eq!(n0.cluster.layout_version(), v);
+    // Two holders down: one share is not enough, and the error says so.
+    let n1 = others[0].take().unwrap();
+    n1.close().await;
+    n0.cluster
+        .stage_join(None, Some("z-again".into()), None)
+        .unwrap();
+    match n0.cluster.apply().await {
+        Err(slurp_node::cluster::ClusterError::KeyUnavailable(why)) => {
+            assert!(why.contains("needs 2 shares, 1 were given"), "{why}")
+        }
+        other => panic!("signed with one share: {other:?}"),
+    }
+    n0.close().await;
+}
