@@ -76,6 +76,8 @@ pub enum RecordProblem {
     BadOwner,
     #[error("backup id {0:?}: 1 to 128 characters of [A-Za-z0-9_.-]")]
     BadBackupId(String),
+    #[error("a replaced version must keep its metadata; only its sealed bytes may change")]
+    MetadataChanged,
 }
 
 /// A hint target (the peer a hinted version belongs on) the store cannot

@@ -381,6 +381,42 @@ impl Store {
             .collect()
     }
 
+    /// Replaces the sealed bytes of versions already stored, keeping their
+    /// metadata (key rotation rewraps envelopes in place); each answer is
+    /// whether the version was there. Durable when this returns.
+    pub async fn replace_envelopes(
+        &self,
+        versions: Vec<NewVersion>,
+    ) -> Vec<Result<bool, WriteError>> {
+        let prepared = self.prepare_all(versions);
+        let mut queued = Vec::new();
+        let mut results: Vec<Option<Result<bool, WriteError>>> = Vec::new();
+        for p in prepared {
+            match p {
+                Ok(item) => {
+                    queued.push(item);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let answers = if queued.is_empty() {
+            Vec::new()
+        } else {
+            self.submit(|reply| Command::Replace {
+                items: queued,
+                reply,
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let mut answers = answers.into_iter();
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| answers.next().unwrap_or(Err(WriteError::Closed))))
+            .collect()
+    }
+
     /// Stores one version; returns once it is durable. Invalid or oversized
     /// versions are refused before they are queued.
     pub async fn put(&self, version: NewVersion) -> Result<PutOutcome, WriteError> {

@@ -62,6 +62,12 @@ pub(crate) enum Command {
         hint_for: Option<Arc<str>>,
         reply: oneshot::Sender<Vec<Result<PutOutcome, WriteError>>>,
     },
+    /// New sealed bytes for versions already stored (key rotation
+    /// rewraps an envelope; the metadata must not change).
+    Replace {
+        items: Vec<PreparedPut>,
+        reply: oneshot::Sender<Vec<Result<bool, WriteError>>>,
+    },
     RemoveHints {
         /// `hints` table keys, validated by the caller.
         keys: Vec<Vec<u8>>,
@@ -96,7 +102,7 @@ impl Command {
     /// How much of the batch budget the command uses.
     fn weight(&self) -> usize {
         match self {
-            Command::Put { items, .. } => items.len().max(1),
+            Command::Put { items, .. } | Command::Replace { items, .. } => items.len().max(1),
             Command::RemoveHints { keys, .. } => keys.len().max(1),
             _ => 1,
         }
@@ -247,6 +253,7 @@ impl<'t> Tables<'t> {
 /// The result of one command inside a batch, before the commit.
 enum Applied {
     Put(Vec<Result<PutOutcome, WriteError>>),
+    Replace(Vec<Result<bool, WriteError>>),
     Simple(Result<bool, WriteError>),
     Count(Result<usize, WriteError>),
 }
@@ -290,6 +297,9 @@ fn commit_batch(shared: &Shared, batch: Vec<Command>) {
                     (Command::Put { reply, .. }, Applied::Put(r)) => {
                         let _ = reply.send(r);
                     }
+                    (Command::Replace { reply, .. }, Applied::Replace(r)) => {
+                        let _ = reply.send(r);
+                    }
                     (Command::Acl { reply, .. }, Applied::Simple(r))
                     | (Command::Backup { reply, .. }, Applied::Simple(r)) => {
                         let _ = reply.send(r);
@@ -311,6 +321,9 @@ fn commit_batch(shared: &Shared, batch: Vec<Command>) {
             for command in batch {
                 match command {
                     Command::Put { items, reply, .. } => {
+                        let _ = reply.send(items.iter().map(|_| Err(failed())).collect());
+                    }
+                    Command::Replace { items, reply } => {
                         let _ = reply.send(items.iter().map(|_| Err(failed())).collect());
                     }
                     Command::Acl { reply, .. } | Command::Backup { reply, .. } => {
@@ -384,6 +397,17 @@ fn apply_batch(
                     }
                     applied.push(Applied::Put(results));
                 }
+                Command::Replace { items, .. } => {
+                    let mut results = Vec::with_capacity(items.len());
+                    for item in items {
+                        let r = apply_replace(&mut t, item)?;
+                        if matches!(r, Ok(true)) {
+                            counts.bytes += item.value.len() as u64;
+                        }
+                        results.push(r);
+                    }
+                    applied.push(Applied::Replace(results));
+                }
                 Command::Acl { key, value, .. } => {
                     let table = match &mut acl {
                         Some(t) => t,
@@ -433,6 +457,31 @@ fn apply_batch(
     }
     txn.commit()?;
     Ok(applied)
+}
+
+/// Replaces the stored bytes of a version that exists, keeping its
+/// metadata: false when the version is not stored (swept, never here).
+fn apply_replace(
+    t: &mut Tables<'_>,
+    item: &PreparedPut,
+) -> Result<Result<bool, WriteError>, redb::Error> {
+    let meta = &item.meta;
+    let existing = match t.versions.get(item.version_key.as_slice())? {
+        Some(v) => match decode_version(v.value(), &meta.key, &meta.version) {
+            Ok(stored) => stored.meta,
+            Err(c) => return Ok(Err(c.into())),
+        },
+        None => return Ok(Ok(false)),
+    };
+    if existing != *meta {
+        return Ok(Err(WriteError::Invalid {
+            key: meta.key.clone(),
+            problem: crate::error::RecordProblem::MetadataChanged,
+        }));
+    }
+    t.versions
+        .insert(item.version_key.as_slice(), item.value.as_slice())?;
+    Ok(Ok(true))
 }
 
 /// Whether something expiring at `expires_at_ms` has expired at `now`.

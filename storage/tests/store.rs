@@ -841,3 +841,43 @@ fn a_large_put_many_is_committed_in_bounded_transactions() {
     assert!(observer.commits.load(Ordering::SeqCst) >= 7);
     assert_eq!(observer.largest_insert.load(Ordering::SeqCst), 16);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_sealed_bytes_keeps_the_metadata_and_only_touches_stored_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(T0);
+    let store = open(&dir, &clock);
+    let v = vid(T0, 1, "w");
+    let first = version("a.rs", v.clone());
+    store.put(first.clone()).await.unwrap();
+    let mut rewrapped = first.clone();
+    rewrapped.envelope = b"rewrapped bytes".to_vec();
+    let missing = version("b.rs", vid(T0, 2, "w"));
+    let mut changed = first.clone();
+    changed
+        .meta
+        .readers
+        .push(slurp_protocol::RoleName::new("admin").unwrap());
+    changed.envelope = b"other bytes".to_vec();
+    let r = store
+        .replace_envelopes(vec![rewrapped.clone(), missing, changed])
+        .await;
+    assert!(matches!(r[0], Ok(true)), "{:?}", r[0]);
+    assert!(matches!(r[1], Ok(false)), "{:?}", r[1]);
+    assert!(
+        matches!(
+            &r[2],
+            Err(slurp_storage::WriteError::Invalid {
+                problem: slurp_storage::RecordProblem::MetadataChanged,
+                ..
+            })
+        ),
+        "{:?}",
+        r[2]
+    );
+    let got = store.get(&key("a.rs"), &v).unwrap().unwrap();
+    assert_eq!(got.envelope, rewrapped.envelope);
+    assert_eq!(got.meta, first.meta);
+    assert!(store.get(&key("b.rs"), &vid(T0, 2, "w")).unwrap().is_none());
+    assert_eq!(store.history(&key("a.rs")).unwrap().len(), 1);
+}
