@@ -836,6 +836,79 @@ async fn list_keys(
     Ok(Json(json!({"keys": node.custody.key_views()})))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    role: slurp_protocol::RoleName,
+}
+
+async fn rotate_key(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<RotateBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    if !node.store.roles().contains(&body.role) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_role",
+            format!("role {} is not in the roles file", body.role),
+        ));
+    }
+    let (epoch, fingerprint) = node
+        .cluster
+        .rotate(&body.role)
+        .await
+        .map_err(cluster_error)?;
+    node.store
+        .audit()
+        .allow(
+            &caller.token_id,
+            &caller.role,
+            slurp_crypto::AuditAction::KeyRotate,
+            &fingerprint.to_hex(),
+        )
+        .await;
+    // Start moving stored records onto the new epoch now.
+    let _ = node.workers.trigger("key-rewrap");
+    Ok(Json(json!({
+        "role": body.role,
+        "epoch": epoch,
+        "fingerprint": fingerprint.to_hex(),
+        "directory_version": node.cluster.keys_version(),
+    })))
+}
+
+/// Every role's current epoch, what this node holds, and how far the
+/// rewrap of stored records is.
+async fn key_status(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_audited(&node, &caller, "key_status", "keys").await?;
+    let keyring = node.custody.keyring();
+    let mut roles = Vec::new();
+    for role in node.store.roles().roles() {
+        let current = keyring.current_public(role);
+        roles.push(json!({
+            "role": role,
+            "current_epoch": current.map(|k| k.epoch()),
+            "current_fingerprint": current.map(|k| k.fingerprint().to_hex()),
+            "held_epochs": keyring.keys().filter(|k| k.role() == role).map(|k| k.epoch()).collect::<Vec<_>>(),
+        }));
+    }
+    let worker = node.workers.get("key-rewrap");
+    Ok(Json(json!({
+        "directory_version": node.cluster.keys_version(),
+        "keys_held": node.cluster.granted_roles_held(),
+        "roles": roles,
+        "rewrap": {
+            "pending": node.metrics.key_rewrap_pending.get(),
+            "worker": worker,
+        },
+    })))
+}
+
 async fn whoami(Caller(caller): Caller) -> impl IntoResponse {
     Json(json!({"token_id": caller.token_id, "role": caller.role}))
 }
@@ -1331,12 +1404,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/audit"),
     ("post", "/v1/audit/verify"),
     ("get", "/v1/keys"),
+    ("post", "/v1/keys/rotate"),
+    ("get", "/v1/keys/status"),
     ("get", "/v1/whoami"),
     ("get", "/v1/status"),
     ("get", "/v1/workers"),
     ("post", "/v1/workers/{name}/run"),
     ("get", "/v1/cluster"),
     ("get", "/v1/cluster/placement"),
+    ("post", "/v1/cluster/init"),
+    ("post", "/v1/cluster/invites"),
+    ("get", "/v1/cluster/invites"),
     ("post", "/v1/cluster/join"),
     ("post", "/v1/cluster/remove"),
     ("post", "/v1/cluster/apply"),
@@ -1368,6 +1446,8 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/audit", get(audit_tail))
         .route("/v1/audit/verify", post(audit_verify))
         .route("/v1/keys", get(list_keys))
+        .route("/v1/keys/rotate", post(rotate_key))
+        .route("/v1/keys/status", get(key_status))
         .route("/v1/whoami", get(whoami))
         .route("/v1/status", get(status))
         .route("/v1/workers", get(workers))

@@ -146,6 +146,8 @@ pub struct NodeConfig {
     pub index: slurp_index::IndexConfig,
     /// How role keys are kept.
     pub keys: KeysConfig,
+    /// Key rotation: the rewrap worker.
+    pub rotation: crate::rotation::RotationConfig,
     /// The audit log writer.
     pub audit: crate::audit::AuditSettings,
     /// The libp2p swarm.
@@ -169,6 +171,7 @@ impl Default for NodeConfig {
             store: slurp_storage::StoreConfig::default(),
             index: slurp_index::IndexConfig::default(),
             keys: KeysConfig::default(),
+            rotation: crate::rotation::RotationConfig::default(),
             audit: crate::audit::AuditSettings::default(),
             net: crate::net::NetConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),

@@ -209,6 +209,18 @@ impl Custody {
         Ok(made)
     }
 
+    /// Makes the next epoch of `role`'s key (one past the highest known,
+    /// held or public), keeps it sealed at rest and returns it.
+    pub fn rotate(&self, role: &slurp_protocol::RoleName) -> Result<RoleKey, CustodyError> {
+        let mut ring = (*self.keyring()).clone();
+        let epoch = ring.current_public(role).map(|k| k.epoch()).unwrap_or(0) + 1;
+        let key = RoleKey::generate(role.clone(), epoch);
+        self.keystore.store(&key)?;
+        ring.insert(key.clone())?;
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        Ok(key)
+    }
+
     /// Keeps a granted key (sealed at rest like every role key); false when
     /// it was already held.
     pub fn add_granted(&self, key: &RoleKey) -> Result<bool, CustodyError> {

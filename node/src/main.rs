@@ -466,6 +466,21 @@ enum KeysCommand {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Make the next epoch of a role's key; stored records move onto it in
+    /// the background (every rewrap re-encrypts with a fresh file key).
+    Rotate {
+        /// The role whose key to rotate.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Each role's current epoch, what this node holds, and how far the
+    /// rewrap of stored records is.
+    Status {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1576,6 +1591,54 @@ async fn run(cli: Cli) -> Result<()> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
+            })?;
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate { role, c }) => {
+            slurp_protocol::RoleName::new(role.as_str())
+                .map_err(|e| usage(&["keys", "rotate"], format!("--role {role}: {e}")))?;
+            let v = client(&c)?
+                .post("/v1/keys/rotate", &json!({"role": role}))
+                .await?;
+            print(&c, &v, |v| {
+                format!(
+                    "role {} now at epoch {} (key {}); new records are sealed to it, stored ones move in the background (slurp keys status)",
+                    v["role"].as_str().unwrap_or(""),
+                    v["epoch"],
+                    v["fingerprint"].as_str().unwrap_or("")
+                )
+            })?;
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Status { c }) => {
+            let v = client(&c)?.get("/v1/keys/status", &[]).await?;
+            print(&c, &v, |v| {
+                let mut out = format!(
+                    "key directory v{}{}",
+                    v["directory_version"],
+                    if v["keys_held"] == true {
+                        ""
+                    } else {
+                        " (granted keys still arriving)"
+                    }
+                );
+                for r in v["roles"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<12} epoch {:<3} {}  held here: {}",
+                        r["role"].as_str().unwrap_or(""),
+                        r["current_epoch"],
+                        r["current_fingerprint"].as_str().unwrap_or("-"),
+                        r["held_epochs"]
+                    ));
+                }
+                out.push_str(&format!(
+                    "\nrewrap: {} stored versions left on old epochs; last pass: {}",
+                    v["rewrap"]["pending"],
+                    v["rewrap"]["worker"]["last_note"]
+                        .as_str()
+                        .unwrap_or("none yet")
+                ));
+                out
             })?;
             Ok(())
         }

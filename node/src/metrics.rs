@@ -93,6 +93,10 @@ pub struct Metrics {
     pub index_segments: Gauge,
     pub index_ready: Gauge,
     pub index_unopenable: Family<ReasonLabels, Gauge>,
+    /// Key rotation: envelopes rewrapped or left, by outcome.
+    pub key_rewraps: Family<CauseLabels, Counter>,
+    /// Local versions still sealed to a retired epoch after the last pass.
+    pub key_rewrap_pending: Gauge,
     pub worker_active: Family<WorkerLabels, Gauge>,
     pub worker_runs: Family<WorkerLabels, Counter>,
     pub worker_items: Family<WorkerLabels, Counter>,
@@ -221,6 +225,18 @@ impl Metrics {
                 })
                 .set(0);
         }
+        let key_rewraps = Family::<CauseLabels, Counter>::default();
+        r.register(
+            "key_rewraps",
+            "Envelopes the key-rewrap worker handled after a rotation, by outcome: rewrapped (sealed to the current epochs), unopenable (sealed to roles this node holds no key for; another replica rewraps its copy), failed",
+            key_rewraps.clone(),
+        );
+        let key_rewrap_pending = Gauge::default();
+        r.register(
+            "key_rewrap_pending",
+            "Versions in the local store still sealed to a role key epoch that is no longer current, after the last key-rewrap pass",
+            key_rewrap_pending.clone(),
+        );
         let worker_active = Family::<WorkerLabels, Gauge>::default();
         r.register(
             "worker_active",
@@ -330,6 +346,8 @@ impl Metrics {
             index_segments,
             index_ready,
             index_unopenable,
+            key_rewraps,
+            key_rewrap_pending,
             worker_active,
             worker_runs,
             worker_items,

@@ -283,6 +283,10 @@ impl Node {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         }
+        config
+            .rotation
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         let roles = load_roles(&config)?;
         let writer = writer_id(&config)?;
         let metrics = Metrics::new();
@@ -532,6 +536,45 @@ impl Node {
                 }),
             );
         }
+        let (local, custody, metrics) = (
+            self.store.local().clone(),
+            self.custody.clone(),
+            self.metrics.clone(),
+        );
+        let rotation = self.config.rotation.clone();
+        self.workers.spawn(
+            "key-rewrap",
+            "re-seals stored records sealed to a role key epoch that a rotation retired",
+            rotation.rewrap_interval,
+            Box::new(move || {
+                let (local, custody, metrics, rotation) = (
+                    local.clone(),
+                    custody.clone(),
+                    metrics.clone(),
+                    rotation.clone(),
+                );
+                Box::pin(async move {
+                    let r = crate::rotation::rewrap_pass(
+                        &local,
+                        || custody.keyring(),
+                        &rotation,
+                        &metrics,
+                    )
+                    .await?;
+                    Ok(PassReport {
+                        items: r.rewrapped,
+                        note: format!(
+                            "read {} versions, rewrapped {}, {} left on old epochs ({} not openable here, {} failed)",
+                            r.scanned,
+                            r.rewrapped,
+                            r.pending(),
+                            r.unopenable,
+                            r.failed
+                        ),
+                    })
+                })
+            }),
+        );
         let cluster = self.cluster.clone();
         self.workers.spawn(
             "membership",

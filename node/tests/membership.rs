@@ -189,6 +189,7 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
             node: info(&me),
             layout_version: 0,
             certificate: None,
+            keys_version: 0,
         },
         ClusterRequest::GetLayout { newer_than: None },
         ClusterRequest::Health,
@@ -223,6 +224,7 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
                 node: info(&me),
                 layout_version: 99,
                 certificate: Some(forged.clone()),
+                keys_version: 0,
             },
         )
         .await;
@@ -433,6 +435,7 @@ async fn invites_are_spent_once_expire_and_every_refusal_is_audited() {
                 node: info(&me),
                 layout_version: 0,
                 certificate: Some(certificate),
+                keys_version: 0,
             },
         )
         .await;
@@ -515,6 +518,7 @@ async fn a_member_that_serves_an_old_or_forged_layout_is_refused_and_audited() {
                         node: info(&liar_id),
                         layout_version: 1000,
                         certificate: Some(cert.clone()),
+                        keys_version: 0,
                     },
                 };
                 let _ = client.respond(handle, Response::Cluster(resp)).await;
@@ -525,6 +529,7 @@ async fn a_member_that_serves_an_old_or_forged_layout_is_refused_and_audited() {
         node: info(&me),
         layout_version: 1000,
         certificate: Some(certificate.clone()),
+        keys_version: 0,
     };
     liar.cluster(to, claim_newer()).await;
     wait_until("the replayed layout is refused and audited", async || {
@@ -764,7 +769,7 @@ async fn a_node_holds_only_the_keys_its_invite_granted_and_cannot_open_the_rest_
     };
     for (addr, role) in [(&arch, "architect"), (&devr, "developer")] {
         n0.store
-            .put_opts(&who("admin"), put(addr, role), both.clone())
+            .put_opts(&who("admin"), put(addr, role), both)
             .await
             .unwrap();
     }

@@ -196,6 +196,7 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
             node: info(client.peer_id()),
             layout_version: layout_version + 1,
             certificate: None,
+            keys_version: 0,
         }
         .into(),
         Request::Cluster(ClusterRequest::GetLayout {
@@ -226,6 +227,7 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
             layout_version: 7,
             uptime_secs: 1,
             partitions_syncing: 0,
+            keys_version: 0,
         }
         .into(),
     })
@@ -401,6 +403,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
                 node: info(from.peer_id()),
                 layout_version: 4,
                 certificate: None,
+                keys_version: 0,
             },
         )
         .await

@@ -369,6 +369,9 @@ pub enum ClusterRequest {
         layout_version: u64,
         #[serde(default)]
         certificate: Option<Signed>,
+        /// The version of the key directory the sender holds.
+        #[serde(default)]
+        keys_version: u64,
     },
     /// Redeem an invite (the parts of a join token after the cluster and
     /// issuer): the issuer certifies the sender's peer id and, with
@@ -469,6 +472,9 @@ pub enum ClusterResponse {
         layout_version: u64,
         #[serde(default)]
         certificate: Option<Signed>,
+        /// The version of the key directory the peer holds.
+        #[serde(default)]
+        keys_version: u64,
     },
     /// Answers `Join`: the cluster's public key, the sender's certificate
     /// and, when it was added, the layout that has it (a framed `Signed`).
@@ -517,6 +523,9 @@ pub enum ClusterResponse {
         /// `layout_version`.
         #[serde(default)]
         partitions_syncing: u32,
+        /// The version of the key directory the peer holds.
+        #[serde(default)]
+        keys_version: u64,
     },
     /// Answers `GetToken`; `None` when the peer made no such token.
     Token {
@@ -691,6 +700,7 @@ mod tests {
             layout_version: 2,
             uptime_secs: 9,
             partitions_syncing: 0,
+            keys_version: 3,
         };
         assert_eq!(
             ClusterResponse::decode(&health.encode().unwrap()).unwrap(),

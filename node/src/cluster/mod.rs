@@ -837,6 +837,7 @@ impl Cluster {
                 node,
                 layout_version,
                 certificate,
+                keys_version,
             } => {
                 // The certificate is checked even from a layout member: it
                 // says which roles the member may be granted.
@@ -856,6 +857,7 @@ impl Cluster {
                 }
                 let version = self.layout_version();
                 self.0.peers.record_info(&from, node, layout_version);
+                self.newer_keys(keys_version);
                 if layout_version > version {
                     let this = self.clone();
                     tokio::spawn(async move { this.pull_layout(&from).await });
@@ -864,6 +866,7 @@ impl Cluster {
                     node: self.info(),
                     layout_version: version,
                     certificate: self.identity().map(|i| i.certificate.clone()),
+                    keys_version: self.keys_version(),
                 }
             }
             // A member that was removed still holds a certificate: it may
@@ -919,7 +922,19 @@ impl Cluster {
                 layout_version: self.layout_version(),
                 uptime_secs: self.0.started.elapsed().as_secs(),
                 partitions_syncing: 0,
+                keys_version: self.keys_version(),
             },
+        }
+    }
+
+    /// A peer holds a newer key directory (a rotation): fetch it, and the
+    /// new keys this node is granted, in the background.
+    fn newer_keys(&self, theirs: u64) {
+        if theirs > self.keys_version() && self.identity().is_some() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.fetch_keys().await;
+            });
         }
     }
 
@@ -1163,19 +1178,70 @@ impl Cluster {
         taken
     }
 
-    /// Whether this node holds a key of every role its certificate grants
-    /// (and has the key directory).
+    /// Whether this node holds the current key (the directory's newest
+    /// epoch) of every role its certificate grants, and the directory.
     pub fn granted_roles_held(&self) -> bool {
         let Some(identity) = self.identity() else {
             return true;
         };
+        let Some((directory, _)) = self.0.membership.directory() else {
+            return false;
+        };
         let keyring = self.0.custody.keyring();
-        self.0.membership.directory().is_some()
-            && identity
-                .cert
-                .roles
+        identity.cert.roles.iter().all(|r| {
+            let newest = directory
+                .keys
                 .iter()
-                .all(|r| keyring.current(r).is_some())
+                .filter(|k| k.role == *r)
+                .map(|k| k.epoch)
+                .max();
+            match (keyring.current(r), newest) {
+                (Some(held), Some(newest)) => held.epoch() >= newest,
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+        })
+    }
+
+    /// The version of the key directory this node holds (0: none).
+    pub fn keys_version(&self) -> u64 {
+        self.0
+            .membership
+            .directory()
+            .map(|(d, _)| d.version)
+            .unwrap_or(0)
+    }
+
+    /// Makes the next epoch of `role`'s key on this node (which must be
+    /// granted the role) and publishes it in a new key directory; returns
+    /// the new key's epoch and fingerprint. New records are sealed to it
+    /// at once here, and on every other node as soon as it holds the new
+    /// directory; the key-rewrap workers move stored records onto it.
+    pub async fn rotate(
+        &self,
+        role: &slurp_protocol::RoleName,
+    ) -> Result<(u32, slurp_crypto::Fingerprint), ClusterError> {
+        let identity = self.identity().ok_or(ClusterError::NotInitialized)?;
+        if !identity.cert.roles.contains(role) {
+            return Err(ClusterError::Refused(format!(
+                "this node is not granted role {role}: rotate it on a node that is"
+            )));
+        }
+        let key = self.obtain_key(&format!("rotate role {role}")).await?;
+        let new = self
+            .0
+            .custody
+            .rotate(role)
+            .map_err(|e| ClusterError::Io(e.to_string()))?;
+        self.publish_directory(&key)?;
+        self.audit(
+            AuditRecord::allow("node", AuditAction::KeyRotate, new.fingerprint().to_hex())
+                .with_role(role.clone())
+                .with_reason(format!("epoch {}", new.epoch())),
+        )
+        .await;
+        self.announce();
+        Ok((new.epoch(), new.fingerprint()))
     }
 
     /// Rebuilds the keyring with the directory's public keys.
@@ -1406,12 +1472,14 @@ impl Cluster {
             node: self.info_for(peer),
             layout_version: self.layout_version(),
             certificate: Some(identity.certificate.clone()),
+            keys_version: self.keys_version(),
         };
         match self.cluster_request(peer, req).await {
             Ok(ClusterResponse::Hello {
                 node,
                 layout_version,
                 certificate,
+                keys_version,
             }) => {
                 if let Some(c) = certificate
                     && let Err(why) = self.0.membership.admit_certificate(peer, &c)
@@ -1423,6 +1491,7 @@ impl Cluster {
                     return;
                 }
                 self.0.peers.record_info(peer, node, layout_version);
+                self.newer_keys(keys_version);
                 if layout_version > self.layout_version() {
                     self.pull_layout(peer).await;
                 }
@@ -1601,11 +1670,13 @@ impl Cluster {
                     status,
                     layout_version,
                     uptime_secs,
+                    keys_version,
                     ..
                 }) => {
                     self.0
                         .peers
                         .record_health(peer, status, layout_version, uptime_secs);
+                    self.newer_keys(keys_version);
                     if layout_version > self.layout_version() {
                         self.pull_layout(peer).await;
                     }
