@@ -708,6 +708,7 @@ async fn create_token(
             &entry.id,
         )
         .await;
+    node.cluster.share_tokens(vec![entry.to_record()]);
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -745,6 +746,7 @@ async fn revoke_token(
             &id,
         )
         .await;
+    node.cluster.share_tokens(vec![entry.to_record()]);
     Ok(Json(entry))
 }
 

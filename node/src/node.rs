@@ -103,6 +103,37 @@ async fn serve(
         };
         return Response::Cluster(r);
     }
+    // The replicated token list: for layout members, and a member may
+    // only hand over tokens of roles its certificate allows.
+    if let Request::Cluster(
+        slurp_protocol::messages::ClusterRequest::PutTokens { .. }
+        | slurp_protocol::messages::ClusterRequest::GetTokens,
+    ) = &request
+    {
+        use slurp_protocol::messages::{ClusterRequest, ClusterResponse};
+        if !cluster.accepts_from(&peer) {
+            return Response::Cluster(ClusterResponse::Error(stranger()));
+        }
+        return Response::Cluster(match request {
+            Request::Cluster(ClusterRequest::PutTokens { tokens: records }) => {
+                let granted = cluster
+                    .membership()
+                    .certificate_of(&peer.to_base58())
+                    .map(|c| c.roles)
+                    .unwrap_or_default();
+                match tokens.merge(records, |r| granted.contains(r)) {
+                    Ok(n) => ClusterResponse::TokensTaken { taken: n as u32 },
+                    Err(e) => ClusterResponse::Error(RemoteError {
+                        code: ErrorCode::Internal,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            _ => ClusterResponse::Tokens {
+                tokens: tokens.own_records(),
+            },
+        });
+    }
     if let Request::Cluster(r) = request {
         return Response::Cluster(cluster.serve(peer, r).await);
     }
@@ -570,6 +601,24 @@ impl Node {
                             r.pending(),
                             r.unopenable,
                             r.failed
+                        ),
+                    })
+                })
+            }),
+        );
+        let (cluster, tokens) = (self.cluster.clone(), self.tokens.clone());
+        self.workers.spawn(
+            "token-sync",
+            "pulls the token lists of the other members (hashes only), revocations included",
+            self.config.cluster.token_sync_interval,
+            Box::new(move || {
+                let (cluster, tokens) = (cluster.clone(), tokens.clone());
+                Box::pin(async move {
+                    let (answered, changed) = cluster.sync_tokens(&tokens).await;
+                    Ok(PassReport {
+                        items: changed as u64,
+                        note: format!(
+                            "{answered} members answered, {changed} token records changed"
                         ),
                     })
                 })

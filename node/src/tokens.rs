@@ -307,7 +307,11 @@ impl TokenEntry {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct TokensFile {
     format: u16,
+    /// Tokens made on this node.
     tokens: BTreeMap<String, TokenEntry>,
+    /// Tokens other members made, as they replicated them (hashes only).
+    #[serde(default)]
+    others: BTreeMap<String, TokenEntry>,
 }
 
 /// A caller the API has authenticated.
@@ -373,6 +377,7 @@ impl TokenStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokensFile {
                 format: 1,
                 tokens: BTreeMap::new(),
+                others: BTreeMap::new(),
             },
             Err(source) => return Err(TokenError::Io { path, source }),
         };
@@ -440,18 +445,27 @@ impl TokenStore {
         Ok((entry, format!("slurp_{id}_{secret}")))
     }
 
-    /// Revokes a token by id.
+    /// Revokes a token by id: one made here, or one another member made
+    /// and replicated here (the revocation is then replicated back).
     pub fn revoke(&self, id: &str) -> Result<TokenEntry, TokenError> {
         let mut file = self.file.write().unwrap_or_else(|e| e.into_inner());
-        let entry = file
-            .tokens
-            .get_mut(id)
-            .ok_or_else(|| TokenError::NoSuchId(id.to_string()))?;
+        let own = file.tokens.contains_key(id);
+        let entry = if own {
+            file.tokens.get_mut(id)
+        } else {
+            file.others.get_mut(id)
+        }
+        .ok_or_else(|| TokenError::NoSuchId(id.to_string()))?;
         let before = entry.revoked_at_ms;
         entry.revoked_at_ms.get_or_insert_with(now_ms);
         let out = entry.clone();
         if let Err(e) = self.save(&file) {
-            if let Some(entry) = file.tokens.get_mut(id) {
+            let entry = if own {
+                file.tokens.get_mut(id)
+            } else {
+                file.others.get_mut(id)
+            };
+            if let Some(entry) = entry {
                 entry.revoked_at_ms = before;
             }
             return Err(e);
@@ -459,11 +473,84 @@ impl TokenStore {
         Ok(out)
     }
 
-    /// Every token entry.
+    /// The records of every token made on this node (for a member's
+    /// `GetTokens`).
+    pub fn own_records(&self) -> Vec<TokenRecord> {
+        self.file
+            .read()
+            .map(|f| f.tokens.values().map(|e| e.to_record()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The record of token `id`, made here or replicated here.
+    pub fn record(&self, id: &str) -> Option<TokenRecord> {
+        let f = self.file.read().unwrap_or_else(|e| e.into_inner());
+        f.tokens
+            .get(id)
+            .or_else(|| f.others.get(id))
+            .map(|e| e.to_record())
+    }
+
+    /// Takes records another member sent: new tokens are kept, and a
+    /// revocation always wins (also of a token made here). A record is
+    /// taken only if `may` allows its role (the sender was certified for
+    /// it). Returns how many records changed what this node holds.
+    pub fn merge(
+        &self,
+        records: Vec<TokenRecord>,
+        may: impl Fn(&RoleName) -> bool,
+    ) -> Result<usize, TokenError> {
+        let mut file = self.file.write().unwrap_or_else(|e| e.into_inner());
+        let mut changed = 0;
+        for r in records {
+            if !may(&r.role) || split_token(&format!("slurp_{}_x", r.id)).is_err() {
+                continue;
+            }
+            let revoked = r.revoked;
+            if let Some(own) = file.tokens.get_mut(&r.id) {
+                if revoked && own.revoked_at_ms.is_none() && own.role == r.role {
+                    own.revoked_at_ms = Some(now_ms());
+                    changed += 1;
+                }
+                continue;
+            }
+            let Ok(mut entry) = TokenEntry::from_record(r) else {
+                continue;
+            };
+            match file.others.get_mut(&entry.id) {
+                Some(have) if have.revoked_at_ms.is_some() => {}
+                Some(have) if revoked => {
+                    have.revoked_at_ms = Some(now_ms());
+                    changed += 1;
+                }
+                Some(_) => {}
+                None => {
+                    if revoked {
+                        entry.revoked_at_ms = Some(now_ms());
+                    }
+                    file.others.insert(entry.id.clone(), entry);
+                    changed += 1;
+                }
+            }
+        }
+        if changed > 0 {
+            self.save(&file)?;
+        }
+        Ok(changed)
+    }
+
+    /// Every token entry: those made here, then those other members
+    /// made and replicated here.
     pub fn list(&self) -> Vec<TokenEntry> {
         self.file
             .read()
-            .map(|f| f.tokens.values().cloned().collect())
+            .map(|f| {
+                f.tokens
+                    .values()
+                    .chain(f.others.values())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -477,12 +564,23 @@ impl TokenStore {
             .cloned()
     }
 
-    /// Checks a bearer token against the tokens made on this node, and
-    /// its limits against `at`.
+    /// The entry of token `id` as another member replicated it.
+    pub fn replicated(&self, id: &str) -> Option<TokenEntry> {
+        self.file
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .others
+            .get(id)
+            .cloned()
+    }
+
+    /// Checks a bearer token against the tokens made on this node or
+    /// replicated to it, and its limits against `at`.
     pub fn authenticate(&self, token: &str, at: TokenUse) -> Result<Principal, TokenError> {
         let (id, secret) = split_token(token)?;
         let entry = self
             .entry(id)
+            .or_else(|| self.replicated(id))
             .ok_or_else(|| TokenError::NotHere(id.to_string()))?;
         verify(&entry, secret, at)
     }
@@ -552,6 +650,39 @@ mod tests {
 
     fn anywhere() -> TokenUse {
         TokenUse::now(None)
+    }
+
+    #[test]
+    fn replicated_tokens_authenticate_and_revocations_always_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = TokenStore::open(dir.path().join("a.json")).unwrap();
+        let b = TokenStore::open(dir.path().join("b.json")).unwrap();
+        let dev = RoleName::new("developer").unwrap();
+        let (entry, token) = a.create(dev.clone(), "made on a").unwrap();
+        // A member not certified for the role cannot hand it over.
+        assert_eq!(b.merge(a.own_records(), |_| false).unwrap(), 0);
+        assert!(b.authenticate(&token, anywhere()).is_err());
+        assert_eq!(b.merge(a.own_records(), |r| *r == dev).unwrap(), 1);
+        assert_eq!(b.authenticate(&token, anywhere()).unwrap().role, dev);
+        // Taking the same record again changes nothing.
+        assert_eq!(b.merge(a.own_records(), |_| true).unwrap(), 0);
+        // Revoked on b, which did not make it; a takes the revocation.
+        let revoked = b.revoke(&entry.id).unwrap().to_record();
+        assert!(matches!(
+            b.authenticate(&token, anywhere()),
+            Err(TokenError::Unknown)
+        ));
+        assert_eq!(a.merge(vec![revoked], |_| true).unwrap(), 1);
+        assert!(a.authenticate(&token, anywhere()).is_err());
+        // An older, unrevoked record does not bring it back anywhere.
+        let mut stale = entry.to_record();
+        stale.revoked = false;
+        assert_eq!(a.merge(vec![stale.clone()], |_| true).unwrap(), 0);
+        assert_eq!(b.merge(vec![stale], |_| true).unwrap(), 0);
+        assert!(b.authenticate(&token, anywhere()).is_err());
+        // Replicated records survive a restart.
+        let again = TokenStore::open(dir.path().join("b.json")).unwrap();
+        assert!(again.replicated(&entry.id).unwrap().revoked_at_ms.is_some());
     }
 
     #[test]

@@ -210,18 +210,6 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         Request::Cluster(ClusterRequest::GetToken { .. }) => {
             ClusterResponse::Token { token: None }.into()
         }
-        Request::Cluster(
-            ClusterRequest::Join { .. }
-            | ClusterRequest::Admit { .. }
-            | ClusterRequest::GetKeys { .. }
-            | ClusterRequest::PrepareShare
-            | ClusterRequest::PutShare { .. }
-            | ClusterRequest::GetShare { .. },
-        ) => ClusterResponse::Error(RemoteError {
-            code: ErrorCode::Forbidden,
-            message: "no cluster here".into(),
-        })
-        .into(),
         Request::Cluster(ClusterRequest::Health) => ClusterResponse::Health {
             status: HealthStatus::Ok,
             layout_version: 7,
@@ -229,6 +217,13 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
             partitions_syncing: 0,
             keys_version: 0,
         }
+        .into(),
+        // Membership, keys, shares and tokens: not served by this bare
+        // swarm.
+        Request::Cluster(_) => ClusterResponse::Error(RemoteError {
+            code: ErrorCode::Forbidden,
+            message: "no cluster here".into(),
+        })
         .into(),
     })
 }

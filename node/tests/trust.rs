@@ -770,3 +770,58 @@ fn a_foreign_node_bootstrapping_to_a_member_gets_nothing() {
     }
     assert_ne!(fs["cluster"], s1["cluster"]);
 }
+
+/// Tokens are a replicated list: a token made on one member works on the
+/// others from their own copy, and revoking it on a member that did not
+/// make it refuses it everywhere. Prints how long the revocation took to
+/// reach every member (docs/security.md records it).
+#[test]
+fn tokens_are_replicated_and_a_revocation_on_any_member_reaches_every_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let d: Vec<_> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
+    let port = free_port();
+    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
+    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
+    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
+    n1.init_cluster();
+    let a2 = n1.joining(&boot);
+    let n2 = TestNode::start_with(&d[1], &a2.iter().map(String::as_str).collect::<Vec<_>>());
+    let a3 = n1.joining(&boot);
+    let n3 = TestNode::start_with(&d[2], &a3.iter().map(String::as_str).collect::<Vec<_>>());
+    let members = |n: &TestNode| {
+        n.json(&n.admin, &["cluster", "status"])["members"]
+            .as_array()
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    wait("three members", || {
+        [&n1, &n2, &n3].iter().all(|n| members(n) == 3)
+    });
+    let (id, token) = make_token(&n2, json!({"role": "developer"}));
+    // Every member keeps the record (the secret's hash, never the secret).
+    for (n, data) in [(&n1, &d[0]), (&n3, &d[2])] {
+        wait("the token is replicated", || {
+            std::fs::read_to_string(data.join("tokens.json")).is_ok_and(|t| t.contains(&id))
+        });
+        let file = std::fs::read_to_string(data.join("tokens.json")).unwrap();
+        assert!(!file.contains(token.rsplit('_').next().unwrap()));
+        assert_eq!(whoami(n, &token).status().as_u16(), 200);
+    }
+    // Revoked on n3, which did not make it.
+    let out = n3.cli(&n3.admin, &["token", "revoke", &id]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    wait("the revocation reaches every member", || {
+        [&n1, &n2, &n3]
+            .iter()
+            .all(|n| whoami(n, &token).status().as_u16() == 401)
+    });
+    println!(
+        "revocation reached every member in {} ms",
+        start.elapsed().as_millis()
+    );
+}

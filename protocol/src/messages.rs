@@ -409,6 +409,12 @@ pub enum ClusterRequest {
     /// A share of the cluster key for this node to keep: a framed key
     /// share, age-sealed to the recipient `PrepareShare` answered.
     PutShare { sealed: Bytes },
+    /// Token records (hashes only) the sender made or revoked: the
+    /// receiver keeps them, so a token works, and a revocation holds, on
+    /// every member without a lookup (members only).
+    PutTokens { tokens: Vec<TokenRecord> },
+    /// Every token record the peer made (members only).
+    GetTokens,
     /// This node's share of the cluster key, sealed to `recipient`, for an
     /// admin operation (`reason`, audited). `authorisation` is the
     /// sender's caller authorisation for role admin.
@@ -492,6 +498,14 @@ pub enum ClusterResponse {
         directory: Option<Signed>,
         #[serde(default)]
         grants: Vec<SealedGrant>,
+    },
+    /// Answers `PutTokens`: how many records changed what the peer holds.
+    TokensTaken {
+        taken: u32,
+    },
+    /// Answers `GetTokens`.
+    Tokens {
+        tokens: Vec<TokenRecord>,
     },
     /// Answers `PrepareShare`.
     ShareRecipient {

@@ -128,6 +128,12 @@ pub struct ClusterConfig {
     /// Requests in flight to one replica before further ones queue (and
     /// get folded together), a count.
     pub replica_in_flight: usize,
+    /// How often every member's token list is pulled (a revocation a
+    /// member missed when it was broadcast reaches it within this), a
+    /// duration such as `10s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub token_sync_interval: Duration,
     /// How long a token made on another member is trusted before it is
     /// looked up again (so a revocation there takes effect here within it),
     /// a duration such as `30s`.
@@ -160,6 +166,7 @@ impl Default for ClusterConfig {
             replica_batch: 128,
             replica_in_flight: 4,
             token_cache_ttl: Duration::from_secs(30),
+            token_sync_interval: Duration::from_secs(10),
         }
     }
 }
@@ -913,7 +920,9 @@ impl Cluster {
                 }
             }
             // Answered by the node, which holds the tokens.
-            ClusterRequest::GetToken { .. } => ClusterResponse::Error(RemoteError {
+            ClusterRequest::GetToken { .. }
+            | ClusterRequest::PutTokens { .. }
+            | ClusterRequest::GetTokens => ClusterResponse::Error(RemoteError {
                 code: ErrorCode::Internal,
                 message: "token lookups are served by the node".into(),
             }),
@@ -1381,6 +1390,72 @@ impl Cluster {
         }
         cache.insert(id.to_string(), (Instant::now(), found.clone()));
         found
+    }
+
+    /// Sends token records (a token made or revoked here) to every other
+    /// layout member, in the background; members that miss it get it at
+    /// their next token sync.
+    pub fn share_tokens(&self, records: Vec<TokenRecord>) {
+        let Some(layout) = self.layout() else {
+            return;
+        };
+        let this = self.clone();
+        let peers: Vec<String> = layout
+            .members()
+            .iter()
+            .map(|m| m.id.clone())
+            .filter(|m| *m != self.0.me)
+            .collect();
+        tokio::spawn(async move {
+            let sends = peers.iter().map(|p| {
+                this.cluster_request(
+                    p,
+                    ClusterRequest::PutTokens {
+                        tokens: records.clone(),
+                    },
+                )
+            });
+            for r in futures::future::join_all(sends).await {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "a member missed a token update; it gets it at its next sync");
+                }
+            }
+        });
+    }
+
+    /// Pulls the tokens every other layout member made and keeps them
+    /// (only roles each member's certificate allows). Returns how many
+    /// members answered and how many records changed.
+    pub async fn sync_tokens(&self, tokens: &crate::tokens::TokenStore) -> (usize, usize) {
+        let Some(layout) = self.layout() else {
+            return (0, 0);
+        };
+        let peers: Vec<String> = layout
+            .members()
+            .iter()
+            .map(|m| m.id.clone())
+            .filter(|m| *m != self.0.me)
+            .collect();
+        let asks = peers
+            .iter()
+            .map(|p| async move { (p, self.cluster_request(p, ClusterRequest::GetTokens).await) });
+        let (mut answered, mut changed) = (0, 0);
+        for (peer, r) in futures::future::join_all(asks).await {
+            if let Ok(ClusterResponse::Tokens { tokens: records }) = r {
+                answered += 1;
+                let granted = self
+                    .0
+                    .membership
+                    .certificate_of(peer)
+                    .map(|c| c.roles)
+                    .unwrap_or_default();
+                match tokens.merge(records, |role| granted.contains(role)) {
+                    Ok(n) => changed += n,
+                    Err(e) => tracing::warn!(error = %e, "cannot keep replicated tokens"),
+                }
+            }
+        }
+        (answered, changed)
     }
 
     /// Fetches `peer`'s layout if it is newer than ours, and takes it if
