@@ -823,9 +823,38 @@ async fn audit_verify(
     admin_audited(&node, &caller, "audit_verify", "audit.log").await?;
     node.store.audit().flush().await;
     let log = node.audit_log.clone();
-    let verdict = tokio::task::spawn_blocking(move || crate::audit::verify(&log))
+    let mut verdict = tokio::task::spawn_blocking(move || crate::audit::verify(&log))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit", e.to_string()))?;
+    // Against the heads the other members hold: a log cut short together
+    // with its head file is found here.
+    for (member, held) in node.cluster.held_heads_of_me().await {
+        let check = match held {
+            Ok(head) => {
+                let log = node.audit_log.clone();
+                let r = tokio::task::spawn_blocking(move || log.verify_against(Some(head)))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                crate::cluster::anchors::AnchorCheck {
+                    member,
+                    head: Some(head.to_string()),
+                    ok: r.is_ok(),
+                    error: r.err(),
+                }
+            }
+            Err(e) => crate::cluster::anchors::AnchorCheck {
+                member,
+                head: None,
+                ok: false,
+                error: Some(format!("the head it holds is not valid: {e}")),
+            },
+        };
+        if !check.ok {
+            verdict.ok = false;
+        }
+        verdict.anchors.push(check);
+    }
     Ok(Json(verdict))
 }
 

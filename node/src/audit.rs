@@ -38,6 +38,12 @@ pub struct AuditSettings {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub linger: Duration,
+    /// How often this node signs its audit head and hands it to the other
+    /// members (so a log cut short is noticed elsewhere), a duration such
+    /// as `30s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub anchor_interval: Duration,
 }
 
 impl Default for AuditSettings {
@@ -45,6 +51,7 @@ impl Default for AuditSettings {
         AuditSettings {
             queue: 8192,
             linger: Duration::from_millis(5),
+            anchor_interval: Duration::from_secs(30),
         }
     }
 }
@@ -249,6 +256,10 @@ pub struct AuditVerdict {
     /// What is wrong, naming the entry and its offset, when not `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The heads of this log the other members hold, each checked against
+    /// the log (`ok` is false if any fails).
+    #[serde(default)]
+    pub anchors: Vec<crate::cluster::anchors::AnchorCheck>,
 }
 
 /// Verifies `log` on disk against its head file with
@@ -266,6 +277,7 @@ pub fn verify(log: &AuditLog) -> AuditVerdict {
             head_file,
             broken_seq: None,
             error: None,
+            anchors: Vec::new(),
         },
         Err(e) => AuditVerdict {
             ok: false,
@@ -274,6 +286,7 @@ pub fn verify(log: &AuditLog) -> AuditVerdict {
             head_file,
             broken_seq: broken_seq(&e),
             error: Some(e.to_string()),
+            anchors: Vec::new(),
         },
     }
 }

@@ -1545,21 +1545,36 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Audit(AuditCommand::Verify { c }) => {
             let v = client(&c)?.post("/v1/audit/verify", &json!({})).await?;
+            let anchors = v["anchors"].as_array().cloned().unwrap_or_default();
             print(&c, &v, |v| {
                 if v["ok"].as_bool() == Some(true) {
                     format!(
-                        "audit log ok: {} entries, head {}",
+                        "audit log ok: {} entries, head {}; checked against the heads {} other members hold",
                         v["entries"],
-                        v["head"].as_str().unwrap_or("")
+                        v["head"].as_str().unwrap_or(""),
+                        anchors.len()
                     )
                 } else {
                     String::new()
                 }
             })?;
             if v["ok"].as_bool() != Some(true) {
+                let mut why = v["error"].as_str().map(str::to_string);
+                for a in &anchors {
+                    if a["ok"] != true {
+                        why.get_or_insert_with(|| {
+                            format!(
+                                "member {} holds head {} of this log: {}",
+                                a["member"].as_str().unwrap_or("?"),
+                                a["head"].as_str().unwrap_or("?"),
+                                a["error"].as_str().unwrap_or("unknown error")
+                            )
+                        });
+                    }
+                }
                 return Err(invalid(format!(
                     "the audit log is broken: {}",
-                    v["error"].as_str().unwrap_or("unknown error")
+                    why.unwrap_or_else(|| "unknown error".into())
                 )));
             }
             Ok(())

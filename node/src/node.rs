@@ -606,6 +606,32 @@ impl Node {
                 })
             }),
         );
+        let (cluster, audit_log, store) = (
+            self.cluster.clone(),
+            self.audit_log.clone(),
+            self.store.clone(),
+        );
+        self.workers.spawn(
+            "audit-anchor",
+            "signs this node's audit head and hands it to the other members",
+            self.config.audit.anchor_interval,
+            Box::new(move || {
+                let (cluster, audit_log, store) =
+                    (cluster.clone(), audit_log.clone(), store.clone());
+                Box::pin(async move {
+                    store.audit().flush().await;
+                    let head = audit_log.head();
+                    let took = cluster
+                        .anchor_audit(head)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(PassReport {
+                        items: took as u64,
+                        note: format!("head {head} held by {took} members"),
+                    })
+                })
+            }),
+        );
         let (cluster, tokens) = (self.cluster.clone(), self.tokens.clone());
         self.workers.spawn(
             "token-sync",

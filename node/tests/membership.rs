@@ -957,3 +957,97 @@ async fn the_cluster_key_is_split_among_members_and_rebuilt_from_threshold_share
     }
     n0.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_audit_log_cut_short_with_its_head_file_is_caught_by_the_heads_others_hold() {
+    use slurp_node::tokens::Principal;
+    let m = Members::start().await;
+    let Members {
+        _dir,
+        n0,
+        n1,
+        addr0,
+    } = m;
+    let who = Principal {
+        token_id: "t".into(),
+        role: RoleName::new("admin").unwrap(),
+    };
+    let write = async |i: usize| {
+        let addr = slurp_protocol::UcxlAddress::parse(&format!(
+            "ucxl://a:developer@shop:checkout/*^/src/x{i}.rs"
+        ))
+        .unwrap();
+        n1.store
+            .put(
+                &who,
+                slurp_node::store::PutRequest::new(slurp_protocol::ContextNode::new(
+                    addr,
+                    "audited",
+                    vec![RoleName::new("developer").unwrap()],
+                )),
+            )
+            .await
+            .unwrap();
+    };
+    write(0).await;
+    n1.store.audit().flush().await;
+    let data1 = n1.config.data_dir.clone();
+    let saved = tempfile::tempdir().unwrap();
+    for f in ["audit.log", "audit.log.head"] {
+        std::fs::copy(data1.join(f), saved.path().join(f)).unwrap();
+    }
+    let early = n1.audit_log.head().seq;
+    // More entries, then the head goes to node 0.
+    for i in 1..6 {
+        write(i).await;
+    }
+    n1.store.audit().flush().await;
+    let later = n1.audit_log.head().seq;
+    assert!(later > early);
+    let runs = n1.workers.get("audit-anchor").unwrap().runs;
+    n1.workers.trigger("audit-anchor").unwrap();
+    wait_until("node 0 holds node 1's head", async || {
+        n1.workers
+            .get("audit-anchor")
+            .is_some_and(|w| w.runs > runs && w.last_note.contains("held by 1 members"))
+    })
+    .await;
+    // Node 1's log and head file are cut back to the earlier state.
+    let c1 = n1.config.clone();
+    let p1 = n1.net.peer_id().to_base58();
+    n1.close().await;
+    for f in ["audit.log", "audit.log.head"] {
+        std::fs::copy(saved.path().join(f), data1.join(f)).unwrap();
+    }
+    let mut c1 = c1;
+    c1.net.listen = vec![memory_addr()];
+    c1.net.bootstrap = vec![addr0.clone()];
+    let n1 = Node::open(c1).await.unwrap();
+    wait_until("node 1 is back among the members", async || {
+        n1.cluster.peers().is_up(&n0.net.peer_id().to_base58())
+    })
+    .await;
+    // On its own the log looks whole...
+    let local = slurp_node::audit::verify(&n1.audit_log);
+    assert!(local.ok, "{local:?}");
+    // ...but not against the head node 0 holds.
+    let held = n1.cluster.held_heads_of_me().await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    let (member, head) = &held[0];
+    assert_eq!(*member, n0.net.peer_id().to_base58());
+    let head = head.clone().unwrap();
+    assert!(head.seq >= later, "{head}");
+    let err = n1.audit_log.verify_against(Some(head)).unwrap_err();
+    assert!(err.to_string().contains(&head.seq.to_string()), "{err}");
+    // Its next head, older than the one held, is refused and audited there.
+    n1.workers.trigger("audit-anchor").unwrap();
+    wait_until("node 0 audits the log that went back", async || {
+        audited(&n0, "audit_anchor")
+            .await
+            .iter()
+            .any(|e| e.actor == p1 && e.reason.contains("went back"))
+    })
+    .await;
+    n1.close().await;
+    n0.close().await;
+}

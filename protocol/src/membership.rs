@@ -155,6 +155,28 @@ impl Framed for CallerAuthorisation {
     const VERSION: u16 = 1;
 }
 
+/// What a member's signature over an [`AuditAnchor`] is for.
+pub const PURPOSE_AUDIT_HEAD: &str = "slurp audit head v1";
+
+/// A member's statement of the head of its audit log (the last entry's
+/// seq and hash), signed with its node key and held by the other members,
+/// so that cutting the end of its log is noticed elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// Peer id (base58) of the member whose log it is.
+    pub node: String,
+    pub seq: u64,
+    /// The entry's hash, hex.
+    pub hash: String,
+    pub at_ms: u64,
+}
+
+impl Framed for AuditAnchor {
+    const KIND: u16 = kinds::AUDIT_ANCHOR;
+    const NAME: &'static str = "audit-anchor";
+    const VERSION: u16 = 1;
+}
+
 /// What a signature over a [`KeyDirectory`] is for.
 pub const PURPOSE_KEYS: &str = "slurp role key directory v1";
 

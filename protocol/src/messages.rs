@@ -409,6 +409,12 @@ pub enum ClusterRequest {
     /// A share of the cluster key for this node to keep: a framed key
     /// share, age-sealed to the recipient `PrepareShare` answered.
     PutShare { sealed: Bytes },
+    /// The head of the sender's audit log, a `Signed`
+    /// [`AuditAnchor`](crate::AuditAnchor) made with its node key, for the
+    /// receiver to hold (members only).
+    PutAuditHead { head: Signed },
+    /// The newest audit head of `node` the receiver holds (members only).
+    GetAuditHead { node: String },
     /// Token records (hashes only) the sender made or revoked: the
     /// receiver keeps them, so a token works, and a revocation holds, on
     /// every member without a lookup (members only).
@@ -498,6 +504,13 @@ pub enum ClusterResponse {
         directory: Option<Signed>,
         #[serde(default)]
         grants: Vec<SealedGrant>,
+    },
+    /// Answers `PutAuditHead`.
+    AuditHeadTaken,
+    /// Answers `GetAuditHead`: the head held, as signed.
+    AuditHead {
+        #[serde(default)]
+        head: Option<Signed>,
     },
     /// Answers `PutTokens`: how many records changed what the peer holds.
     TokensTaken {

@@ -151,6 +151,7 @@ pub mod kinds {
     pub const KEY_DIRECTORY: u16 = 16;
     pub const SHARE_ASSIGNMENT: u16 = 17;
     pub const DEALT_SHARE: u16 = 18;
+    pub const AUDIT_ANCHOR: u16 = 19;
     // Cluster messages (`messages`), 20..=39.
     pub const REPLICATE_REQUEST: u16 = 20;
     pub const REPLICATE_RESPONSE: u16 = 21;

@@ -117,11 +117,33 @@ fn digest<T: Framed>(bare: &T) -> [u8; 32] {
 }
 
 fn message(statement: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(PURPOSE_AUTHORISATION.len() + 8 + statement.len());
-    m.extend_from_slice(&(PURPOSE_AUTHORISATION.len() as u64).to_le_bytes());
-    m.extend_from_slice(PURPOSE_AUTHORISATION.as_bytes());
+    message_for(PURPOSE_AUTHORISATION, statement)
+}
+
+fn message_for(purpose: &str, statement: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(purpose.len() + 8 + statement.len());
+    m.extend_from_slice(&(purpose.len() as u64).to_le_bytes());
+    m.extend_from_slice(purpose.as_bytes());
     m.extend_from_slice(statement);
     m
+}
+
+/// Checks that `peer`'s node key signed `signed` for `purpose`, and
+/// decodes the statement.
+pub fn verify_peer_signed<T: Framed>(
+    peer: &PeerId,
+    purpose: &str,
+    signed: &Signed,
+) -> Result<T, String> {
+    let key = PublicKey::try_decode_protobuf(peer.as_ref().digest())
+        .map_err(|_| "the peer id holds no public key".to_string())?;
+    if !key.verify(
+        &message_for(purpose, &signed.statement.0),
+        &signed.signature.0,
+    ) {
+        return Err("the signature does not verify against the peer's key".into());
+    }
+    T::decode_limited(&signed.statement.0, MAX_STATEMENT).map_err(|e| e.to_string())
 }
 
 impl Authoriser {
@@ -132,6 +154,23 @@ impl Authoriser {
             ttl,
             seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Signs `statement` for `purpose` with this node's key.
+    pub fn sign_statement<T: Framed>(
+        &self,
+        purpose: &str,
+        statement: &T,
+    ) -> Result<Signed, String> {
+        let bytes = statement.encode().map_err(|e| e.to_string())?;
+        let signature = self
+            .keypair
+            .sign(&message_for(purpose, &bytes))
+            .map_err(|e| e.to_string())?;
+        Ok(Signed {
+            statement: Bytes(bytes),
+            signature: Bytes(signature),
+        })
     }
 
     /// This node's statement that it acts for `role` in the request with

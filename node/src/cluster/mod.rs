@@ -18,6 +18,7 @@
 //! replication, search, forwarding or token lookups. It may only redeem an
 //! invite. Only layout members may send replication and search requests.
 
+pub mod anchors;
 pub mod authorise;
 pub mod batch;
 pub mod layout;
@@ -345,6 +346,10 @@ struct Inner {
     authoriser: authorise::Authoriser,
     custody: Arc<Custody>,
     audit: AuditSink,
+    /// The data directory (for `cluster/audit-heads.json`).
+    data_dir: std::path::PathBuf,
+    /// Serialises updates of the held audit heads.
+    heads_lock: tokio::sync::Mutex<()>,
     /// The one-share recipient made for `PrepareShare`, with when.
     share_request: std::sync::Mutex<Option<(slurp_crypto::x25519::Identity, Instant)>>,
     /// Why redeeming `join_token` failed for good (shown in the status).
@@ -425,6 +430,8 @@ impl Cluster {
             audit,
             join_error: Default::default(),
             share_request: Default::default(),
+            data_dir: data_dir.to_path_buf(),
+            heads_lock: Default::default(),
             tokens: Default::default(),
         })))
     }
@@ -886,6 +893,8 @@ impl Cluster {
             ClusterRequest::GetToken { .. }
             | ClusterRequest::Health
             | ClusterRequest::GetKeys { .. }
+            | ClusterRequest::PutAuditHead { .. }
+            | ClusterRequest::GetAuditHead { .. }
             | ClusterRequest::PrepareShare
             | ClusterRequest::PutShare { .. }
             | ClusterRequest::GetShare { .. }
@@ -894,6 +903,8 @@ impl Cluster {
                 refuse(NOT_ADMITTED)
             }
             ClusterRequest::GetKeys { recipient } => self.serve_keys(&from, &recipient).await,
+            ClusterRequest::PutAuditHead { head } => self.serve_put_audit_head(&peer, head).await,
+            ClusterRequest::GetAuditHead { node } => self.serve_get_audit_head(&node),
             ClusterRequest::PrepareShare => self.serve_prepare_share(),
             ClusterRequest::PutShare { sealed } => self.serve_put_share(&from, &sealed.0).await,
             req @ ClusterRequest::GetShare { .. } => self.serve_get_share(&peer, &req).await,
