@@ -71,6 +71,10 @@ pub enum CustodyError {
 /// The role keys of a node.
 pub struct Custody {
     keyring: RwLock<Arc<Keyring>>,
+    /// Held by every change of the keyring (read, change, publish), so two
+    /// changes at once (a grant arriving while a directory reloads) never
+    /// lose one of them.
+    changing: std::sync::Mutex<()>,
     keystore: Keystore,
     created: Vec<String>,
     /// The roles of the roles file.
@@ -125,6 +129,7 @@ impl Custody {
         }
         Ok(Custody {
             keyring: RwLock::new(Arc::new(keyring)),
+            changing: std::sync::Mutex::new(()),
             keystore,
             created,
             roles: roles.roles().cloned().collect(),
@@ -162,6 +167,7 @@ impl Custody {
     /// (another key for the same role and epoch: one this node made before
     /// it joined) is moved to `keys/retired/` and no longer used.
     pub fn reload(&self, directory: &[PublicRoleKey]) -> Result<Vec<String>, CustodyError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let listed: std::collections::HashMap<(String, u32), slurp_crypto::Fingerprint> = directory
             .iter()
             .map(|k| ((k.role().to_string(), k.epoch()), k.fingerprint()))
@@ -195,6 +201,7 @@ impl Custody {
     /// yet (a node that creates a cluster after it failed to join one);
     /// returns the roles it made keys for.
     pub fn generate_missing(&self) -> Result<Vec<String>, CustodyError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let mut ring = (*self.keyring()).clone();
         let mut made = Vec::new();
         for role in &self.roles {
@@ -212,6 +219,7 @@ impl Custody {
     /// Makes the next epoch of `role`'s key (one past the highest known,
     /// held or public), keeps it sealed at rest and returns it.
     pub fn rotate(&self, role: &slurp_protocol::RoleName) -> Result<RoleKey, CustodyError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let mut ring = (*self.keyring()).clone();
         let epoch = ring.current_public(role).map(|k| k.epoch()).unwrap_or(0) + 1;
         let key = RoleKey::generate(role.clone(), epoch);
@@ -224,6 +232,7 @@ impl Custody {
     /// Keeps a granted key (sealed at rest like every role key); false when
     /// it was already held.
     pub fn add_granted(&self, key: &RoleKey) -> Result<bool, CustodyError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         if self.keyring().get(&key.fingerprint()).is_some() {
             return Ok(false);
         }

@@ -871,7 +871,7 @@ impl Cluster {
                 }
                 let version = self.layout_version();
                 self.0.peers.record_info(&from, node, layout_version);
-                self.newer_keys(keys_version);
+                self.newer_keys(&from, keys_version);
                 if layout_version > version {
                     let this = self.clone();
                     tokio::spawn(async move { this.pull_layout(&from).await });
@@ -949,11 +949,11 @@ impl Cluster {
 
     /// A peer holds a newer key directory (a rotation): fetch it, and the
     /// new keys this node is granted, in the background.
-    fn newer_keys(&self, theirs: u64) {
+    fn newer_keys(&self, peer: &str, theirs: u64) {
         if theirs > self.keys_version() && self.identity().is_some() {
-            let this = self.clone();
+            let (this, peer) = (self.clone(), peer.to_string());
             tokio::spawn(async move {
-                this.fetch_keys().await;
+                this.fetch_keys_from(Some(&peer), theirs).await;
             });
         }
     }
@@ -1111,6 +1111,15 @@ impl Cluster {
     /// certificate grants, and keeps what it did not hold. Returns how
     /// many keys it took.
     pub async fn fetch_keys(&self) -> usize {
+        self.fetch_keys_from(None, 0).await
+    }
+
+    /// [`Cluster::fetch_keys`], asking `first` first (the peer that showed
+    /// a newer directory) and going on until this node holds directory
+    /// version `want` or newer and the keys it grants: a member that has
+    /// not caught up yet answers with the old directory, which is not
+    /// enough.
+    async fn fetch_keys_from(&self, first: Option<&str>, want: u64) -> usize {
         let Some(identity) = self.identity() else {
             return 0;
         };
@@ -1125,15 +1134,33 @@ impl Cluster {
         peers.dedup();
         peers.retain(|p| *p != self.0.me && parse_peer(p).is_ok_and(|id| self.admits(&id)));
         self.order(&mut peers);
+        if let Some(first) = first
+            && let Some(i) = peers.iter().position(|p| p == first)
+        {
+            peers[..=i].rotate_right(1);
+        }
         let mut taken = 0;
         for peer in peers.iter().take(4) {
             let req = ClusterRequest::GetKeys {
                 recipient: recipient.clone(),
             };
-            let Ok(ClusterResponse::Keys { directory, grants }) =
-                self.cluster_request(peer, req).await
-            else {
-                continue;
+            let mut answer = self.cluster_request(peer, req.clone()).await;
+            if let Err(ClusterError::Remote(ErrorCode::Forbidden, _)) = &answer {
+                // The peer has not seen this node's certificate (its hello
+                // came before the peer joined): show it and ask again.
+                self.hello(peer).await;
+                answer = self.cluster_request(peer, req).await;
+            }
+            let (directory, grants) = match answer {
+                Ok(ClusterResponse::Keys { directory, grants }) => (directory, grants),
+                Ok(other) => {
+                    tracing::debug!(%peer, answer = ?other, "a member did not answer GetKeys with keys");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "asking a member for keys failed");
+                    continue;
+                }
             };
             if let Some(d) = directory {
                 match self.0.membership.offer_directory(d) {
@@ -1188,7 +1215,7 @@ impl Cluster {
                     Err(e) => tracing::warn!(%peer, error = %e, "a granted key did not open"),
                 }
             }
-            if self.granted_roles_held() {
+            if self.granted_roles_held() && self.keys_version() >= want {
                 break;
             }
         }
@@ -1577,7 +1604,7 @@ impl Cluster {
                     return;
                 }
                 self.0.peers.record_info(peer, node, layout_version);
-                self.newer_keys(keys_version);
+                self.newer_keys(peer, keys_version);
                 if layout_version > self.layout_version() {
                     self.pull_layout(peer).await;
                 }
@@ -1762,7 +1789,7 @@ impl Cluster {
                     self.0
                         .peers
                         .record_health(peer, status, layout_version, uptime_secs);
-                    self.newer_keys(keys_version);
+                    self.newer_keys(peer, keys_version);
                     if layout_version > self.layout_version() {
                         self.pull_layout(peer).await;
                     }
