@@ -1184,6 +1184,29 @@ async fn cluster_invites(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct GrantBody {
+    peer: String,
+    roles: Vec<slurp_protocol::RoleName>,
+}
+
+/// Certifies a member anew for exactly the roles given (fewer revoke);
+/// its older certificates are void on every member.
+async fn cluster_grant(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<GrantBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    let outcome = node
+        .cluster
+        .grant(&body.peer, body.roles)
+        .await
+        .map_err(cluster_error)?;
+    Ok(Json(outcome))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RemoveBody {
     peer: String,
 }
@@ -1448,6 +1471,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/cluster/invites"),
     ("post", "/v1/cluster/join"),
     ("post", "/v1/cluster/remove"),
+    ("post", "/v1/cluster/grant"),
     ("post", "/v1/cluster/apply"),
 ];
 
@@ -1492,6 +1516,7 @@ pub fn router(node: Shared) -> Router {
         )
         .route("/v1/cluster/join", post(cluster_join))
         .route("/v1/cluster/remove", post(cluster_remove))
+        .route("/v1/cluster/grant", post(cluster_grant))
         .route("/v1/cluster/apply", post(cluster_apply))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

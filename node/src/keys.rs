@@ -149,6 +149,11 @@ impl Custody {
         &self.created
     }
 
+    /// The roles of the roles file.
+    pub fn role_names(&self) -> &[slurp_protocol::RoleName] {
+        &self.roles
+    }
+
     /// Roles whose current key this node holds, sorted.
     pub fn roles(&self) -> Vec<slurp_protocol::RoleName> {
         let keyring = self.keyring();
@@ -172,11 +177,35 @@ impl Custody {
             .iter()
             .map(|k| ((k.role().to_string(), k.epoch()), k.fingerprint()))
             .collect();
+        self.reload_retiring(directory, |info| {
+            listed
+                .get(&(info.role.to_string(), info.epoch))
+                .is_some_and(|fp| *fp != info.fingerprint)
+        })
+    }
+
+    /// After an admin cut this node's roles (`slurp cluster grant`): moves
+    /// the keys of roles not in `granted` to `keys/retired/` and rebuilds
+    /// the keyring, so a node that follows the rules stops opening what it
+    /// is no longer granted. (A node that does not follow them keeps what
+    /// it had; rotating the role shuts it out of later writes.)
+    pub fn retire_ungranted(
+        &self,
+        granted: &[slurp_protocol::RoleName],
+        directory: &[PublicRoleKey],
+    ) -> Result<Vec<String>, CustodyError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        self.reload_retiring(directory, |info| !granted.contains(&info.role))
+    }
+
+    fn reload_retiring(
+        &self,
+        directory: &[PublicRoleKey],
+        retire: impl Fn(&slurp_crypto::SealedKeyInfo) -> bool,
+    ) -> Result<Vec<String>, CustodyError> {
         let mut retired = Vec::new();
         for info in self.keystore.list()? {
-            if let Some(fp) = listed.get(&(info.role.to_string(), info.epoch))
-                && *fp != info.fingerprint
-            {
+            if retire(&info) {
                 let dir = self.keystore.dir().join("retired");
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| CustodyError::Io(format!("{}: {e}", dir.display())))?;

@@ -263,6 +263,18 @@ enum ClusterCommand {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Certify a member anew for exactly these roles: fewer roles revoke
+    /// a grant (then rotate the roles it lost), more add to it.
+    Grant {
+        /// The member's peer id.
+        peer: String,
+        /// The roles it may hold from now on, comma-separated (empty:
+        /// none).
+        #[arg(long, value_delimiter = ',', required = true, num_args = 0..)]
+        roles: Vec<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// Stage a member's removal.
     Remove {
         /// The peer id of the member to remove.
@@ -1977,6 +1989,28 @@ async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
                     )
                 })?;
             }
+        }
+        ClusterCommand::Grant { peer, roles, c } => {
+            let roles: Vec<&String> = roles.iter().filter(|r| !r.is_empty()).collect();
+            let v = client(&c)?
+                .post("/v1/cluster/grant", &json!({"peer": peer, "roles": roles}))
+                .await?;
+            print(&c, &v, |v| {
+                let roles: Vec<&str> = v["roles"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+                    .unwrap_or_default();
+                format!(
+                    "certified {} for roles [{}]; its older certificates are void{}",
+                    v["peer"].as_str().unwrap_or(""),
+                    roles.join(","),
+                    if v["delivered"] == true {
+                        ""
+                    } else {
+                        "\nthe peer did not take the certificate (unreachable?): every member refuses it until it gets one"
+                    }
+                )
+            })?;
         }
         ClusterCommand::Remove { peer, apply, c } => {
             let client = client(&c)?;

@@ -1051,3 +1051,158 @@ async fn a_member_audit_log_cut_short_with_its_head_file_is_caught_by_the_heads_
     n1.close().await;
     n0.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_grant_voids_the_older_certificate_everywhere_and_a_rotation_shuts_the_member_out() {
+    let m = Members::start().await;
+    let dev = RoleName::new("developer").unwrap();
+    let obs = RoleName::new("observer").unwrap();
+    let to = m.n0.net.peer_id();
+    let n1_id = m.n1.net.peer_id().to_base58();
+
+    // A member that lies: certified for developer and observer, it will
+    // refuse the certificate that cuts it and keep showing the old one.
+    let mut liar = Intruder::start(&m.addr0).await;
+    let me = liar.id();
+    let (_, token) =
+        m.n0.cluster
+            .invite(Some(vec![dev.clone(), obs.clone()]), None)
+            .unwrap();
+    let ClusterResponse::Joined {
+        certificate: old_cert,
+        ..
+    } = liar
+        .cluster(
+            to,
+            ClusterRequest::Join {
+                invite: token.id.clone(),
+                secret: token.secret.clone(),
+                node: info(&me),
+                apply: true,
+            },
+        )
+        .await
+    else {
+        panic!("the invite was not honoured");
+    };
+    let mut rx = liar.events.take().unwrap();
+    let client = liar.client.clone();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            if let NetEvent::InboundRequest { handle, .. } = e {
+                let no = ClusterResponse::Error(slurp_protocol::messages::RemoteError {
+                    code: ErrorCode::Forbidden,
+                    message: "no".into(),
+                });
+                let _ = client.respond(handle, Response::Cluster(no)).await;
+            }
+        }
+    });
+    let hello = |cert: &Signed| ClusterRequest::Hello {
+        node: info(&me),
+        layout_version: 0,
+        certificate: Some(cert.clone()),
+        keys_version: 0,
+    };
+    let granted = async |liar: &Intruder| -> Vec<(String, u32)> {
+        let ask = ClusterRequest::GetKeys {
+            recipient: slurp_crypto::x25519::Identity::generate()
+                .to_public()
+                .to_string(),
+        };
+        match liar.cluster(to, ask).await {
+            ClusterResponse::Keys { grants, .. } => {
+                let mut g: Vec<_> = grants
+                    .iter()
+                    .map(|g| (g.role.to_string(), g.epoch))
+                    .collect();
+                g.sort();
+                g
+            }
+            ClusterResponse::Error(e) => vec![(format!("refused: {}", e.message), 0)],
+            other => panic!("{other:?}"),
+        }
+    };
+    liar.cluster(to, hello(&old_cert)).await;
+    assert_eq!(
+        granted(&liar).await,
+        [("developer".to_string(), 1), ("observer".to_string(), 1)]
+    );
+
+    // The admin cuts both members to observer.
+    let cut = m.n0.cluster.grant(&me, vec![obs.clone()]).await.unwrap();
+    assert!(!cut.delivered, "the liar refused its new certificate");
+    let cut1 = m.n0.cluster.grant(&n1_id, vec![obs.clone()]).await.unwrap();
+    assert!(cut1.delivered);
+    // The real member took it and retired its developer key, on disk too.
+    wait_until("node 1 holds only observer keys", async || {
+        m.n1.cluster
+            .identity()
+            .is_some_and(|i| i.cert.roles == [obs.clone()])
+            && m.n1.custody.roles() == [obs.clone()]
+    })
+    .await;
+    assert!(
+        m.n1.custody
+            .keystore()
+            .list()
+            .unwrap()
+            .iter()
+            .all(|k| k.role == obs)
+    );
+    // Node 1 learns the new directory, and with it that the liar's old
+    // certificate is void.
+    wait_until(
+        "node 1 holds the directory that voids the old certificates",
+        async || m.n1.cluster.keys_version() == m.n0.cluster.keys_version(),
+    )
+    .await;
+    for n in [&m.n0, &m.n1] {
+        let why = n
+            .cluster
+            .membership()
+            .admit_certificate(&me, &old_cert)
+            .unwrap_err();
+        assert!(why.contains("superseded"), "{why}");
+    }
+
+    // Replaying the old certificate gets it nothing more, and is audited.
+    liar.cluster(to, hello(&old_cert)).await;
+    assert_eq!(granted(&liar).await, [("observer".to_string(), 1)]);
+    let hellos = audited(&m.n0, "cluster_hello").await;
+    assert!(
+        hellos
+            .iter()
+            .any(|e| e.actor == me && e.reason.contains("superseded")),
+        "{hellos:?}"
+    );
+
+    // A rotation of the role it lost: the new epoch reaches nobody cut.
+    let (epoch, _) = m.n0.cluster.rotate(&dev).await.unwrap();
+    assert_eq!(epoch, 2);
+    assert_eq!(granted(&liar).await, [("observer".to_string(), 1)]);
+    wait_until("node 1 holds the rotated directory", async || {
+        m.n1.cluster.keys_version() == m.n0.cluster.keys_version()
+    })
+    .await;
+    assert!(m.n1.custody.keyring().current(&dev).is_none());
+    assert_eq!(
+        m.n1.custody
+            .keyring()
+            .current_public(&dev)
+            .map(|k| k.epoch()),
+        Some(2)
+    );
+    // The grants are audited with the roles.
+    let grants = audited(&m.n0, "cluster_grant").await;
+    assert!(grants.iter().any(|e| e.target == me
+        && e.reason.contains("[observer]")
+        && e.reason.contains("not delivered")));
+    assert!(
+        grants
+            .iter()
+            .any(|e| e.target == n1_id && !e.reason.contains("not delivered"))
+    );
+    drop(liar);
+    m.close().await;
+}

@@ -24,8 +24,8 @@ pub use context::{
     VersionInfo,
 };
 pub use membership::{
-    AuditAnchor, CallerAuthorisation, ClusterId, DirectoryKey, JoinToken, KeyDirectory,
-    MembershipError, NodeCertificate, SealedGrant, Signed,
+    AuditAnchor, CallerAuthorisation, CertificateFloor, ClusterId, DirectoryKey, JoinToken,
+    KeyDirectory, MembershipError, NodeCertificate, SealedGrant, Signed,
 };
 pub use partition::{Partition, PartitionScheme, Slot};
 pub use placement::{

@@ -191,6 +191,30 @@ pub struct KeyDirectory {
     pub version: u64,
     pub issued_ms: u64,
     pub keys: Vec<DirectoryKey>,
+    /// Certificates an admin replaced (`slurp cluster grant`): a node's
+    /// certificate issued before its floor here is void everywhere, so a
+    /// node whose roles were cut cannot show its older certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<CertificateFloor>,
+}
+
+/// Certificates of `peer_id` issued before `issued_ms` are void.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateFloor {
+    pub peer_id: String,
+    pub issued_ms: u64,
+}
+
+impl KeyDirectory {
+    /// The time before which `peer`'s certificates are void, if an admin
+    /// replaced one.
+    pub fn floor_of(&self, peer: &str) -> Option<u64> {
+        self.superseded
+            .iter()
+            .filter(|f| f.peer_id == peer)
+            .map(|f| f.issued_ms)
+            .max()
+    }
 }
 
 /// One public role key of a [`KeyDirectory`].
@@ -376,6 +400,51 @@ mod tests {
         assert!(c.valid_at(10_000_000 - CLOCK_SKEW_MS));
         assert!(!c.valid_at(10_000_000 - CLOCK_SKEW_MS - 1));
         assert_eq!(NodeCertificate::decode(&c.encode().unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn key_directories_name_superseded_certificates_and_read_older_ones() {
+        let mut d = KeyDirectory {
+            cluster: ClusterId::of_key(&[1; 32]),
+            version: 3,
+            issued_ms: 5,
+            keys: vec![],
+            superseded: vec![],
+        };
+        // A directory without floors encodes as before the field existed.
+        #[derive(Serialize)]
+        struct Before<'a> {
+            cluster: &'a ClusterId,
+            version: u64,
+            issued_ms: u64,
+            keys: &'a [DirectoryKey],
+        }
+        let before = crate::wire::to_cbor(&Before {
+            cluster: &d.cluster,
+            version: 3,
+            issued_ms: 5,
+            keys: &[],
+        })
+        .unwrap();
+        assert_eq!(crate::wire::to_cbor(&d).unwrap(), before);
+        assert_eq!(d.floor_of("p"), None);
+        d.superseded = vec![
+            CertificateFloor {
+                peer_id: "p".into(),
+                issued_ms: 7,
+            },
+            CertificateFloor {
+                peer_id: "p".into(),
+                issued_ms: 9,
+            },
+            CertificateFloor {
+                peer_id: "q".into(),
+                issued_ms: 1,
+            },
+        ];
+        assert_eq!(d.floor_of("p"), Some(9));
+        assert_eq!(d.floor_of("r"), None);
+        assert_eq!(KeyDirectory::decode(&d.encode().unwrap()).unwrap(), d);
     }
 
     proptest! {

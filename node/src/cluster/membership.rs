@@ -23,8 +23,8 @@ use slurp_crypto::{ClusterKey, ClusterPublic};
 use slurp_protocol::membership::{PURPOSE_CERTIFICATE, PURPOSE_KEYS, PURPOSE_LAYOUT};
 use slurp_protocol::placement::Layout;
 use slurp_protocol::{
-    Bytes, ClusterId, DirectoryKey, Framed, JoinToken, KeyDirectory, NodeCertificate, RoleName,
-    Signed,
+    Bytes, CertificateFloor, ClusterId, DirectoryKey, Framed, JoinToken, KeyDirectory,
+    NodeCertificate, RoleName, Signed,
 };
 
 use super::ClusterError;
@@ -199,6 +199,15 @@ impl Membership {
         }
         let cert = check_certificate(&public, &certificate, me, now_ms())
             .map_err(ClusterError::Refused)?;
+        if let Some(have) = self.identity()
+            && have.cert.issued_ms > cert.issued_ms
+        {
+            return Err(ClusterError::Refused(format!(
+                "certificate issued at {} ms is older than the one held (issued at {} ms): a replay",
+                cert.issued_ms, have.cert.issued_ms
+            )));
+        }
+        self.check_floor(me, &cert).map_err(ClusterError::Refused)?;
         let identity = Arc::new(Identity {
             public,
             certificate,
@@ -221,11 +230,24 @@ impl Membership {
     pub fn admit_certificate(&self, peer: &str, certificate: &Signed) -> Result<(), String> {
         let public = self.public().ok_or("this node belongs to no cluster yet")?;
         let cert = check_certificate(&public, certificate, peer, now_ms())?;
+        self.check_floor(peer, &cert)?;
         self.certs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer.to_string(), cert);
         Ok(())
+    }
+
+    /// Refuses a certificate an admin replaced (the key directory names a
+    /// later floor for its peer): a replay of an older grant.
+    fn check_floor(&self, peer: &str, cert: &NodeCertificate) -> Result<(), String> {
+        match self.directory().and_then(|(d, _)| d.floor_of(peer)) {
+            Some(floor) if cert.issued_ms < floor => Err(format!(
+                "certificate issued at {} ms was replaced by one issued at {floor} ms (a replay of a superseded grant)",
+                cert.issued_ms
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Whether `peer` has shown a certificate that is valid now.
@@ -299,17 +321,29 @@ impl Membership {
             .map_err(|e| ClusterError::Io(e.to_string()))?;
         let path = self.dir.join("keys.cbor");
         crate::tokens::write_private_file(&path, &bytes).map_err(io(&path))?;
+        self.certs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|peer, c| d.floor_of(peer).is_none_or(|floor| c.issued_ms >= floor));
         *cur = Some((d, signed));
         Ok(true)
     }
 
     /// Signs a directory of `keys` one version past the held one.
+    /// The floors of the held directory are kept; `supersede` adds one.
     pub fn sign_directory(
         &self,
         key: &ClusterKey,
         keys: Vec<DirectoryKey>,
+        supersede: Option<CertificateFloor>,
     ) -> Result<Signed, ClusterError> {
-        let version = self.directory().map(|(d, _)| d.version).unwrap_or(0) + 1;
+        let held = self.directory();
+        let version = held.as_ref().map(|(d, _)| d.version).unwrap_or(0) + 1;
+        let mut superseded = held.map(|(d, _)| d.superseded).unwrap_or_default();
+        if let Some(f) = supersede {
+            superseded.retain(|o| o.peer_id != f.peer_id);
+            superseded.push(f);
+        }
         key.sign(
             PURPOSE_KEYS,
             &KeyDirectory {
@@ -317,6 +351,7 @@ impl Membership {
                 version,
                 issued_ms: now_ms(),
                 keys,
+                superseded,
             },
         )
         .map_err(|e| ClusterError::Io(e.to_string()))

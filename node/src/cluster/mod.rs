@@ -540,7 +540,7 @@ impl Cluster {
         let roles = self.0.custody.roles();
         let cert = certify(&key, &self.0.me, roles, self.0.config.certificate_validity)?;
         let identity = self.0.membership.adopt(key.public(), cert, &self.0.me)?;
-        self.publish_directory(&key)?;
+        self.publish_directory(&key, None)?;
         self.audit(
             AuditRecord::allow("node", other("cluster_init"), identity.id().to_hex())
                 .with_reason(format!("cluster key {}", identity.id())),
@@ -1280,7 +1280,7 @@ impl Cluster {
             .custody
             .rotate(role)
             .map_err(|e| ClusterError::Io(e.to_string()))?;
-        self.publish_directory(&key)?;
+        self.publish_directory(&key, None)?;
         self.audit(
             AuditRecord::allow("node", AuditAction::KeyRotate, new.fingerprint().to_hex())
                 .with_role(role.clone())
@@ -1318,14 +1318,18 @@ impl Cluster {
             .public_keys()
             .any(|k| !listed.iter().any(|l| l.fingerprint() == k.fingerprint()));
         if missing {
-            self.publish_directory(&key)?;
+            self.publish_directory(&key, None)?;
         }
         Ok(missing)
     }
 
     /// Signs and takes a key directory of every public key this node
     /// knows (the key holder, after `cluster init` or a rotation).
-    fn publish_directory(&self, key: &ClusterKey) -> Result<(), ClusterError> {
+    fn publish_directory(
+        &self,
+        key: &ClusterKey,
+        supersede: Option<slurp_protocol::CertificateFloor>,
+    ) -> Result<(), ClusterError> {
         let keys = self
             .0
             .custody
@@ -1337,7 +1341,7 @@ impl Cluster {
                 recipient: k.recipient().to_string(),
             })
             .collect();
-        let signed = self.0.membership.sign_directory(key, keys)?;
+        let signed = self.0.membership.sign_directory(key, keys, supersede)?;
         self.0.membership.offer_directory(signed)?;
         self.reload_keys();
         Ok(())
@@ -1362,6 +1366,27 @@ impl Cluster {
                 )
                 .await;
                 tracing::info!(cluster = %identity.id(), "admitted to a cluster");
+                match self
+                    .0
+                    .custody
+                    .retire_ungranted(&identity.cert.roles, &self.0.membership.directory_keys())
+                {
+                    Ok(retired) if !retired.is_empty() => {
+                        tracing::warn!(
+                            ?retired,
+                            "retired the keys of roles this node is no longer granted"
+                        );
+                        self.audit(
+                            AuditRecord::allow("node", other("key_retire"), peer)
+                                .with_reason(format!("no longer granted: {}", retired.join(", "))),
+                        )
+                        .await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot retire the keys of roles no longer granted")
+                    }
+                }
                 let this = self.clone();
                 let from = peer.to_string();
                 tokio::spawn(async move { this.hello(&from).await });
@@ -1719,6 +1744,88 @@ impl Cluster {
         }
     }
 
+    /// An admin's `cluster grant PEER --roles ...`: certifies `peer` anew
+    /// for exactly `roles` (fewer roles revoke a grant), voids its older
+    /// certificates everywhere through a new key directory, and sends the
+    /// certificate to the peer. After a revocation, rotate the roles it
+    /// lost: it is never granted their new epochs, so it cannot read
+    /// records written after the rotation.
+    pub async fn grant(
+        &self,
+        peer: &str,
+        roles: Vec<slurp_protocol::RoleName>,
+    ) -> Result<GrantOutcome, ClusterError> {
+        let id = parse_peer(peer)?;
+        if peer != self.0.me && !self.admits(&id) {
+            return Err(ClusterError::Refused(format!(
+                "{peer} is not a member of this cluster: invite it or `slurp cluster join` it first"
+            )));
+        }
+        let known = self.0.custody.role_names();
+        if let Some(r) = roles.iter().find(|r| !known.contains(r)) {
+            return Err(ClusterError::Refused(format!(
+                "role {r} is not in the roles file"
+            )));
+        }
+        let key = self.obtain_key(&format!("grant {peer}")).await?;
+        let signed = certify(
+            &key,
+            peer,
+            roles.clone(),
+            self.0.config.certificate_validity,
+        )?;
+        let cert =
+            membership::check_certificate(&key.public(), &signed, peer, membership::now_ms())
+                .map_err(ClusterError::Refused)?;
+        self.publish_directory(
+            &key,
+            Some(slurp_protocol::CertificateFloor {
+                peer_id: peer.to_string(),
+                issued_ms: cert.issued_ms,
+            }),
+        )?;
+        let delivered = if peer == self.0.me {
+            self.0
+                .membership
+                .adopt(key.public(), signed, &self.0.me)
+                .map(|_| true)?
+        } else {
+            self.0
+                .membership
+                .admit_certificate(peer, &signed)
+                .map_err(ClusterError::Refused)?;
+            let req = ClusterRequest::Admit {
+                cluster_key: key.public().to_bytes().to_vec().into(),
+                certificate: signed,
+            };
+            match self.cluster_request(peer, req).await {
+                Ok(ClusterResponse::Admitted { .. }) => true,
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "the new certificate did not reach the peer");
+                    false
+                }
+            }
+        };
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        self.audit(
+            AuditRecord::allow("admin", other("cluster_grant"), peer).with_reason(format!(
+                "certified for roles [{}]; older certificates void{}",
+                names.join(","),
+                if delivered { "" } else { "; not delivered" }
+            )),
+        )
+        .await;
+        self.announce();
+        Ok(GrantOutcome {
+            peer: peer.to_string(),
+            roles,
+            issued_ms: cert.issued_ms,
+            not_after_ms: cert.not_after_ms,
+            delivered,
+        })
+    }
+
     /// One round of membership upkeep: redeem the join token if this node
     /// belongs to no cluster yet, probe every member and known peer, and
     /// pull newer layouts. Returns how many peers answered.
@@ -1986,4 +2093,16 @@ impl Cluster {
 /// last 8 characters).
 pub(crate) fn short_peer(peer: &str) -> &str {
     &peer[peer.len().saturating_sub(8)..]
+}
+
+/// What `Cluster::grant` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GrantOutcome {
+    pub peer: String,
+    pub roles: Vec<slurp_protocol::RoleName>,
+    pub issued_ms: u64,
+    pub not_after_ms: u64,
+    /// Whether the peer took the certificate (it was reachable). One that
+    /// did not is refused by every member until it gets one again.
+    pub delivered: bool,
 }
