@@ -204,6 +204,8 @@ pub struct NetOverrides {
     pub listen: Option<Vec<libp2p::Multiaddr>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<Vec<libp2p::Multiaddr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -203,6 +203,14 @@ enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print a new private-network key (for `--swarm-key` /
+    /// `net.swarm_key`); every node of the cluster gets the same file.
+    SwarmKey {
+        /// Print JSON (`{"swarm_key": ..., "fingerprint": ...}`) instead of
+        /// the key file.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the node's peer id (creating its identity if needed), e.g. to
     /// build a `--bootstrap` address before the node starts.
     PeerId {
@@ -339,6 +347,10 @@ struct RunArgs {
     /// this node belongs to no cluster yet.
     #[arg(long, env = "SLURP_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// A private-network key file (`slurp node swarm-key` makes one): TCP
+    /// connections complete only between nodes holding the same key.
+    #[arg(long)]
+    swarm_key: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -349,11 +361,13 @@ impl RunArgs {
             node_name: self.name.clone(),
             log_format: self.log_json.then_some(LogFormat::Json),
             api: self.listen.map(|l| ApiOverrides { listen: Some(l) }),
-            net: (!self.p2p_listen.is_empty() || !self.bootstrap.is_empty()).then(|| {
-                NetOverrides {
-                    listen: (!self.p2p_listen.is_empty()).then(|| self.p2p_listen.clone()),
-                    bootstrap: (!self.bootstrap.is_empty()).then(|| self.bootstrap.clone()),
-                }
+            net: (!self.p2p_listen.is_empty()
+                || !self.bootstrap.is_empty()
+                || self.swarm_key.is_some())
+            .then(|| NetOverrides {
+                listen: (!self.p2p_listen.is_empty()).then(|| self.p2p_listen.clone()),
+                bootstrap: (!self.bootstrap.is_empty()).then(|| self.bootstrap.clone()),
+                swarm_key: self.swarm_key.clone(),
             }),
             cluster: (self.zone.is_some()
                 || self.capacity.is_some()
@@ -1248,6 +1262,17 @@ async fn run(cli: Cli) -> Result<()> {
                 out(&config.to_commented_toml())?;
             }
             Ok(())
+        }
+        Command::Node(NodeCommand::SwarmKey { json }) => {
+            let mut raw = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+            let key = libp2p::pnet::PreSharedKey::new(raw);
+            let text = key.to_string();
+            print_as(
+                json,
+                &json!({ "swarm_key": text, "fingerprint": key.fingerprint().to_string() }),
+                |_| text.clone(),
+            )
         }
         Command::Node(NodeCommand::PeerId { data, json }) => {
             std::fs::create_dir_all(&data)

@@ -515,6 +515,67 @@ async fn quic_carries_every_protocol() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_network_key_fences_tcp() {
+    timeout(3 * BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = |name: &str, byte: u8| {
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                format!("{}\n", libp2p::pnet::PreSharedKey::new([byte; 32])),
+            )
+            .unwrap();
+            path
+        };
+        let (ours, theirs) = (key_file("ours", 1), key_file("theirs", 2));
+        let fenced = |key: &std::path::Path| NetConfig {
+            swarm_key: Some(key.to_path_buf()),
+            ..config(vec![tcp()], vec![])
+        };
+        let a = start(fenced(&ours)).await;
+        // The same key: every protocol works.
+        let b = start(fenced(&ours)).await;
+        let dialed = timeout(BOUND, b.client.dial(a.addr("/tcp/")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(dialed, a.peer);
+        round_trips(&b.client, a.peer).await;
+        // Another key, or none: the connection never completes, so no
+        // protocol of ours is ever reached.
+        for stranger in [
+            start(fenced(&theirs)).await,
+            start(config(vec![tcp()], vec![])).await,
+        ] {
+            let refused = timeout(BOUND, stranger.client.dial(a.addr("/tcp/")))
+                .await
+                .unwrap();
+            assert!(refused.is_err(), "{refused:?}");
+            let asked = stranger
+                .client
+                .cluster(a.peer, ClusterRequest::Health)
+                .await;
+            assert!(asked.is_err(), "{asked:?}");
+            stranger.stop().await;
+        }
+        // A key file that is not one is refused before anything listens.
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "not a key").unwrap();
+        let err = net::new(fenced(&bad), Keypair::generate_ed25519())
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("is not a private-network key"),
+            "{err}"
+        );
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+    .expect("test bounded in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_refused_with_typed_errors_and_the_connection_survives() {
     timeout(3 * BOUND, async {
         let mut a_config = config(vec![tcp()], vec![]);

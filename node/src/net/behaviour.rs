@@ -10,11 +10,14 @@
 
 use std::sync::Arc;
 
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, kad, noise, ping, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, kad, noise, ping,
+    tcp, yamux,
 };
 use slurp_protocol::Framed;
 use slurp_protocol::messages::{
@@ -106,15 +109,15 @@ pub(crate) fn build_swarm(
     counters: &Arc<NetCounters>,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let psk = match &config.swarm_key {
+        Some(path) => Some(read_swarm_key(path)?),
+        None => None,
+    };
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| transport(&e))?
         .with_quic()
+        .with_other_transport(|key| tcp_transport(key, psk).map_err(Into::into))
+        .map_err(|e| transport(&e))?
         .with_other_transport(|key| {
             use libp2p::Transport;
             use libp2p::core::upgrade::Version;
@@ -130,4 +133,45 @@ pub(crate) fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
         .build();
     Ok(swarm)
+}
+
+/// Reads a private-network key file (the format `go-libp2p` and `ipfs` use:
+/// `/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex digits).
+pub fn read_swarm_key(path: &std::path::Path) -> Result<PreSharedKey, NetError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NetError::Config(format!("net.swarm_key {}: {e}", path.display())))?;
+    text.trim_end().parse::<PreSharedKey>().map_err(|e| {
+        NetError::Config(format!(
+            "net.swarm_key {} is not a private-network key: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// TCP with Noise and Yamux; with a private-network key, every TCP
+/// connection first runs the pnet handshake, so a peer without the key
+/// never reaches Noise, let alone a protocol of ours.
+fn tcp_transport(
+    key: &Keypair,
+    psk: Option<PreSharedKey>,
+) -> Result<libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    use libp2p::Transport;
+    use libp2p::core::upgrade::Version;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key)?;
+    Ok(match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        None => tcp
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    })
 }

@@ -43,6 +43,13 @@ pub struct NetConfig {
     /// Peers to join through, multiaddrs each ending in `/p2p/<peer id>`.
     #[schemars(with = "Vec<String>")]
     pub bootstrap: Vec<Multiaddr>,
+    /// A libp2p private-network key file (`/key/swarm/psk/1.0.0/`, made by
+    /// `slurp node swarm-key`): TCP connections then complete only between
+    /// nodes holding the same key, before any protocol of ours sees them.
+    /// An outer fence, not the trust boundary: QUIC connections are not
+    /// covered and are admitted by certificate only.
+    #[schemars(with = "Option<String>")]
+    pub swarm_key: Option<std::path::PathBuf>,
     /// A connection with no stream open for this long is closed, a
     /// duration such as `60s`.
     #[serde(with = "humantime_serde")]
@@ -108,6 +115,7 @@ impl Default for NetConfig {
                     .expect("valid multiaddr"),
             ],
             bootstrap: vec![],
+            swarm_key: None,
             idle_connection_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
