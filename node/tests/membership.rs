@@ -59,6 +59,7 @@ struct Members {
     n0: Node,
     n1: Node,
     addr0: Multiaddr,
+    addr1: Multiaddr,
 }
 
 impl Members {
@@ -75,12 +76,15 @@ impl Members {
         c1.cluster.auto_join = true;
         let (_, token) = n0.cluster.invite(None, None).unwrap();
         c1.cluster.join_token = Some(token.to_string());
+        let addr1 = c1.net.listen[0].clone();
         let n1 = Node::open(c1).await.unwrap();
+        let addr1 = addr1.with(libp2p::multiaddr::Protocol::P2p(n1.net.peer_id()));
         let m = Members {
             _dir: dir,
             n0,
             n1,
             addr0,
+            addr1,
         };
         wait_until("both members hold the same 2-member layout", async || {
             let (a, b) = (m.n0.cluster.layout(), m.n1.cluster.layout());
@@ -582,6 +586,7 @@ async fn a_member_acts_for_a_caller_only_in_roles_it_was_certified_for_and_once(
         n0,
         n1,
         addr0,
+        ..
     } = Members::start().await;
     let n0 = Arc::new(n0);
     // Forwarded calls are served through the API router.
@@ -967,6 +972,7 @@ async fn a_member_audit_log_cut_short_with_its_head_file_is_caught_by_the_heads_
         n0,
         n1,
         addr0,
+        ..
     } = m;
     let who = Principal {
         token_id: "t".into(),
@@ -1202,6 +1208,142 @@ async fn a_cut_grant_voids_the_older_certificate_everywhere_and_a_rotation_shuts
         grants
             .iter()
             .any(|e| e.target == n1_id && !e.reason.contains("not delivered"))
+    );
+    drop(liar);
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_hands_out_keys_of_its_own_is_refused_and_audited() {
+    use slurp_crypto::RoleKey;
+    let m = Members::start().await;
+    wait_until("node 1 holds its keys", async || {
+        m.n1.cluster.granted_roles_held()
+    })
+    .await;
+    let dev = RoleName::new("developer").unwrap();
+    let real = m.n1.custody.keyring().current(&dev).unwrap().fingerprint();
+    let mut liar = Intruder::start(&m.addr0).await;
+    let me = liar.id();
+    let (_, token) = m.n0.cluster.invite(None, None).unwrap();
+    let ClusterResponse::Joined { certificate, .. } = liar
+        .cluster(
+            m.n0.net.peer_id(),
+            ClusterRequest::Join {
+                invite: token.id.clone(),
+                secret: token.secret.clone(),
+                node: info(&me),
+                apply: true,
+            },
+        )
+        .await
+    else {
+        panic!("the invite was not honoured");
+    };
+    wait_until("node 1 has the liar in its layout", async || {
+        m.n1.cluster
+            .layout()
+            .is_some_and(|l| l.members().iter().any(|x| x.id == me))
+    })
+    .await;
+    // It answers GetKeys with a key of its own (a "new epoch"), first
+    // under a directory signed by a key of its own, then under none.
+    let own = RoleKey::generate(dev.clone(), 9);
+    let own_fp = own.fingerprint();
+    let forged: Arc<Mutex<Option<Bytes>>> = Arc::new(Mutex::new(None));
+    {
+        let forger = ClusterKey::generate();
+        let dir = slurp_protocol::KeyDirectory {
+            cluster: forger.public().id(),
+            version: 1000,
+            issued_ms: 0,
+            keys: vec![slurp_protocol::DirectoryKey {
+                role: dev.clone(),
+                epoch: 9,
+                recipient: own.public().recipient().to_string(),
+            }],
+            superseded: vec![],
+        };
+        let signed = forger
+            .sign(slurp_protocol::membership::PURPOSE_KEYS, &dir)
+            .unwrap();
+        *forged.lock().unwrap() = Some(Bytes(signed.encode().unwrap()));
+    }
+    let mut rx = liar.events.take().unwrap();
+    let (client, serve, cert, liar_id) = (
+        liar.client.clone(),
+        forged.clone(),
+        certificate.clone(),
+        me.clone(),
+    );
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            if let NetEvent::InboundRequest {
+                request, handle, ..
+            } = e
+                && let Request::Cluster(req) = *request
+            {
+                let resp = match req {
+                    ClusterRequest::GetKeys { recipient } => {
+                        let to = recipient.parse().unwrap();
+                        ClusterResponse::Keys {
+                            directory: serve
+                                .lock()
+                                .unwrap()
+                                .clone()
+                                .map(|b| Signed::decode(&b.0).unwrap()),
+                            grants: vec![slurp_crypto::seal_grant(&own, &to).unwrap()],
+                        }
+                    }
+                    _ => ClusterResponse::Hello {
+                        node: info(&liar_id),
+                        layout_version: 0,
+                        certificate: Some(cert.clone()),
+                        keys_version: 1000,
+                    },
+                };
+                let _ = client.respond(handle, Response::Cluster(resp)).await;
+            }
+        }
+    });
+    let boast = || ClusterRequest::Hello {
+        node: info(&me),
+        layout_version: 0,
+        certificate: Some(certificate.clone()),
+        keys_version: 1000,
+    };
+    let to1 = m.n1.net.peer_id();
+    liar.client.dial(m.addr1.clone()).await.unwrap();
+    liar.cluster(to1, boast()).await;
+    wait_until("the forged directory is refused and audited", async || {
+        audited(&m.n1, "key_directory")
+            .await
+            .iter()
+            .any(|e| e.actor == me && e.decision == slurp_crypto::Decision::Deny)
+    })
+    .await;
+    *forged.lock().unwrap() = None;
+    liar.cluster(to1, boast()).await;
+    wait_until("the unlisted key is refused and audited", async || {
+        audited(&m.n1, "key_grant").await.iter().any(|e| {
+            e.actor == me
+                && e.target == own_fp.to_hex()
+                && e.reason.contains("not in the signed key directory")
+        })
+    })
+    .await;
+    // Node 1 never took the liar's key nor its directory.
+    let ring = m.n1.custody.keyring();
+    assert!(ring.get(&own_fp).is_none());
+    assert_eq!(ring.current(&dev).unwrap().fingerprint(), real);
+    assert_eq!(m.n1.cluster.keys_version(), m.n0.cluster.keys_version());
+    assert!(
+        m.n1.custody
+            .keystore()
+            .list()
+            .unwrap()
+            .iter()
+            .all(|k| k.fingerprint != own_fp)
     );
     drop(liar);
     m.close().await;
