@@ -86,11 +86,15 @@ impl Members {
             addr0,
             addr1,
         };
-        wait_until("both members hold the same 2-member layout", async || {
-            let (a, b) = (m.n0.cluster.layout(), m.n1.cluster.layout());
-            a.zip(b)
-                .is_some_and(|(a, b)| a.members().len() == 2 && a.version() == b.version())
-        })
+        wait_until(
+            "both members hold the same 2-member layout, node 1 its keys",
+            async || {
+                let (a, b) = (m.n0.cluster.layout(), m.n1.cluster.layout());
+                a.zip(b)
+                    .is_some_and(|(a, b)| a.members().len() == 2 && a.version() == b.version())
+                    && m.n1.cluster.granted_roles_held()
+            },
+        )
         .await;
         m
     }
