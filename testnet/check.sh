@@ -3,8 +3,9 @@
 # (the stock `age` CLI for interoperability tests, `promtool` from the
 # prometheus package to check the metrics exposition), then every test of
 # the workspace with cargo-nextest (falling back to `cargo test`), then the
-# cluster scenario of testnet/smoke.sh on a 5-node testnet of debug
-# binaries (SLURP_CHECK_SMOKE=0 skips it).
+# cluster scenario of testnet/smoke.sh and the trust scenario of
+# testnet/trust.sh on a 5-node testnet of debug binaries
+# (SLURP_CHECK_SMOKE=0 skips both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,4 +41,5 @@ if [ "${SLURP_CHECK_SMOKE:-1}" != 0 ]; then
   trap 'testnet/down.sh >/dev/null 2>&1 || true; rm -rf "$SLURP_TESTNET_DIR"' EXIT
   testnet/up.sh 5
   testnet/smoke.sh
+  testnet/trust.sh
 fi

@@ -136,3 +136,31 @@ layout_of() {
   done
   echo "$v $m"
 }
+
+# The scenarios (smoke.sh, trust.sh): steps that say what they expect and
+# print what they saw when it does not hold. Set SCENARIO to name them.
+step() { echo; echo "== $*"; }
+fail() { echo "${SCENARIO:-SCENARIO} FAILED: $*" >&2; exit 1; }
+
+# run COMMAND [ARG...]: runs it with its output in OUT, its error output in
+# ERR and its exit status in RC; never fails itself.
+ERRFILE="$DIR/scenario.stderr"
+OUT="" ERR="" RC=0
+run() {
+  RC=0
+  OUT=$("$@" 2>"$ERRFILE") || RC=$?
+  ERR=$(cat "$ERRFILE")
+}
+# What the last run saw, for failure messages.
+seen() { printf 'exit status %s\n--- output:\n%s\n--- error output:\n%s' "$RC" "$OUT" "$ERR"; }
+# must WHAT COMMAND [ARG...]: run, and fail the step unless it succeeded.
+must() {
+  local what=$1
+  shift
+  run "$@"
+  [ "$RC" = 0 ] || fail "$what: expected success, got $(seen)"
+}
+# expect_output WHAT TEXT: the last run's output contains TEXT.
+expect_output() {
+  [[ $OUT == *"$2"* ]] || fail "$1: expected output containing \"$2\", got $(seen)"
+}

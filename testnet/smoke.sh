@@ -25,31 +25,8 @@ command -v jq >/dev/null 2>&1 || { echo "smoke.sh needs jq (apt-get install jq)"
 for i in $(seq 1 "$N"); do node_alive "$i" || { echo "node $i is not running" >&2; exit 1; }; done
 WAIT=${SLURP_SMOKE_WAIT:-60}
 
-step() { echo; echo "== $*"; }
-fail() { echo "SMOKE FAILED: $*" >&2; exit 1; }
+SCENARIO=SMOKE
 
-# run COMMAND [ARG...]: runs it with its output in OUT, its error output in
-# ERR and its exit status in RC; never fails itself.
-ERRFILE="$DIR/smoke.stderr"
-OUT="" ERR="" RC=0
-run() {
-  RC=0
-  OUT=$("$@" 2>"$ERRFILE") || RC=$?
-  ERR=$(cat "$ERRFILE")
-}
-# What the last run saw, for failure messages.
-seen() { printf 'exit status %s\n--- output:\n%s\n--- error output:\n%s' "$RC" "$OUT" "$ERR"; }
-# must WHAT COMMAND [ARG...]: run, and fail the step unless it succeeded.
-must() {
-  local what=$1
-  shift
-  run "$@"
-  [ "$RC" = 0 ] || fail "$what: expected success, got $(seen)"
-}
-# expect_output WHAT TEXT: the last run's output contains TEXT.
-expect_output() {
-  [[ $OUT == *"$2"* ]] || fail "$1: expected output containing \"$2\", got $(seen)"
-}
 # slurp through node I with node 1's token.
 with_token1() { local i=$1; shift; SLURP_NODE=$(node_url "$i") SLURP_TOKEN=$(node_token 1) "$BIN" "$@"; }
 
