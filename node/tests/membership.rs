@@ -1203,7 +1203,16 @@ async fn a_cut_grant_voids_the_older_certificate_everywhere_and_a_rotation_shuts
                 == Some(2)
     })
     .await;
-    assert!(m.n1.custody.keyring().current(&dev).is_none());
+    assert!(
+        m.n1.custody.keyring().current(&dev).is_none(),
+        "node 1 holds developer epoch {:?}; node 0 holds its certificate for {:?}; node 1's own: {:?}",
+        m.n1.custody.keyring().current(&dev).map(|k| k.epoch()),
+        m.n0.cluster
+            .membership()
+            .certificate_of(&n1_id)
+            .map(|c| c.roles),
+        m.n1.cluster.identity().map(|i| i.cert.roles.clone())
+    );
     // The grants are audited with the roles.
     let grants = audited(&m.n0, "cluster_grant").await;
     assert!(grants.iter().any(|e| e.target == me
@@ -1350,6 +1359,141 @@ async fn a_member_that_hands_out_keys_of_its_own_is_refused_and_audited() {
             .iter()
             .all(|k| k.fingerprint != own_fp)
     );
+    drop(liar);
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_store_envelopes_sealed_to_keys_outside_the_directory_or_its_readers() {
+    use slurp_crypto::{Envelope, EnvelopeConfig, PublicRoleKey, RoleKey};
+    use slurp_protocol::messages::{PutOutcome as WirePut, ReplicateResponse, SealedVersion};
+    use slurp_protocol::{ContextNode, Hlc, RecordMeta, UcxlAddress, VersionId, WriterId};
+    let m = Members::start().await;
+    let liar = Intruder::start(&m.addr0).await;
+    let to = m.n0.net.peer_id();
+    let me = liar.id();
+    let (_, token) = m.n0.cluster.invite(None, None).unwrap();
+    let ClusterResponse::Joined { certificate, .. } = liar
+        .cluster(
+            to,
+            ClusterRequest::Join {
+                invite: token.id.clone(),
+                secret: token.secret.clone(),
+                node: info(&me),
+                apply: true,
+            },
+        )
+        .await
+    else {
+        panic!("the invite was not honoured");
+    };
+    liar.cluster(
+        to,
+        ClusterRequest::Hello {
+            node: info(&me),
+            layout_version: 0,
+            certificate: Some(certificate),
+            keys_version: 0,
+        },
+    )
+    .await;
+
+    let dev = RoleName::new("developer").unwrap();
+    let readers =
+        m.n0.store
+            .roles()
+            .reader_closure(std::slice::from_ref(&dev))
+            .unwrap();
+    let addr = UcxlAddress::parse("ucxl://liar:developer@shop:checkout/*^/src/forged.rs").unwrap();
+    let plain = ContextNode::new(addr.clone(), "forged", vec![dev.clone()])
+        .encode()
+        .unwrap();
+    let meta = |n: u64, readers: Vec<RoleName>| RecordMeta {
+        key: addr.key(),
+        path: "src/forged.rs".into(),
+        version: VersionId {
+            hlc: Hlc {
+                wall_ms: 1_700_000_000_000 + n,
+                logical: 0,
+            },
+            writer: WriterId::new("liar").unwrap(),
+        },
+        parent_version: None,
+        readers,
+        influences: vec![],
+        influenced_by: vec![],
+        expires_at_ms: None,
+        tombstone: false,
+    };
+    let seal = |to: &[PublicRoleKey]| {
+        Bytes(
+            Envelope::seal_with(&plain, to, &EnvelopeConfig::default())
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
+        )
+    };
+    let real = m.n0.custody.keyring().recipients_for(&readers).unwrap();
+    let own: Vec<PublicRoleKey> = readers
+        .iter()
+        .map(|r| RoleKey::generate(r.clone(), 1).public().clone())
+        .collect();
+    let versions = vec![
+        // Sealed to keys of its own, named as the roles' epoch 1.
+        SealedVersion {
+            meta: meta(1, readers.clone()),
+            envelope: seal(&own),
+        },
+        // Sealed to the cluster's keys, but not to the readers it claims.
+        SealedVersion {
+            meta: meta(2, vec![RoleName::new("observer").unwrap()]),
+            envelope: seal(&real),
+        },
+        // An honest one.
+        SealedVersion {
+            meta: meta(3, readers.clone()),
+            envelope: seal(&real),
+        },
+    ];
+    let answer = liar
+        .client
+        .replicate(
+            to,
+            ReplicateRequest::PutVersions {
+                versions,
+                layout_version: Some(m.n0.cluster.layout_version()),
+                write_quorum_id: None,
+                hint_for: None,
+            },
+        )
+        .await
+        .unwrap();
+    let ReplicateResponse::Stored { outcomes } = answer else {
+        panic!("{answer:?}");
+    };
+    let reasons: Vec<String> = outcomes
+        .iter()
+        .map(|o| match &o.outcome {
+            WirePut::Rejected { reason } => reason.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        reasons[0].contains("not in the cluster's key directory"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("but its readers are [observer]"),
+        "{reasons:?}"
+    );
+    assert!(
+        matches!(outcomes[2].outcome, WirePut::Stored),
+        "{reasons:?}"
+    );
+    // Only the honest version was stored, and it opens.
+    let history = m.n0.store.local().history(&addr.key()).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].version.hlc.wall_ms, 1_700_000_000_003);
     drop(liar);
     m.close().await;
 }

@@ -40,6 +40,10 @@ pub struct LayoutState {
     path: PathBuf,
     current: RwLock<Option<Held>>,
     staged: Mutex<Staged>,
+    /// Held while a layout is built from the stage and taken, so two
+    /// applies at once (two invites redeemed together) never build the same
+    /// version from different stages, losing one of them.
+    applying: Mutex<()>,
     /// Members a layout change removed (and none re-added since), kept in
     /// `removed.json`, so auto-join never undoes an admin's removal.
     removed: Mutex<BTreeSet<String>>,
@@ -97,6 +101,7 @@ impl LayoutState {
             path,
             current: RwLock::new(current),
             staged: Mutex::new(Staged::default()),
+            applying: Mutex::new(()),
             removed: Mutex::new(removed),
             removed_path,
         })
@@ -208,6 +213,7 @@ impl LayoutState {
         partition_bits: u8,
         sign: impl FnOnce(&Layout) -> Result<Signed, ClusterError>,
     ) -> Result<Arc<Layout>, ClusterError> {
+        let _applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let staged = self.staged();
         if staged.is_empty() {
             return Err(ClusterError::NothingStaged);
@@ -215,10 +221,12 @@ impl LayoutState {
         let next = self.next_layout(&staged, replication_factor, partition_bits)?;
         let signed = sign(&next)?;
         self.offer(next, signed)?;
+        // What was applied leaves the stage; what was staged meanwhile
+        // stays for the next apply.
         let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        if *s == staged {
-            *s = Staged::default();
-        }
+        s.join.retain(|id, m| staged.join.get(id) != Some(m));
+        s.remove.retain(|id| !staged.remove.contains(id));
+        drop(s);
         self.current().ok_or(ClusterError::NoLayout)
     }
 
@@ -349,6 +357,40 @@ mod tests {
         again.stage_join(member("a"));
         again.apply(3, 8, sign).unwrap();
         assert!(!again.was_removed("a"));
+    }
+
+    #[test]
+    fn joins_applied_at_the_same_time_all_reach_the_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = std::sync::Arc::new(load(dir.path()));
+        state.stage_join(member("first"));
+        state.apply(3, 6, sign).unwrap();
+        // Eight joins, each staged and applied on its own thread; signing
+        // is slow enough that the others stage while one builds.
+        let joins: Vec<_> = (0..8)
+            .map(|i| {
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    state.stage_join(member(&format!("n{i}")));
+                    let r = state.apply(3, 6, |l| {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        sign(l)
+                    });
+                    // Nothing left to apply: another join took this one's
+                    // change with its own.
+                    assert!(
+                        matches!(r, Ok(_) | Err(ClusterError::NothingStaged)),
+                        "{r:?}"
+                    );
+                })
+            })
+            .collect();
+        for j in joins {
+            j.join().unwrap();
+        }
+        let l = state.current().unwrap();
+        assert_eq!(l.members().len(), 9, "{:?}", l.members());
+        assert!(state.staged().is_empty());
     }
 
     #[test]

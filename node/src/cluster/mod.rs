@@ -1033,8 +1033,15 @@ impl Cluster {
         let mut layout = None;
         if apply {
             self.0.layout.stage_join(self.member_of(peer, &node));
-            match self.apply_with(&key) {
-                Ok(_) => layout = self.0.layout.signed().and_then(|s| s.encode().ok()),
+            let applied = self.apply_with(&key);
+            // Another join applied at the same moment may have taken this
+            // one's staged change with its own: what counts is the layout.
+            let added = self
+                .layout()
+                .is_some_and(|l| l.members().iter().any(|m| m.id == peer));
+            match applied {
+                _ if added => layout = self.0.layout.signed().and_then(|s| s.encode().ok()),
+                Ok(_) => {}
                 Err(e) => tracing::warn!(%peer, error = %e, "could not add the joining node"),
             }
         }
@@ -1120,9 +1127,9 @@ impl Cluster {
     /// not caught up yet answers with the old directory, which is not
     /// enough.
     async fn fetch_keys_from(&self, first: Option<&str>, want: u64) -> usize {
-        let Some(identity) = self.identity() else {
+        if self.identity().is_none() {
             return 0;
-        };
+        }
         let request_key = slurp_crypto::x25519::Identity::generate();
         let recipient = request_key.to_public().to_string();
         let mut peers: Vec<String> = self
@@ -1185,7 +1192,12 @@ impl Cluster {
                         && k.epoch() == g.epoch
                         && k.fingerprint().to_hex() == g.fingerprint
                 });
-                let why = if !identity.cert.roles.contains(&g.role) {
+                // The certificate now, not the one at the start: an admin
+                // may have cut it while this answer was on its way.
+                let granted = self
+                    .identity()
+                    .is_some_and(|i| i.cert.roles.contains(&g.role));
+                let why = if !granted {
                     Some(format!("role {} is not granted to this node", g.role))
                 } else if !known {
                     Some(format!(
@@ -1221,6 +1233,16 @@ impl Cluster {
         }
         if taken > 0 {
             tracing::info!(keys = taken, "received role keys from the cluster");
+            // A cut that landed between the check above and the key being
+            // kept: retire again what the certificate no longer grants.
+            if let Some(now) = self.identity()
+                && let Err(e) = self
+                    .0
+                    .custody
+                    .retire_ungranted(&now.cert.roles, &self.0.membership.directory_keys())
+            {
+                tracing::error!(error = %e, "cannot retire the keys of roles no longer granted");
+            }
         }
         taken
     }

@@ -176,24 +176,60 @@ impl ContextStore {
         hint_for: Option<&str>,
     ) -> Vec<VersionOutcome> {
         let start = Instant::now();
+        let keyring = self.0.custody.keyring();
+        // A version another node sealed is checked before it is stored; a
+        // refused one is answered as rejected and never reaches the store.
+        let mut refused: Vec<Option<String>> = Vec::with_capacity(items.len());
+        let items: Vec<(SealedVersion, Option<ContextNode>)> = items
+            .into_iter()
+            .map(|(v, plain)| match plain {
+                Some(p) => {
+                    refused.push(None);
+                    (v, Some(p))
+                }
+                None => match self.check_envelope(&keyring, &v) {
+                    Ok(opened) => {
+                        refused.push(None);
+                        (v, opened)
+                    }
+                    Err(why) => {
+                        tracing::warn!(key = %v.meta.key, version = %v.meta.version, %why, "refused a replicated version");
+                        refused.push(Some(why));
+                        (v, None)
+                    }
+                },
+            })
+            .collect();
         let news: Vec<NewVersion> = items
             .iter()
-            .map(|(v, _)| NewVersion {
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|((v, _), _)| NewVersion {
                 meta: v.meta.clone(),
                 envelope: v.envelope.0.clone(),
             })
             .collect();
-        let results = match hint_for {
+        let stored = match hint_for {
             Some(target) => self.0.store.put_many_hinted(news, target).await,
             None => self.0.store.put_many(news).await,
         };
+        let mut stored = stored.into_iter();
+        let results: Vec<Result<PutOutcome, String>> = refused
+            .iter()
+            .map(|r| match r {
+                Some(why) => Err(why.clone()),
+                None => stored
+                    .next()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .unwrap_or_else(|| Err("the store answered for fewer versions".into())),
+            })
+            .collect();
         self.0.metrics.record(
             "replica_put",
             "local",
             results.iter().all(|r| r.is_ok()),
             start.elapsed(),
         );
-        let keyring = self.0.custody.keyring();
         let mut out = Vec::with_capacity(items.len());
         for ((v, plain), r) in items.into_iter().zip(results) {
             let outcome = match r {
@@ -211,9 +247,7 @@ impl ContextStore {
                 Ok(PutOutcome::Expired) => WirePut::Rejected {
                     reason: "expired before it was stored".into(),
                 },
-                Err(e) => WirePut::Rejected {
-                    reason: e.to_string(),
-                },
+                Err(reason) => WirePut::Rejected { reason },
             };
             out.push(VersionOutcome {
                 key: v.meta.key,
@@ -222,6 +256,74 @@ impl ContextStore {
             });
         }
         out
+    }
+
+    /// Checks the envelope of a version another node sealed: it must be
+    /// sealed to exactly its readers, to keys the cluster's signed key
+    /// directory lists (an epoch newer than any this node knows is taken
+    /// on trust until its directory arrives), and open with every such
+    /// key this node holds. So a member cannot make its writes unreadable
+    /// to the others by sealing them to keys of its own, as far as a
+    /// replica can see. Returns the opened context, when it was opened,
+    /// for the index.
+    fn check_envelope(
+        &self,
+        keyring: &Keyring,
+        v: &SealedVersion,
+    ) -> Result<Option<ContextNode>, String> {
+        if v.meta.tombstone || v.envelope.0.is_empty() {
+            return Ok(None);
+        }
+        let header = slurp_crypto::peek_header(&v.envelope.0, &self.0.envelope)
+            .map_err(|e| format!("the envelope's header does not decode: {e}"))?;
+        let sealed: std::collections::BTreeSet<&str> =
+            header.sealed_to().iter().map(|s| s.role.as_str()).collect();
+        let readers: std::collections::BTreeSet<&str> =
+            v.meta.readers.iter().map(|r| r.as_str()).collect();
+        if sealed != readers {
+            return Err(format!(
+                "sealed to roles [{}] but its readers are [{}]",
+                sealed.into_iter().collect::<Vec<_>>().join(","),
+                readers.into_iter().collect::<Vec<_>>().join(",")
+            ));
+        }
+        let mut holds = false;
+        for s in header.sealed_to() {
+            match keyring
+                .public_keys()
+                .find(|k| k.fingerprint() == s.fingerprint)
+            {
+                Some(k) if k.role() != &s.role || k.epoch() != s.epoch => {
+                    return Err(format!(
+                        "names key {} as {} epoch {}, but it is {} epoch {}",
+                        s.fingerprint,
+                        s.role,
+                        s.epoch,
+                        k.role(),
+                        k.epoch()
+                    ));
+                }
+                Some(_) => holds |= keyring.get(&s.fingerprint).is_some(),
+                None => {
+                    let newest = keyring
+                        .current_public(&s.role)
+                        .map(|k| k.epoch())
+                        .unwrap_or(0);
+                    if s.epoch <= newest {
+                        return Err(format!(
+                            "sealed to key {} of {} epoch {}, which is not in the cluster's key directory",
+                            s.fingerprint, s.role, s.epoch
+                        ));
+                    }
+                }
+            }
+        }
+        if !holds {
+            return Ok(None);
+        }
+        crate::node::open_for_index(&v.envelope.0, &self.0.envelope, keyring)
+            .map(Some)
+            .map_err(|(_, e)| format!("does not open with this node's key of its roles: {e}"))
     }
 
     fn index_replicated(&self, keyring: &Keyring, v: &SealedVersion, plain: Option<ContextNode>) {
