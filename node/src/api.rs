@@ -7,7 +7,7 @@
 //! input (400) apart; bad input never yields a 500. Request bodies are
 //! limited in size, requests in number and time, all from `[api]` config.
 //! `/health*` and `/metrics` are open: they carry no context data.
-//! `docs/openapi.yaml` describes every route; a test keeps the two equal.
+//! `docs/openapi.json` describes every route; a test keeps the two equal.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -1405,7 +1405,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_route",
-        "no such route; see docs/openapi.yaml",
+        "no such route; see docs/openapi.json",
     )
 }
 

@@ -1790,6 +1790,23 @@ impl Cluster {
             )));
         }
         let key = self.obtain_key(&format!("grant {peer}")).await?;
+        // The floor is the new certificate's issue time: it must be later
+        // than the one it replaces, or that one would stay valid.
+        if let Some(old) = self.0.membership.certificate_of(peer).or_else(|| {
+            (peer == self.0.me)
+                .then(|| self.identity().map(|i| i.cert.clone()))
+                .flatten()
+        }) {
+            if old.issued_ms > membership::now_ms().saturating_add(2_000) {
+                return Err(ClusterError::Refused(format!(
+                    "{peer}'s certificate was issued {} ms from now: fix the clocks first",
+                    old.issued_ms - membership::now_ms()
+                )));
+            }
+            while membership::now_ms() <= old.issued_ms {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
         let signed = certify(
             &key,
             peer,
