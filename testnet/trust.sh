@@ -16,8 +16,9 @@
 #     other keys, and after a rotation of developer every node but node 5
 #     holds the new epoch; then node 5 is granted every role again;
 #  6. a rotation of architect under a bounded load of writes and reads
-#     through nodes 1-4: no request fails, and every node's rewrap leaves
-#     nothing on the old epoch;
+#     through nodes 1-4: no request fails, every node's rewrap leaves
+#     nothing on the old epoch, and then the old epoch is retired (no node
+#     holds its key);
 #  7. reconstruction: with nodes 4 and 5 down (3 share holders up) an
 #     admin operation that signs with the cluster key (a grant) works;
 #     with node 3 down too (2 holders) it fails with a clear error; the
@@ -209,6 +210,21 @@ rewrapped() {
 wait_for "$WAIT" "every node to have rewrapped its records onto the current epochs" rewrapped ||
   fail "records are left on old epochs: $(seen)"
 echo "every node: 0 stored versions left on an old epoch"
+# Every member reported a clean pass: the older architect epochs are
+# retired, and no node keeps their private keys.
+only_current() {
+  local i held
+  for i in $(seq 1 "$N"); do
+    run as_node "$i" workers --run key-rewrap --json --timeout 10s
+    run as_node "$i" keys status --json --timeout 10s
+    [ "$RC" = 0 ] || return 1
+    held=$(jq -c '.roles[] | select(.role == "architect") | .held_epochs' <<<"$OUT")
+    [ "$held" = "[$AEPOCH]" ] || return 1
+  done
+}
+wait_for "$WAIT" "every node to hold architect epoch $AEPOCH only (older epochs retired)" only_current ||
+  fail "old architect epochs were not retired: $(seen)"
+echo "architect epochs before $AEPOCH are retired: no node holds their keys"
 
 step "reconstruction with 3 share holders, refusal with 2"
 "$ROOT/testnet/kill.sh" 4

@@ -184,6 +184,29 @@ impl Custody {
         })
     }
 
+    /// [`Custody::reload`], first deleting the private keys of `retired`
+    /// epochs (no stored record depends on them any more).
+    pub fn reload_dropping(
+        &self,
+        directory: &[PublicRoleKey],
+        retired: &[slurp_protocol::RetiredEpoch],
+    ) -> Result<Vec<String>, CustodyError> {
+        if !retired.is_empty() {
+            let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+            for info in self.keystore.list()? {
+                if retired
+                    .iter()
+                    .any(|r| r.role == info.role && r.epoch == info.epoch)
+                {
+                    std::fs::remove_file(&info.path)
+                        .map_err(|e| CustodyError::Io(format!("{}: {e}", info.path.display())))?;
+                    tracing::info!(role = %info.role, epoch = info.epoch, fingerprint = %info.fingerprint, "deleted a retired role key");
+                }
+            }
+        }
+        self.reload(directory)
+    }
+
     /// After an admin cut this node's roles (`slurp cluster grant`): moves
     /// the keys of roles not in `granted` to `keys/retired/` and rebuilds
     /// the keyring, so a node that follows the rules stops opening what it

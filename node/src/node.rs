@@ -567,24 +567,27 @@ impl Node {
                 }),
             );
         }
-        let (local, custody, metrics) = (
+        let (local, custody, metrics, cluster) = (
             self.store.local().clone(),
             self.custody.clone(),
             self.metrics.clone(),
+            self.cluster.clone(),
         );
         let rotation = self.config.rotation.clone();
         self.workers.spawn(
             "key-rewrap",
-            "re-seals stored records sealed to a role key epoch that a rotation retired",
+            "re-seals stored records sealed to a role key epoch that a rotation replaced; retires old epochs once every member is done",
             rotation.rewrap_interval,
             Box::new(move || {
-                let (local, custody, metrics, rotation) = (
+                let (local, custody, metrics, rotation, cluster) = (
                     local.clone(),
                     custody.clone(),
                     metrics.clone(),
                     rotation.clone(),
+                    cluster.clone(),
                 );
                 Box::pin(async move {
+                    let keys_version = cluster.keys_version();
                     let r = crate::rotation::rewrap_pass(
                         &local,
                         || custody.keyring(),
@@ -592,10 +595,16 @@ impl Node {
                         &metrics,
                     )
                     .await?;
+                    cluster.note_rewrap(keys_version, r.pending());
+                    let retired = match cluster.retire_epochs().await {
+                        Ok(r) if !r.is_empty() => format!("; retired {}", r.join(", ")),
+                        Ok(_) => String::new(),
+                        Err(e) => format!("; old epochs not retired: {e}"),
+                    };
                     Ok(PassReport {
                         items: r.rewrapped,
                         note: format!(
-                            "read {} versions, rewrapped {}, {} left on old epochs ({} not openable here, {} failed)",
+                            "read {} versions, rewrapped {}, {} left on old epochs ({} not openable here, {} failed){retired}",
                             r.scanned,
                             r.rewrapped,
                             r.pending(),

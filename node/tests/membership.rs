@@ -1277,6 +1277,7 @@ async fn a_member_that_hands_out_keys_of_its_own_is_refused_and_audited() {
                 recipient: own.public().recipient().to_string(),
             }],
             superseded: vec![],
+            retired: vec![],
         };
         let signed = forger
             .sign(slurp_protocol::membership::PURPOSE_KEYS, &dir)

@@ -216,6 +216,7 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
             uptime_secs: 1,
             partitions_syncing: 0,
             keys_version: 0,
+            rewrap: None,
         }
         .into(),
         // Membership, keys, shares and tokens: not served by this bare

@@ -186,8 +186,15 @@ async fn a_role_key_rotates_under_load_with_no_failed_request_and_every_copy_mov
         .put(&who("developer"), put(999, "after"))
         .await
         .unwrap();
-    // The rewrap workers move every stored copy.
-    for n in nodes.iter() {
+    // The rewrap workers move every stored copy. Until the last member
+    // has reported a clean pass, epoch 1 stays.
+    let lists_epoch_1 = |n: &Node| {
+        n.cluster
+            .membership()
+            .directory()
+            .is_some_and(|(d, _)| d.keys.iter().any(|k| k.role == dev && k.epoch == 1))
+    };
+    for (i, n) in nodes.iter().enumerate() {
         let before = n.workers.get("key-rewrap").unwrap().runs;
         n.workers.trigger("key-rewrap").unwrap();
         wait_until("a rewrap pass", async || {
@@ -196,6 +203,12 @@ async fn a_role_key_rotates_under_load_with_no_failed_request_and_every_copy_mov
                 .is_some_and(|w| w.runs > before && w.state == WorkerState::Idle)
         })
         .await;
+        if i < 2 {
+            assert!(
+                nodes.iter().all(lists_epoch_1),
+                "epoch 1 was retired before node 2 had rewrapped"
+            );
+        }
     }
     for (i, n) in nodes.iter().enumerate() {
         let epochs = developer_epochs(n);
@@ -207,6 +220,34 @@ async fn a_role_key_rotates_under_load_with_no_failed_request_and_every_copy_mov
         let w = n.workers.get("key-rewrap").unwrap();
         assert_eq!(w.errors, 0, "{w:?}");
         assert!(w.last_note.contains("0 left on old epochs"), "{w:?}");
+    }
+    // Every member reported a clean pass: epoch 1 is retired, its public
+    // key leaves the directory and every node deletes its private key.
+    let gone = |n: &Node| {
+        !lists_epoch_1(n)
+            && n.custody
+                .keystore()
+                .list()
+                .unwrap()
+                .iter()
+                .all(|k| !(k.role == dev && k.epoch == 1))
+            && n.custody
+                .keyring()
+                .keys()
+                .all(|k| !(k.role() == &dev && k.epoch() == 1))
+    };
+    wait_until("developer epoch 1 retired on every node", async || {
+        for n in nodes.iter() {
+            let _ = n.workers.trigger("key-rewrap");
+        }
+        nodes.iter().all(gone)
+    })
+    .await;
+    for n in nodes.iter() {
+        assert_eq!(
+            n.custody.keyring().current(&dev).map(|k| k.epoch()),
+            Some(2)
+        );
     }
     // Everything still reads, through every node.
     for (i, n) in nodes.iter().enumerate() {

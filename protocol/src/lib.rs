@@ -25,7 +25,7 @@ pub use context::{
 };
 pub use membership::{
     AuditAnchor, CallerAuthorisation, CertificateFloor, ClusterId, DirectoryKey, JoinToken,
-    KeyDirectory, MembershipError, NodeCertificate, SealedGrant, Signed,
+    KeyDirectory, MembershipError, NodeCertificate, RetiredEpoch, SealedGrant, Signed,
 };
 pub use partition::{Partition, PartitionScheme, Slot};
 pub use placement::{

@@ -196,6 +196,18 @@ pub struct KeyDirectory {
     /// node whose roles were cut cannot show its older certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub superseded: Vec<CertificateFloor>,
+    /// Role key epochs retired once every member had rewrapped its records
+    /// onto newer ones: their keys are no longer listed, and every node
+    /// deletes its copy of their private halves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredEpoch>,
+}
+
+/// A role key epoch no record depends on any more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredEpoch {
+    pub role: RoleName,
+    pub epoch: u32,
 }
 
 /// Certificates of `peer_id` issued before `issued_ms` are void.
@@ -410,6 +422,7 @@ mod tests {
             issued_ms: 5,
             keys: vec![],
             superseded: vec![],
+            retired: vec![],
         };
         // A directory without floors encodes as before the field existed.
         #[derive(Serialize)]

@@ -553,6 +553,10 @@ pub enum ClusterResponse {
         /// The version of the key directory the peer holds.
         #[serde(default)]
         keys_version: u64,
+        /// What the peer's last complete key-rewrap pass found, so the
+        /// node that retires old key epochs knows when every member is done.
+        #[serde(default)]
+        rewrap: Option<RewrapReport>,
     },
     /// Answers `GetToken`; `None` when the peer made no such token.
     Token {
@@ -560,6 +564,15 @@ pub enum ClusterResponse {
         token: Option<TokenRecord>,
     },
     Error(RemoteError),
+}
+
+/// A node's last complete key-rewrap pass: the key directory version it
+/// ran against, and how many stored versions it left on epochs older than
+/// their role's current one (copies it cannot open included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewrapReport {
+    pub keys_version: u64,
+    pub pending: u64,
 }
 
 macro_rules! framed {
@@ -728,6 +741,10 @@ mod tests {
             uptime_secs: 9,
             partitions_syncing: 0,
             keys_version: 3,
+            rewrap: Some(RewrapReport {
+                keys_version: 3,
+                pending: 0,
+            }),
         };
         assert_eq!(
             ClusterResponse::decode(&health.encode().unwrap()).unwrap(),

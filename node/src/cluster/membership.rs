@@ -330,6 +330,43 @@ impl Membership {
     }
 
     /// Signs a directory of `keys` one version past the held one.
+    /// Signs a directory of `keys` one version past the held one that
+    /// retires `retire` on top of what the held one retired.
+    pub fn sign_directory_retiring(
+        &self,
+        key: &ClusterKey,
+        keys: Vec<DirectoryKey>,
+        retire: Vec<slurp_protocol::RetiredEpoch>,
+    ) -> Result<Signed, ClusterError> {
+        let held = self.directory().map(|(d, _)| d);
+        let version = held.as_ref().map(|d| d.version).unwrap_or(0) + 1;
+        let mut retired = held.as_ref().map(|d| d.retired.clone()).unwrap_or_default();
+        for r in retire {
+            if !retired.contains(&r) {
+                retired.push(r);
+            }
+        }
+        key.sign(
+            PURPOSE_KEYS,
+            &KeyDirectory {
+                cluster: key.public().id(),
+                version,
+                issued_ms: now_ms(),
+                keys: keys
+                    .into_iter()
+                    .filter(|k| {
+                        !retired
+                            .iter()
+                            .any(|r| r.role == k.role && r.epoch == k.epoch)
+                    })
+                    .collect(),
+                superseded: held.map(|d| d.superseded).unwrap_or_default(),
+                retired,
+            },
+        )
+        .map_err(|e| ClusterError::Io(e.to_string()))
+    }
+
     /// The floors of the held directory are kept; `supersede` adds one.
     pub fn sign_directory(
         &self,
@@ -344,14 +381,23 @@ impl Membership {
             superseded.retain(|o| o.peer_id != f.peer_id);
             superseded.push(f);
         }
+        let retired = self.directory().map(|(d, _)| d.retired).unwrap_or_default();
         key.sign(
             PURPOSE_KEYS,
             &KeyDirectory {
                 cluster: key.public().id(),
                 version,
                 issued_ms: now_ms(),
-                keys,
+                keys: keys
+                    .into_iter()
+                    .filter(|k| {
+                        !retired
+                            .iter()
+                            .any(|r| r.role == k.role && r.epoch == k.epoch)
+                    })
+                    .collect(),
                 superseded,
+                retired,
             },
         )
         .map_err(|e| ClusterError::Io(e.to_string()))

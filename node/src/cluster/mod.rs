@@ -354,6 +354,8 @@ struct Inner {
     share_request: std::sync::Mutex<Option<(slurp_crypto::x25519::Identity, Instant)>>,
     /// Why redeeming `join_token` failed for good (shown in the status).
     join_error: std::sync::Mutex<Option<String>>,
+    /// This node's last complete key-rewrap pass.
+    rewrap: std::sync::Mutex<Option<slurp_protocol::messages::RewrapReport>>,
     /// Tokens found on other members (or not found), with when.
     tokens: std::sync::Mutex<std::collections::HashMap<String, (Instant, Option<TokenRecord>)>>,
 }
@@ -429,6 +431,7 @@ impl Cluster {
             custody,
             audit,
             join_error: Default::default(),
+            rewrap: Default::default(),
             share_request: Default::default(),
             data_dir: data_dir.to_path_buf(),
             heads_lock: Default::default(),
@@ -943,6 +946,7 @@ impl Cluster {
                 uptime_secs: self.0.started.elapsed().as_secs(),
                 partitions_syncing: 0,
                 keys_version: self.keys_version(),
+                rewrap: self.rewrap_report(),
             },
         }
     }
@@ -1313,9 +1317,114 @@ impl Cluster {
         Ok((new.epoch(), new.fingerprint()))
     }
 
+    /// This node's last complete key-rewrap pass, as health answers give it.
+    pub fn rewrap_report(&self) -> Option<slurp_protocol::messages::RewrapReport> {
+        *self.0.rewrap.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a complete key-rewrap pass that started with key directory
+    /// `keys_version` and left `pending` versions on old epochs.
+    pub fn note_rewrap(&self, keys_version: u64, pending: u64) {
+        *self.0.rewrap.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(slurp_protocol::messages::RewrapReport {
+                keys_version,
+                pending,
+            });
+    }
+
+    /// Retires the role key epochs older than each role's current one once
+    /// every member of the layout reports a complete rewrap pass against
+    /// the current key directory with nothing left on an old epoch (a
+    /// member that cannot open some copies reports them as left, and so
+    /// holds the retirement back). Runs on a node certified for admin
+    /// (it rebuilds the cluster key to sign the new directory); returns the
+    /// epochs retired, `role/epoch`.
+    pub async fn retire_epochs(&self) -> Result<Vec<String>, ClusterError> {
+        let Some(identity) = self.identity() else {
+            return Ok(vec![]);
+        };
+        let admin =
+            slurp_protocol::RoleName::new("admin").map_err(|e| ClusterError::Io(e.to_string()))?;
+        if !identity.cert.roles.contains(&admin) {
+            return Ok(vec![]);
+        }
+        let Some((directory, _)) = self.0.membership.directory() else {
+            return Ok(vec![]);
+        };
+        let mut newest: std::collections::BTreeMap<&slurp_protocol::RoleName, u32> =
+            std::collections::BTreeMap::new();
+        for k in &directory.keys {
+            let e = newest.entry(&k.role).or_insert(k.epoch);
+            *e = (*e).max(k.epoch);
+        }
+        let old: Vec<slurp_protocol::RetiredEpoch> = directory
+            .keys
+            .iter()
+            .filter(|k| newest.get(&k.role).is_some_and(|n| k.epoch < *n))
+            .map(|k| slurp_protocol::RetiredEpoch {
+                role: k.role.clone(),
+                epoch: k.epoch,
+            })
+            .collect();
+        if old.is_empty() {
+            return Ok(vec![]);
+        }
+        let done = |r: Option<slurp_protocol::messages::RewrapReport>| {
+            r.is_some_and(|r| r.keys_version == directory.version && r.pending == 0)
+        };
+        if !done(self.rewrap_report()) {
+            return Ok(vec![]);
+        }
+        let Some(layout) = self.layout() else {
+            return Ok(vec![]);
+        };
+        if let Some(m) = layout
+            .members()
+            .iter()
+            .find(|m| m.id != self.0.me && !done(self.0.peers.rewrap_of(&m.id)))
+        {
+            tracing::debug!(member = %m.id, "old key epochs stay: a member has not reported a clean rewrap");
+            return Ok(vec![]);
+        }
+        let names: Vec<String> = old
+            .iter()
+            .map(|r| format!("{}/{}", r.role, r.epoch))
+            .collect();
+        let key = self
+            .obtain_key(&format!("retire key epochs {}", names.join(",")))
+            .await?;
+        let keys = directory
+            .keys
+            .iter()
+            .filter(|k| !old.iter().any(|r| r.role == k.role && r.epoch == k.epoch))
+            .cloned()
+            .collect();
+        let signed = self.0.membership.sign_directory_retiring(&key, keys, old)?;
+        self.0.membership.offer_directory(signed)?;
+        self.reload_keys();
+        self.audit(
+            AuditRecord::allow("node", other("key_retire_epoch"), names.join(","))
+                .with_reason("every member rewrapped its records onto newer epochs"),
+        )
+        .await;
+        tracing::info!(retired = ?names, "retired old role key epochs");
+        self.announce();
+        Ok(names)
+    }
+
     /// Rebuilds the keyring with the directory's public keys.
     pub fn reload_keys(&self) {
-        match self.0.custody.reload(&self.0.membership.directory_keys()) {
+        let retired = self
+            .0
+            .membership
+            .directory()
+            .map(|(d, _)| d.retired)
+            .unwrap_or_default();
+        match self
+            .0
+            .custody
+            .reload_dropping(&self.0.membership.directory_keys(), &retired)
+        {
             Ok(retired) if !retired.is_empty() => tracing::warn!(
                 ?retired,
                 "retired role keys this node made before it joined the cluster"
@@ -1930,11 +2039,16 @@ impl Cluster {
                     layout_version,
                     uptime_secs,
                     keys_version,
+                    rewrap,
                     ..
                 }) => {
-                    self.0
-                        .peers
-                        .record_health(peer, status, layout_version, uptime_secs);
+                    self.0.peers.record_health(
+                        peer,
+                        status,
+                        layout_version,
+                        uptime_secs,
+                        rewrap,
+                    );
                     self.newer_keys(peer, keys_version);
                     if layout_version > self.layout_version() {
                         self.pull_layout(peer).await;

@@ -28,6 +28,8 @@ pub struct PeerState {
     pub layout_version: u64,
     pub status: Option<HealthStatus>,
     pub uptime_secs: u64,
+    /// The peer's last complete key-rewrap pass, from its health answer.
+    pub rewrap: Option<slurp_protocol::messages::RewrapReport>,
 }
 
 /// A peer's state for `slurp cluster status`.
@@ -111,11 +113,13 @@ impl PeerBook {
         status: HealthStatus,
         layout_version: u64,
         uptime_secs: u64,
+        rewrap: Option<slurp_protocol::messages::RewrapReport>,
     ) {
         self.with(peer, |p| {
             p.status = Some(status);
             p.layout_version = layout_version;
             p.uptime_secs = uptime_secs;
+            p.rewrap = rewrap;
         });
         self.record_ok(peer);
     }
@@ -160,6 +164,17 @@ impl PeerBook {
     }
 }
 
+impl PeerBook {
+    /// The last key-rewrap report `peer` gave in a health answer.
+    pub fn rewrap_of(&self, peer: &str) -> Option<slurp_protocol::messages::RewrapReport> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .and_then(|p| p.rewrap)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +202,7 @@ mod tests {
         assert!(!down.up);
         assert_eq!(down.last_error.as_deref(), Some("connection refused"));
         // A successful probe (health answer) brings it back.
-        book.record_health("p", HealthStatus::Ok, 1, 5);
+        book.record_health("p", HealthStatus::Ok, 1, 5, None);
         let up = book.view("p");
         assert!(up.up);
         assert_eq!(up.last_error, None);
