@@ -144,6 +144,23 @@ impl Intruder {
     async fn cluster(&self, to: PeerId, req: ClusterRequest) -> ClusterResponse {
         self.client.cluster(to, req).await.unwrap()
     }
+
+    /// Redeems an invite of node 0 for `roles` (all when `None`) and asks
+    /// to be added to the layout: a real member from then on. Returns its
+    /// certificate.
+    async fn join(&self, m: &Members, roles: Option<Vec<RoleName>>) -> Signed {
+        let (_, token) = m.n0.cluster.invite(roles, None).unwrap();
+        let join = ClusterRequest::Join {
+            invite: token.id.clone(),
+            secret: token.secret.clone(),
+            node: info(&self.id()),
+            apply: true,
+        };
+        match self.cluster(m.n0.net.peer_id(), join).await {
+            ClusterResponse::Joined { certificate, .. } => certificate,
+            other => panic!("the invite was not honoured: {other:?}"),
+        }
+    }
 }
 
 impl Drop for Intruder {
@@ -1074,27 +1091,7 @@ async fn a_cut_grant_voids_the_older_certificate_everywhere_and_a_rotation_shuts
     // refuse the certificate that cuts it and keep showing the old one.
     let mut liar = Intruder::start(&m.addr0).await;
     let me = liar.id();
-    let (_, token) =
-        m.n0.cluster
-            .invite(Some(vec![dev.clone(), obs.clone()]), None)
-            .unwrap();
-    let ClusterResponse::Joined {
-        certificate: old_cert,
-        ..
-    } = liar
-        .cluster(
-            to,
-            ClusterRequest::Join {
-                invite: token.id.clone(),
-                secret: token.secret.clone(),
-                node: info(&me),
-                apply: true,
-            },
-        )
-        .await
-    else {
-        panic!("the invite was not honoured");
-    };
+    let old_cert = liar.join(&m, Some(vec![dev.clone(), obs.clone()])).await;
     let mut rx = liar.events.take().unwrap();
     let client = liar.client.clone();
     tokio::spawn(async move {
@@ -1239,21 +1236,7 @@ async fn a_member_that_hands_out_keys_of_its_own_is_refused_and_audited() {
     let real = m.n1.custody.keyring().current(&dev).unwrap().fingerprint();
     let mut liar = Intruder::start(&m.addr0).await;
     let me = liar.id();
-    let (_, token) = m.n0.cluster.invite(None, None).unwrap();
-    let ClusterResponse::Joined { certificate, .. } = liar
-        .cluster(
-            m.n0.net.peer_id(),
-            ClusterRequest::Join {
-                invite: token.id.clone(),
-                secret: token.secret.clone(),
-                node: info(&me),
-                apply: true,
-            },
-        )
-        .await
-    else {
-        panic!("the invite was not honoured");
-    };
+    let certificate = liar.join(&m, None).await;
     wait_until("node 1 has the liar in its layout", async || {
         m.n1.cluster
             .layout()
@@ -1373,21 +1356,7 @@ async fn a_member_cannot_store_envelopes_sealed_to_keys_outside_the_directory_or
     let liar = Intruder::start(&m.addr0).await;
     let to = m.n0.net.peer_id();
     let me = liar.id();
-    let (_, token) = m.n0.cluster.invite(None, None).unwrap();
-    let ClusterResponse::Joined { certificate, .. } = liar
-        .cluster(
-            to,
-            ClusterRequest::Join {
-                invite: token.id.clone(),
-                secret: token.secret.clone(),
-                node: info(&me),
-                apply: true,
-            },
-        )
-        .await
-    else {
-        panic!("the invite was not honoured");
-    };
+    let certificate = liar.join(&m, None).await;
     liar.cluster(
         to,
         ClusterRequest::Hello {

@@ -330,58 +330,30 @@ impl Membership {
     }
 
     /// Signs a directory of `keys` one version past the held one.
-    /// Signs a directory of `keys` one version past the held one that
-    /// retires `retire` on top of what the held one retired.
-    pub fn sign_directory_retiring(
-        &self,
-        key: &ClusterKey,
-        keys: Vec<DirectoryKey>,
-        retire: Vec<slurp_protocol::RetiredEpoch>,
-    ) -> Result<Signed, ClusterError> {
-        let held = self.directory().map(|(d, _)| d);
-        let version = held.as_ref().map(|d| d.version).unwrap_or(0) + 1;
-        let mut retired = held.as_ref().map(|d| d.retired.clone()).unwrap_or_default();
-        for r in retire {
-            if !retired.contains(&r) {
-                retired.push(r);
-            }
-        }
-        key.sign(
-            PURPOSE_KEYS,
-            &KeyDirectory {
-                cluster: key.public().id(),
-                version,
-                issued_ms: now_ms(),
-                keys: keys
-                    .into_iter()
-                    .filter(|k| {
-                        !retired
-                            .iter()
-                            .any(|r| r.role == k.role && r.epoch == k.epoch)
-                    })
-                    .collect(),
-                superseded: held.map(|d| d.superseded).unwrap_or_default(),
-                retired,
-            },
-        )
-        .map_err(|e| ClusterError::Io(e.to_string()))
-    }
-
-    /// The floors of the held directory are kept; `supersede` adds one.
+    /// Signs a directory of `keys` one version past the held one. The
+    /// held one's certificate floors and retired epochs are kept;
+    /// `supersede` adds a floor and `retire` more retired epochs (whose
+    /// keys are left out).
     pub fn sign_directory(
         &self,
         key: &ClusterKey,
         keys: Vec<DirectoryKey>,
         supersede: Option<CertificateFloor>,
+        retire: Vec<slurp_protocol::RetiredEpoch>,
     ) -> Result<Signed, ClusterError> {
-        let held = self.directory();
-        let version = held.as_ref().map(|(d, _)| d.version).unwrap_or(0) + 1;
-        let mut superseded = held.map(|(d, _)| d.superseded).unwrap_or_default();
+        let held = self.directory().map(|(d, _)| d);
+        let version = held.as_ref().map(|d| d.version).unwrap_or(0) + 1;
+        let (mut superseded, mut retired) =
+            held.map(|d| (d.superseded, d.retired)).unwrap_or_default();
         if let Some(f) = supersede {
             superseded.retain(|o| o.peer_id != f.peer_id);
             superseded.push(f);
         }
-        let retired = self.directory().map(|(d, _)| d.retired).unwrap_or_default();
+        for r in retire {
+            if !retired.contains(&r) {
+                retired.push(r);
+            }
+        }
         key.sign(
             PURPOSE_KEYS,
             &KeyDirectory {

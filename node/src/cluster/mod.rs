@@ -1399,7 +1399,7 @@ impl Cluster {
             .filter(|k| !old.iter().any(|r| r.role == k.role && r.epoch == k.epoch))
             .cloned()
             .collect();
-        let signed = self.0.membership.sign_directory_retiring(&key, keys, old)?;
+        let signed = self.0.membership.sign_directory(&key, keys, None, old)?;
         self.0.membership.offer_directory(signed)?;
         self.reload_keys();
         self.audit(
@@ -1472,7 +1472,10 @@ impl Cluster {
                 recipient: k.recipient().to_string(),
             })
             .collect();
-        let signed = self.0.membership.sign_directory(key, keys, supersede)?;
+        let signed = self
+            .0
+            .membership
+            .sign_directory(key, keys, supersede, vec![])?;
         self.0.membership.offer_directory(signed)?;
         self.reload_keys();
         Ok(())
