@@ -19,16 +19,7 @@ source testnet/lib.sh
 records=${1:-20000}
 secs=${2:-10}
 build
-DATA=$(mktemp -d)
-PORT=${SLURP_BENCH_PORT:-7079}
-"$BIN" node run --data "$DATA/node" --listen "127.0.0.1:$PORT" >"$DATA/node.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
-export SLURP_NODE="http://127.0.0.1:$PORT"
-healthy() { [ -f "$DATA/node/admin.token" ] && "$BIN" health --token x --timeout 5s >/dev/null 2>&1; }
-wait_for 60 "the node to answer /health on port $PORT" healthy || { tail -n 20 "$DATA/node.log" >&2; exit 1; }
-export SLURP_TOKEN
-SLURP_TOKEN=$(cat "$DATA/node/admin.token")
+start_bench_node
 "$BIN" cluster init >/dev/null
 
 load() { "$BIN" bench --mix get=80,put=20 --clients 8 --duration "${secs}s" --keys "$records" --prefix rot "$@"; }

@@ -164,3 +164,27 @@ must() {
 expect_output() {
   [[ $OUT == *"$2"* ]] || fail "$1: expected output containing \"$2\", got $(seen)"
 }
+
+# The benchmarks: starts one node of $BIN on a fresh data directory (DATA)
+# on SLURP_BENCH_PORT (7079), removed with the node on exit; waits until
+# it answers and exports SLURP_NODE and SLURP_TOKEN (its admin token).
+start_bench_node() {
+  DATA=$(mktemp -d)
+  PORT=${SLURP_BENCH_PORT:-7079}
+  "$BIN" node run --data "$DATA/node" --listen "127.0.0.1:$PORT" >"$DATA/node.log" 2>&1 &
+  PID=$!
+  trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
+  export SLURP_NODE="http://127.0.0.1:$PORT"
+  bench_healthy() {
+    if [ -f "$DATA/node/admin.token" ] && "$BIN" health --token x --timeout 5s >/dev/null 2>&1; then return 0; fi
+    if ! pid_alive "$PID"; then
+      echo "the node exited; its log:" >&2
+      cat "$DATA/node.log" >&2
+      exit 1
+    fi
+    return 1
+  }
+  wait_for 60 "the node to answer /health on port $PORT" bench_healthy || { tail -n 20 "$DATA/node.log" >&2; exit 1; }
+  export SLURP_TOKEN
+  SLURP_TOKEN=$(cat "$DATA/node/admin.token")
+}

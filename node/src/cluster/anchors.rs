@@ -89,12 +89,7 @@ impl Cluster {
                 },
             )
             .map_err(ClusterError::Io)?;
-        let peers: Vec<String> = layout
-            .members()
-            .iter()
-            .map(|m| m.id.clone())
-            .filter(|m| *m != self.0.me)
-            .collect();
+        let peers = self.others_in(&layout);
         let sends = peers.iter().map(|p| {
             self.cluster_request(
                 p,
@@ -191,12 +186,7 @@ impl Cluster {
             Ok(p) => p,
             Err(_) => return Vec::new(),
         };
-        let peers: Vec<String> = layout
-            .members()
-            .iter()
-            .map(|m| m.id.clone())
-            .filter(|m| *m != self.0.me)
-            .collect();
+        let peers = self.others_in(&layout);
         let asks = peers.iter().map(|p| async move {
             let r = self
                 .cluster_request(

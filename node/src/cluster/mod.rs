@@ -1563,12 +1563,7 @@ impl Cluster {
                 }
             }
         }
-        let mut members: Vec<String> = layout
-            .members()
-            .iter()
-            .map(|m| m.id.clone())
-            .filter(|m| *m != self.0.me)
-            .collect();
+        let mut members = self.others_in(&layout);
         self.order(&mut members);
         let mut found = None;
         for peer in members.iter().take(8) {
@@ -1597,12 +1592,7 @@ impl Cluster {
             return;
         };
         let this = self.clone();
-        let peers: Vec<String> = layout
-            .members()
-            .iter()
-            .map(|m| m.id.clone())
-            .filter(|m| *m != self.0.me)
-            .collect();
+        let peers = self.others_in(&layout);
         tokio::spawn(async move {
             let sends = peers.iter().map(|p| {
                 this.cluster_request(
@@ -1627,12 +1617,7 @@ impl Cluster {
         let Some(layout) = self.layout() else {
             return (0, 0);
         };
-        let peers: Vec<String> = layout
-            .members()
-            .iter()
-            .map(|m| m.id.clone())
-            .filter(|m| *m != self.0.me)
-            .collect();
+        let peers = self.others_in(&layout);
         let asks = peers
             .iter()
             .map(|p| async move { (p, self.cluster_request(p, ClusterRequest::GetTokens).await) });
@@ -2160,6 +2145,16 @@ impl Cluster {
         )?;
         self.announce();
         Ok(l)
+    }
+
+    /// The members of `layout` other than this node, by peer id.
+    fn others_in(&self, layout: &Layout) -> Vec<String> {
+        layout
+            .members()
+            .iter()
+            .map(|m| m.id.clone())
+            .filter(|m| *m != self.0.me)
+            .collect()
     }
 
     /// Sends `Hello` (with our layout version) to every known peer, so
