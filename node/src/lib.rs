@@ -13,6 +13,7 @@ pub mod keys;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod replication;
 pub mod rotation;
 pub mod store;
 pub mod tokens;

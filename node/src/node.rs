@@ -690,7 +690,9 @@ impl Node {
             self.config.cluster.handoff_interval,
             Box::new(move || {
                 let (store, cluster, metrics) = (store.clone(), cluster.clone(), metrics.clone());
-                Box::pin(async move { hand_off(&store, &cluster, &metrics, batch).await })
+                Box::pin(async move {
+                    crate::replication::handoff::pass(&store, &cluster, &metrics, batch).await
+                })
             }),
         );
         let store = self.store.clone();
@@ -898,118 +900,6 @@ impl Node {
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
     }
-}
-
-/// One pass of hinted handoff: for every replica this node holds
-/// versions for and that answers again, send them (a page of `batch` at a
-/// time) and drop the hints it acknowledged.
-async fn hand_off(
-    store: &ContextStore,
-    cluster: &Cluster,
-    metrics: &Metrics,
-    batch: usize,
-) -> Result<PassReport, String> {
-    use slurp_protocol::messages::{
-        PutOutcome as WirePut, ReplicateRequest, ReplicateResponse, SealedVersion,
-    };
-    let local = store.local();
-    let targets = local.hint_targets().map_err(|e| e.to_string())?;
-    metrics
-        .hints_pending
-        .set(targets.iter().map(|t| t.count as i64).sum());
-    let mut handed = 0u64;
-    let mut waiting = 0u64;
-    let layout = cluster.layout();
-    for t in targets {
-        if layout
-            .as_ref()
-            .is_some_and(|l| l.member_index(&t.target).is_none())
-        {
-            // The replica left the layout: its copies are now the new
-            // replicas' to get (rebalancing and anti-entropy). The versions
-            // stay here; only the hints go.
-            let mut dropped = 0;
-            loop {
-                let page = local
-                    .hints(&t.target, None, batch.max(1))
-                    .map_err(|e| e.to_string())?;
-                if page.hints.is_empty() {
-                    break;
-                }
-                let n = local
-                    .remove_hints(&page.hints)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                dropped += n;
-                if n == 0 {
-                    break;
-                }
-            }
-            metrics.replication("hints_dropped", dropped as u64);
-            tracing::warn!(target = %t.target, dropped, "dropped hints for a peer that left the layout");
-            continue;
-        }
-        if !cluster.peers().is_up(&t.target) {
-            waiting += t.count;
-            continue;
-        }
-        // Bounded per pass; the next pass continues.
-        for _ in 0..16 {
-            let page = local
-                .hints(&t.target, None, batch.max(1))
-                .map_err(|e| e.to_string())?;
-            if page.hints.is_empty() {
-                break;
-            }
-            let mut versions = Vec::with_capacity(page.hints.len());
-            let mut gone = Vec::new();
-            for h in &page.hints {
-                match local.get(&h.key, &h.version).map_err(|e| e.to_string())? {
-                    Some(rec) => versions.push((
-                        h.clone(),
-                        SealedVersion {
-                            meta: rec.meta,
-                            envelope: rec.envelope.into(),
-                        },
-                    )),
-                    // Expired and swept since: nothing to hand over.
-                    None => gone.push(h.clone()),
-                }
-            }
-            let req = ReplicateRequest::PutVersions {
-                versions: versions.iter().map(|(_, v)| v.clone()).collect(),
-                layout_version: Some(cluster.layout_version()),
-                write_quorum_id: None,
-                hint_for: None,
-            };
-            let mut done = gone;
-            match cluster.replicate(&t.target, req).await {
-                Ok(ReplicateResponse::Stored { outcomes }) => {
-                    for ((h, _), o) in versions.iter().zip(outcomes) {
-                        if !matches!(o.outcome, WirePut::Rejected { .. }) {
-                            done.push(h.clone());
-                        }
-                    }
-                }
-                Ok(_) => return Err(format!("{}: unexpected answer", t.target)),
-                Err(e) => {
-                    waiting += t.count;
-                    tracing::debug!(target = %t.target, error = %e, "handoff deferred");
-                    break;
-                }
-            }
-            let n = local.remove_hints(&done).await.map_err(|e| e.to_string())?;
-            handed += n as u64;
-            metrics.replication("handed_off", n as u64);
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    Ok(PassReport {
-        items: handed,
-        note: format!("handed off {handed} versions, {waiting} wait for their replica"),
-    })
 }
 
 /// The worker that rebuilds the index.

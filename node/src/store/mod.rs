@@ -17,8 +17,6 @@
 
 mod batch;
 mod links;
-mod quorum;
-mod replica;
 mod resolve;
 mod search;
 
@@ -34,9 +32,10 @@ use slurp_protocol::{
 };
 use slurp_storage::{Latest, NewVersion, PutOutcome, Store, StoredRecord};
 
+pub use crate::replication::QuorumOpts;
+use crate::replication::coordinator as quorum;
 pub use batch::{BatchItemResult, BatchProgress, BatchReport, BatchStoreItem, Batches};
 pub use links::{LinkEdge, LinkGraph, LinkNode};
-pub use quorum::QuorumOpts;
 pub use resolve::{FieldSource, Resolved};
 pub use search::{Incomplete, SearchResponse, SearchResultHit};
 
@@ -150,25 +149,25 @@ pub struct StoreParts {
 }
 
 pub(crate) struct Inner {
-    roles: RoleSet,
-    limits: ContextLimits,
-    options: StoreOptions,
-    writer: WriterId,
-    clock: HlcClock,
-    store: Store,
-    index: Option<Arc<ContextIndex>>,
-    custody: Arc<Custody>,
-    cache: ContextCache,
-    audit: AuditSink,
-    metrics: Metrics,
-    envelope: EnvelopeConfig,
-    batches: Batches,
-    cluster: Option<Cluster>,
+    pub(crate) roles: RoleSet,
+    pub(crate) limits: ContextLimits,
+    pub(crate) options: StoreOptions,
+    pub(crate) writer: WriterId,
+    pub(crate) clock: HlcClock,
+    pub(crate) store: Store,
+    pub(crate) index: Option<Arc<ContextIndex>>,
+    pub(crate) custody: Arc<Custody>,
+    pub(crate) cache: ContextCache,
+    pub(crate) audit: AuditSink,
+    pub(crate) metrics: Metrics,
+    pub(crate) envelope: EnvelopeConfig,
+    pub(crate) batches: Batches,
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// The context store. Cheap to clone.
 #[derive(Clone)]
-pub struct ContextStore(Arc<Inner>);
+pub struct ContextStore(pub(crate) Arc<Inner>);
 
 fn parse_version(s: &str) -> Result<VersionId, StoreError> {
     s.parse::<VersionId>()

@@ -41,9 +41,9 @@ use slurp_protocol::placement::Layout;
 use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
 
 use super::ContextStore;
-use super::quorum::cluster_peer_label;
 use crate::cluster::{Cluster, ClusterError};
 use crate::error::StoreError;
+use crate::replication::coordinator::cluster_peer_label;
 use crate::tokens::Principal;
 
 /// One search hit, decrypted for the caller.

@@ -26,9 +26,9 @@ use slurp_protocol::messages::{
 };
 use slurp_protocol::{ContextNode, VersionId};
 
-use super::ContextStore;
 use crate::cluster::{Cluster, ClusterError, Route, short_peer};
 use crate::error::StoreError;
+use crate::store::ContextStore;
 
 /// Per-request quorum overrides (`w=`, `r=` on the API).
 #[derive(Debug, Clone, Copy, Default)]
@@ -406,7 +406,7 @@ impl ContextStore {
                 let failed = r.is_err();
                 let _ = tx.send((peer.clone(), idx.clone(), r));
                 if failed {
-                    this.hand_off(&cluster, &peer, &items, &idx).await;
+                    this.hint_to_fallbacks(&cluster, &peer, &items, &idx).await;
                 }
             });
         }
@@ -456,7 +456,7 @@ impl ContextStore {
 
     /// Sends the versions `idx` of `items` to `peer` (this node's own
     /// store when it is `peer`); one outcome per version.
-    async fn send_group(
+    pub(super) async fn send_group(
         &self,
         cluster: &Cluster,
         peer: &str,
@@ -491,40 +491,6 @@ impl ContextStore {
             }
             Ok(_) => Err(ClusterError::Unexpected.to_string()),
             Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Gives the versions `idx` that `down` missed to the first fallback of
-    /// their partition that takes them, with a hint naming `down`.
-    async fn hand_off(&self, cluster: &Cluster, down: &str, items: &[WriteItem], idx: &[usize]) {
-        // Versions of one batch may belong to different partitions; group
-        // them by their first fallback.
-        let mut by_fallbacks: HashMap<Vec<String>, Vec<usize>> = HashMap::new();
-        for &i in idx {
-            let mut f = items[i].route.fallbacks();
-            cluster.order(&mut f);
-            by_fallbacks.entry(f).or_default().push(i);
-        }
-        for (fallbacks, idx) in by_fallbacks {
-            let mut done = false;
-            for f in fallbacks.iter().take(3) {
-                if self
-                    .send_group(cluster, f, items, &idx, Some(down))
-                    .await
-                    .is_ok_and(|o| o.iter().all(|o| !matches!(o, WirePut::Rejected { .. })))
-                {
-                    self.0.metrics.replication("hinted", idx.len() as u64);
-                    done = true;
-                    break;
-                }
-            }
-            if !done {
-                tracing::warn!(
-                    replica = %cluster_peer_label(cluster, down),
-                    versions = idx.len(),
-                    "no fallback took the versions of a down replica; anti-entropy must repair it"
-                );
-            }
         }
     }
 }

@@ -21,8 +21,8 @@ use slurp_protocol::messages::{
 };
 use slurp_storage::{Latest, NewVersion, PutOutcome};
 
-use super::ContextStore;
 use crate::error::StoreError;
+use crate::store::ContextStore;
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> ReplicateResponse {
     ReplicateResponse::Error(RemoteError {

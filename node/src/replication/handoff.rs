@@ -1,0 +1,175 @@
+//! Hinted handoff, both halves.
+//!
+//! When a replica fails a write, the coordinator gives the versions it
+//! missed to the next member of the partition's preference list that takes
+//! them ([`ContextStore::hint_to_fallbacks`]), with a hint naming the
+//! replica; hinted copies never count toward the write quorum. The
+//! `handoff` worker of the fallback ([`pass`]) hands them to the replica
+//! once it answers again, then forgets the hint and, when the fallback is
+//! not itself a replica of the version's partition, drops its copy. Hints
+//! live in the local store beside the versions they name, so they survive
+//! a restart of either side.
+
+use std::collections::HashMap;
+
+use slurp_protocol::messages::PutOutcome as WirePut;
+
+use super::coordinator::{WriteItem, cluster_peer_label};
+use crate::cluster::Cluster;
+use crate::metrics::Metrics;
+use crate::store::ContextStore;
+use crate::workers::PassReport;
+
+impl ContextStore {
+    /// Gives the versions `idx` that `down` missed to the first fallback of
+    /// their partition that takes them, with a hint naming `down`.
+    pub(super) async fn hint_to_fallbacks(
+        &self,
+        cluster: &Cluster,
+        down: &str,
+        items: &[WriteItem],
+        idx: &[usize],
+    ) {
+        // Versions of one batch may belong to different partitions; group
+        // them by their first fallback.
+        let mut by_fallbacks: HashMap<Vec<String>, Vec<usize>> = HashMap::new();
+        for &i in idx {
+            let mut f = items[i].route.fallbacks();
+            cluster.order(&mut f);
+            by_fallbacks.entry(f).or_default().push(i);
+        }
+        for (fallbacks, idx) in by_fallbacks {
+            let mut done = false;
+            for f in fallbacks.iter().take(3) {
+                if self
+                    .send_group(cluster, f, items, &idx, Some(down))
+                    .await
+                    .is_ok_and(|o| o.iter().all(|o| !matches!(o, WirePut::Rejected { .. })))
+                {
+                    self.0.metrics.replication("hinted", idx.len() as u64);
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                tracing::warn!(
+                    replica = %cluster_peer_label(cluster, down),
+                    versions = idx.len(),
+                    "no fallback took the versions of a down replica; anti-entropy must repair it"
+                );
+            }
+        }
+    }
+}
+
+/// One pass of hinted handoff: for every replica this node holds
+/// versions for and that answers again, send them (a page of `batch` at a
+/// time) and drop the hints it acknowledged.
+pub async fn pass(
+    store: &ContextStore,
+    cluster: &Cluster,
+    metrics: &Metrics,
+    batch: usize,
+) -> Result<PassReport, String> {
+    use slurp_protocol::messages::{
+        PutOutcome as WirePut, ReplicateRequest, ReplicateResponse, SealedVersion,
+    };
+    let local = store.local();
+    let targets = local.hint_targets().map_err(|e| e.to_string())?;
+    metrics
+        .hints_pending
+        .set(targets.iter().map(|t| t.count as i64).sum());
+    let mut handed = 0u64;
+    let mut waiting = 0u64;
+    let layout = cluster.layout();
+    for t in targets {
+        if layout
+            .as_ref()
+            .is_some_and(|l| l.member_index(&t.target).is_none())
+        {
+            // The replica left the layout: its copies are now the new
+            // replicas' to get (rebalancing and anti-entropy). The versions
+            // stay here; only the hints go.
+            let mut dropped = 0;
+            loop {
+                let page = local
+                    .hints(&t.target, None, batch.max(1))
+                    .map_err(|e| e.to_string())?;
+                if page.hints.is_empty() {
+                    break;
+                }
+                let n = local
+                    .remove_hints(&page.hints)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                dropped += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            metrics.replication("hints_dropped", dropped as u64);
+            tracing::warn!(target = %t.target, dropped, "dropped hints for a peer that left the layout");
+            continue;
+        }
+        if !cluster.peers().is_up(&t.target) {
+            waiting += t.count;
+            continue;
+        }
+        // Bounded per pass; the next pass continues.
+        for _ in 0..16 {
+            let page = local
+                .hints(&t.target, None, batch.max(1))
+                .map_err(|e| e.to_string())?;
+            if page.hints.is_empty() {
+                break;
+            }
+            let mut versions = Vec::with_capacity(page.hints.len());
+            let mut gone = Vec::new();
+            for h in &page.hints {
+                match local.get(&h.key, &h.version).map_err(|e| e.to_string())? {
+                    Some(rec) => versions.push((
+                        h.clone(),
+                        SealedVersion {
+                            meta: rec.meta,
+                            envelope: rec.envelope.into(),
+                        },
+                    )),
+                    // Expired and swept since: nothing to hand over.
+                    None => gone.push(h.clone()),
+                }
+            }
+            let req = ReplicateRequest::PutVersions {
+                versions: versions.iter().map(|(_, v)| v.clone()).collect(),
+                layout_version: Some(cluster.layout_version()),
+                write_quorum_id: None,
+                hint_for: None,
+            };
+            let mut done = gone;
+            match cluster.replicate(&t.target, req).await {
+                Ok(ReplicateResponse::Stored { outcomes }) => {
+                    for ((h, _), o) in versions.iter().zip(outcomes) {
+                        if !matches!(o.outcome, WirePut::Rejected { .. }) {
+                            done.push(h.clone());
+                        }
+                    }
+                }
+                Ok(_) => return Err(format!("{}: unexpected answer", t.target)),
+                Err(e) => {
+                    waiting += t.count;
+                    tracing::debug!(target = %t.target, error = %e, "handoff deferred");
+                    break;
+                }
+            }
+            let n = local.remove_hints(&done).await.map_err(|e| e.to_string())?;
+            handed += n as u64;
+            metrics.replication("handed_off", n as u64);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(PassReport {
+        items: handed,
+        note: format!("handed off {handed} versions, {waiting} wait for their replica"),
+    })
+}
