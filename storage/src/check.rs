@@ -6,7 +6,11 @@
 //! hierarchy, links and tombstones follow each address's newest version,
 //! and every hint (hinted handoff) names a stored version: hints are
 //! written with their versions and removed with them by the sweeper, so a
-//! hint without its version is a problem like any other.
+//! hint without its version is a problem like any other. The slot digests
+//! the store keeps in memory must equal those a scan computes (the check
+//! copies them under the commit gate, so they belong to its snapshot), and
+//! every collected marker must decode and have no stored version at or
+//! before it (collection removed them, and puts refuse them).
 //! The check walks every table once in one read snapshot and lists each
 //! disagreement; the crash test runs it after every simulated crash, and an
 //! operator can run it on a live store.
@@ -17,9 +21,12 @@ use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata
 use slurp_protocol::address::parent_path;
 use slurp_protocol::{Framed, RecordMeta, Slot};
 
+use crate::digest::ScannedDigests;
 use crate::error::ReadError;
 use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
-use crate::record::{Head, LatestEntry, TombstoneEntry, decode_version};
+use crate::record::{
+    CollectedMarker, Head, LatestEntry, TombstoneEntry, decode_framed, decode_version,
+};
 use crate::store::Store;
 use crate::validate::{check_hint_target, check_key};
 use crate::writer::links_of;
@@ -48,6 +55,8 @@ pub struct CheckReport {
     pub keys: u64,
     pub versions: u64,
     pub hints: u64,
+    /// Collected markers (tombstone GC).
+    pub collected: u64,
     pub problems: Vec<Inconsistency>,
 }
 
@@ -257,6 +266,51 @@ impl Checker {
         Ok(())
     }
 
+    /// Every collected marker must decode, sit in its key's slot, and have
+    /// no stored version at or before its version.
+    fn check_collected(&mut self, table: &Bytes) -> Result<(), ReadError> {
+        for r in table.iter()? {
+            let (k, v) = r?;
+            self.report.collected += 1;
+            let (slot, key) = match layout::decode_slot_key(k.value()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.problem("collected", &e.hex, e.reason);
+                    continue;
+                }
+            };
+            if Slot::of(key) != slot {
+                self.problem("collected", key, format!("stored under slot {}", slot.0));
+            }
+            let marker = match decode_framed::<CollectedMarker>(v.value(), "collected", key) {
+                Ok(m) => m,
+                Err(c) => {
+                    self.problem("collected", key, c.reason);
+                    continue;
+                }
+            };
+            let prefix = layout::version_prefix(key);
+            let last = layout::version_key(key, &marker.version);
+            let first = self
+                .versions
+                .range::<&[u8]>(prefix.as_slice()..=last.as_slice())?
+                .next()
+                .transpose()?
+                .map(|(k, _)| k.value().to_vec());
+            if let Some(found) = first {
+                let what = match layout::decode_version_key(&found) {
+                    Ok(vk) => format!(
+                        "version {} stored, at or before the collected marker {}",
+                        vk.version, marker.version
+                    ),
+                    Err(e) => format!("undecodable version key {} before the marker", e.hex),
+                };
+                self.problem("collected", key, what);
+            }
+        }
+        Ok(())
+    }
+
     /// Every entry of the derived tables must be implied by some address.
     fn reverse_checks(&mut self) -> Result<(), ReadError> {
         let listed = self.keys.len()?;
@@ -360,7 +414,9 @@ impl Store {
     pub fn check(&self) -> Result<CheckReport, ReadError> {
         let shared = self.shared();
         let db = shared.db();
-        let txn = db.begin_read()?;
+        let (txn, maintained) = shared.digests.snapshot(|| db.begin_read());
+        let txn = txn?;
+        let mut scanned = ScannedDigests::new();
         let versions: Bytes = txn.open_table(layout::VERSIONS)?;
         let mut c = Checker {
             versions: txn.open_table(layout::VERSIONS)?,
@@ -379,6 +435,7 @@ impl Store {
         let mut seen_keys = BTreeSet::new();
         for r in versions.iter()? {
             let (k, v) = r?;
+            scanned.add(k.value());
             // A head closes its address's range (it sorts after the
             // versions).
             if let Some(key) = layout::head_key_name(k.value()) {
@@ -463,6 +520,25 @@ impl Store {
         let hints: ReadOnlyTable<&[u8], u64> = txn.open_table(layout::HINTS)?;
         c.check_hints(&hints)?;
         drop(hints);
+        let collected: Bytes = txn.open_table(layout::COLLECTED)?;
+        c.check_collected(&collected)?;
+        drop(collected);
+        for (slot, kept, found) in scanned.differences(&maintained) {
+            c.problem(
+                "digests",
+                &format!("slot {slot}"),
+                format!(
+                    "maintained digest covers {} versions, a scan finds {}{}",
+                    kept.versions,
+                    found.versions,
+                    if kept.versions == found.versions {
+                        " with other keys"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         let report = c.report;
         drop(versions);
         drop(txn);

@@ -47,6 +47,12 @@ pub enum OpenError {
     SchemaUnreadable { path: String, reason: String },
     #[error("storage error while opening: {0}")]
     Storage(#[from] redb::Error),
+    #[error("cannot build the slot digests of {path}: {source}")]
+    Digests {
+        path: String,
+        #[source]
+        source: Box<ReadError>,
+    },
     #[error("cannot start the writer thread: {0}")]
     Thread(#[source] std::io::Error),
 }

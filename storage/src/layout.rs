@@ -57,13 +57,19 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// bytewise order and each target's hints are one range, in key and then
 /// version order.
 pub const HINTS: TableDefinition<&[u8], u64> = TableDefinition::new("hints");
+/// `slot | key` → framed [`crate::record::CollectedMarker`]: the address
+/// was deleted and collected (every version removed, tombstone GC) at the
+/// marker's version, so a version at or before it that turns up later (a
+/// replica that missed the deletion) is superseded and not stored.
+pub const COLLECTED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("collected");
 
 /// The `meta` entry holding the schema version, a `u32` big-endian.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The schema this build writes and the newest it reads. Version 2 added
-/// [`HINTS`]; a version 1 file is upgraded when opened (the table is
-/// created and the record rewritten in one transaction).
-pub const SCHEMA_VERSION: u32 = 2;
+/// [`HINTS`], version 3 [`COLLECTED`]; an older file is upgraded when
+/// opened (the missing tables are created and the record rewritten in one
+/// transaction).
+pub const SCHEMA_VERSION: u32 = 3;
 /// Longest hint target (peer id) accepted, in bytes.
 pub const MAX_HINT_TARGET_LEN: usize = 128;
 

@@ -18,6 +18,15 @@
 //!   version for a peer that is down with [`Store::put_many_hinted`]; the
 //!   hint is committed with the version and removed with it by the
 //!   sweeper (hinted handoff, see [`Hint`]).
+//! - **Digests say where replicas differ.** The store keeps a digest per
+//!   slot of the versions it holds, exact after every commit
+//!   ([`Store::digest`], [`RangeDigest`]): replicas compare those before
+//!   they compare versions.
+//! - **Deletions are collected.** Once every replica has seen a tombstone,
+//!   [`Store::collect`] removes the address's versions and leaves a marker
+//!   that refuses late copies of them ([`PutOutcome::Collected`]);
+//!   [`Store::purge`] drops chosen versions (a hinted copy that has reached
+//!   its replica).
 //! - **Writes share commits.** One writer thread commits everything queued
 //!   in one durable transaction (group commit); a write returns once it is
 //!   durable.
@@ -27,12 +36,14 @@
 pub mod check;
 mod compress;
 pub mod config;
+mod digest;
 pub mod error;
 mod hints;
 pub mod layout;
 pub mod observer;
 mod read;
 pub mod record;
+mod removal;
 mod store;
 mod validate;
 mod workers;
@@ -41,6 +52,7 @@ mod writer;
 pub use check::{CheckReport, Inconsistency};
 pub use compress::DecompressError;
 pub use config::{CompactionConfig, CompressionConfig, ConfigError, StoreConfig, SweepConfig};
+pub use digest::RangeDigest;
 pub use error::{
     CorruptValue, Error, HintTargetError, MaintenanceError, OpenError, ReadError, RecordProblem,
     WriteError,
@@ -53,8 +65,9 @@ pub use read::{
     Child, KeyEntry, KeyPage, Latest, Links, Listing, ScanCursor, ScanPage, ScannedVersion,
     SlotScan, StoreStats, StoredRecord, Tombstone,
 };
-pub use record::{AclRecord, BackupKind, BackupMeta, Codec, TombstoneEntry};
+pub use record::{AclRecord, BackupKind, BackupMeta, Codec, CollectedMarker, TombstoneEntry};
+pub use removal::{CollectOutcome, PurgeReport, SweepReport};
 pub use store::{NewVersion, PutOutcome, Store, StoreBuilder};
 pub use validate::{check_backup_id, check_hint_target, check_key, check_path};
 pub use workers::{Compactor, StatusHandle, SweepPass, Sweeper, WorkerState, WorkerStatus};
-pub use writer::{CompactionReport, SweepReport};
+pub use writer::CompactionReport;

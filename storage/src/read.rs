@@ -23,8 +23,8 @@ use crate::error::{CorruptValue, ReadError};
 use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
 use crate::observer::{ReadKind, ReadOutcome};
 use crate::record::{
-    AclRecord, BackupMeta, Head, LatestEntry, StoredVersion, TombstoneEntry, decode_framed,
-    decode_version,
+    AclRecord, BackupMeta, CollectedMarker, Head, LatestEntry, StoredVersion, TombstoneEntry,
+    decode_framed, decode_version,
 };
 use crate::store::Store;
 use crate::writer::expired;
@@ -185,6 +185,9 @@ pub struct StoreStats {
     pub backups: u64,
     /// Hints (hinted handoff) pending, over all targets.
     pub hints: u64,
+    /// Collected markers: addresses deleted and collected (tombstone GC)
+    /// whose marker has not been pruned.
+    pub collected: u64,
     /// Bytes of keys and values in all tables.
     pub stored_bytes: u64,
     /// Size of the database file.
@@ -772,6 +775,20 @@ impl Store {
         })
     }
 
+    /// The collected marker of an address: it was deleted and collected
+    /// ([`Store::collect`]) at the marker's version, and versions at or
+    /// before it are not stored. `None` if it never was (or the marker was
+    /// pruned).
+    pub fn collected(&self, key: &str) -> Result<Option<CollectedMarker>, ReadError> {
+        self.snapshot(|s| {
+            let table = s.table(layout::COLLECTED)?;
+            match table.get(layout::slot_key(key).as_slice())? {
+                Some(v) => Ok(Some(decode_framed(v.value(), "collected", key)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// Counts and sizes; cheap (no table is walked).
     pub fn stats(&self) -> Result<StoreStats, ReadError> {
         let mut stats = self.snapshot(|s| {
@@ -801,6 +818,9 @@ impl Store {
             let hints: ReadOnlyTable<&[u8], u64> = s.txn.open_table(layout::HINTS)?;
             st.hints = hints.len()?;
             bytes += hints.stats()?.stored_bytes();
+            let collected = s.table(layout::COLLECTED)?;
+            st.collected = collected.len()?;
+            bytes += collected.stats()?.stored_bytes();
             bytes += s.table(layout::HIERARCHY)?.stats()?.stored_bytes();
             for def in [layout::LINKS_OUT, layout::LINKS_IN] {
                 let t: ReadOnlyTable<&[u8], u8> = s.txn.open_table(def)?;

@@ -83,6 +83,32 @@ impl Framed for TombstoneEntry {
     const VERSION: u16 = 1;
 }
 
+/// The frame kind of [`CollectedMarker`]. Kinds are registered in
+/// `slurp_protocol::wire::kinds` (`docs/encoding.md`); this one is not yet,
+/// so it is declared here, after the range the cluster messages reserve
+/// (20 to 39), and must move there unchanged.
+pub const COLLECTED_MARKER_KIND: u16 = 40;
+
+/// A value of the `collected` table: every version of the address was
+/// removed by tombstone collection ([`crate::Store::collect`]) when its
+/// newest version was the tombstone `version`. A version at or before it
+/// arriving later is superseded by that deletion and is not stored
+/// ([`crate::PutOutcome::Collected`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectedMarker {
+    /// The tombstone that was the address's newest version.
+    pub version: VersionId,
+    /// Local time of the collection, milliseconds since the Unix epoch
+    /// ([`crate::Store::prune_collected`] goes by it).
+    pub collected_at_ms: u64,
+}
+
+impl Framed for CollectedMarker {
+    const KIND: u16 = COLLECTED_MARKER_KIND;
+    const NAME: &'static str = "collected-marker";
+    const VERSION: u16 = 1;
+}
+
 /// Whether a backup holds everything or only what changed since another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -460,6 +486,7 @@ mod tests {
             let _ = decode_framed::<AclRecord>(&bytes, "acl", "k");
             let _ = decode_framed::<BackupMeta>(&bytes, "backups", "b");
             let _ = decode_framed::<TombstoneEntry>(&bytes, "tombstones", "k");
+            let _ = decode_framed::<CollectedMarker>(&bytes, "collected", "k");
         }
 
         #[test]

@@ -15,18 +15,20 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use slurp_protocol::version::{SystemTimeSource, TimeSource};
-use slurp_protocol::{Framed, RecordMeta};
+use slurp_protocol::{Framed, RecordMeta, VersionId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::compress;
 use crate::config::StoreConfig;
+use crate::digest::SlotDigests;
 use crate::error::{MaintenanceError, OpenError, WriteError};
 use crate::hints::Hint;
 use crate::layout::{self, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 use crate::observer::{NoopObserver, StoreObserver};
 use crate::record::{AclRecord, BackupMeta, StoredVersion};
+use crate::removal::{CollectOutcome, PurgeReport, SweepReport};
 use crate::validate;
-use crate::writer::{self, Command, CompactionReport, PreparedPut, SweepReport};
+use crate::writer::{self, Command, CompactionReport, PreparedPut};
 
 /// A version to store: its metadata and the sealed envelope (opaque bytes;
 /// the store never looks inside). A tombstone may have an empty envelope.
@@ -49,10 +51,18 @@ pub enum PutOutcome {
     /// The version had already expired when it reached the writer; it was
     /// not stored.
     Expired,
+    /// The address was deleted and collected ([`Store::collect`]) at a
+    /// version at or after this one; the version is superseded and was not
+    /// stored (a hinted put records no hint for it). Not an error: a
+    /// replica that missed the deletion is offering what the deletion
+    /// removed.
+    Collected,
 }
 
 pub(crate) struct Shared {
     pub db: RwLock<Database>,
+    /// Per-slot digests of the stored versions, kept exact by the writer.
+    pub digests: SlotDigests,
     pub path: PathBuf,
     pub config: StoreConfig,
     pub observer: Arc<dyn StoreObserver>,
@@ -146,8 +156,21 @@ impl StoreBuilder {
                 source,
             })?;
         check_schema(&db, &display)?;
+        // Before the writer thread starts: no write can race the scan.
+        let started = std::time::Instant::now();
+        let digests = SlotDigests::build(&db).map_err(|e| OpenError::Digests {
+            path: display.clone(),
+            source: Box::new(e),
+        })?;
+        tracing::debug!(
+            path = ?self.path,
+            versions = digests.range(0..=u16::MAX).versions,
+            ms = started.elapsed().as_millis() as u64,
+            "slot digests built"
+        );
         let shared = Arc::new(Shared {
             db: RwLock::new(db),
+            digests,
             path: self.path,
             config: self.config,
             observer: self.observer,
@@ -172,8 +195,9 @@ impl StoreBuilder {
 
 /// Refuses a file written by a newer schema, creates every table (and the
 /// schema record) in a new one, and upgrades an older one: schema 1 lacked
-/// the `hints` table, which is created here like every other missing
-/// table, and the record is rewritten in the same transaction.
+/// the `hints` table and schema 2 the `collected` table, which are created
+/// here like every other missing table, and the record is rewritten in the
+/// same transaction.
 fn check_schema(db: &Database, path: &str) -> Result<(), OpenError> {
     let unreadable = |reason: String| OpenError::SchemaUnreadable {
         path: path.to_string(),
@@ -230,6 +254,8 @@ fn check_schema(db: &Database, path: &str) -> Result<(), OpenError> {
             .map_err(redb::Error::from)?;
         txn.open_table(layout::BACKUPS).map_err(redb::Error::from)?;
         txn.open_table(layout::HINTS).map_err(redb::Error::from)?;
+        txn.open_table(layout::COLLECTED)
+            .map_err(redb::Error::from)?;
         let mut meta = txn.open_table(layout::META).map_err(redb::Error::from)?;
         if found.is_none_or(|v| v < SCHEMA_VERSION) {
             meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())
@@ -756,6 +782,137 @@ impl Store {
     pub fn sweep_expired_blocking(&self, limit: usize) -> Result<SweepReport, MaintenanceError> {
         self.submit_blocking(|reply| Command::Sweep { limit, reply })
             .unwrap_or(Err(MaintenanceError::Closed))
+    }
+
+    /// Checks the keys of a purge before anything is queued: a key the
+    /// store would never hold is a caller's mistake, not an absent version.
+    fn check_purge(versions: &[(String, VersionId)]) -> Result<(), WriteError> {
+        for (key, _) in versions {
+            validate::check_key(key).map_err(|problem| WriteError::Invalid {
+                key: key.clone(),
+                problem,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes exactly these versions, in one transaction, keeping every
+    /// derived record consistent as the sweeper does (the address's head
+    /// moves to the greatest remaining version, its TTL entries go, the
+    /// hierarchy, links and tombstone follow the new newest version, the
+    /// address disappears with its last version) and removing every hint
+    /// naming a removed version. Versions not stored are skipped and
+    /// counted; a version whose removal runs into a corrupt value stays and
+    /// is reported. An invalid key refuses the whole call before anything is
+    /// queued.
+    ///
+    /// The node calls this to drop a hinted copy once the replica it
+    /// belongs on holds it. A purge is one transaction however long the
+    /// list: callers bound it (a few hundred versions, like `max_batch`).
+    pub async fn purge(
+        &self,
+        versions: Vec<(String, VersionId)>,
+    ) -> Result<PurgeReport, WriteError> {
+        Self::check_purge(&versions)?;
+        self.submit(|reply| Command::Purge { versions, reply })
+            .await
+            .unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// [`Store::purge`] for synchronous callers.
+    pub fn purge_blocking(
+        &self,
+        versions: Vec<(String, VersionId)>,
+    ) -> Result<PurgeReport, WriteError> {
+        Self::check_purge(&versions)?;
+        self.submit_blocking(|reply| Command::Purge { versions, reply })
+            .unwrap_or(Err(WriteError::Closed))
+    }
+
+    fn check_collect(key: &str) -> Result<(), WriteError> {
+        validate::check_key(key).map_err(|problem| WriteError::Invalid {
+            key: key.to_string(),
+            problem,
+        })
+    }
+
+    /// Collects a deleted address (tombstone garbage collection): if the
+    /// newest version of `key` is the tombstone `tombstone` (and it has not
+    /// expired), removes every version of `key`, older ones first and the
+    /// tombstone last, exactly as [`Store::purge`] would, and records a
+    /// collected marker (`collected` table) at the tombstone's id, all in
+    /// one transaction. From then on a put of a version of `key` at or
+    /// before that id is not stored ([`PutOutcome::Collected`]); a newer one
+    /// is stored as usual. The caller (the node's tombstone GC) decides
+    /// when every replica has seen the tombstone.
+    ///
+    /// All or nothing: [`CollectOutcome::NotNewest`] and
+    /// [`CollectOutcome::Absent`] change nothing, and a version of the
+    /// address that does not decode fails the call with
+    /// [`WriteError::Corrupt`] and changes nothing either.
+    pub async fn collect(
+        &self,
+        key: &str,
+        tombstone: &VersionId,
+    ) -> Result<CollectOutcome, WriteError> {
+        Self::check_collect(key)?;
+        self.submit(|reply| Command::Collect {
+            key: key.to_string(),
+            tombstone: tombstone.clone(),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// [`Store::collect`] for synchronous callers.
+    pub fn collect_blocking(
+        &self,
+        key: &str,
+        tombstone: &VersionId,
+    ) -> Result<CollectOutcome, WriteError> {
+        Self::check_collect(key)?;
+        self.submit_blocking(|reply| Command::Collect {
+            key: key.to_string(),
+            tombstone: tombstone.clone(),
+            reply,
+        })
+        .unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// Removes up to `limit` collected markers recorded before
+    /// `older_than_ms` (the store's clock, milliseconds since the Unix
+    /// epoch), in one transaction; returns how many. For the node's
+    /// housekeeping, once no replica can still hold a version a marker
+    /// refuses. Walks the `collected` table (one entry per collected
+    /// address not yet pruned); markers that do not decode stay
+    /// ([`Store::check`] reports them).
+    pub async fn prune_collected(
+        &self,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<u64, WriteError> {
+        self.submit(|reply| Command::PruneCollected {
+            older_than_ms,
+            limit,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// [`Store::prune_collected`] for synchronous callers.
+    pub fn prune_collected_blocking(
+        &self,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<u64, WriteError> {
+        self.submit_blocking(|reply| Command::PruneCollected {
+            older_than_ms,
+            limit,
+            reply,
+        })
+        .unwrap_or(Err(WriteError::Closed))
     }
 
     /// Compacts the database file if enough of it is free space (per

@@ -24,13 +24,22 @@
 //! hints of the versions it deletes in its own transaction, so every hint
 //! names a stored version.
 //!
-//! Sweeps and compaction run on this thread too, between batches: the sweep
-//! is a write transaction like any other, and compaction needs the database
-//! to itself (`Database::compact` takes `&mut`), which this thread gets by
+//! Sweeps, purges, collections (see [`crate::removal`]) and compaction run
+//! on this thread too, between batches: the removals are write
+//! transactions like any other, and compaction needs the database to
+//! itself (`Database::compact` takes `&mut`), which this thread gets by
 //! taking the database lock exclusively while no transaction is open.
+//!
+//! A put is refused with [`PutOutcome::Collected`] when the address has a
+//! collected marker at or after the version: the address was deleted and
+//! collected, and the version is a late copy of what that deletion
+//! superseded.
+//!
+//! Every transaction that inserts or removes versions collects their keys
+//! and hands them to the slot digests ([`crate::digest`]) with its commit,
+//! which applies them only once the commit succeeded.
 
 use std::collections::BTreeSet;
-use std::ops::Bound;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -40,10 +49,14 @@ use slurp_protocol::{Framed, RecordMeta, VersionId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::digest::DigestDelta;
 use crate::error::{CorruptValue, MaintenanceError, WriteError};
 use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
 use crate::observer::{CommitEvent, CompactionEvent};
-use crate::record::{Head, LatestEntry, TombstoneEntry, decode_version};
+use crate::record::{
+    CollectedMarker, Head, LatestEntry, TombstoneEntry, decode_framed, decode_version,
+};
+use crate::removal::{self, CollectOutcome, PurgeReport, SweepReport};
 use crate::store::{PutOutcome, Shared};
 
 /// One version, validated and encoded by the caller.
@@ -87,6 +100,23 @@ pub(crate) enum Command {
         limit: usize,
         reply: oneshot::Sender<Result<SweepReport, MaintenanceError>>,
     },
+    /// Remove exactly these versions (keys validated by the caller).
+    Purge {
+        versions: Vec<(String, VersionId)>,
+        reply: oneshot::Sender<Result<PurgeReport, WriteError>>,
+    },
+    /// Remove every version of `key` if its newest is `tombstone`, and
+    /// remember the deletion (key validated by the caller).
+    Collect {
+        key: String,
+        tombstone: VersionId,
+        reply: oneshot::Sender<Result<CollectOutcome, WriteError>>,
+    },
+    PruneCollected {
+        older_than_ms: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<u64, WriteError>>,
+    },
     Compact {
         force: bool,
         reply: oneshot::Sender<Result<CompactionReport, MaintenanceError>>,
@@ -94,9 +124,17 @@ pub(crate) enum Command {
 }
 
 impl Command {
-    /// Sweeps and compactions run alone, not inside a batch of writes.
+    /// Removals and compactions run alone, not inside a batch of writes:
+    /// each gets its own transaction (and report).
     fn exclusive(&self) -> bool {
-        matches!(self, Command::Sweep { .. } | Command::Compact { .. })
+        matches!(
+            self,
+            Command::Sweep { .. }
+                | Command::Purge { .. }
+                | Command::Collect { .. }
+                | Command::PruneCollected { .. }
+                | Command::Compact { .. }
+        )
     }
 
     /// How much of the batch budget the command uses.
@@ -107,22 +145,6 @@ impl Command {
             _ => 1,
         }
     }
-}
-
-/// What one sweep transaction did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Expired versions deleted.
-    pub removed: u64,
-    /// Index entries that pointed at nothing and were dropped.
-    pub stale_entries: u64,
-    /// Versions that could not be swept because a value in the way is
-    /// corrupt; they stay (and stay invisible to reads).
-    pub errors: Vec<CorruptValue>,
-    /// Whether more expired versions may be waiting.
-    pub more: bool,
-    /// Hints (hinted handoff) removed with the versions they named.
-    pub hints_removed: u64,
 }
 
 /// What a compaction attempt did.
@@ -214,7 +236,24 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
 fn run_exclusive(shared: &Shared, command: Command) {
     match command {
         Command::Sweep { limit, reply } => {
-            let _ = reply.send(sweep(shared, limit));
+            let _ = reply.send(removal::sweep(shared, limit));
+        }
+        Command::Purge { versions, reply } => {
+            let _ = reply.send(removal::purge(shared, &versions));
+        }
+        Command::Collect {
+            key,
+            tombstone,
+            reply,
+        } => {
+            let _ = reply.send(removal::collect(shared, &key, &tombstone));
+        }
+        Command::PruneCollected {
+            older_than_ms,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(removal::prune_collected(shared, older_than_ms, limit));
         }
         Command::Compact { force, reply } => {
             let _ = reply.send(compact(shared, force));
@@ -223,20 +262,24 @@ fn run_exclusive(shared: &Shared, command: Command) {
     }
 }
 
-/// The tables a transaction writes, opened once per transaction.
+/// The tables a transaction writes, opened once per transaction, and the
+/// version keys it inserted and removed (for the slot digests, once it
+/// has committed).
 pub(crate) struct Tables<'t> {
-    versions: Table<'t, &'static [u8], &'static [u8]>,
-    keys: Table<'t, &'static str, ()>,
-    ttl: Table<'t, &'static [u8], ()>,
-    key_ttl: Table<'t, &'static [u8], ()>,
-    hierarchy: Table<'t, &'static [u8], &'static [u8]>,
-    links_out: Table<'t, &'static [u8], u8>,
-    links_in: Table<'t, &'static [u8], u8>,
-    tombstones: Table<'t, &'static [u8], &'static [u8]>,
+    pub versions: Table<'t, &'static [u8], &'static [u8]>,
+    pub keys: Table<'t, &'static str, ()>,
+    pub ttl: Table<'t, &'static [u8], ()>,
+    pub key_ttl: Table<'t, &'static [u8], ()>,
+    pub hierarchy: Table<'t, &'static [u8], &'static [u8]>,
+    pub links_out: Table<'t, &'static [u8], u8>,
+    pub links_in: Table<'t, &'static [u8], u8>,
+    pub tombstones: Table<'t, &'static [u8], &'static [u8]>,
+    pub collected: Table<'t, &'static [u8], &'static [u8]>,
+    pub digest: DigestDelta,
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
+    pub fn open(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
         Ok(Tables {
             versions: txn.open_table(layout::VERSIONS)?,
             keys: txn.open_table(layout::KEYS)?,
@@ -246,6 +289,8 @@ impl<'t> Tables<'t> {
             links_out: txn.open_table(layout::LINKS_OUT)?,
             links_in: txn.open_table(layout::LINKS_IN)?,
             tombstones: txn.open_table(layout::TOMBSTONES)?,
+            collected: txn.open_table(layout::COLLECTED)?,
+            digest: DigestDelta::default(),
         })
     }
 }
@@ -266,7 +311,7 @@ struct BatchCounts {
     bytes: u64,
 }
 
-fn begin(shared: &Shared, db: &redb::Database) -> Result<WriteTransaction, redb::Error> {
+pub(crate) fn begin(shared: &Shared, db: &redb::Database) -> Result<WriteTransaction, redb::Error> {
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(shared.config.quick_repair);
     Ok(txn)
@@ -335,6 +380,15 @@ fn commit_batch(shared: &Shared, batch: Vec<Command>) {
                     Command::Sweep { reply, .. } => {
                         let _ = reply.send(Err(MaintenanceError::Storage(e.clone())));
                     }
+                    Command::Purge { reply, .. } => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                    Command::Collect { reply, .. } => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                    Command::PruneCollected { reply, .. } => {
+                        let _ = reply.send(Err(failed()));
+                    }
                     Command::Compact { reply, .. } => {
                         let _ = reply.send(Err(MaintenanceError::Storage(e.clone())));
                     }
@@ -353,7 +407,7 @@ fn apply_batch(
 ) -> Result<Vec<Applied>, redb::Error> {
     let txn = begin(shared, db)?;
     let mut applied = Vec::with_capacity(batch.len());
-    {
+    let delta = {
         let mut t = Tables::open(&txn)?;
         let mut acl = None;
         let mut backups = None;
@@ -391,7 +445,9 @@ fn apply_batch(
                                 counts.bytes += item.value.len() as u64;
                             }
                             Ok(PutOutcome::AlreadyPresent { .. }) => counts.duplicates += 1,
-                            Ok(PutOutcome::Expired) | Err(_) => counts.rejected += 1,
+                            Ok(PutOutcome::Expired | PutOutcome::Collected) | Err(_) => {
+                                counts.rejected += 1
+                            }
                         }
                         results.push(r);
                     }
@@ -451,11 +507,16 @@ fn apply_batch(
                     applied.push(Applied::Count(Ok(removed)));
                 }
                 // Exclusive commands never enter a batch.
-                Command::Sweep { .. } | Command::Compact { .. } => {}
+                Command::Sweep { .. }
+                | Command::Purge { .. }
+                | Command::Collect { .. }
+                | Command::PruneCollected { .. }
+                | Command::Compact { .. } => {}
             }
         }
-    }
-    txn.commit()?;
+        std::mem::take(&mut t.digest)
+    };
+    shared.digests.commit(txn, delta)?;
     Ok(applied)
 }
 
@@ -503,6 +564,13 @@ fn apply_put(
         return Ok(Ok(PutOutcome::Expired));
     }
     // Step 1: everything that can fail on bad data.
+    if let Some(raw) = t.collected.get(layout::slot_key(key).as_slice())? {
+        match decode_framed::<CollectedMarker>(raw.value(), "collected", key) {
+            Ok(m) if meta.version <= m.version => return Ok(Ok(PutOutcome::Collected)),
+            Ok(_) => {}
+            Err(c) => return Ok(Err(c.into())),
+        }
+    }
     if let Some(existing) = t.versions.get(item.version_key.as_slice())? {
         let existing = existing.value();
         let identical = existing == item.value.as_slice()
@@ -555,6 +623,7 @@ fn apply_put(
     // Step 2: the writes.
     t.versions
         .insert(item.version_key.as_slice(), item.value.as_slice())?;
+    t.digest.inserted(&item.version_key);
     if let Some(exp) = meta.expires_at_ms {
         t.ttl
             .insert(layout::ttl_key(exp, key, &meta.version).as_slice(), ())?;
@@ -595,7 +664,7 @@ fn same_content(existing: &[u8], offered: &[u8], meta: &RecordMeta) -> Result<bo
 }
 
 /// What happens to an address's `tombstones` entry.
-enum TombstoneChange {
+pub(crate) enum TombstoneChange {
     Keep,
     Set(Vec<u8>),
     Clear,
@@ -605,7 +674,7 @@ enum TombstoneChange {
 /// changes from one that was (`old_tombstone`) or was not a tombstone to
 /// `new` (`None`: no version left). Untouched unless a tombstone is
 /// involved, so ordinary writes do not modify the table.
-fn tombstone_change(
+pub(crate) fn tombstone_change(
     key: &str,
     old_tombstone: bool,
     new: Option<&Head>,
@@ -627,7 +696,7 @@ fn tombstone_change(
     }
 }
 
-fn set_tombstone(
+pub(crate) fn set_tombstone(
     t: &mut Tables<'_>,
     key: &str,
     change: TombstoneChange,
@@ -668,7 +737,7 @@ pub(crate) fn links_of(key: &str, head: Option<&Head>) -> BTreeSet<(String, Stri
 
 /// Moves the hierarchy and link entries of `key` from what its old newest
 /// version implied to what the new one implies (`None`: no version left).
-fn rederive(
+pub(crate) fn rederive(
     t: &mut Tables<'_>,
     key: &str,
     old: Option<&Head>,
@@ -728,264 +797,6 @@ fn set_link_flag(
         t.links_in.insert(in_key.as_slice(), next)?;
     }
     Ok(())
-}
-
-/// Deletes up to `limit` expired versions in one transaction.
-fn sweep(shared: &Shared, limit: usize) -> Result<SweepReport, MaintenanceError> {
-    let now = shared.now_ms();
-    let db = shared.db();
-    let txn = begin(shared, &db)?;
-    let mut report = SweepReport::default();
-    {
-        let mut t = Tables::open(&txn)?;
-        let mut hints = SweptHints::open(&txn)?;
-        // Entries that cannot be swept stay in the index; look a little
-        // past them so they do not block the ones behind.
-        let examine = limit.saturating_mul(2).max(limit.saturating_add(16));
-        let upper = now.saturating_add(1).to_be_bytes();
-        let candidates: Vec<Vec<u8>> = t
-            .ttl
-            .range::<&[u8]>(..upper.as_slice())?
-            .take(examine)
-            .map(|r| r.map(|(k, _)| k.value().to_vec()))
-            .collect::<Result<_, _>>()?;
-        for tk in &candidates {
-            if report.removed as usize >= limit {
-                break;
-            }
-            match layout::decode_ttl_key(tk) {
-                Err(e) => {
-                    // An index entry that names nothing: drop it.
-                    t.ttl.remove(tk.as_slice())?;
-                    report.stale_entries += 1;
-                    report.errors.push(CorruptValue {
-                        table: "ttl",
-                        key: e.hex.clone(),
-                        reason: e.to_string(),
-                    });
-                }
-                Ok(d) => match sweep_one(&mut t, tk, &d, now)? {
-                    Ok(true) => {
-                        report.removed += 1;
-                        report.hints_removed += hints.forget(d.key, &d.version)?;
-                    }
-                    Ok(false) => report.stale_entries += 1,
-                    Err(c) => report.errors.push(c),
-                },
-            }
-        }
-        report.more = report.removed as usize >= limit;
-    }
-    txn.commit()?;
-    Ok(report)
-}
-
-/// The `hints` table inside a sweep transaction, with the targets it held
-/// when the sweep began (a sweep adds no hints).
-struct SweptHints<'t> {
-    table: Table<'t, &'static [u8], u64>,
-    targets: Vec<String>,
-}
-
-impl<'t> SweptHints<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
-        let table = txn.open_table(layout::HINTS)?;
-        let targets = hint_targets_of(&table)?;
-        Ok(SweptHints { table, targets })
-    }
-
-    /// Removes every hint naming `key`/`version`: one point lookup per
-    /// target, none when there are no hints. Returns how many were removed.
-    fn forget(&mut self, key: &str, version: &VersionId) -> Result<u64, redb::Error> {
-        let mut removed = 0;
-        for target in &self.targets {
-            let hk = layout::hint_key(target, key, version);
-            // Look before removing, so a sweep over unhinted versions
-            // leaves the table's pages untouched.
-            if self.table.get(hk.as_slice())?.is_some() {
-                self.table.remove(hk.as_slice())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-}
-
-/// The distinct targets of a `hints` table, in order, found by seeking
-/// from one target's range to the next (one lookup per target, not one
-/// per hint). Keys without a target terminator are skipped (`check`
-/// reports them).
-fn hint_targets_of(
-    table: &impl ReadableTable<&'static [u8], u64>,
-) -> Result<Vec<String>, redb::Error> {
-    let mut targets = Vec::new();
-    let mut lower: Bound<Vec<u8>> = Bound::Unbounded;
-    loop {
-        let bounds = (lower.as_ref().map(Vec::as_slice), Bound::Unbounded);
-        let first = table.range::<&[u8]>(bounds)?.next().transpose()?;
-        let Some((k, _)) = first else { break };
-        let bytes = k.value();
-        match layout::hint_key_target(bytes) {
-            Some(t) => {
-                if let Ok(t) = std::str::from_utf8(t)
-                    && !t.is_empty()
-                {
-                    targets.push(t.to_string());
-                }
-                // Every key of this target starts with `t | 0x00`; the next
-                // target starts at or after `t | 0x01`.
-                let mut next = t.to_vec();
-                next.push(1);
-                lower = Bound::Included(next);
-            }
-            None => lower = Bound::Excluded(bytes.to_vec()),
-        }
-    }
-    Ok(targets)
-}
-
-/// Deletes one expired version. `Ok(Ok(false))`: the index entry was stale
-/// (the version was gone) and was dropped.
-fn sweep_one(
-    t: &mut Tables<'_>,
-    ttl_key: &[u8],
-    d: &layout::TtlKey<'_>,
-    now: u64,
-) -> Result<Result<bool, CorruptValue>, redb::Error> {
-    let key = d.key;
-    let key_ttl_key = layout::key_ttl_key(d.expires_at, key, &d.version);
-    let exists = t.versions.get(d.version_key)?.is_some();
-    if !exists {
-        t.ttl.remove(ttl_key)?;
-        t.key_ttl.remove(key_ttl_key.as_slice())?;
-        return Ok(Ok(false));
-    }
-    // Step 1: reads and decodes.
-    let prefix = layout::version_prefix(key);
-    let head_key = layout::head_key(key);
-    let entry = match t.versions.get(head_key.as_slice())? {
-        Some(raw) => match LatestEntry::decode(raw.value(), key) {
-            Ok(e) => Some(e),
-            Err(c) => return Ok(Err(c)),
-        },
-        None => None,
-    };
-    let removing_newest = entry.as_ref().is_none_or(|e| e.head.version == d.version);
-    let mut replacement: Option<Head> = None;
-    let mut others = false;
-    {
-        // The key's versions (its head sorts right after them).
-        let range = t
-            .versions
-            .range::<&[u8]>(prefix.as_slice()..head_key.as_slice())?;
-        for r in range.rev() {
-            let (k, v) = r?;
-            if k.value() == d.version_key {
-                continue;
-            }
-            others = true;
-            if removing_newest {
-                let vk = match layout::decode_version_key(k.value()) {
-                    Ok(vk) => vk,
-                    Err(e) => {
-                        return Ok(Err(CorruptValue {
-                            table: "versions",
-                            key: key.to_string(),
-                            reason: e.to_string(),
-                        }));
-                    }
-                };
-                match decode_version(v.value(), key, &vk.version) {
-                    Ok(sv) => replacement = Some(Head::of(&sv.meta)),
-                    Err(c) => return Ok(Err(c)),
-                }
-            }
-            break;
-        }
-    }
-    let next_expiry = {
-        let end = layout::prefix_end(&prefix);
-        let range = match &end {
-            Some(end) => t
-                .key_ttl
-                .range::<&[u8]>(prefix.as_slice()..end.as_slice())?,
-            None => t.key_ttl.range::<&[u8]>(prefix.as_slice()..)?,
-        };
-        let mut next = None;
-        for r in range {
-            let (k, _) = r?;
-            if k.value() != key_ttl_key.as_slice() {
-                next = layout::key_ttl_expiry(k.value(), prefix.len());
-                break;
-            }
-        }
-        next
-    };
-    let new_entry = if others {
-        let head = match (&replacement, &entry) {
-            (Some(h), _) => h.clone(),
-            (None, Some(e)) => e.head.clone(),
-            // Without a latest entry and without a replacement there is
-            // nothing to describe the address; `others` implies one of
-            // them unless the scan found only undecodable data, which
-            // returned above.
-            (None, None) => return Ok(Ok(false)),
-        };
-        let versions = entry
-            .as_ref()
-            .map_or(1, |e| e.versions.saturating_sub(1).max(1));
-        let e = LatestEntry {
-            head,
-            versions,
-            next_expiry,
-        };
-        match e.encode() {
-            Ok(bytes) => Some((e, bytes)),
-            Err(err) => {
-                return Ok(Err(CorruptValue {
-                    table: "versions/head",
-                    key: key.to_string(),
-                    reason: err.to_string(),
-                }));
-            }
-        }
-    } else {
-        None
-    };
-    let old_tombstone = entry.as_ref().is_some_and(|e| e.head.tombstone);
-    let tombstone = match (removing_newest, &replacement) {
-        (true, new) => match tombstone_change(key, old_tombstone, new.as_ref(), now) {
-            Ok(v) => v,
-            Err(e) => {
-                return Ok(Err(CorruptValue {
-                    table: "tombstones",
-                    key: key.to_string(),
-                    reason: e.to_string(),
-                }));
-            }
-        },
-        (false, _) => TombstoneChange::Keep,
-    };
-    // Step 2: the writes.
-    t.versions.remove(d.version_key)?;
-    t.ttl.remove(ttl_key)?;
-    t.key_ttl.remove(key_ttl_key.as_slice())?;
-    match new_entry {
-        Some((e, bytes)) => {
-            t.versions.insert(head_key.as_slice(), bytes.as_slice())?;
-            if removing_newest {
-                rederive(t, key, entry.as_ref().map(|o| &o.head), Some(&e.head))?;
-                set_tombstone(t, key, tombstone)?;
-            }
-        }
-        None => {
-            t.versions.remove(head_key.as_slice())?;
-            t.keys.remove(key)?;
-            rederive(t, key, entry.as_ref().map(|o| &o.head), None)?;
-            set_tombstone(t, key, tombstone)?;
-        }
-    }
-    Ok(Ok(true))
 }
 
 fn file_len(shared: &Shared) -> u64 {
