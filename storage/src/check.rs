@@ -546,3 +546,46 @@ impl Store {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::digest::DigestDelta;
+    use crate::store::Store;
+    use crate::{StoreConfig, layout};
+
+    /// A maintained digest that drifted from the versions (here: a delta
+    /// applied with a commit that stored nothing) is reported for its slot
+    /// and only for it.
+    #[test]
+    fn check_reports_a_slot_whose_maintained_digest_drifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
+        assert!(store.check().unwrap().is_ok());
+        let shared = store.shared();
+        {
+            let db = shared.db();
+            let txn = db.begin_write().unwrap();
+            let mut delta = DigestDelta::default();
+            let version = slurp_protocol::VersionId {
+                hlc: slurp_protocol::Hlc::ZERO,
+                writer: slurp_protocol::WriterId::new("w").unwrap(),
+            };
+            delta.inserted(&layout::version_key("ucxl://a:b@c:d/x", &version));
+            shared.digests.commit(txn, delta).unwrap();
+        }
+        let slot = slurp_protocol::Slot::of("ucxl://a:b@c:d/x").0;
+        assert_eq!(store.digest(slot..=slot).versions, 1);
+        let check = store.check().unwrap();
+        let problems: Vec<(&str, &str)> = check
+            .problems
+            .iter()
+            .map(|p| (p.table, p.key.as_str()))
+            .collect();
+        assert_eq!(problems, vec![("digests", format!("slot {slot}").as_str())]);
+        assert!(
+            check.problems[0]
+                .what
+                .contains("covers 1 versions, a scan finds 0")
+        );
+    }
+}

@@ -477,6 +477,22 @@ mod tests {
         assert!(err.reason.contains("expected a stored-version"), "{err}");
     }
 
+    #[test]
+    fn collected_markers_round_trip_and_are_not_tombstones() {
+        let m = CollectedMarker {
+            version: meta("k").version,
+            collected_at_ms: 7,
+        };
+        let bytes = m.encode().unwrap();
+        assert_eq!(
+            decode_framed::<CollectedMarker>(&bytes, "collected", "k").unwrap(),
+            m
+        );
+        // Same fields as a tombstone entry, another kind: never misread.
+        let err = decode_framed::<TombstoneEntry>(&bytes, "tombstones", "k").unwrap_err();
+        assert!(err.reason.contains("expected a tombstone"), "{err}");
+    }
+
     proptest! {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
