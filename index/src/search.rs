@@ -305,6 +305,42 @@ impl ContextIndex {
         self.run_search(query, scope, stats)
     }
 
+    /// One shard of a distributed search: `query` is checked as the
+    /// client sent it (its `limit` and `offset` within the configured
+    /// maxima), then the `top` best hits of `scope` are returned from the
+    /// first (at most `offset + limit` of them). The coordinator merges the
+    /// shards' tops and only then skips `offset`, so each shard must answer
+    /// for the whole page; checking the client's query rather than the
+    /// shard's keeps a page within the limits answerable.
+    pub fn search_scoped_top(
+        &self,
+        query: &SearchQuery,
+        scope: &SlotScope,
+        stats: Option<&QueryStatistics>,
+        top: usize,
+    ) -> Result<SearchResults, SearchError> {
+        self.validate(query)?;
+        let mut shard = query.clone();
+        shard.offset = 0;
+        shard.limit = top.clamp(1, query.offset.saturating_add(query.limit).max(1));
+        if let Some(stats) = stats
+            && stats.role != query.role
+        {
+            return Err(crate::error::StatisticsError::RoleMismatch {
+                expected: query.role.to_string(),
+                found: stats.role.to_string(),
+            }
+            .into());
+        }
+        let c = &self.shared.config;
+        self.run_search_within(
+            &shard,
+            scope,
+            stats,
+            c.max_limit.saturating_add(c.max_offset),
+        )
+    }
+
     /// Checks `query` as a search would (limits, filters, query text)
     /// without running it: how a node coordinating a distributed search
     /// refuses a bad query once, before asking any other node.
@@ -333,7 +369,7 @@ impl ContextIndex {
         let shared = &self.shared;
         let engine = shared.engine();
         let searcher = engine.reader.searcher();
-        let plan = self.plan(&engine, query, scope)?;
+        let plan = self.plan(&engine, query, scope, self.shared.config.max_limit)?;
         let population = Population::new(&shared.fields, &query.role, scope);
         let totals = shared.stats_cache.totals(
             engine.id,
@@ -353,6 +389,11 @@ impl ContextIndex {
     }
 
     fn validate(&self, q: &SearchQuery) -> Result<(), SearchError> {
+        self.validate_within(q, self.shared.config.max_limit)
+    }
+
+    /// [`ContextIndex::validate`] with `max_limit` hits allowed.
+    fn validate_within(&self, q: &SearchQuery, max_limit: usize) -> Result<(), SearchError> {
         let c = &self.shared.config;
         if q.text.len() > c.max_query_len {
             return Err(SearchError::QueryTooLong {
@@ -367,10 +408,10 @@ impl ContextIndex {
                 max: c.max_query_depth,
             });
         }
-        if q.limit == 0 || q.limit > c.max_limit {
+        if q.limit == 0 || q.limit > max_limit {
             return Err(SearchError::LimitOutOfRange {
                 limit: q.limit,
-                max: c.max_limit,
+                max: max_limit,
             });
         }
         if q.offset > c.max_offset {
@@ -511,8 +552,9 @@ impl ContextIndex {
         engine: &Engine,
         q: &SearchQuery,
         scope: &SlotScope,
+        max_limit: usize,
     ) -> Result<Plan, SearchError> {
-        self.validate(q)?;
+        self.validate_within(q, max_limit)?;
         let text = self.parse_text(engine, q)?;
         let filter = self.filter(q, scope);
         let full: Box<dyn Query> = match &text {
@@ -532,11 +574,21 @@ impl ContextIndex {
         scope: &SlotScope,
         supplied: Option<&QueryStatistics>,
     ) -> Result<SearchResults, SearchError> {
+        self.run_search_within(q, scope, supplied, self.shared.config.max_limit)
+    }
+
+    fn run_search_within(
+        &self,
+        q: &SearchQuery,
+        scope: &SlotScope,
+        supplied: Option<&QueryStatistics>,
+        max_limit: usize,
+    ) -> Result<SearchResults, SearchError> {
         let start = Instant::now();
         let shared = &self.shared;
         let engine = shared.engine();
         let searcher = engine.reader.searcher();
-        let plan = self.plan(&engine, q, scope)?;
+        let plan = self.plan(&engine, q, scope, max_limit)?;
 
         let facets = q.facets.then(|| {
             let mut c = FacetCollector::for_field(names::FACETS);

@@ -985,7 +985,14 @@ async fn status(
 }
 
 async fn cluster_status(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
-    Json(node.cluster.status())
+    let mut v = serde_json::to_value(node.cluster.status()).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "anti_entropy".into(),
+            serde_json::to_value(node.anti_entropy.status()).unwrap_or_default(),
+        );
+    }
+    Json(v)
 }
 
 #[derive(Deserialize)]

@@ -154,6 +154,8 @@ pub struct NodeConfig {
     pub net: crate::net::NetConfig,
     /// Membership, placement and quorums.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Anti-entropy and the collection of deleted addresses.
+    pub replication: crate::replication::ReplicationConfig,
 }
 
 impl Default for NodeConfig {
@@ -175,6 +177,7 @@ impl Default for NodeConfig {
             audit: crate::audit::AuditSettings::default(),
             net: crate::net::NetConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            replication: crate::replication::ReplicationConfig::default(),
         }
     }
 }

@@ -2156,6 +2156,20 @@ fn cluster_text(v: &Value) -> String {
     if let Some(e) = v["join_error"].as_str() {
         out.push_str(&format!("\njoining failed: {e}"));
     }
+    let ae = &v["anti_entropy"];
+    if ae["partitions"].as_u64().is_some_and(|n| n > 0) {
+        out.push_str(&format!(
+            "\nanti-entropy: {} of {} partitions converged, {} differing, {} not compared yet{}",
+            ae["converged"],
+            ae["partitions"],
+            ae["differing"],
+            ae["unknown"],
+            match ae["oldest_converged_ms"].as_u64() {
+                Some(ms) => format!("; oldest convergence {}", slurp_node::tokens::time_text(ms)),
+                None => String::new(),
+            }
+        ));
+    }
     let staged = &v["staged"];
     let joins = staged["join"].as_object().map(|o| o.len()).unwrap_or(0);
     let removes = staged["remove"].as_array().map(|o| o.len()).unwrap_or(0);

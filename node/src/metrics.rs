@@ -54,6 +54,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CounterLabels {
     pub counter: &'static str,
 }
@@ -110,6 +115,12 @@ pub struct Metrics {
     pub cluster_request_failures: Family<PeerLabels, Counter>,
     pub replication_events: Family<CauseLabels, Counter>,
     pub hints_pending: Gauge,
+    /// Anti-entropy: partitions compared and differing, versions and
+    /// bytes sent and received, by what.
+    pub anti_entropy: Family<CauseLabels, Counter>,
+    /// Partitions this node replicates, by anti-entropy state
+    /// (converged, differing, unknown).
+    pub anti_entropy_partitions: Family<StateLabels, Gauge>,
     pub net_counters: Family<CounterLabels, Gauge>,
 }
 
@@ -307,7 +318,7 @@ impl Metrics {
         let replication_events = Family::<CauseLabels, Counter>::default();
         r.register(
             "replication_events",
-            "Replication outcomes: replica_ack, replica_fail, hinted, handed_off, hints_dropped, quorum_failed, read_repair",
+            "Replication outcomes: replica_ack, replica_fail, hinted, handed_off, hinted_copies_dropped, hints_dropped, quorum_failed, read_repair, tombstones_collected",
             replication_events.clone(),
         );
         let hints_pending = Gauge::default();
@@ -315,6 +326,18 @@ impl Metrics {
             "hints_pending",
             "Versions this node holds for a down replica (hinted handoff)",
             hints_pending.clone(),
+        );
+        let anti_entropy = Family::<CauseLabels, Counter>::default();
+        r.register(
+            "anti_entropy",
+            "Anti-entropy: partitions_compared, partitions_differing, versions_sent, versions_received, versions_refused, bytes_sent, bytes_received",
+            anti_entropy.clone(),
+        );
+        let anti_entropy_partitions = Family::<StateLabels, Gauge>::default();
+        r.register(
+            "anti_entropy_partitions",
+            "Partitions this node replicates, by anti-entropy state: converged, differing, unknown (not yet compared with every co-replica)",
+            anti_entropy_partitions.clone(),
         );
         let net_counters = Family::<CounterLabels, Gauge>::default();
         r.register(
@@ -329,6 +352,8 @@ impl Metrics {
             cluster_request_failures,
             replication_events,
             hints_pending,
+            anti_entropy,
+            anti_entropy_partitions,
             net_counters,
             ops,
             op_seconds,

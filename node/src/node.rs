@@ -53,6 +53,8 @@ pub struct Node {
     /// The API router, for calls other nodes forward here (set when the
     /// API starts).
     pub forwarder: Forwarder,
+    /// Anti-entropy, whose state `slurp cluster status` shows.
+    pub anti_entropy: crate::replication::anti_entropy::AntiEntropy,
     shutdown: watch::Sender<bool>,
     rebuilds: RebuildControl,
 }
@@ -251,7 +253,9 @@ async fn serve(
         };
     }
     match request {
-        Request::Replicate(r) => Response::Replicate(store.serve_replicate(r).await),
+        Request::Replicate(r) => {
+            Response::Replicate(store.serve_replicate(&peer.to_base58(), r).await)
+        }
         Request::Search(r) => Response::Search(store.serve_search(r).await),
         Request::Forward(r) => Response::Forward(match store.serve_list_share(&r) {
             Some(reply) => reply,
@@ -316,6 +320,10 @@ impl Node {
         }
         config
             .rotation
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config
+            .replication
             .validate()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         let roles = load_roles(&config)?;
@@ -457,6 +465,7 @@ impl Node {
             audit,
             metrics: metrics.clone(),
             cluster: Some(cluster.clone()),
+            replication: config.replication.clone(),
         });
 
         let tokens = Arc::new(TokenStore::open(dir.join("tokens.json"))?);
@@ -478,7 +487,15 @@ impl Node {
 
         let workers = Workers::new(metrics.clone(), shutdown_rx);
         let index_ready = Arc::new(AtomicBool::new(index.is_none()));
+        let anti_entropy = crate::replication::anti_entropy::AntiEntropy::new(
+            store.clone(),
+            cluster.clone(),
+            config.replication.clone(),
+            metrics.clone(),
+            &dir,
+        );
         let node = Node {
+            anti_entropy,
             config,
             store,
             tokens,
@@ -695,6 +712,31 @@ impl Node {
                 })
             }),
         );
+        let anti_entropy = self.anti_entropy.clone();
+        self.workers.spawn(
+            crate::replication::anti_entropy::WORKER,
+            "compares every partition with its co-replicas by digest and exchanges the versions either side lacks",
+            self.config.replication.anti_entropy_interval,
+            Box::new(move || {
+                let anti_entropy = anti_entropy.clone();
+                Box::pin(async move { anti_entropy.pass().await })
+            }),
+        );
+        let gc = crate::replication::gc::TombstoneGc::new(
+            self.store.clone(),
+            self.cluster.clone(),
+            self.config.replication.clone(),
+            self.metrics.clone(),
+        );
+        self.workers.spawn(
+            "tombstone-gc",
+            "collects deleted addresses once every replica of their partition holds the tombstone",
+            self.config.replication.gc_interval,
+            Box::new(move || {
+                let gc = gc.clone();
+                Box::pin(async move { gc.pass().await })
+            }),
+        );
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let net = self.net.clone();
@@ -772,6 +814,7 @@ impl Node {
         let forward = self.forwarder.clone();
         let custody = self.custody.clone();
         let tokens = self.tokens.clone();
+        let workers = self.workers.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
@@ -801,8 +844,18 @@ impl Node {
                     NetEvent::PeerConnected { peer, .. } => {
                         let id = peer.to_base58();
                         cluster.peers().connected(&id, true);
-                        let cluster = cluster.clone();
-                        tokio::spawn(async move { cluster.hello(&id).await });
+                        let (cluster, workers) = (cluster.clone(), workers.clone());
+                        tokio::spawn(async move {
+                            cluster.hello(&id).await;
+                            // A member back from a restart or a partition
+                            // is compared at once, not at the next interval.
+                            if cluster
+                                .layout()
+                                .is_some_and(|l| l.member_index(&id).is_some())
+                            {
+                                let _ = workers.trigger(crate::replication::anti_entropy::WORKER);
+                            }
+                        });
                     }
                     NetEvent::PeerDisconnected { peer } => {
                         cluster.peers().connected(&peer.to_base58(), false);

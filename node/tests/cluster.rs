@@ -74,16 +74,26 @@ fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> NodeConf
     c.cluster.write_quorum = 2.min(o.rf);
     c.cluster.read_quorum = 2.min(o.rf);
     c.cluster.partition_bits = 6;
+    // Healing runs only in the tests about it: the others watch what a
+    // write or a read does on its own.
+    c.replication.anti_entropy_interval = Duration::from_secs(3600);
+    c.replication.gc_interval = Duration::from_secs(3600);
     c
 }
 
 impl Cluster {
     async fn start(o: Opts) -> Cluster {
+        Cluster::start_with(o, |_| {}).await
+    }
+
+    /// Starts a cluster whose node configs `tweak` adjusts.
+    async fn start_with(o: Opts, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut configs = Vec::new();
         let mut nodes = Vec::new();
         let first_addr = memory_addr();
         let mut c0 = config(dir.path(), 0, first_addr.clone(), &o);
+        tweak(&mut c0);
         c0.cluster.auto_join = false;
         let n0 = Node::open(c0.clone()).await.unwrap();
         // Node 0 creates the cluster; every other node joins with an invite
@@ -96,6 +106,7 @@ impl Cluster {
         nodes.push(Some(n0));
         for i in 1..o.n {
             let mut c = config(dir.path(), i, memory_addr(), &o);
+            tweak(&mut c);
             c.net.bootstrap = vec![boot.clone()];
             let (_, token) = nodes[0]
                 .as_ref()
@@ -631,6 +642,16 @@ async fn hinted_handoff_returns_versions_to_a_replica_that_was_down() {
             .sum::<u64>()
     };
     wait_until("a fallback holds a hint", async || hinted(&c) == 1).await;
+    let fallback = (0..4)
+        .filter(|&i| i != down_i)
+        .find(|&i| !c.node(i).store.local().hint_targets().unwrap().is_empty())
+        .unwrap();
+    assert!(
+        !layout
+            .replicas_for_key(&key)
+            .iter()
+            .any(|&m| layout.member(m).id == c.peer(fallback))
+    );
     c.restart(down_i).await;
     wait_until("the hint is handed back", async || {
         hinted(&c) == 0
@@ -640,6 +661,16 @@ async fn hinted_handoff_returns_versions_to_a_replica_that_was_down() {
                 .latest_meta(&key)
                 .unwrap()
                 .is_some()
+    })
+    .await;
+    // The fallback is not a replica: its copy goes with the hint.
+    wait_until("the fallback dropped its copy", async || {
+        c.node(fallback)
+            .store
+            .local()
+            .latest_meta(&key)
+            .unwrap()
+            .is_none()
     })
     .await;
 }
@@ -786,4 +817,243 @@ fn c_peer(_l: &slurp_protocol::placement::Layout, c: &Cluster, i: usize) -> Stri
 
 fn i_of(addr: &UcxlAddress) -> usize {
     addr.key().len() % 4
+}
+
+/// Node `i`'s digest of everything it stores.
+fn digest(c: &Cluster, i: usize) -> slurp_storage::RangeDigest {
+    c.node(i).store.local().digest(0..=u16::MAX)
+}
+
+/// Runs one pass of worker `name` on each of `nodes` and waits for it.
+async fn run_worker(c: &Cluster, nodes: &[usize], name: &str) {
+    let runs = |i: usize| c.node(i).workers.get(name).expect("worker").runs;
+    let before: Vec<u64> = nodes.iter().map(|&i| runs(i)).collect();
+    for &i in nodes {
+        c.node(i).workers.trigger(name).unwrap();
+    }
+    wait_until(name, async || {
+        nodes.iter().zip(&before).all(|(&i, &b)| runs(i) > b)
+    })
+    .await;
+}
+
+fn heal_addr(i: usize) -> String {
+    format!("ucxl://claude:developer@shop:checkout/*^/src/heal{i}.rs")
+}
+
+fn key_of(addr: &str) -> String {
+    UcxlAddress::parse(addr).unwrap().key()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_was_down_converges_without_any_read() {
+    let mut c = Cluster::start_with(
+        Opts {
+            n: 3,
+            rf: 3,
+            auto_join: true,
+        },
+        |c| c.replication.anti_entropy_interval = Duration::from_millis(200),
+    )
+    .await;
+    c.converged(3).await;
+    for i in 0..20 {
+        c.node(0)
+            .store
+            .put(&admin(), PutRequest::new(ctx(&heal_addr(i), "before")))
+            .await
+            .unwrap();
+    }
+    wait_until("every node holds the first writes", async || {
+        (0..3).all(|i| digest(&c, i).versions == 20)
+    })
+    .await;
+    c.stop(2).await;
+    for i in 20..50 {
+        c.node(i % 2)
+            .store
+            .put(&admin(), PutRequest::new(ctx(&heal_addr(i), "while down")))
+            .await
+            .unwrap();
+    }
+    for i in 0..10 {
+        c.node(1)
+            .store
+            .delete(&admin(), &UcxlAddress::parse(&heal_addr(i)).unwrap())
+            .await
+            .unwrap();
+    }
+    c.restart(2).await;
+    // Nothing reads through the store from here on: only anti-entropy can
+    // bring node 2 what it missed.
+    wait_until("node 2 holds what the others hold", async || {
+        let d0 = digest(&c, 0);
+        d0.versions == 60 && digest(&c, 1) == d0 && digest(&c, 2) == d0
+    })
+    .await;
+    let local = c.node(2).store.local();
+    for i in 0..10 {
+        let (meta, _) = local.latest_meta(&key_of(&heal_addr(i))).unwrap().unwrap();
+        assert!(meta.tombstone, "{} is deleted on node 2 too", heal_addr(i));
+    }
+    for i in 10..50 {
+        let (meta, _) = local.latest_meta(&key_of(&heal_addr(i))).unwrap().unwrap();
+        assert!(!meta.tombstone);
+    }
+    let partitions = 1u32 << 6;
+    wait_until("every node reports every partition converged", async || {
+        (0..3).all(|i| {
+            let s = c.node(i).anti_entropy.status();
+            s.partitions == partitions && s.converged == partitions && s.differing == 0
+        })
+    })
+    .await;
+    let moved: u64 = (0..3)
+        .map(|i| {
+            let m = c.node(i).metrics.encode();
+            m.lines()
+                .filter(|l| l.contains("anti_entropy_total{cause=\"versions_"))
+                .filter(|l| l.contains("sent") || l.contains("received"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(moved >= 40, "the metrics count what moved ({moved})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_goes_only_once_every_replica_holds_it() {
+    let mut c = Cluster::start_with(
+        Opts {
+            n: 3,
+            rf: 3,
+            auto_join: true,
+        },
+        |c| c.replication.gc_min_age = Duration::ZERO,
+    )
+    .await;
+    c.converged(3).await;
+    let a = UcxlAddress::parse(A).unwrap();
+    let key = a.key();
+    let first = c
+        .node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "doomed")))
+        .await
+        .unwrap();
+    let version: slurp_protocol::VersionId = first.version.parse().unwrap();
+    wait_until("node 2 has the version", async || {
+        c.node(2).store.local().latest_meta(&key).unwrap().is_some()
+    })
+    .await;
+    let old = c
+        .node(0)
+        .store
+        .local()
+        .get(&key, &version)
+        .unwrap()
+        .unwrap();
+    c.stop(2).await;
+    c.node(0).store.delete(&admin(), &a).await.unwrap();
+    let head = |c: &Cluster, i: usize| c.node(i).store.local().latest_meta(&key).unwrap();
+    wait_until("nodes 0 and 1 hold the tombstone", async || {
+        [0, 1]
+            .iter()
+            .all(|&i| head(&c, i).is_some_and(|(m, _)| m.tombstone))
+    })
+    .await;
+    // Node 2 lacks the tombstone (it is down): nothing is collected.
+    run_worker(&c, &[0, 1], "tombstone-gc").await;
+    for i in [0, 1] {
+        assert!(head(&c, i).is_some_and(|(m, _)| m.tombstone), "node {i}");
+    }
+    c.restart(2).await;
+    c.converged(3).await;
+    // Up, but still without the tombstone: still nothing.
+    run_worker(&c, &[0, 1, 2], "tombstone-gc").await;
+    assert!(head(&c, 0).is_some_and(|(m, _)| m.tombstone));
+    assert!(head(&c, 2).is_some_and(|(m, _)| !m.tombstone && m.version == version));
+    // Anti-entropy brings node 2 the tombstone; then it goes everywhere.
+    run_worker(&c, &[0, 1, 2], "anti-entropy").await;
+    assert!(head(&c, 2).is_some_and(|(m, _)| m.tombstone));
+    run_worker(&c, &[0, 1, 2], "tombstone-gc").await;
+    for i in 0..3 {
+        assert!(head(&c, i).is_none(), "node {i} collected the address");
+        assert!(c.node(i).store.local().collected(&key).unwrap().is_some());
+    }
+    // A late copy of the deleted version (a hint, a push, a repair) is
+    // answered as held and not stored: the context does not come back.
+    let push = slurp_protocol::messages::ReplicateRequest::PutVersions {
+        versions: vec![slurp_protocol::messages::SealedVersion {
+            meta: old.meta.clone(),
+            envelope: old.envelope.clone().into(),
+        }],
+        layout_version: None,
+        write_quorum_id: None,
+        hint_for: None,
+    };
+    match c.node(1).store.serve_replicate(&c.peer(0), push).await {
+        slurp_protocol::messages::ReplicateResponse::Stored { outcomes } => {
+            assert_eq!(
+                outcomes[0].outcome,
+                slurp_protocol::messages::PutOutcome::AlreadyPresent
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(head(&c, 1).is_none());
+    run_worker(&c, &[0, 1, 2], "anti-entropy").await;
+    assert!((0..3).all(|i| head(&c, i).is_none()));
+    assert!(matches!(
+        c.node(2).store.get(&admin(), &a).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Writing the address again works, with a newer version.
+    c.node(1)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "reborn")))
+        .await
+        .unwrap();
+    let r = c.node(2).store.get(&admin(), &a).await.unwrap();
+    assert_eq!(r.context.summary, "reborn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_limit_over_the_maximum_is_refused_once_not_reported_as_missing_partitions() {
+    let c = Cluster::start(Opts {
+        n: 3,
+        rf: 2,
+        auto_join: true,
+    })
+    .await;
+    c.converged(3).await;
+    c.node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(A, "searchable token")))
+        .await
+        .unwrap();
+    let q = |limit: usize, offset: usize| {
+        let mut q = SearchQuery::new(RoleName::new("admin").unwrap(), "token");
+        q.limit = limit;
+        q.offset = offset;
+        q
+    };
+    let e = c
+        .node(1)
+        .store
+        .search(&admin(), q(150, 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Search(_) | StoreError::InvalidQuery(_) | StoreError::BadRequest(_)
+        ),
+        "a 400, not missing partitions: {e}"
+    );
+    // Within the limit, even when offset + limit is past it.
+    let r = c.node(1).store.search(&admin(), q(60, 50)).await.unwrap();
+    assert!(!r.partial, "{r:?}");
+    let r = c.node(1).store.search(&admin(), q(10, 0)).await.unwrap();
+    assert_eq!(r.hits.len(), 1);
 }

@@ -178,6 +178,30 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         Request::Replicate(ReplicateRequest::History { key }) => {
             ReplicateResponse::History { key, metas: vec![] }.into()
         }
+        Request::Replicate(ReplicateRequest::Digests { ranges, .. }) => {
+            ReplicateResponse::Digests {
+                digests: ranges
+                    .iter()
+                    .map(|_| slurp_protocol::messages::RangeDigest {
+                        versions: 0,
+                        digest: vec![0; 32].into(),
+                    })
+                    .collect(),
+            }
+            .into()
+        }
+        Request::Replicate(ReplicateRequest::Fetch { .. }) => {
+            ReplicateResponse::Fetched { versions: vec![] }.into()
+        }
+        Request::Replicate(ReplicateRequest::Collect { entries, .. }) => {
+            ReplicateResponse::Collected {
+                states: entries
+                    .iter()
+                    .map(|_| slurp_protocol::messages::CollectState::Lacks)
+                    .collect(),
+            }
+            .into()
+        }
         Request::Forward(ForwardRequest::Call { body, .. }) => ForwardResponse::Reply {
             status: 200,
             content_type: Some("application/json".into()),

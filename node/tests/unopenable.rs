@@ -216,12 +216,15 @@ async fn replicate(node: &Node, versions: Vec<SealedVersion>) {
     let n = versions.len();
     match node
         .store
-        .serve_replicate(ReplicateRequest::PutVersions {
-            versions,
-            layout_version: None,
-            write_quorum_id: None,
-            hint_for: None,
-        })
+        .serve_replicate(
+            "12D3KooWTestPeer",
+            ReplicateRequest::PutVersions {
+                versions,
+                layout_version: None,
+                write_quorum_id: None,
+                hint_for: None,
+            },
+        )
         .await
     {
         ReplicateResponse::Stored { outcomes } => {
@@ -277,12 +280,15 @@ async fn records_this_node_cannot_open_are_counted_and_never_fail_the_rebuild() 
     let corrupt = sealed(&address(11), b"not an envelope".to_vec(), None);
     match node
         .store
-        .serve_replicate(ReplicateRequest::PutVersions {
-            versions: vec![corrupt.clone()],
-            layout_version: None,
-            write_quorum_id: None,
-            hint_for: None,
-        })
+        .serve_replicate(
+            "12D3KooWTestPeer",
+            ReplicateRequest::PutVersions {
+                versions: vec![corrupt.clone()],
+                layout_version: None,
+                write_quorum_id: None,
+                hint_for: None,
+            },
+        )
         .await
     {
         ReplicateResponse::Stored { outcomes } => assert!(

@@ -84,13 +84,15 @@ pub struct SealedVersion {
 pub enum KeyScope {
     /// These storage keys.
     Keys(Vec<String>),
-    /// Every key whose slot is in `first..=last`, in key order, starting
-    /// after `after` (a cursor from the previous page), at most `limit` keys.
+    /// Every version whose slot is in `first..=last`, in slot, key and
+    /// version order, starting after `after` (the opaque cursor of the
+    /// previous page), at most `limit` versions. A key's versions may span
+    /// two pages: the caller merges entries of the same key.
     Slots {
         first: u16,
         last: u16,
         #[serde(default)]
-        after: Option<String>,
+        after: Option<Bytes>,
         limit: u32,
     },
 }
@@ -134,6 +136,88 @@ pub enum ReplicateRequest {
     /// The metadata of every version of a key, oldest first (a quorum
     /// history read).
     History { key: String },
+    /// Anti-entropy: the digest of each slot range, counting only the
+    /// partitions that both the sender and the receiver replicate under
+    /// layout `layout_version` (a receiver on another layout version
+    /// refuses with `LayoutMismatch`). At most the node's batch size of
+    /// ranges.
+    Digests {
+        layout_version: u64,
+        ranges: Vec<SlotRange>,
+    },
+    /// These versions, named by key and id, in one answer (anti-entropy
+    /// pulls what it lacks). Versions the receiver does not hold are left
+    /// out; the answer stops at the receiver's batch size or byte budget,
+    /// and the sender asks again for the rest.
+    Fetch { entries: Vec<KeyVersion> },
+    /// Tombstone collection, in two rounds: with `apply` unset, say for
+    /// each entry whether this replica holds that tombstone as the newest
+    /// version of its key (or has collected it already); with `apply` set,
+    /// collect each entry whose tombstone is still the newest version
+    /// (remove every version of the key and remember the collection).
+    Collect {
+        entries: Vec<KeyVersion>,
+        #[serde(default)]
+        apply: bool,
+    },
+}
+
+/// An inclusive range of slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SlotRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl SlotRange {
+    /// Number of slots in the range (0 when `first > last`).
+    pub fn len(&self) -> u32 {
+        if self.first > self.last {
+            0
+        } else {
+            u32::from(self.last) - u32::from(self.first) + 1
+        }
+    }
+
+    /// Whether the range holds no slot.
+    pub fn is_empty(&self) -> bool {
+        self.first > self.last
+    }
+}
+
+/// The digest of a slot range: XOR of the BLAKE3 hashes of the storage
+/// keys of its versions (32 bytes), and their number. Two replicas hold
+/// the same versions of a range exactly when (up to hash collisions)
+/// their digests agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDigest {
+    pub versions: u64,
+    pub digest: Bytes,
+}
+
+/// One version of one key, by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersion {
+    pub key: String,
+    pub version: VersionId,
+}
+
+/// What a replica says about one entry of a [`ReplicateRequest::Collect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectState {
+    /// The tombstone is the newest version of its key here.
+    Holds,
+    /// The key was collected here at this tombstone or a newer one.
+    Collected,
+    /// This replica does not hold the tombstone.
+    Lacks,
+    /// A version newer than the tombstone is stored here: the address was
+    /// written again and must not be collected.
+    Newer,
+    /// A state this build does not know (sent by a newer node).
+    #[serde(other)]
+    Other,
 }
 
 /// What one replica holds for a key: its latest version (the envelope is
@@ -188,7 +272,7 @@ pub enum ReplicateResponse {
     VersionIds {
         entries: Vec<KeyVersions>,
         #[serde(default)]
-        next: Option<String>,
+        next: Option<Bytes>,
     },
     /// Answers `Heads`, one entry per key asked, in order.
     Heads {
@@ -198,6 +282,19 @@ pub enum ReplicateResponse {
     History {
         key: String,
         metas: Vec<RecordMeta>,
+    },
+    /// Answers `Digests`, one per range asked, in order.
+    Digests {
+        digests: Vec<RangeDigest>,
+    },
+    /// Answers `Fetch`: the versions found, in the order asked.
+    Fetched {
+        versions: Vec<SealedVersion>,
+    },
+    /// Answers `Collect`, one state per entry, in order (after collecting,
+    /// when asked to apply).
+    Collected {
+        states: Vec<CollectState>,
     },
     Error(RemoteError),
 }
@@ -652,7 +749,7 @@ mod tests {
             scope: KeyScope::Slots {
                 first: 0,
                 last: 63,
-                after: Some("k".into()),
+                after: Some(Bytes(b"k".to_vec())),
                 limit: 500,
             },
         };
@@ -660,6 +757,41 @@ mod tests {
             ReplicateRequest::decode(&ids.encode().unwrap()).unwrap(),
             ids
         );
+        let digests = ReplicateRequest::Digests {
+            layout_version: 7,
+            ranges: vec![SlotRange {
+                first: 0,
+                last: 4095,
+            }],
+        };
+        assert_eq!(
+            ReplicateRequest::decode(&digests.encode().unwrap()).unwrap(),
+            digests
+        );
+        let collect = ReplicateRequest::Collect {
+            entries: vec![KeyVersion {
+                key: "k".into(),
+                version: version(),
+            }],
+            apply: true,
+        };
+        assert_eq!(
+            ReplicateRequest::decode(&collect.encode().unwrap()).unwrap(),
+            collect
+        );
+        for r in [
+            ReplicateResponse::Digests {
+                digests: vec![RangeDigest {
+                    versions: 3,
+                    digest: Bytes(vec![7; 32]),
+                }],
+            },
+            ReplicateResponse::Collected {
+                states: vec![CollectState::Holds, CollectState::Newer],
+            },
+        ] {
+            assert_eq!(ReplicateResponse::decode(&r.encode().unwrap()).unwrap(), r);
+        }
         let stored = ReplicateResponse::Stored {
             outcomes: vec![VersionOutcome {
                 key: "k".into(),

@@ -81,7 +81,9 @@ pub async fn pass(
         .set(targets.iter().map(|t| t.count as i64).sum());
     let mut handed = 0u64;
     let mut waiting = 0u64;
+    let mut dropped = 0u64;
     let layout = cluster.layout();
+    let targets_left: Vec<String> = targets.iter().map(|t| t.target.clone()).collect();
     for t in targets {
         if layout
             .as_ref()
@@ -163,6 +165,9 @@ pub async fn pass(
             let n = local.remove_hints(&done).await.map_err(|e| e.to_string())?;
             handed += n as u64;
             metrics.replication("handed_off", n as u64);
+            dropped += drop_hinted_copies(store, cluster, &t.target, &targets_left, &done)
+                .await
+                .map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
             }
@@ -170,6 +175,68 @@ pub async fn pass(
     }
     Ok(PassReport {
         items: handed,
-        note: format!("handed off {handed} versions, {waiting} wait for their replica"),
+        note: format!(
+            "handed off {handed} versions, {waiting} wait for their replica, dropped {dropped} copies held only for a replica"
+        ),
     })
+}
+
+/// Most hints of other targets looked at to keep a copy another replica
+/// still needs; past it, copies stay (anti-entropy does not need them, but
+/// dropping one a hint still names would lose that replica's copy).
+const MAX_OTHER_HINTS: usize = 100_000;
+
+/// Removes this node's copies of versions `target` now holds, when this
+/// node is not a replica of their partition and no hint for another
+/// target still names them. Returns how many were removed.
+async fn drop_hinted_copies(
+    store: &ContextStore,
+    cluster: &Cluster,
+    target: &str,
+    targets: &[String],
+    handed: &[slurp_storage::Hint],
+) -> Result<u64, super::ReplicationError> {
+    let Some(layout) = cluster.layout() else {
+        return Ok(0);
+    };
+    let me = layout.member_index(cluster.me());
+    let mut copies: Vec<(String, slurp_protocol::VersionId)> = handed
+        .iter()
+        .filter(|h| me.is_none_or(|m| !layout.replicas_for_key(&h.key).contains(&m)))
+        .map(|h| (h.key.clone(), h.version.clone()))
+        .collect();
+    if copies.is_empty() {
+        return Ok(0);
+    }
+    let local = store.local();
+    // Versions other targets still wait for stay.
+    let mut others = std::collections::HashSet::new();
+    for other in targets.iter().filter(|o| *o != target) {
+        let mut after = None;
+        loop {
+            let page = local.hints(other, after.as_ref(), 1024)?;
+            for h in page.hints {
+                others.insert((h.key, h.version));
+            }
+            if others.len() > MAX_OTHER_HINTS {
+                return Ok(0);
+            }
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+    }
+    copies.retain(|c| !others.contains(c));
+    if copies.is_empty() {
+        return Ok(0);
+    }
+    let report = local.purge(copies.clone()).await?;
+    for (key, version) in &copies {
+        store.forget_removed(key, version).await;
+    }
+    store
+        .metrics()
+        .replication("hinted_copies_dropped", report.removed);
+    Ok(report.removed)
 }

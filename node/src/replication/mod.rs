@@ -23,3 +23,148 @@ pub mod handoff;
 pub mod server;
 
 pub use coordinator::QuorumOpts;
+pub mod anti_entropy;
+pub mod gc;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{ClusterError, short_peer};
+
+/// Settings of the healing workers (`[replication]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// How often every shared partition is compared with each co-replica,
+    /// a duration such as `5s`. A replica that comes back converges within
+    /// about one interval plus the time to move what it missed.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub anti_entropy_interval: Duration,
+    /// Versions and ids moved between two replicas by anti-entropy, bytes
+    /// per second at most per pass.
+    pub anti_entropy_bytes_per_sec: u64,
+    /// Leaves (slot ranges of one partition) exchanged at once, a count.
+    pub anti_entropy_partitions_in_flight: usize,
+    /// A differing range holding at most this many versions on either
+    /// side is listed by id instead of split further, a count.
+    pub anti_entropy_leaf_versions: usize,
+    /// Ranges, ids or versions per anti-entropy request, a count (at most
+    /// the receiver's `store_options.batch_size`).
+    pub anti_entropy_batch: usize,
+    /// Sealed bytes per anti-entropy request at most (the replication
+    /// protocol's message limit must be larger), bytes.
+    pub message_bytes: usize,
+    /// How often deleted addresses are looked at for collection, a
+    /// duration such as `30s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub gc_interval: Duration,
+    /// A tombstone younger than this is not collected yet (writes in
+    /// flight settle first), a duration such as `1m`. Never the reason a
+    /// tombstone goes: that is every replica holding it.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub gc_min_age: Duration,
+    /// Tombstones checked per request, a count.
+    pub gc_batch: usize,
+    /// How long the marker of a collected address refuses old versions of
+    /// it (a late hinted copy, a replica restored from an old backup), a
+    /// duration such as `7days`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub gc_keep_collected: Duration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            anti_entropy_interval: Duration::from_secs(5),
+            anti_entropy_bytes_per_sec: 16 * 1024 * 1024,
+            anti_entropy_partitions_in_flight: 4,
+            anti_entropy_leaf_versions: 1024,
+            anti_entropy_batch: 512,
+            message_bytes: 4 * 1024 * 1024,
+            gc_interval: Duration::from_secs(30),
+            gc_min_age: Duration::from_secs(60),
+            gc_batch: 256,
+            gc_keep_collected: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl ReplicationConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.anti_entropy_interval.is_zero() || self.gc_interval.is_zero() {
+            return Err(
+                "replication.anti_entropy_interval and replication.gc_interval must be positive"
+                    .into(),
+            );
+        }
+        if self.anti_entropy_bytes_per_sec == 0
+            || self.anti_entropy_partitions_in_flight == 0
+            || self.anti_entropy_leaf_versions == 0
+            || self.anti_entropy_batch == 0
+            || self.message_bytes == 0
+            || self.gc_batch == 0
+        {
+            return Err("replication limits (bytes per second, in flight, leaf versions, batches, message bytes) must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a replication exchange with a peer failed: always names the peer,
+/// and keeps the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The request failed on the way or the peer refused it.
+    #[error("{}: {source}", short_peer(peer))]
+    Peer {
+        peer: String,
+        #[source]
+        source: ClusterError,
+    },
+    /// The peer answered with a message that does not answer the request.
+    #[error(
+        "{}: answered a request for {asked} with something else",
+        short_peer(peer)
+    )]
+    Unexpected { peer: String, asked: &'static str },
+    /// The peer's answer breaks the protocol.
+    #[error("{}: {why}", short_peer(peer))]
+    Malformed { peer: String, why: String },
+    /// This node's own store failed.
+    #[error("local store: {0}")]
+    Local(#[from] slurp_storage::ReadError),
+    /// This node's own store failed to write.
+    #[error("local store: {0}")]
+    LocalWrite(#[from] slurp_storage::WriteError),
+}
+
+impl ReplicationError {
+    pub(crate) fn peer(peer: &str, source: ClusterError) -> Self {
+        ReplicationError::Peer {
+            peer: peer.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn unexpected(peer: &str, asked: &'static str) -> Self {
+        ReplicationError::Unexpected {
+            peer: peer.to_string(),
+            asked,
+        }
+    }
+
+    /// The peer the error is about, if it is about one.
+    pub fn peer_id(&self) -> Option<&str> {
+        match self {
+            ReplicationError::Peer { peer, .. }
+            | ReplicationError::Unexpected { peer, .. }
+            | ReplicationError::Malformed { peer, .. } => Some(peer),
+            ReplicationError::Local(_) | ReplicationError::LocalWrite(_) => None,
+        }
+    }
+}

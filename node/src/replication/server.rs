@@ -21,6 +21,7 @@ use slurp_protocol::messages::{
 };
 use slurp_storage::{Latest, NewVersion, PutOutcome};
 
+use super::{anti_entropy, gc};
 use crate::error::StoreError;
 use crate::store::ContextStore;
 
@@ -32,8 +33,9 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> ReplicateResponse {
 }
 
 impl ContextStore {
-    /// Answers a replication request from a peer.
-    pub async fn serve_replicate(&self, req: ReplicateRequest) -> ReplicateResponse {
+    /// Answers a replication request from `peer` (a member: the network
+    /// layer admits no one else).
+    pub async fn serve_replicate(&self, peer: &str, req: ReplicateRequest) -> ReplicateResponse {
         let max = self.0.options.batch_size.max(1);
         match req {
             ReplicateRequest::PutVersions {
@@ -92,11 +94,50 @@ impl ContextStore {
                         next: None,
                     }
                 }
-                KeyScope::Slots { .. } => refuse(
-                    ErrorCode::BadRequest,
-                    "slot scans belong to anti-entropy, which this node does not run yet",
-                ),
+                KeyScope::Slots {
+                    first,
+                    last,
+                    after,
+                    limit,
+                } => {
+                    let limit = (limit as usize).clamp(1, max);
+                    match anti_entropy::serve_slot_ids(&self.0.store, first, last, after, limit) {
+                        Ok(r) => r,
+                        Err(why) => refuse(ErrorCode::BadRequest, why),
+                    }
+                }
             },
+            ReplicateRequest::Digests {
+                layout_version,
+                ranges,
+            } => {
+                if ranges.len() > max {
+                    return refuse(ErrorCode::BadRequest, "too many ranges");
+                }
+                let Some(cluster) = self.cluster() else {
+                    return refuse(ErrorCode::NotReplica, "this node runs alone");
+                };
+                anti_entropy::serve_digests(&self.0.store, cluster, peer, layout_version, &ranges)
+            }
+            ReplicateRequest::Fetch { entries } => {
+                if entries.len() > max {
+                    return refuse(ErrorCode::BadRequest, "too many versions asked");
+                }
+                let budget = self.0.replication.message_bytes;
+                match anti_entropy::serve_fetch(&self.0.store, &entries, max, budget) {
+                    Ok(r) => r,
+                    Err(why) => refuse(ErrorCode::Internal, why),
+                }
+            }
+            ReplicateRequest::Collect { entries, apply } => {
+                if entries.len() > max {
+                    return refuse(ErrorCode::BadRequest, "too many tombstones");
+                }
+                match gc::serve_collect(self, &entries, apply).await {
+                    Ok(states) => ReplicateResponse::Collected { states },
+                    Err(e) => refuse(ErrorCode::Internal, e.to_string()),
+                }
+            }
             ReplicateRequest::Heads {
                 keys,
                 with_envelope,
@@ -244,6 +285,9 @@ impl ContextStore {
                     WirePut::Stored
                 }
                 Ok(PutOutcome::AlreadyPresent { .. }) => WirePut::AlreadyPresent,
+                // The address was deleted and collected after this version:
+                // this replica holds what supersedes it.
+                Ok(PutOutcome::Collected) => WirePut::AlreadyPresent,
                 Ok(PutOutcome::Expired) => WirePut::Rejected {
                     reason: "expired before it was stored".into(),
                 },
@@ -324,6 +368,22 @@ impl ContextStore {
         crate::node::open_for_index(&v.envelope.0, &self.0.envelope, keyring)
             .map(Some)
             .map_err(|(_, e)| format!("does not open with this node's key of its roles: {e}"))
+    }
+
+    /// Refreshes what this node derives from `key` after versions of it
+    /// were removed (a dropped hinted copy, a collected deletion, up to
+    /// `removed`): the cache entries go, and the index document too when
+    /// no version is left.
+    pub(crate) async fn forget_removed(&self, key: &str, removed: &slurp_protocol::VersionId) {
+        self.0
+            .cache
+            .invalidate_latest(key, self.0.roles.roles())
+            .await;
+        if let (Some(index), Ok(None)) = (&self.0.index, self.0.store.latest_meta(key))
+            && let Err(e) = index.delete(key, removed)
+        {
+            tracing::warn!(%key, error = %e, "dropping the index entry of a removed address failed");
+        }
     }
 
     fn index_replicated(&self, keyring: &Keyring, v: &SealedVersion, plain: Option<ContextNode>) {

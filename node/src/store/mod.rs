@@ -146,6 +146,8 @@ pub struct StoreParts {
     /// The cluster this node belongs to; `None` runs a lone node on its
     /// local store.
     pub cluster: Option<Cluster>,
+    /// Limits of the replication exchanges this node serves.
+    pub replication: crate::replication::ReplicationConfig,
 }
 
 pub(crate) struct Inner {
@@ -163,6 +165,7 @@ pub(crate) struct Inner {
     pub(crate) envelope: EnvelopeConfig,
     pub(crate) batches: Batches,
     pub(crate) cluster: Option<Cluster>,
+    pub(crate) replication: crate::replication::ReplicationConfig,
 }
 
 /// The context store. Cheap to clone.
@@ -203,6 +206,7 @@ impl ContextStore {
             envelope: EnvelopeConfig::default(),
             batches,
             cluster: parts.cluster,
+            replication: parts.replication,
         }))
     }
 
@@ -228,6 +232,10 @@ impl ContextStore {
 
     pub fn batches(&self) -> &Batches {
         &self.0.batches
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     pub fn options(&self) -> &StoreOptions {
@@ -525,6 +533,13 @@ impl ContextStore {
                     "{}: the version had already expired when it was stored",
                     p.meta.key
                 ))),
+                // A fresh version is newer than any collected deletion;
+                // this is a clock far behind the deletion's.
+                Ok(PutOutcome::Collected) => Err(StoreError::Conflict {
+                    address: p.address.clone(),
+                    expected: p.meta.version.to_string(),
+                    actual: "deleted and collected at a later version".into(),
+                }),
                 Err(e) => Err(e.into()),
             };
             results.push(match created {

@@ -371,10 +371,9 @@ impl ContextStore {
             Ok(s) => s,
             Err(e) => return remote_err(format!("stats: {e}")),
         };
-        if let Some(limit) = limit {
-            query.limit = (limit as usize).min(self.0.options.batch_size.max(1));
-            query.offset = 0;
-        }
+        // The shard's top: the client's page is checked as the client
+        // sent it, and this node answers with its best `offset + limit`.
+        let top = limit.map(|l| (l as usize).min(self.0.options.batch_size.max(1)));
         let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, Wire> {
             let json = |v: Result<serde_json::Value, serde_json::Error>| {
                 v.map_err(|e| internal_err(e.to_string()))
@@ -387,7 +386,7 @@ impl ContextStore {
                 )),
                 Some(_) => json(serde_json::to_value(
                     index
-                        .search_scoped(&query, &scope, stats.as_ref())
+                        .search_scoped_top(&query, &scope, stats.as_ref(), top.unwrap_or(1))
                         .map_err(search_err)?,
                 )),
             }
@@ -417,11 +416,15 @@ impl ContextStore {
                 (index.clone(), query.clone(), scope.clone(), stats.cloned());
             return tokio::task::spawn_blocking(move || match stats {
                 None => Ok(Share::Stats(index.term_statistics_scoped(&query, &scope)?)),
-                Some(stats) => Ok(Share::Results(index.search_scoped(
-                    &query,
-                    &scope,
-                    Some(&stats),
-                )?)),
+                Some(stats) => {
+                    let top = query.offset.saturating_add(query.limit);
+                    Ok(Share::Results(index.search_scoped_top(
+                        &query,
+                        &scope,
+                        Some(&stats),
+                        top,
+                    )?))
+                }
             })
             .await
             .map_err(|e| failed(&e))?;
@@ -440,7 +443,9 @@ impl ContextStore {
                 query: q,
                 role,
                 stats: Some(serde_json::to_value(st).map_err(|e| failed(&e))?),
-                limit: query.limit as u32,
+                // The shard's top: every hit of the client's page may be
+                // on this one node.
+                limit: query.offset.saturating_add(query.limit) as u32,
                 scope: Some(sc),
                 authorisation: None,
             },
@@ -476,9 +481,8 @@ impl ContextStore {
         let scheme = layout.partitions();
         // Each node answers for the full page: the global top `offset +
         // limit` is among the union of every node's top `offset + limit`.
-        let mut shard_query = query.clone();
-        shard_query.limit = query.offset.saturating_add(query.limit).max(1);
-        shard_query.offset = 0;
+        // (search_share asks each for `offset + limit` hits from the first.)
+        let shard_query = query.clone();
         super::bounded(self.0.options.operation_timeout, async {
             let index_start = Instant::now();
             let mut excluded: Vec<String> = Vec::new();
