@@ -299,14 +299,19 @@ fn empty_and_single_slot_ranges() {
 
 /// How long building the digests at open takes: `CARGO_TARGET_DIR=...
 /// cargo test --release -p slurp-storage --test digests -- --ignored
-/// --nocapture`. Writes 100,000 versions of 1 KiB (10,000 addresses of
-/// 10), then times opens of that file against opens of an empty store, and
-/// the scan `digest_scan` makes (the same walk as the build).
+/// --nocapture`. Writes 100,000 versions (10,000 addresses of 10) with
+/// envelopes of `SLURP_MEASURE_ENVELOPE` bytes (default 1024), then times
+/// opens of that file against opens of an empty store, and the scan
+/// `digest_scan` makes (the same walk as the build).
 #[test]
 #[ignore = "a measurement; run by hand"]
 fn measure_the_digest_build_at_open() {
     const ADDRESSES: u64 = 10_000;
     const PER_ADDRESS: u32 = 10;
+    let envelope: u32 = std::env::var("SLURP_MEASURE_ENVELOPE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(T0);
     let config = StoreConfig::default();
@@ -317,7 +322,7 @@ fn measure_the_digest_build_at_open() {
             for a in 0..ADDRESSES {
                 let path = format!("src/m{}/f{a}.rs", a % 97);
                 let mut v = version(&path, vid(T0 + a, logical, "node-a"));
-                v.envelope = (0..1024u32)
+                v.envelope = (0..envelope)
                     .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (a as u8))
                     .collect();
                 batch.push(v);
