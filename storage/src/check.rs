@@ -5,7 +5,8 @@
 //! them, the key list holds exactly the addresses with a head, each expiring version has both TTL index entries, the
 //! hierarchy, links and tombstones follow each address's newest version,
 //! and every hint (hinted handoff) names a stored version: hints are
-//! written with their versions and removed with them by the sweeper, so a
+//! written with their versions and removed with them (by the sweeper, a
+//! purge or a collection), so a
 //! hint without its version is a problem like any other. The slot digests
 //! the store keeps in memory must equal those a scan computes (the check
 //! copies them under the commit gate, so they belong to its snapshot), and

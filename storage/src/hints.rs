@@ -13,8 +13,9 @@
 //! - A hint is committed in the same transaction as its version
 //!   ([`Store::put_many_hinted`]), so after a crash either both are there
 //!   or neither is.
-//! - Every hint names a stored version: the TTL sweeper removes the hints
-//!   of the versions it deletes, in the same transaction, and
+//! - Every hint names a stored version: the TTL sweeper, a purge
+//!   ([`Store::purge`]) and a collection ([`Store::collect`]) remove the
+//!   hints of the versions they delete, in the same transaction, and
 //!   [`Store::check`] reports a hint without its version. A version that
 //!   has expired but is not yet swept still has its hint, and
 //!   [`Store::get`] already returns `None` for it; the target does not

@@ -16,8 +16,8 @@
 //!   the [`Sweeper`] deletes it.
 //! - **Hints travel with their versions.** A fallback replica stores a
 //!   version for a peer that is down with [`Store::put_many_hinted`]; the
-//!   hint is committed with the version and removed with it by the
-//!   sweeper (hinted handoff, see [`Hint`]).
+//!   hint is committed with the version and removed with it (by the
+//!   sweeper, a purge or a collection; hinted handoff, see [`Hint`]).
 //! - **Digests say where replicas differ.** The store keeps a digest per
 //!   slot of the versions it holds, exact after every commit
 //!   ([`Store::digest`], [`RangeDigest`]): replicas compare those before

@@ -20,9 +20,9 @@
 //! A hinted put (hinted handoff) also records, per version it stored or
 //! found already stored, a hint in the `hints` table, in the same
 //! transaction as the version: a crash never leaves a hint without its
-//! version or a hinted version without its hint. The sweeper removes the
-//! hints of the versions it deletes in its own transaction, so every hint
-//! names a stored version.
+//! version or a hinted version without its hint. Whatever deletes a version
+//! (the sweeper, a purge, a collection) removes its hints in the same
+//! transaction, so every hint names a stored version.
 //!
 //! Sweeps, purges, collections (see [`crate::removal`]) and compaction run
 //! on this thread too, between batches: the removals are write
