@@ -161,6 +161,8 @@ pub mod kinds {
     pub const SEARCH_RESPONSE: u16 = 25;
     pub const CLUSTER_REQUEST: u16 = 26;
     pub const CLUSTER_RESPONSE: u16 = 27;
+    // Storage records added later, 40..
+    pub const COLLECTED_MARKER: u16 = 40;
 }
 
 impl Framed for crate::context::ContextNode {

@@ -83,11 +83,9 @@ impl Framed for TombstoneEntry {
     const VERSION: u16 = 1;
 }
 
-/// The frame kind of [`CollectedMarker`]. Kinds are registered in
-/// `slurp_protocol::wire::kinds` (`docs/encoding.md`); this one is not yet,
-/// so it is declared here, after the range the cluster messages reserve
-/// (20 to 39), and must move there unchanged.
-pub const COLLECTED_MARKER_KIND: u16 = 40;
+/// The frame kind of [`CollectedMarker`], registered in
+/// `slurp_protocol::wire::kinds` (`docs/encoding.md`).
+pub const COLLECTED_MARKER_KIND: u16 = slurp_protocol::wire::kinds::COLLECTED_MARKER;
 
 /// A value of the `collected` table: every version of the address was
 /// removed by tombstone collection ([`crate::Store::collect`]) when its
