@@ -67,7 +67,7 @@ pub use read::{
 };
 pub use record::{AclRecord, BackupKind, BackupMeta, Codec, CollectedMarker, TombstoneEntry};
 pub use removal::{CollectOutcome, PurgeReport, SweepReport};
-pub use store::{NewVersion, PutOutcome, Store, StoreBuilder};
+pub use store::{CommitFailpoint, CommitFaults, NewVersion, PutOutcome, Store, StoreBuilder};
 pub use validate::{check_backup_id, check_hint_target, check_key, check_path};
 pub use workers::{Compactor, StatusHandle, SweepPass, Sweeper, WorkerState, WorkerStatus};
 pub use writer::CompactionReport;

@@ -10,6 +10,7 @@
 //! is closed.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
@@ -59,6 +60,71 @@ pub enum PutOutcome {
     Collected,
 }
 
+/// A hook the writer thread consults right before it commits a batch of
+/// writes: a disk that fails on purpose, for tests that prove a failed
+/// commit loses nothing acknowledged (the fault-injection suite,
+/// `docs/reliability.md`). Installed with [`StoreBuilder::commit_faults`]
+/// or [`Store::set_commit_faults`]; a store without one pays one branch
+/// per commit.
+///
+/// It covers the batched writes (puts, hinted puts, replaced envelopes,
+/// hint removals, ACLs, backups), not the removals (sweep, purge,
+/// collect), which commit on their own.
+pub trait CommitFaults: Send + Sync {
+    /// Called before each batch commits. An error fails that commit
+    /// exactly as a failed fsync would: every request of the batch gets
+    /// [`WriteError::CommitFailed`] and nothing of it is stored.
+    fn before_commit(&self) -> std::io::Result<()>;
+}
+
+/// A [`CommitFaults`] switched from outside: fails the next `n` commits,
+/// or every commit until disarmed.
+#[derive(Debug, Default)]
+pub struct CommitFailpoint {
+    /// Commits still to fail; `u64::MAX` fails until [`Self::disarm`].
+    remaining: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl CommitFailpoint {
+    /// Fails the next `n` commits (replacing what was armed before).
+    pub fn fail_next(&self, n: u64) {
+        self.remaining.store(n, Ordering::SeqCst);
+    }
+
+    /// Fails every commit until [`Self::disarm`].
+    pub fn fail_until_disarmed(&self) {
+        self.remaining.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Lets every commit through again.
+    pub fn disarm(&self) {
+        self.remaining.store(0, Ordering::SeqCst);
+    }
+
+    /// Commits failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl CommitFaults for CommitFailpoint {
+    fn before_commit(&self) -> std::io::Result<()> {
+        let take = self
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                0 => None,
+                u64::MAX => Some(u64::MAX),
+                n => Some(n - 1),
+            });
+        if take.is_err() {
+            return Ok(());
+        }
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        Err(std::io::Error::other("injected commit failure (failpoint)"))
+    }
+}
+
 pub(crate) struct Shared {
     pub db: RwLock<Database>,
     /// Per-slot digests of the stored versions, kept exact by the writer.
@@ -67,6 +133,7 @@ pub(crate) struct Shared {
     pub config: StoreConfig,
     pub observer: Arc<dyn StoreObserver>,
     pub time: Arc<dyn TimeSource>,
+    pub commit_faults: RwLock<Option<Arc<dyn CommitFaults>>>,
 }
 
 impl Shared {
@@ -79,6 +146,18 @@ impl Shared {
 
     pub fn now_ms(&self) -> u64 {
         self.time.now_ms()
+    }
+
+    /// Consults the [`CommitFaults`] hook, if one is installed.
+    pub fn before_commit(&self) -> std::io::Result<()> {
+        let hook = self
+            .commit_faults
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match hook.as_ref() {
+            None => Ok(()),
+            Some(h) => h.before_commit(),
+        }
     }
 }
 
@@ -124,6 +203,7 @@ pub struct StoreBuilder {
     config: StoreConfig,
     observer: Arc<dyn StoreObserver>,
     time: Arc<dyn TimeSource>,
+    commit_faults: Option<Arc<dyn CommitFaults>>,
 }
 
 impl StoreBuilder {
@@ -141,6 +221,13 @@ impl StoreBuilder {
     /// The clock expiry is judged by (default: the system clock).
     pub fn time_source(mut self, time: Arc<dyn TimeSource>) -> Self {
         self.time = time;
+        self
+    }
+
+    /// A hook consulted before every batch commit (default: none); see
+    /// [`CommitFaults`].
+    pub fn commit_faults(mut self, hook: Arc<dyn CommitFaults>) -> Self {
+        self.commit_faults = Some(hook);
         self
     }
 
@@ -175,6 +262,7 @@ impl StoreBuilder {
             config: self.config,
             observer: self.observer,
             time: self.time,
+            commit_faults: RwLock::new(self.commit_faults),
         });
         let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
         let for_writer = shared.clone();
@@ -282,6 +370,7 @@ impl Store {
             config: StoreConfig::default(),
             observer: Arc::new(NoopObserver),
             time: Arc::new(SystemTimeSource),
+            commit_faults: None,
         }
     }
 
@@ -298,6 +387,18 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.shared.path
+    }
+
+    /// Installs (or, with `None`, removes) the hook consulted before every
+    /// batch commit; see [`CommitFaults`]. Takes effect from the next
+    /// commit.
+    pub fn set_commit_faults(&self, hook: Option<Arc<dyn CommitFaults>>) {
+        *self
+            .inner
+            .shared
+            .commit_faults
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = hook;
     }
 
     pub(crate) fn shared(&self) -> &Shared {

@@ -7,7 +7,8 @@
 //! writers thus share the fsync. An item that cannot be applied (a corrupt
 //! value in its way) gets its own error and the rest of the batch is
 //! committed; a failed commit fails every request in it, and nothing of it
-//! is stored.
+//! is stored. (A [`crate::CommitFaults`] hook makes a commit fail on
+//! purpose, for tests that prove exactly that.)
 //!
 //! Each version write also keeps the derived records (the address's head,
 //! the TTL indexes, hierarchy, links, tombstones) consistent in the same
@@ -516,6 +517,9 @@ fn apply_batch(
         }
         std::mem::take(&mut t.digest)
     };
+    // An injected failure drops the transaction uncommitted, as a failed
+    // fsync leaves it (tests only; see `CommitFaults`).
+    shared.before_commit().map_err(redb::Error::Io)?;
     shared.digests.commit(txn, delta)?;
     Ok(applied)
 }
