@@ -339,6 +339,12 @@ pub struct AntiEntropyStatus {
     /// The oldest "last converged" time over converged partitions, ms
     /// since the Unix epoch.
     pub oldest_converged_ms: Option<u64>,
+    /// The digest of every version this node stores (hex; the XOR of
+    /// their key hashes): nodes holding the same partitions hold the same
+    /// versions exactly when their digests are equal.
+    pub store_digest: String,
+    /// Versions this node stores.
+    pub store_versions: u64,
 }
 
 /// The anti-entropy worker of one node.
@@ -352,6 +358,7 @@ struct Inner {
     metrics: Metrics,
     path: PathBuf,
     state: Mutex<State>,
+    started_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -383,6 +390,7 @@ impl AntiEntropy {
             metrics,
             path,
             state: Mutex::new(state),
+            started_ms: now_ms(),
         }))
     }
 
@@ -409,6 +417,14 @@ impl AntiEntropy {
 
     /// Where things stand, per partition this node replicates.
     pub fn status(&self) -> AntiEntropyStatus {
+        let all = self.0.store.local().digest(0..=u16::MAX);
+        let mut s = self.partition_status();
+        s.store_digest = all.digest.iter().map(|b| format!("{b:02x}")).collect();
+        s.store_versions = all.versions;
+        s
+    }
+
+    fn partition_status(&self) -> AntiEntropyStatus {
         let Some(layout) = self.0.cluster.layout() else {
             return AntiEntropyStatus::default();
         };
@@ -452,7 +468,9 @@ impl AntiEntropy {
                 .iter()
                 .map(|o| matched.and_then(|m| m.get(*o)).copied())
                 .collect();
-            match times {
+            // Agreements from before this start say when the partition
+            // last converged, not that it still does.
+            match times.filter(|t| t.iter().all(|&at| at >= self.0.started_ms)) {
                 Some(t) if current => {
                     s.converged += 1;
                     let at = t.into_iter().min().unwrap_or_else(now_ms);
