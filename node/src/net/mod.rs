@@ -29,6 +29,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod event_loop;
+pub mod faults;
 pub mod identity;
 pub mod protocols;
 pub mod stats;
@@ -47,6 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use config::{NetConfig, ProtocolLimits};
 pub use error::{IdentityError, NetError};
 pub use event_loop::EventLoop;
+pub use faults::{FaultRules, Faults};
 pub use protocols::{Protocol, Request, Response, ResponseHandle};
 pub use stats::NetStats;
 
@@ -76,6 +78,8 @@ pub struct NetClient {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
     counters: Arc<NetCounters>,
+    /// Injected faults (tests only); shared by every clone.
+    faults: Arc<std::sync::OnceLock<Faults>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -135,6 +139,7 @@ pub fn new(
         commands: command_tx,
         peer_id,
         counters: counters.clone(),
+        faults: Arc::default(),
     };
     let event_loop = EventLoop::new(
         swarm,
@@ -198,7 +203,31 @@ impl NetClient {
     /// request timeout once the stream is open). The peer is dialed if
     /// needed, with the addresses Kademlia and earlier connections know.
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
+        if let Some(faults) = self.faults.get() {
+            let this = self.clone();
+            let send = move |request| {
+                let this = this.clone();
+                async move { this.send(peer, request).await }
+            };
+            return faults.carry(self.peer_id, peer, request, send).await;
+        }
+        self.send(peer, request).await
+    }
+
+    async fn send(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
         self.call(|r| Command::Request(peer, request, r)).await
+    }
+
+    /// Routes every later request of this node through `faults` (tests:
+    /// the fault-injection suite; see [`faults`]). Once per client and its
+    /// clones: false, and nothing changes, when one is installed already.
+    pub fn install_faults(&self, faults: Faults) -> bool {
+        self.faults.set(faults).is_ok()
+    }
+
+    /// The installed faults, if any.
+    pub fn faults(&self) -> Option<&Faults> {
+        self.faults.get()
     }
 
     /// Answers an inbound request. An answer over the protocol's response
