@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod keys;
 pub mod metrics;
 pub mod net;
