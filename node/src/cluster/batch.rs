@@ -24,12 +24,14 @@ use super::Cluster;
 /// Bytes of envelopes folded into one request at most.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-type HeadReply = oneshot::Sender<Result<Head, String>>;
+type HeadReply = oneshot::Sender<Result<Head, Failure>>;
+/// Why a folded request failed, shared by every item it carried.
+pub type Failure = Arc<super::ClusterError>;
 
 pub(crate) enum Item {
     Put {
         version: Box<SealedVersion>,
-        reply: oneshot::Sender<Result<PutOutcome, String>>,
+        reply: oneshot::Sender<Result<PutOutcome, Failure>>,
     },
     Head {
         key: String,
@@ -63,12 +65,12 @@ impl Batcher {
         });
         if let Err(mpsc::error::SendError(item)) = tx.send(item) {
             // The sender stopped (the node is shutting down).
-            fail(item, "the node is shutting down".into());
+            fail(item, Arc::new(super::ClusterError::ShuttingDown));
         }
     }
 }
 
-fn fail(item: Item, e: String) {
+fn fail(item: Item, e: Failure) {
     match item {
         Item::Put { reply, .. } => {
             let _ = reply.send(Err(e));
@@ -104,7 +106,7 @@ async fn run(cluster: super::WeakCluster, peer: String, mut rx: mpsc::UnboundedR
         }
         let Some(c) = cluster.upgrade() else {
             for i in items {
-                fail(i, "the node is shutting down".into());
+                fail(i, Arc::new(super::ClusterError::ShuttingDown));
             }
             return;
         };
@@ -117,15 +119,15 @@ async fn run(cluster: super::WeakCluster, peer: String, mut rx: mpsc::UnboundedR
 }
 
 /// Why a folded request failed, for every item in it.
-fn failure(r: Result<ReplicateResponse, super::ClusterError>) -> String {
-    match r {
-        Err(e) => e.to_string(),
-        Ok(_) => super::ClusterError::Unexpected.to_string(),
-    }
+fn failure(r: Result<ReplicateResponse, super::ClusterError>) -> Failure {
+    Arc::new(match r {
+        Err(e) => e,
+        Ok(_) => super::ClusterError::Unexpected,
+    })
 }
 
 /// Gives each caller its item's result, or the request's failure.
-fn answer<T>(replies: Vec<oneshot::Sender<Result<T, String>>>, r: Result<Vec<T>, String>) {
+fn answer<T>(replies: Vec<oneshot::Sender<Result<T, Failure>>>, r: Result<Vec<T>, Failure>) {
     match r {
         Ok(values) => {
             for (reply, v) in replies.into_iter().zip(values) {

@@ -249,6 +249,8 @@ pub enum ClusterError {
     Refused(String),
     #[error("the cluster key cannot be rebuilt: {0}")]
     KeyUnavailable(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
 }
 
 impl ClusterError {
@@ -730,7 +732,7 @@ impl Cluster {
         &self,
         peer: &str,
         version: slurp_protocol::messages::SealedVersion,
-    ) -> Result<slurp_protocol::messages::PutOutcome, String> {
+    ) -> Result<slurp_protocol::messages::PutOutcome, batch::Failure> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.0.batcher.submit(
             self,
@@ -741,7 +743,7 @@ impl Cluster {
             },
         );
         rx.await
-            .unwrap_or_else(|_| Err("the request was dropped".into()))
+            .unwrap_or_else(|_| Err(Arc::new(ClusterError::ShuttingDown)))
     }
 
     /// `peer`'s head of `key`, folded with other head reads queued for it.
@@ -750,7 +752,7 @@ impl Cluster {
         peer: &str,
         key: &str,
         with_envelope: bool,
-    ) -> Result<slurp_protocol::messages::Head, String> {
+    ) -> Result<slurp_protocol::messages::Head, batch::Failure> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.0.batcher.submit(
             self,
@@ -762,7 +764,7 @@ impl Cluster {
             },
         );
         rx.await
-            .unwrap_or_else(|_| Err("the request was dropped".into()))
+            .unwrap_or_else(|_| Err(Arc::new(ClusterError::ShuttingDown)))
     }
 
     /// A replication request to `peer`; a refusal is an error.

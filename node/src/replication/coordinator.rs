@@ -16,17 +16,16 @@
 //! any asked replica that lacked it (read repair).
 
 use std::collections::HashMap;
-use std::future::Future;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use slurp_protocol::RecordMeta;
 use slurp_protocol::messages::{
     Head, PutOutcome as WirePut, ReplicateRequest, ReplicateResponse, SealedVersion,
 };
 use slurp_protocol::{ContextNode, VersionId};
 
-use crate::cluster::{Cluster, ClusterError, Route, short_peer};
+use super::ReplicationError;
+use super::strategy::{RequestStrategy, try_call_many};
+use crate::cluster::{Cluster, Route, short_peer};
 use crate::error::StoreError;
 use crate::store::ContextStore;
 
@@ -35,43 +34,6 @@ use crate::store::ContextStore;
 pub struct QuorumOpts {
     pub w: Option<usize>,
     pub r: Option<usize>,
-}
-
-/// Asks `candidates` in order, keeping `need` requests in flight, until
-/// `need` succeed or the candidates run out.
-pub(crate) async fn gather<T, F, Fut>(
-    candidates: &[String],
-    need: usize,
-    ask: F,
-) -> (Vec<(String, T)>, Vec<(String, String)>)
-where
-    F: Fn(String) -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let mut ok = Vec::new();
-    let mut failed = Vec::new();
-    let mut next = candidates.iter();
-    let mut pending = FuturesUnordered::new();
-    let ask = &ask;
-    let launch = |p: String| async move { (p.clone(), ask(p).await) };
-    for p in next.by_ref().take(need) {
-        pending.push(launch(p.clone()));
-    }
-    while let Some((peer, r)) = pending.next().await {
-        match r {
-            Ok(v) => ok.push((peer, v)),
-            Err(e) => {
-                failed.push((peer, e));
-                if let Some(p) = next.next() {
-                    pending.push(launch(p.clone()));
-                }
-            }
-        }
-        if ok.len() >= need {
-            break;
-        }
-    }
-    (ok, failed)
 }
 
 /// A peer as errors and logs name it: its node name with the short peer
@@ -106,9 +68,13 @@ fn read_quorum_failed(
     key: &str,
     need: usize,
     acked: usize,
-    failed: &[(String, String)],
+    failed: &[ReplicationError],
 ) -> StoreError {
-    quorum_failed("read", &address_of(key), need, acked, failed, |p| {
+    let failed: Vec<(String, String)> = failed
+        .iter()
+        .map(|e| (e.peer_id().unwrap_or_default().to_string(), e.reason()))
+        .collect();
+    quorum_failed("read", &address_of(key), need, acked, &failed, |p| {
         cluster_peer_label(cluster, p)
     })
 }
@@ -192,13 +158,19 @@ impl ContextStore {
         peer: String,
         key: &str,
         with_envelope: bool,
-    ) -> Result<Head, String> {
+    ) -> Result<Head, ReplicationError> {
         if peer == cluster.me() {
             return self
                 .local_head(key, with_envelope)
-                .map_err(|e| e.to_string());
+                .map_err(|e| ReplicationError::Rejected {
+                    peer,
+                    reason: e.to_string(),
+                });
         }
-        cluster.head(&peer, key, with_envelope).await
+        cluster
+            .head(&peer, key, with_envelope)
+            .await
+            .map_err(|source| ReplicationError::Peer { peer, source })
     }
 
     /// Reads the newest version of `key` from `R` replicas and repairs
@@ -213,18 +185,26 @@ impl ContextStore {
         let cluster = self
             .cluster()
             .ok_or_else(|| StoreError::Internal("quorum read without a cluster".into()))?;
-        let need = cluster.read_quorum(r, route.replicas.len());
+        let strategy = RequestStrategy::read(cluster, r, route.replicas.len());
+        let need = strategy.quorum;
         // When this node is a replica, its own copy carries the envelope and
         // the others only say which version they hold: the envelope crosses
         // the network only when a peer has a newer version than ours.
-        let (ok, failed) = gather(&route.replicas, need, |p| {
+        let g = try_call_many(&route.replicas, &strategy, |p| {
             let envelope = with_envelope && (p == cluster.me() || !route.local);
             self.ask_heads(cluster, p, key, envelope)
         })
         .await;
-        if ok.len() < need {
-            return Err(read_quorum_failed(cluster, key, need, ok.len(), &failed));
+        if !g.reached(&strategy) {
+            return Err(read_quorum_failed(
+                cluster,
+                key,
+                need,
+                g.ok.len(),
+                &g.failed,
+            ));
         }
+        let ok = g.ok;
         let mut newest = ok
             .iter()
             .filter_map(|(_, h)| h.latest.as_ref())
@@ -309,24 +289,38 @@ impl ContextStore {
         let cluster = self
             .cluster()
             .ok_or_else(|| StoreError::Internal("quorum read without a cluster".into()))?;
-        let need = cluster.read_quorum(r, route.replicas.len());
-        let (ok, failed) = gather(&route.replicas, need, |peer| async move {
+        let strategy = RequestStrategy::read(cluster, r, route.replicas.len());
+        let g = try_call_many(&route.replicas, &strategy, |peer| async move {
             if peer == cluster.me() {
-                return self.0.store.history(key).map_err(|e| e.to_string());
+                return self
+                    .0
+                    .store
+                    .history(key)
+                    .map_err(|e| ReplicationError::Rejected {
+                        peer,
+                        reason: e.to_string(),
+                    });
             }
             let req = ReplicateRequest::History {
                 key: key.to_string(),
             };
             match cluster.replicate(&peer, req).await {
                 Ok(ReplicateResponse::History { metas, .. }) => Ok(metas),
-                Ok(_) => Err(ClusterError::Unexpected.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(_) => Err(ReplicationError::unexpected(&peer, "history")),
+                Err(e) => Err(ReplicationError::peer(&peer, e)),
             }
         })
         .await;
-        if ok.len() < need {
-            return Err(read_quorum_failed(cluster, key, need, ok.len(), &failed));
+        if !g.reached(&strategy) {
+            return Err(read_quorum_failed(
+                cluster,
+                key,
+                strategy.quorum,
+                g.ok.len(),
+                &g.failed,
+            ));
         }
+        let ok = g.ok;
         let mut merged: HashMap<VersionId, RecordMeta> = HashMap::new();
         for (_, metas) in ok {
             for m in metas {
@@ -440,7 +434,7 @@ impl ContextStore {
                 Err(e) => {
                     for &i in &idx {
                         waiting[i] -= 1;
-                        tallies[i].errors.push((peer.clone(), e.clone()));
+                        tallies[i].errors.push((peer.clone(), e.reason()));
                     }
                     self.0.metrics.replication("replica_fail", 1);
                 }
@@ -463,7 +457,7 @@ impl ContextStore {
         items: &[WriteItem],
         idx: &[usize],
         hint_for: Option<&str>,
-    ) -> Result<Vec<WirePut>, String> {
+    ) -> Result<Vec<WirePut>, ReplicationError> {
         if peer == cluster.me() {
             let batch = idx
                 .iter()
@@ -477,7 +471,14 @@ impl ContextStore {
             let puts = idx
                 .iter()
                 .map(|&i| cluster.put_version(peer, items[i].version.clone()));
-            return futures::future::join_all(puts).await.into_iter().collect();
+            return futures::future::join_all(puts)
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .map_err(|source| ReplicationError::Peer {
+                    peer: peer.to_string(),
+                    source,
+                });
         }
         let req = ReplicateRequest::PutVersions {
             versions: idx.iter().map(|&i| items[i].version.clone()).collect(),
@@ -489,8 +490,8 @@ impl ContextStore {
             Ok(ReplicateResponse::Stored { outcomes }) if outcomes.len() == idx.len() => {
                 Ok(outcomes.into_iter().map(|o| o.outcome).collect())
             }
-            Ok(_) => Err(ClusterError::Unexpected.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Err(ReplicationError::unexpected(peer, "stored versions")),
+            Err(e) => Err(ReplicationError::peer(peer, e)),
         }
     }
 }

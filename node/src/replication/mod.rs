@@ -25,7 +25,9 @@ pub mod server;
 pub use coordinator::QuorumOpts;
 pub mod anti_entropy;
 pub mod gc;
+pub mod strategy;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -119,13 +121,21 @@ impl ReplicationConfig {
 /// and keeps the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
-    /// The request failed on the way or the peer refused it.
+    /// The request failed on the way or the peer refused it (shared when
+    /// one request carried several callers' items).
     #[error("{}: {source}", short_peer(peer))]
     Peer {
         peer: String,
         #[source]
-        source: ClusterError,
+        source: Arc<ClusterError>,
     },
+    /// The peer did not answer within the strategy's limit.
+    #[error("{} did not answer within {after:?}", short_peer(peer))]
+    Timeout { peer: String, after: Duration },
+    /// This node's own store, acting as a replica of the request, refused
+    /// or failed it (its reason).
+    #[error("{}: {reason}", short_peer(peer))]
+    Rejected { peer: String, reason: String },
     /// The peer answered with a message that does not answer the request.
     #[error(
         "{}: answered a request for {asked} with something else",
@@ -147,7 +157,23 @@ impl ReplicationError {
     pub(crate) fn peer(peer: &str, source: ClusterError) -> Self {
         ReplicationError::Peer {
             peer: peer.to_string(),
-            source,
+            source: Arc::new(source),
+        }
+    }
+
+    /// Why it failed, without the peer (for messages that name the peer
+    /// their own way).
+    pub fn reason(&self) -> String {
+        match self {
+            ReplicationError::Peer { source, .. } => source.to_string(),
+            ReplicationError::Timeout { after, .. } => format!("did not answer within {after:?}"),
+            ReplicationError::Rejected { reason, .. } => reason.clone(),
+            ReplicationError::Unexpected { asked, .. } => {
+                format!("answered a request for {asked} with something else")
+            }
+            ReplicationError::Malformed { why, .. } => why.clone(),
+            ReplicationError::Local(e) => format!("local store: {e}"),
+            ReplicationError::LocalWrite(e) => format!("local store: {e}"),
         }
     }
 
@@ -162,6 +188,8 @@ impl ReplicationError {
     pub fn peer_id(&self) -> Option<&str> {
         match self {
             ReplicationError::Peer { peer, .. }
+            | ReplicationError::Timeout { peer, .. }
+            | ReplicationError::Rejected { peer, .. }
             | ReplicationError::Unexpected { peer, .. }
             | ReplicationError::Malformed { peer, .. } => Some(peer),
             ReplicationError::Local(_) | ReplicationError::LocalWrite(_) => None,
