@@ -5,242 +5,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{LIVENESS, wait_until};
+use common::cluster::{Cluster, Opts, admin, ctx, digest, run_worker};
+use common::wait_until;
 use slurp_index::{ContextIndex, IndexConfig, IndexEntry, SearchQuery};
-use slurp_node::config::NodeConfig;
 use slurp_node::error::StoreError;
-use slurp_node::node::Node;
 use slurp_node::store::{PutRequest, QuorumOpts};
 use slurp_node::tokens::Principal;
-use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
-
-static PORTS: AtomicU64 = AtomicU64::new(0);
-
-fn memory_addr() -> libp2p::Multiaddr {
-    // Unique within this process (tests run in parallel threads).
-    let n = 1_000_000 + std::process::id() as u64 * 1000 + PORTS.fetch_add(1, Ordering::SeqCst);
-    format!("/memory/{n}").parse().unwrap()
-}
-
-fn admin() -> Principal {
-    Principal {
-        token_id: "test-admin".into(),
-        role: RoleName::new("admin").unwrap(),
-    }
-}
-
-fn ctx(addr: &str, summary: &str) -> ContextNode {
-    ContextNode::new(
-        UcxlAddress::parse(addr).unwrap(),
-        summary,
-        vec![RoleName::new("developer").unwrap()],
-    )
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    nodes: Vec<Option<Node>>,
-    configs: Vec<NodeConfig>,
-    peers: Vec<String>,
-}
-
-struct Opts {
-    n: usize,
-    rf: u8,
-    auto_join: bool,
-}
-
-fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> NodeConfig {
-    let mut c = NodeConfig {
-        data_dir: dir.join(format!("node{i}")),
-        node_name: Some(format!("node{i}")),
-        ..NodeConfig::default()
-    };
-    c.index.commit_every_ops = 1;
-    c.net.listen = vec![listen];
-    c.cluster.auto_join = o.auto_join;
-    c.cluster.probe_interval = Duration::from_millis(100);
-    // Generous: a loaded machine (CI, a parallel build) must not turn slow
-    // answers into failed quorums. Stopped nodes fail at once anyway (the
-    // memory transport refuses the dial).
-    c.cluster.replica_timeout = Duration::from_secs(10);
-    c.cluster.probe_timeout = Duration::from_secs(10);
-    c.cluster.handoff_interval = Duration::from_millis(200);
-    c.cluster.replication_factor = o.rf;
-    c.cluster.write_quorum = 2.min(o.rf);
-    c.cluster.read_quorum = 2.min(o.rf);
-    c.cluster.partition_bits = 6;
-    // Healing runs only in the tests about it: the others watch what a
-    // write or a read does on its own.
-    c.replication.anti_entropy_interval = Duration::from_secs(3600);
-    c.replication.gc_interval = Duration::from_secs(3600);
-    c
-}
-
-impl Cluster {
-    async fn start(o: Opts) -> Cluster {
-        Cluster::start_with(o, |_| {}).await
-    }
-
-    /// Starts a cluster whose node configs `tweak` adjusts.
-    async fn start_with(o: Opts, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut configs = Vec::new();
-        let mut nodes = Vec::new();
-        let first_addr = memory_addr();
-        let mut c0 = config(dir.path(), 0, first_addr.clone(), &o);
-        tweak(&mut c0);
-        c0.cluster.auto_join = false;
-        let n0 = Node::open(c0.clone()).await.unwrap();
-        // Node 0 creates the cluster; every other node joins with an invite
-        // (and, with `auto_join`, asks to be added to the layout at once).
-        n0.cluster.init().await.unwrap();
-        let boot: libp2p::Multiaddr = format!("{first_addr}/p2p/{}", n0.net.peer_id())
-            .parse()
-            .unwrap();
-        configs.push(c0);
-        nodes.push(Some(n0));
-        for i in 1..o.n {
-            let mut c = config(dir.path(), i, memory_addr(), &o);
-            tweak(&mut c);
-            c.net.bootstrap = vec![boot.clone()];
-            let (_, token) = nodes[0]
-                .as_ref()
-                .unwrap()
-                .cluster
-                .invite(None, None)
-                .unwrap();
-            c.cluster.join_token = Some(token.to_string());
-            nodes.push(Some(Node::open(c.clone()).await.unwrap()));
-            configs.push(c);
-        }
-        let peers = nodes
-            .iter()
-            .flatten()
-            .map(|n| n.net.peer_id().to_base58())
-            .collect();
-        Cluster {
-            _dir: dir,
-            nodes,
-            configs,
-            peers,
-        }
-    }
-
-    fn node(&self, i: usize) -> &Node {
-        self.nodes[i].as_ref().expect("node is running")
-    }
-
-    fn peer(&self, i: usize) -> String {
-        self.peers[i].clone()
-    }
-
-    async fn stop(&mut self, i: usize) {
-        if let Some(n) = self.nodes[i].take() {
-            n.close().await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    /// Restarts node `i` on the address it had (the layout lists it),
-    /// waiting for the stopped swarm to release it.
-    async fn restart_in_place(&mut self, i: usize, bootstrap: Vec<libp2p::Multiaddr>) {
-        let mut c = self.configs[i].clone();
-        c.net.bootstrap = bootstrap;
-        let start = Instant::now();
-        while start.elapsed() < LIVENESS {
-            match Node::open(c.clone()).await {
-                Ok(n) => {
-                    self.nodes[i] = Some(n);
-                    return;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        panic!("node {i} did not restart on its address");
-    }
-
-    async fn restart(&mut self, i: usize) {
-        // A new address: the stopped swarm's may not be released yet.
-        self.configs[i].net.listen = vec![memory_addr()];
-        let mut c = self.configs[i].clone();
-        if i > 0
-            && let Some(n0) = &self.nodes[0]
-        {
-            let listen = self.configs[0].net.listen[0].clone();
-            c.net.bootstrap = vec![
-                format!("{listen}/p2p/{}", n0.net.peer_id())
-                    .parse()
-                    .unwrap(),
-            ];
-        }
-        self.nodes[i] = Some(Node::open(c).await.unwrap());
-    }
-
-    /// Waits until every running node holds a layout of `members` members,
-    /// all with the same version.
-    async fn converged(&self, members: usize) {
-        wait_until("every node holds its granted keys", async || {
-            self.nodes
-                .iter()
-                .flatten()
-                .all(|n| n.cluster.granted_roles_held())
-        })
-        .await;
-        wait_until("layout convergence", async || {
-            let layouts: Vec<_> = self
-                .nodes
-                .iter()
-                .flatten()
-                .map(|n| n.cluster.layout())
-                .collect();
-            layouts.iter().all(|l| {
-                l.as_ref().is_some_and(|l| {
-                    l.members().len() == members
-                        && Some(l.version()) == layouts[0].as_ref().map(|f| f.version())
-                })
-            })
-        })
-        .await;
-        // Peers learn each other's health from probes: wait until every
-        // running member sees every other running member up, rather than
-        // for a time that a busy machine may not honour. (A removed node
-        // is refused by the members, so it sees them failing.)
-        let layout = self
-            .nodes
-            .iter()
-            .flatten()
-            .next()
-            .and_then(|n| n.cluster.layout());
-        let is_member = |p: &str| layout.as_ref().is_some_and(|l| l.member_index(p).is_some());
-        let running: Vec<String> = self
-            .nodes
-            .iter()
-            .flatten()
-            .map(|n| n.net.peer_id().to_base58())
-            .filter(|p| is_member(p))
-            .collect();
-        wait_until("members see each other up", async || {
-            self.nodes.iter().flatten().all(|n| {
-                let me = n.net.peer_id().to_base58();
-                if !is_member(&me) {
-                    return true;
-                }
-                running.iter().filter(|p| **p != me).all(|p| {
-                    n.cluster
-                        .peers()
-                        .get(p)
-                        .is_some_and(|s| s.failures == 0 && s.last_ok.is_some())
-                })
-            })
-        })
-        .await;
-    }
-}
+use slurp_protocol::{RoleName, UcxlAddress};
 
 const A: &str = "ucxl://claude:developer@shop:checkout/*^/src/auth.rs";
 
@@ -819,24 +592,6 @@ fn i_of(addr: &UcxlAddress) -> usize {
     addr.key().len() % 4
 }
 
-/// Node `i`'s digest of everything it stores.
-fn digest(c: &Cluster, i: usize) -> slurp_storage::RangeDigest {
-    c.node(i).store.local().digest(0..=u16::MAX)
-}
-
-/// Runs one pass of worker `name` on each of `nodes` and waits for it.
-async fn run_worker(c: &Cluster, nodes: &[usize], name: &str) {
-    let runs = |i: usize| c.node(i).workers.get(name).expect("worker").runs;
-    let before: Vec<u64> = nodes.iter().map(|&i| runs(i)).collect();
-    for &i in nodes {
-        c.node(i).workers.trigger(name).unwrap();
-    }
-    wait_until(name, async || {
-        nodes.iter().zip(&before).all(|(&i, &b)| runs(i) > b)
-    })
-    .await;
-}
-
 fn heal_addr(i: usize) -> String {
     format!("ucxl://claude:developer@shop:checkout/*^/src/heal{i}.rs")
 }
@@ -969,11 +724,8 @@ async fn a_tombstone_goes_only_once_every_replica_holds_it() {
     }
     c.restart(2).await;
     c.converged(3).await;
-    // Up, but still without the tombstone: still nothing.
-    run_worker(&c, &[0, 1, 2], "tombstone-gc").await;
-    assert!(head(&c, 0).is_some_and(|(m, _)| m.tombstone));
-    assert!(head(&c, 2).is_some_and(|(m, _)| !m.tombstone && m.version == version));
-    // Anti-entropy brings node 2 the tombstone; then it goes everywhere.
+    // Anti-entropy (run when a member connects) brings node 2 the
+    // tombstone; then it goes everywhere.
     run_worker(&c, &[0, 1, 2], "anti-entropy").await;
     assert!(head(&c, 2).is_some_and(|(m, _)| m.tombstone));
     run_worker(&c, &[0, 1, 2], "tombstone-gc").await;
@@ -1016,6 +768,55 @@ async fn a_tombstone_goes_only_once_every_replica_holds_it() {
         .unwrap();
     let r = c.node(2).store.get(&admin(), &a).await.unwrap();
     assert_eq!(r.context.summary, "reborn");
+
+    // A replica that is up but lacks a tombstone (its copy of the delete
+    // was lost on the way) holds the collection back too.
+    let b = UcxlAddress::parse(&heal_addr(7)).unwrap();
+    let bkey = b.key();
+    let put = c
+        .node(0)
+        .store
+        .put(&admin(), PutRequest::new(ctx(&heal_addr(7), "kept")))
+        .await
+        .unwrap();
+    let bhead = |c: &Cluster, i: usize| c.node(i).store.local().latest_meta(&bkey).unwrap();
+    wait_until("node 2 has the second address", async || {
+        bhead(&c, 2).is_some()
+    })
+    .await;
+    let (mut tomb, _) = bhead(&c, 0).unwrap();
+    let live: slurp_protocol::VersionId = put.version.parse().unwrap();
+    tomb.parent_version = Some(live.clone());
+    tomb.version.hlc.logical += 1;
+    tomb.tombstone = true;
+    for i in [0, 1] {
+        let req = slurp_protocol::messages::ReplicateRequest::PutVersions {
+            versions: vec![slurp_protocol::messages::SealedVersion {
+                meta: tomb.clone(),
+                envelope: Vec::new().into(),
+            }],
+            layout_version: None,
+            write_quorum_id: None,
+            hint_for: None,
+        };
+        c.node(i).store.serve_replicate(&c.peer(2), req).await;
+    }
+    run_worker(&c, &[0, 1, 2], "tombstone-gc").await;
+    for i in [0, 1] {
+        assert!(
+            bhead(&c, i).is_some_and(|(m, _)| m.tombstone),
+            "node {i} keeps it"
+        );
+    }
+    assert!(bhead(&c, 2).is_some_and(|(m, _)| m.version == live));
+    run_worker(&c, &[0, 1, 2], "anti-entropy").await;
+    run_worker(&c, &[0, 1, 2], "tombstone-gc").await;
+    for i in 0..3 {
+        assert!(
+            bhead(&c, i).is_none(),
+            "node {i} collected the second address"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
