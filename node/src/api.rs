@@ -229,16 +229,21 @@ pub struct ForwardedCaller(pub Principal);
 
 /// Serves an API call forwarded by another member through the router, as
 /// the caller it names.
+/// Makes `app` answer the API calls other nodes forward to `node`.
+pub fn serve_forwarded_calls(node: &Node, app: Router) {
+    let _ = node.forwarder.set(Arc::new(move |req| {
+        let router = app.clone();
+        Box::pin(serve_forward(router, req))
+    }));
+}
+
 pub async fn serve_forward(
-    forwarder: &crate::node::Forwarder,
+    router: Router,
     req: slurp_protocol::messages::ForwardRequest,
 ) -> slurp_protocol::messages::ForwardResponse {
     use slurp_protocol::messages::{ErrorCode, ForwardRequest, ForwardResponse, RemoteError};
     use tower::ServiceExt;
     let refuse = |code, message: String| ForwardResponse::Error(RemoteError { code, message });
-    let Some(router) = forwarder.get().cloned() else {
-        return refuse(ErrorCode::Unavailable, "the API is not serving yet".into());
-    };
     let ForwardRequest::Call {
         method,
         path,
@@ -1549,7 +1554,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(node.clone());
-    let _ = node.forwarder.set(app.clone());
+    serve_forwarded_calls(&node, app.clone());
     // The connection's address reaches handlers as `ConnectInfo`, for the
     // network limits of tokens.
     axum::serve(

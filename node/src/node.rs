@@ -59,8 +59,33 @@ pub struct Node {
     rebuilds: RebuildControl,
 }
 
-/// Where forwarded API calls are served.
-pub type Forwarder = Arc<std::sync::OnceLock<axum::Router>>;
+/// Serves an API call another node forwarded here; the API layer installs
+/// it when it starts (the node knows nothing of HTTP).
+pub type ForwardHandler = Arc<
+    dyn Fn(
+            slurp_protocol::messages::ForwardRequest,
+        )
+            -> futures::future::BoxFuture<'static, slurp_protocol::messages::ForwardResponse>
+        + Send
+        + Sync,
+>;
+
+/// Where forwarded API calls are served, once the API runs.
+pub type Forwarder = Arc<std::sync::OnceLock<ForwardHandler>>;
+
+async fn forward_call(
+    forward: &Forwarder,
+    r: slurp_protocol::messages::ForwardRequest,
+) -> slurp_protocol::messages::ForwardResponse {
+    use slurp_protocol::messages::{ErrorCode, ForwardResponse, RemoteError};
+    match forward.get() {
+        Some(handler) => handler(r).await,
+        None => ForwardResponse::Error(RemoteError {
+            code: ErrorCode::Unavailable,
+            message: "the API is not serving yet".into(),
+        }),
+    }
+}
 
 /// Answers one inbound request of a peer.
 async fn serve(
@@ -215,7 +240,7 @@ async fn serve(
             record.reason = format!("proved key {}", key.unwrap_or_default());
             store.audit().record(record).await;
             if let Request::Forward(r) = request {
-                return Response::Forward(crate::api::serve_forward(forward, r).await);
+                return Response::Forward(forward_call(forward, r).await);
             }
         } else {
             let reason = match &key {
@@ -257,10 +282,7 @@ async fn serve(
             Response::Replicate(store.serve_replicate(&peer.to_base58(), r).await)
         }
         Request::Search(r) => Response::Search(store.serve_search(r).await),
-        Request::Forward(r) => Response::Forward(match store.serve_list_share(&r) {
-            Some(reply) => reply,
-            None => crate::api::serve_forward(forward, r).await,
-        }),
+        Request::Forward(r) => Response::Forward(forward_call(forward, r).await),
         Request::Cluster(_) => unreachable_cluster(),
     }
 }

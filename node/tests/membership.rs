@@ -611,7 +611,7 @@ async fn a_member_acts_for_a_caller_only_in_roles_it_was_certified_for_and_once(
     } = Members::start().await;
     let n0 = Arc::new(n0);
     // Forwarded calls are served through the API router.
-    let _ = n0.forwarder.set(slurp_node::api::router(n0.clone()));
+    slurp_node::api::serve_forwarded_calls(&n0, slurp_node::api::router(n0.clone()));
     let peer = Intruder::start(&addr0).await;
     let to = n0.net.peer_id();
     let me = peer.id();

@@ -212,6 +212,10 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
             stats: serde_json::json!({"docs": 3}),
         }
         .into(),
+        Request::Search(SearchRequest::List { .. }) => SearchResponse::Listed {
+            page: serde_json::json!({"entries": [], "next": null}),
+        }
+        .into(),
         Request::Search(SearchRequest::Search { .. }) => SearchResponse::Results {
             results: serde_json::json!([{"peer": client.peer_id().to_string()}]),
         }

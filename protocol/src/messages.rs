@@ -372,6 +372,21 @@ pub enum SearchRequest {
         #[serde(default)]
         authorisation: Option<Signed>,
     },
+    /// A page of the addresses matching `pattern` that `role` may read,
+    /// over the slots of `scope` (a list of `[first, last]` ranges), in
+    /// key order after the storage key `after`, at most `limit`: one
+    /// node's share of a listing.
+    List {
+        pattern: String,
+        role: RoleName,
+        #[serde(default)]
+        after: Option<String>,
+        limit: u32,
+        scope: serde_json::Value,
+        /// The sender's signed [`CallerAuthorisation`] for `role`.
+        #[serde(default)]
+        authorisation: Option<Signed>,
+    },
 }
 
 impl ForwardRequest {
@@ -401,21 +416,25 @@ impl SearchRequest {
     pub fn authorisation(&self) -> Option<&Signed> {
         match self {
             SearchRequest::TermStatistics { authorisation, .. }
-            | SearchRequest::Search { authorisation, .. } => authorisation.as_ref(),
+            | SearchRequest::Search { authorisation, .. }
+            | SearchRequest::List { authorisation, .. } => authorisation.as_ref(),
         }
     }
 
     pub fn set_authorisation(&mut self, auth: Option<Signed>) {
         match self {
             SearchRequest::TermStatistics { authorisation, .. }
-            | SearchRequest::Search { authorisation, .. } => *authorisation = auth,
+            | SearchRequest::Search { authorisation, .. }
+            | SearchRequest::List { authorisation, .. } => *authorisation = auth,
         }
     }
 
     /// The role the sender acts as.
     pub fn role(&self) -> &RoleName {
         match self {
-            SearchRequest::TermStatistics { role, .. } | SearchRequest::Search { role, .. } => role,
+            SearchRequest::TermStatistics { role, .. }
+            | SearchRequest::Search { role, .. }
+            | SearchRequest::List { role, .. } => role,
         }
     }
 }
@@ -424,8 +443,16 @@ impl SearchRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SearchResponse {
-    TermStatistics { stats: serde_json::Value },
-    Results { results: serde_json::Value },
+    TermStatistics {
+        stats: serde_json::Value,
+    },
+    Results {
+        results: serde_json::Value,
+    },
+    /// Answers `List`: the page (`entries`, `next`).
+    Listed {
+        page: serde_json::Value,
+    },
     Error(RemoteError),
 }
 

@@ -1191,7 +1191,7 @@ impl ContextStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage, StoreError> {
-        use slurp_protocol::messages::{ForwardRequest, ForwardResponse};
+        use slurp_protocol::messages::{SearchRequest, SearchResponse};
         let limit = limit.clamp(1, self.0.options.batch_size.max(1));
         let (plan, missing) = cluster.cover(layout, &[]);
         if !missing.is_empty() {
@@ -1207,47 +1207,30 @@ impl ContextStore {
                 if peer == cluster.me() {
                     return self.list_local(pattern, after, limit, Some(&scope), &caller.role);
                 }
-                let mut q = vec![
-                    ("pattern".to_string(), pattern.to_string()),
-                    ("limit".to_string(), limit.to_string()),
-                    (
-                        "local_slots".to_string(),
-                        serde_json::to_string(&scope).unwrap_or_default(),
-                    ),
-                ];
-                if let Some(a) = after {
-                    q.push(("after".to_string(), a.to_string()));
-                }
-                let query = serde_urlencoded::to_string(&q)
-                    .map_err(|e| StoreError::Internal(e.to_string()))?;
-                let call = ForwardRequest::Call {
-                    method: "GET".into(),
-                    path: format!("/v1/list?{query}"),
-                    content_type: None,
-                    body: Vec::new().into(),
-                    caller_role: caller.role.clone(),
-                    request_id: None,
-                    proof: None,
+                let req = SearchRequest::List {
+                    pattern: pattern.to_string(),
+                    role: caller.role.clone(),
+                    after: after.map(str::to_string),
+                    limit: limit as u32,
+                    scope: serde_json::to_value(&scope)
+                        .map_err(|e| StoreError::Internal(e.to_string()))?,
                     authorisation: None,
                 };
-                match cluster
-                    .forward(peer, call, self.0.options.operation_timeout)
-                    .await
-                {
-                    Ok(ForwardResponse::Reply {
-                        status: 200, body, ..
-                    }) => serde_json::from_slice::<ListPage>(&body.0)
-                        .map_err(|e| StoreError::Internal(format!("{peer}: {e}"))),
-                    Ok(ForwardResponse::Reply { status, body, .. }) => {
-                        Err(StoreError::Unavailable(format!(
-                            "{peer} answered {status}: {}",
-                            String::from_utf8_lossy(&body.0)
-                        )))
-                    }
-                    Ok(ForwardResponse::Error(e)) => {
-                        Err(StoreError::Unavailable(format!("{peer}: {}", e.message)))
-                    }
-                    Err(e) => Err(StoreError::Unavailable(format!("{peer}: {e}"))),
+                let label = crate::replication::coordinator::cluster_peer_label(cluster, peer);
+                match cluster.search(peer, req).await {
+                    Ok(SearchResponse::Listed { page }) => serde_json::from_value::<ListPage>(page)
+                        .map_err(|e| StoreError::Internal(format!("{label}: {e}"))),
+                    // The peer refused the request itself: the same refusal
+                    // for the whole listing, never taken for a peer that is
+                    // down.
+                    Err(crate::cluster::ClusterError::Remote(
+                        slurp_protocol::messages::ErrorCode::BadRequest,
+                        message,
+                    )) => Err(StoreError::BadRequest(format!("{label}: {message}"))),
+                    Ok(_) => Err(StoreError::Unavailable(format!(
+                        "{label}: answered a listing with something else"
+                    ))),
+                    Err(e) => Err(StoreError::Unavailable(format!("{label}: {e}"))),
                 }
             }
         });
@@ -1274,64 +1257,6 @@ impl ContextStore {
         Ok(ListPage {
             entries: all.into_iter().map(|(_, e)| e).collect(),
             next,
-        })
-    }
-
-    /// Serves a member's list fan-out (`GET /v1/list?...&local_slots=...`
-    /// forwarded to this node) straight from the local store, without the
-    /// HTTP layer; `None` for any other forwarded call.
-    pub fn serve_list_share(
-        &self,
-        call: &slurp_protocol::messages::ForwardRequest,
-    ) -> Option<slurp_protocol::messages::ForwardResponse> {
-        use slurp_protocol::messages::{ForwardRequest, ForwardResponse};
-        #[derive(Deserialize)]
-        struct Share {
-            pattern: String,
-            #[serde(default)]
-            after: Option<String>,
-            #[serde(default)]
-            limit: Option<usize>,
-            local_slots: String,
-        }
-        let ForwardRequest::Call {
-            method,
-            path,
-            caller_role,
-            ..
-        } = call;
-        let query = path.strip_prefix("/v1/list?")?;
-        if method != "GET" || !query.contains("local_slots=") {
-            return None;
-        }
-        let r = (|| -> Result<ListPage, StoreError> {
-            let q: Share = serde_urlencoded::from_str(query)
-                .map_err(|e| StoreError::BadRequest(e.to_string()))?;
-            let pattern = UcxlAddress::parse(&q.pattern)?;
-            let scope: slurp_index::SlotScope = serde_json::from_str(&q.local_slots)
-                .map_err(|e| StoreError::BadRequest(format!("local_slots: {e}")))?;
-            self.list_local(
-                &pattern,
-                q.after.as_deref(),
-                q.limit.unwrap_or(100),
-                Some(&scope),
-                caller_role,
-            )
-        })();
-        let (status, body) = match r {
-            Ok(page) => (200, serde_json::to_vec(&page).unwrap_or_default()),
-            Err(e) => (
-                400,
-                serde_json::to_vec(
-                    &serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}}),
-                )
-                .unwrap_or_default(),
-            ),
-        };
-        Some(ForwardResponse::Reply {
-            status,
-            content_type: Some("application/json".into()),
-            body: body.into(),
         })
     }
 

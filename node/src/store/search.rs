@@ -346,6 +346,14 @@ impl ContextStore {
             });
         };
         let (query, role, scope, stats, limit) = match req {
+            SearchRequest::List {
+                pattern,
+                role,
+                after,
+                limit,
+                scope,
+                ..
+            } => return self.serve_list(&pattern, &role, after.as_deref(), limit, scope),
             SearchRequest::TermStatistics {
                 query, role, scope, ..
             } => (query, role, scope, None, None),
@@ -397,6 +405,33 @@ impl ContextStore {
             (Ok(Ok(results)), Some(_)) => Wire::Results { results },
             (Ok(Err(e)), _) => e,
             (Err(e), _) => internal_err(e.to_string()),
+        }
+    }
+
+    /// One node's share of a listing (`SearchRequest::List`), straight
+    /// from the local store.
+    fn serve_list(
+        &self,
+        pattern: &str,
+        role: &RoleName,
+        after: Option<&str>,
+        limit: u32,
+        scope: serde_json::Value,
+    ) -> Wire {
+        let r = (|| -> Result<super::ListPage, StoreError> {
+            let pattern = UcxlAddress::parse(pattern)?;
+            let scope: SlotScope = serde_json::from_value(scope)
+                .map_err(|e| StoreError::BadRequest(format!("scope: {e}")))?;
+            self.list_local(&pattern, after, limit as usize, Some(&scope), role)
+        })();
+        match r.and_then(|page| {
+            serde_json::to_value(page).map_err(|e| StoreError::Internal(e.to_string()))
+        }) {
+            Ok(page) => Wire::Listed { page },
+            Err(e @ (StoreError::Internal(_) | StoreError::Storage(_))) => {
+                internal_err(e.to_string())
+            }
+            Err(e) => remote_err(e.to_string()),
         }
     }
 
@@ -463,6 +498,9 @@ impl ContextStore {
                 Err(ShareError::Refused(StoreError::Search(message)))
             }
             Ok(Wire::Error(e)) => Err(ShareError::Failed(e.message)),
+            Ok(Wire::Listed { .. }) => Err(ShareError::Failed(
+                "answered a search with a listing".into(),
+            )),
             Err(e) => Err(failed(&e)),
         }
     }
