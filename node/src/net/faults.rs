@@ -188,6 +188,14 @@ impl Faults {
         f(&mut self.lock().rules);
     }
 
+    /// Restarts the random decisions from `seed` (a new schedule on the
+    /// same network), and the counts from zero.
+    pub fn reseed(&self, seed: u64) {
+        let mut s = self.lock();
+        s.rng = StdRng::seed_from_u64(seed);
+        s.counts = FaultCounts::default();
+    }
+
     /// No faults from now on (requests already held back still arrive).
     pub fn clear(&self) {
         self.set(FaultRules::default());
