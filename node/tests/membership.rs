@@ -318,6 +318,26 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
             write_quorum_id: None,
             hint_for: None,
         },
+        ReplicateRequest::VersionIds {
+            scope: KeyScope::Slots {
+                first: 0,
+                last: u16::MAX,
+                after: None,
+                limit: 100,
+            },
+        },
+        ReplicateRequest::Digests {
+            layout_version: 1,
+            ranges: vec![slurp_protocol::messages::SlotRange {
+                first: 0,
+                last: u16::MAX,
+            }],
+        },
+        ReplicateRequest::Fetch { entries: vec![] },
+        ReplicateRequest::Collect {
+            entries: vec![],
+            apply: true,
+        },
     ] {
         match stranger.client.replicate(to, req.clone()).await.unwrap() {
             ReplicateResponse::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{req:?}"),
@@ -338,6 +358,14 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
             stats: None,
             limit: 10,
             scope: None,
+            authorisation: None,
+        },
+        SearchRequest::List {
+            pattern: "ucxl://any:any@shop:checkout/*^/".into(),
+            role: role.clone(),
+            after: None,
+            limit: 10,
+            scope: serde_json::json!([[0, 65535]]),
             authorisation: None,
         },
     ] {
