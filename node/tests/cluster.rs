@@ -858,3 +858,82 @@ async fn a_search_limit_over_the_maximum_is_refused_once_not_reported_as_missing
     let r = c.node(1).store.search(&admin(), q(10, 0)).await.unwrap();
     assert_eq!(r.hits.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_heals_only_the_partitions_two_members_share() {
+    // 4 members, 2 copies: each pair of members shares some partitions
+    // only. Handoff is off, so only anti-entropy can heal.
+    let mut c = Cluster::start_with(
+        Opts {
+            n: 4,
+            rf: 2,
+            auto_join: true,
+        },
+        |c| {
+            c.replication.anti_entropy_interval = Duration::from_millis(200);
+            c.cluster.handoff_interval = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    c.converged(4).await;
+    let layout = c.node(0).cluster.layout().unwrap();
+    let peers: Vec<String> = (0..4).map(|i| c.peer(i)).collect();
+    let replicas = |key: &str| -> Vec<usize> {
+        layout
+            .replicas_for_key(key)
+            .iter()
+            .map(|&m| {
+                peers
+                    .iter()
+                    .position(|p| *p == layout.member(m).id)
+                    .unwrap()
+            })
+            .collect()
+    };
+    c.stop(3).await;
+    let mut written = Vec::new();
+    for i in 0..40 {
+        let addr = heal_addr(100 + i);
+        let key = key_of(&addr);
+        let reps = replicas(&key);
+        // W = 1: a write whose other replica is node 3 still succeeds.
+        let via = reps.iter().copied().find(|&r| r != 3).unwrap();
+        c.node(via)
+            .store
+            .put_opts(
+                &admin(),
+                PutRequest::new(ctx(&addr, "while node 3 was down")),
+                QuorumOpts {
+                    w: Some(1),
+                    r: Some(1),
+                },
+            )
+            .await
+            .unwrap();
+        written.push((key, reps));
+    }
+    assert!(written.iter().any(|(_, r)| r.contains(&3)));
+    c.restart(3).await;
+    wait_until("every replica holds every write", async || {
+        written.iter().all(|(key, reps)| {
+            reps.iter()
+                .all(|&r| c.node(r).store.local().latest_meta(key).unwrap().is_some())
+        })
+    })
+    .await;
+    // Nothing went where it does not belong: a node outside the replicas
+    // holds a version only as a hinted copy for node 3 (the write's
+    // fallback; handoff is off here).
+    for (key, reps) in &written {
+        for i in (0..4).filter(|i| !reps.contains(i)) {
+            let local = c.node(i).store.local();
+            if local.latest_meta(key).unwrap().is_some() {
+                let hints = local.hints(&peers[3], None, 1000).unwrap();
+                assert!(
+                    hints.hints.iter().any(|h| &h.key == key),
+                    "node {i} is not a replica of {key} and holds no hint for it"
+                );
+            }
+        }
+    }
+}

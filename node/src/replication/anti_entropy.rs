@@ -91,6 +91,31 @@ fn touches_shared(scheme: PartitionScheme, range: SlotRange, shared: &[bool]) ->
     !range.is_empty() && partitions_in(scheme, range).any(|p| is_shared(shared, p))
 }
 
+/// The maximal slot ranges inside `range` made of shared partitions only:
+/// what a leaf lists on both sides.
+fn shared_runs(scheme: PartitionScheme, range: SlotRange, shared: &[bool]) -> Vec<SlotRange> {
+    let mut runs: Vec<SlotRange> = Vec::new();
+    if range.is_empty() {
+        return runs;
+    }
+    for p in partitions_in(scheme, range) {
+        if !is_shared(shared, p) {
+            continue;
+        }
+        let s = scheme.slots(Partition(p));
+        let lo = (*s.start()).max(range.first);
+        let hi = (*s.end()).min(range.last);
+        match runs.last_mut() {
+            Some(r) if u32::from(r.last) + 1 == u32::from(lo) => r.last = hi,
+            _ => runs.push(SlotRange {
+                first: lo,
+                last: hi,
+            }),
+        }
+    }
+    runs
+}
+
 /// The digest of `range` in this node's store, over the shared partitions
 /// only.
 pub fn range_digest(
@@ -597,7 +622,7 @@ impl AntiEntropy {
             }
             let in_flight = self.0.config.anti_entropy_partitions_in_flight.max(1);
             let results: Vec<Result<Moved, ReplicationError>> = futures::stream::iter(leaves)
-                .map(|leaf| self.exchange(layout, peer, leaf, throttle))
+                .map(|leaf| self.exchange(layout, peer, leaf, throttle, round == 0))
                 .buffer_unordered(in_flight)
                 .collect()
                 .await;
@@ -690,16 +715,12 @@ impl AntiEntropy {
                     self.agreed(peer, &whole);
                     continue;
                 }
-                if range.len() <= partition_slots {
-                    let p = scheme.partition_of_slot(Slot(range.first)).0;
-                    if range.len() == partition_slots || first_round {
-                        self.differs(peer, p, first_round);
-                    }
-                    let most = ours.versions.max(t.versions);
-                    if most <= self.0.config.anti_entropy_leaf_versions as u64 || range.len() == 1 {
-                        leaves.push(*range);
-                        continue;
-                    }
+                // Few versions either side: list them (over the shared
+                // partitions of the range) rather than descend further.
+                let most = ours.versions.max(t.versions);
+                if most <= self.0.config.anti_entropy_leaf_versions as u64 || range.len() == 1 {
+                    leaves.push(*range);
+                    continue;
                 }
                 next.extend(
                     children(*range)
@@ -817,9 +838,16 @@ impl AntiEntropy {
         peer: &str,
         range: SlotRange,
         throttle: &Throttle,
+        count_differing: bool,
     ) -> Result<Moved, ReplicationError> {
-        let ours = self.local_ids(range)?;
-        let theirs = self.remote_ids(peer, range).await?;
+        let scheme = layout.partitions();
+        let shared = shared_partitions(layout, self.0.cluster.me(), peer);
+        let mut ours = BTreeMap::new();
+        let mut theirs = BTreeMap::new();
+        for run in shared_runs(scheme, range, &shared) {
+            ours.extend(self.local_ids(run)?);
+            theirs.extend(self.remote_ids(peer, run).await?);
+        }
         let empty = BTreeSet::new();
         // Newest first within a key, so a tombstone is stored before the
         // versions it deletes.
@@ -842,6 +870,22 @@ impl AntiEntropy {
                     version: v.clone(),
                 });
             }
+        }
+        // The partitions that turned out to differ (or, when the lists
+        // agree but the digests did not, every shared one of the leaf:
+        // versions past their expiry that a sweep has yet to remove).
+        let mut differing: BTreeSet<u16> = push
+            .iter()
+            .chain(&pull)
+            .map(|e| scheme.partition_of(&e.key).0)
+            .collect();
+        if differing.is_empty() {
+            differing = partitions_in(scheme, range)
+                .filter(|p| is_shared(&shared, *p))
+                .collect();
+        }
+        for p in differing {
+            self.differs(peer, p, count_differing);
         }
         let mut moved = Moved::default();
         if !push.is_empty() {
@@ -980,6 +1024,62 @@ mod tests {
                 assert_eq!(u32::from(w[0].last) + 1, u32::from(w[1].first));
             }
         }
+    }
+
+    #[test]
+    fn a_leaf_lists_only_runs_of_shared_partitions() {
+        let scheme = PartitionScheme::new(10).unwrap();
+        let mut shared = vec![false; 1024];
+        for p in [0, 1, 2, 5, 1023] {
+            shared[p] = true;
+        }
+        let runs = shared_runs(
+            scheme,
+            SlotRange {
+                first: 0,
+                last: 511,
+            },
+            &shared,
+        );
+        assert_eq!(
+            runs,
+            vec![
+                SlotRange {
+                    first: 0,
+                    last: 191
+                },
+                SlotRange {
+                    first: 320,
+                    last: 383
+                }
+            ]
+        );
+        let tail = shared_runs(
+            scheme,
+            SlotRange {
+                first: 65_500,
+                last: u16::MAX,
+            },
+            &shared,
+        );
+        assert_eq!(
+            tail,
+            vec![SlotRange {
+                first: 65_500,
+                last: u16::MAX
+            }]
+        );
+        assert!(
+            shared_runs(
+                scheme,
+                SlotRange {
+                    first: 200,
+                    last: 300
+                },
+                &shared
+            )
+            .is_empty()
+        );
     }
 
     #[test]
