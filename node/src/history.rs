@@ -13,11 +13,15 @@
 //!    acknowledged put and delete is held, as what it was (a live version
 //!    or a tombstone), by every replica of its address.
 //! 2. **No deleted context returns**: once a delete was acknowledged, no
-//!    operation that began afterwards sees a version that the delete
-//!    superseded, and no replica ends with one as its newest. A live
+//!    replica ends with a version that the delete superseded as its
+//!    newest, and no read that began afterwards with a read quorum that
+//!    meets the delete's write quorum (`r + w > RF`) returns one. A live
 //!    version newer than the tombstone is allowed only if a put wrote it
 //!    (a put acknowledged with it, or one that failed and may have
-//!    written it): a concurrent or later put may revive an address.
+//!    written it): a concurrent or later put may revive an address. (A
+//!    read whose quorum need not meet the delete's, `r = 1` after a delete
+//!    with `w = 2` of 3, may still see the old version while the tombstone
+//!    travels: that is the quorum arithmetic, not a resurrection.)
 //! 3. **Replicas converge**: after the faults stop, every replica of an
 //!    address holds the same versions, and every node reports the same
 //!    digest of its whole store.
@@ -352,7 +356,14 @@ pub fn check(history: &History, state: &FinalState) -> CheckReport {
     }
     for (address, idx) in &by_address {
         check_durable(ops, state, address, idx, &mut report);
-        check_deletes(ops, state, address, idx, &mut report);
+        check_deletes(
+            ops,
+            history.replication_factor,
+            state,
+            address,
+            idx,
+            &mut report,
+        );
         check_reads(history, address, idx, &mut report);
         check_replicas_agree(state, address, &mut report);
     }
@@ -414,6 +425,7 @@ fn explained(ops: &[Op], idx: &[usize], v: &VersionId) -> bool {
 
 fn check_deletes(
     ops: &[Op],
+    history_rf: u8,
     state: &FinalState,
     address: &str,
     idx: &[usize],
@@ -436,13 +448,19 @@ fn check_deletes(
             continue;
         };
         let revived = |v: &VersionId| v < tombstone || !explained(ops, idx, v);
+        let rf = u16::from(history_rf);
         for &o in idx {
             let op = &ops[o];
             if op.invoked <= del.completed {
                 continue;
             }
+            let meets = u16::from(op.r) + u16::from(del.w) > rf;
             if let Some(Some((v, false))) = op.observed()
-                && revived(v)
+                && (if meets {
+                    revived(v)
+                } else {
+                    !explained(ops, idx, v)
+                })
             {
                 report.resurrected.push(Resurrection {
                     address: address.to_string(),
@@ -716,7 +734,7 @@ mod tests {
                 kind: OpKind::Read,
                 address,
                 node: "n1".into(),
-                r: 1,
+                r: 2,
                 w: 0,
                 invoked: end + 10,
                 completed: end + 20,
@@ -799,6 +817,26 @@ mod tests {
                 .any(|x| x.seen_by == SeenBy::Replica("n1".into())),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_read_whose_quorum_need_not_meet_the_delete_may_see_the_old_version() {
+        let ops = vec![
+            op(OpKind::Put, 0, 10, Outcome::Written { version: vid(1) }),
+            op(OpKind::Delete, 20, 30, Outcome::Written { version: vid(2) }),
+            // r = 1 after w = 2 of 3: this replica had not the tombstone yet.
+            Op {
+                r: 1,
+                ..op(OpKind::Read, 40, 50, Outcome::Found { version: vid(1) })
+            },
+        ];
+        let r = check(&history(ops.clone()), &everywhere(&[(1, false), (2, true)]));
+        assert!(r.is_clean(), "{r}");
+        // But even such a read may not return what nobody wrote.
+        let mut ops = ops;
+        ops[2].outcome = Outcome::Found { version: vid(3) };
+        let r = check(&history(ops), &everywhere(&[(1, false), (2, true)]));
+        assert_eq!(r.resurrected_deletes(), 1, "{r}");
     }
 
     #[test]
