@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod bench;
 pub mod cache;
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -180,6 +180,9 @@ enum Command {
     },
     /// Drive a running node with a load mix and print throughput and latency.
     Bench(slurp_node::bench::BenchArgs),
+    /// Run a seeded workload over several nodes' APIs, wait until they
+    /// converge and check the history (fault-injection suite).
+    Chaos(slurp_node::chaos::ChaosArgs),
     /// Print shell completions.
     Completions {
         /// The shell to print completions for.
@@ -1706,6 +1709,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => slurp_node::bench::run(args).await,
+        Command::Chaos(args) => slurp_node::chaos::run(args).await,
         Command::Completions { shell, json } => {
             // Generated into memory: clap_complete panics on a failed write.
             let mut script = Vec::new();
