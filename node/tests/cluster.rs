@@ -425,6 +425,12 @@ async fn hinted_handoff_returns_versions_to_a_replica_that_was_down() {
             .iter()
             .any(|&m| layout.member(m).id == c.peer(fallback))
     );
+    // The hint survives a restart of the fallback (node 0 bootstraps the
+    // others, so it stays).
+    if fallback != 0 {
+        c.stop(fallback).await;
+        c.restart(fallback).await;
+    }
     c.restart(down_i).await;
     wait_until("the hint is handed back", async || {
         hinted(&c) == 0
