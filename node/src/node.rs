@@ -717,48 +717,23 @@ impl Node {
                 })
             }),
         );
-        let (store, cluster, metrics) = (
-            self.store.clone(),
-            self.cluster.clone(),
-            self.metrics.clone(),
-        );
-        let batch = self.config.cluster.handoff_batch;
-        self.workers.spawn(
-            "handoff",
-            "hands versions held for a down replica back to it",
-            self.config.cluster.handoff_interval,
-            Box::new(move || {
-                let (store, cluster, metrics) = (store.clone(), cluster.clone(), metrics.clone());
-                Box::pin(async move {
-                    crate::replication::handoff::pass(&store, &cluster, &metrics, batch).await
-                })
-            }),
-        );
-        let anti_entropy = self.anti_entropy.clone();
-        self.workers.spawn(
-            crate::replication::anti_entropy::WORKER,
-            "compares every partition with its co-replicas by digest and exchanges the versions either side lacks",
-            self.config.replication.anti_entropy_interval,
-            Box::new(move || {
-                let anti_entropy = anti_entropy.clone();
-                Box::pin(async move { anti_entropy.pass().await })
-            }),
-        );
-        let gc = crate::replication::gc::TombstoneGc::new(
-            self.store.clone(),
-            self.cluster.clone(),
-            self.config.replication.clone(),
-            self.metrics.clone(),
-        );
-        self.workers.spawn(
-            "tombstone-gc",
-            "collects deleted addresses once every replica of their partition holds the tombstone",
-            self.config.replication.gc_interval,
-            Box::new(move || {
-                let gc = gc.clone();
-                Box::pin(async move { gc.pass().await })
-            }),
-        );
+        // The replication workers (`crate::replication`).
+        self.workers
+            .start(Arc::new(crate::replication::handoff::Handoff {
+                store: self.store.clone(),
+                cluster: self.cluster.clone(),
+                metrics: self.metrics.clone(),
+                batch: self.config.cluster.handoff_batch,
+                interval: self.config.cluster.handoff_interval,
+            }));
+        self.workers.start(Arc::new(self.anti_entropy.clone()));
+        self.workers
+            .start(Arc::new(crate::replication::gc::TombstoneGc::new(
+                self.store.clone(),
+                self.cluster.clone(),
+                self.config.replication.clone(),
+                self.metrics.clone(),
+            )));
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let net = self.net.clone();

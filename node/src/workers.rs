@@ -33,6 +33,20 @@ pub struct PassReport {
     pub note: String,
 }
 
+/// A background job as a type, beside the data it owns: its name and
+/// description (what `slurp workers` shows), how often it runs, and one
+/// pass. [`Workers::start`] schedules it; between passes it waits for its
+/// interval or a trigger (`slurp workers run NAME`, or the node itself
+/// when there is work, such as a member connecting for anti-entropy).
+pub trait Worker: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    /// Time between passes; zero runs it only when triggered.
+    fn interval(&self) -> Duration;
+    /// One pass: what it did, or why it failed.
+    fn pass(&self) -> Pin<Box<dyn Future<Output = Result<PassReport, String>> + Send + '_>>;
+}
+
 /// A worker pass: an async function returning what it did.
 pub type PassFn =
     Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<PassReport, String>> + Send>> + Send>;
@@ -65,7 +79,7 @@ pub struct WorkerStatus {
     pub next_run_ms: Option<u64>,
 }
 
-struct Worker {
+struct Slot {
     status: Mutex<WorkerStatus>,
     trigger: Notify,
 }
@@ -73,7 +87,7 @@ struct Worker {
 /// All workers of a node.
 #[derive(Clone)]
 pub struct Workers {
-    inner: Arc<Mutex<BTreeMap<String, Arc<Worker>>>>,
+    inner: Arc<Mutex<BTreeMap<String, Arc<Slot>>>>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 }
@@ -103,7 +117,7 @@ impl Workers {
     /// Starts a worker that runs `pass` every `interval` (and whenever
     /// triggered). A zero interval means "only when triggered".
     pub fn spawn(&self, name: &str, description: &str, interval: Duration, mut pass: PassFn) {
-        let worker = Arc::new(Worker {
+        let worker = Arc::new(Slot {
             status: Mutex::new(WorkerStatus {
                 name: name.to_string(),
                 description: description.to_string(),
@@ -200,6 +214,21 @@ impl Workers {
             s.state = WorkerState::Stopped;
             s.next_run_ms = None;
         });
+    }
+
+    /// Starts `worker` (see [`Workers::spawn`]).
+    pub fn start(&self, worker: std::sync::Arc<dyn Worker>) {
+        let (name, description, interval) =
+            (worker.name(), worker.description(), worker.interval());
+        self.spawn(
+            name,
+            description,
+            interval,
+            Box::new(move || {
+                let w = worker.clone();
+                Box::pin(async move { w.pass().await })
+            }),
+        );
     }
 
     /// Asks a worker to run a pass now.

@@ -1004,6 +1004,27 @@ impl AntiEntropy {
     }
 }
 
+impl crate::workers::Worker for AntiEntropy {
+    fn name(&self) -> &'static str {
+        WORKER
+    }
+
+    fn description(&self) -> &'static str {
+        "compares every partition with its co-replicas by digest and exchanges the versions either side lacks"
+    }
+
+    fn interval(&self) -> Duration {
+        self.0.config.anti_entropy_interval
+    }
+
+    fn pass(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<PassReport, String>> + Send + '_>>
+    {
+        Box::pin(AntiEntropy::pass(self))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,6 +75,9 @@ pub(crate) async fn serve_collect(
     Ok(states)
 }
 
+/// The worker's name in `slurp workers`.
+pub const WORKER: &str = "tombstone-gc";
+
 /// The `tombstone-gc` worker of one node.
 #[derive(Clone)]
 pub struct TombstoneGc {
@@ -250,5 +253,26 @@ impl TombstoneGc {
             ReplicateResponse::Collected { states } if states.len() == entries.len() => Ok(states),
             _ => Err(ReplicationError::unexpected(peer, "tombstone states")),
         }
+    }
+}
+
+impl crate::workers::Worker for TombstoneGc {
+    fn name(&self) -> &'static str {
+        WORKER
+    }
+
+    fn description(&self) -> &'static str {
+        "collects deleted addresses once every replica of their partition holds the tombstone"
+    }
+
+    fn interval(&self) -> std::time::Duration {
+        self.config.gc_interval
+    }
+
+    fn pass(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<PassReport, String>> + Send + '_>>
+    {
+        Box::pin(TombstoneGc::pass(self))
     }
 }

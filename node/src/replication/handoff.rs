@@ -62,6 +62,41 @@ impl ContextStore {
     }
 }
 
+/// The worker's name in `slurp workers`.
+pub const WORKER: &str = "handoff";
+
+/// The `handoff` worker: hands hinted versions back to their replicas.
+pub struct Handoff {
+    pub store: ContextStore,
+    pub cluster: Cluster,
+    pub metrics: Metrics,
+    /// Versions per request (`cluster.handoff_batch`).
+    pub batch: usize,
+    /// `cluster.handoff_interval`.
+    pub interval: std::time::Duration,
+}
+
+impl crate::workers::Worker for Handoff {
+    fn name(&self) -> &'static str {
+        WORKER
+    }
+
+    fn description(&self) -> &'static str {
+        "hands versions held for a down replica back to it, then drops the copies held only for it"
+    }
+
+    fn interval(&self) -> std::time::Duration {
+        self.interval
+    }
+
+    fn pass(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<PassReport, String>> + Send + '_>>
+    {
+        Box::pin(pass(&self.store, &self.cluster, &self.metrics, self.batch))
+    }
+}
+
 /// One pass of hinted handoff: for every replica this node holds
 /// versions for and that answers again, send them (a page of `batch` at a
 /// time) and drop the hints it acknowledged.
