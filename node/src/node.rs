@@ -262,8 +262,7 @@ async fn serve(
     }
     if !cluster.accepts_from(&peer) {
         // The sender may hold a newer layout that has it as a member.
-        let (c, id) = (cluster.clone(), peer.to_base58());
-        tokio::spawn(async move { c.pull_layout(&id).await });
+        cluster.want_layout_from(&peer.to_base58());
         let e = RemoteError {
             code: ErrorCode::LayoutMismatch,
             message: format!(
@@ -717,6 +716,36 @@ impl Node {
                 })
             }),
         );
+        let cluster = self.cluster.clone();
+        self.workers.spawn(
+            "layout-pull",
+            "fetches the signed layout from peers that said they hold a newer one (a bounded queue)",
+            self.config.cluster.probe_interval,
+            Box::new(move || {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let n = cluster.pull_wanted_layouts().await;
+                    Ok(PassReport {
+                        items: n as u64,
+                        note: format!("asked {n} peers; layout v{}", cluster.layout_version()),
+                    })
+                })
+            }),
+        );
+        // A peer announcing a newer layout is asked at once, not at the
+        // next interval.
+        let (cluster, workers) = (self.cluster.clone(), self.workers.clone());
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cluster.layout_pull_wanted() => {
+                        let _ = workers.trigger("layout-pull");
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        });
         // The replication workers (`crate::replication`).
         self.workers
             .start(Arc::new(crate::replication::handoff::Handoff {

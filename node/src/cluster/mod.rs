@@ -360,7 +360,16 @@ struct Inner {
     rewrap: std::sync::Mutex<Option<slurp_protocol::messages::RewrapReport>>,
     /// Tokens found on other members (or not found), with when.
     tokens: std::sync::Mutex<std::collections::HashMap<String, (Instant, Option<TokenRecord>)>>,
+    /// Peers that said they hold a newer layout, for the `layout-pull`
+    /// worker (at most [`MAX_LAYOUT_PULLS`]; more wait for the next probe).
+    layout_pulls: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Wakes the `layout-pull` worker.
+    layout_pull_wake: tokio::sync::Notify,
 }
+
+/// Peers remembered at most for a layout pull; requests past it are
+/// dropped (the membership probe compares layouts with every peer anyway).
+pub const MAX_LAYOUT_PULLS: usize = 64;
 
 /// The name of the cluster key among the keystore's sealed secrets.
 const CLUSTER_KEY_SECRET: &str = "cluster";
@@ -438,6 +447,8 @@ impl Cluster {
             data_dir: data_dir.to_path_buf(),
             heads_lock: Default::default(),
             tokens: Default::default(),
+            layout_pulls: Default::default(),
+            layout_pull_wake: tokio::sync::Notify::new(),
         })))
     }
 
@@ -878,8 +889,7 @@ impl Cluster {
                 self.0.peers.record_info(&from, node, layout_version);
                 self.newer_keys(&from, keys_version);
                 if layout_version > version {
-                    let this = self.clone();
-                    tokio::spawn(async move { this.pull_layout(&from).await });
+                    self.want_layout_from(&from);
                 }
                 ClusterResponse::Hello {
                     node: self.info(),
@@ -1640,6 +1650,46 @@ impl Cluster {
             }
         }
         (answered, changed)
+    }
+
+    /// Asks the `layout-pull` worker to fetch `peer`'s layout: a bounded
+    /// queue instead of a task per request, so peers cannot make this
+    /// node start unbounded work. Returns whether it was queued.
+    pub fn want_layout_from(&self, peer: &str) -> bool {
+        let queued = {
+            let mut q = self
+                .0
+                .layout_pulls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            q.len() < MAX_LAYOUT_PULLS && q.insert(peer.to_string())
+        };
+        if queued {
+            self.0.layout_pull_wake.notify_one();
+        }
+        queued
+    }
+
+    /// One pass of the `layout-pull` worker: pulls from every queued peer.
+    pub async fn pull_wanted_layouts(&self) -> usize {
+        let peers: Vec<String> = std::mem::take(
+            &mut *self
+                .0
+                .layout_pulls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        for p in &peers {
+            self.pull_layout(p).await;
+        }
+        peers.len()
+    }
+
+    /// Waits until a layout pull is wanted.
+    pub async fn layout_pull_wanted(&self) {
+        self.0.layout_pull_wake.notified().await
     }
 
     /// Fetches `peer`'s layout if it is newer than ours, and takes it if
