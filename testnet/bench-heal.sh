@@ -55,6 +55,7 @@ held=$(versions_of 1)
 echo "node 1 holds $held versions"
 start_ms=$(date +%s%3N)
 testnet/start.sh 3 >/dev/null
+up_ms=$(date +%s%3N)
 same() {
   local d1 d2 d3
   d1=$(digest_of 1) && d2=$(digest_of 2) && d3=$(digest_of 3) || return 1
@@ -62,7 +63,7 @@ same() {
 }
 wait_for 300 "node 3 to hold what nodes 1 and 2 hold" same
 end_ms=$(date +%s%3N)
-echo "node 3 converged $((end_ms - start_ms)) ms after it was started (it holds $(versions_of 3) versions, no client read)"
+echo "node 3 converged $((end_ms - start_ms)) ms after it was started, $((end_ms - up_ms)) ms after it answered /health (it holds $(versions_of 3) versions, no client read)"
 
 wait_for 120 "every node to report every partition converged" converged_all
 echo "== $idle s idle"

@@ -251,8 +251,14 @@ impl ContextStore {
 
     /// Sends `version` to replicas that lack it, in the background.
     fn repair(&self, peers: Vec<String>, version: SealedVersion) {
+        // Bounded: past the limit anti-entropy heals the replica instead.
+        let Ok(permit) = self.0.repairs.clone().try_acquire_owned() else {
+            self.0.metrics.replication("read_repair_skipped", 1);
+            return;
+        };
         let this = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let Some(cluster) = this.cluster().cloned() else {
                 return;
             };

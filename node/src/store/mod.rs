@@ -166,7 +166,13 @@ pub(crate) struct Inner {
     pub(crate) batches: Batches,
     pub(crate) cluster: Option<Cluster>,
     pub(crate) replication: crate::replication::ReplicationConfig,
+    /// Read repairs in flight at most (each a background task); past it a
+    /// repair is skipped and left to anti-entropy.
+    pub(crate) repairs: Arc<tokio::sync::Semaphore>,
 }
+
+/// Read repairs running at once at most.
+const MAX_REPAIRS: usize = 256;
 
 /// The context store. Cheap to clone.
 #[derive(Clone)]
@@ -207,6 +213,7 @@ impl ContextStore {
             batches,
             cluster: parts.cluster,
             replication: parts.replication,
+            repairs: Arc::new(tokio::sync::Semaphore::new(MAX_REPAIRS)),
         }))
     }
 
