@@ -6,6 +6,10 @@
 
 use slurp_protocol::{AddressError, RoleName, ValidationError, VersionId};
 
+/// The error of a lower layer (storage, crypto, index) a [`StoreError`]
+/// carries, kept whole so `source()` walks down to it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// What went wrong with a store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,11 +46,11 @@ pub enum StoreError {
     #[error("this node holds no key of role {0}; it cannot open records for it")]
     NoKey(RoleName),
     #[error("local store: {0}")]
-    Storage(String),
+    Storage(#[source] Cause),
     #[error("encryption: {0}")]
-    Crypto(String),
+    Crypto(#[source] Cause),
     #[error("index: {0}")]
-    Index(String),
+    Index(#[source] Cause),
     #[error("search: {0}")]
     Search(String),
     /// Query text that does not say one clear thing; the message names
@@ -135,31 +139,31 @@ impl StoreError {
 
 impl From<slurp_storage::ReadError> for StoreError {
     fn from(e: slurp_storage::ReadError) -> Self {
-        StoreError::Storage(e.to_string())
+        StoreError::Storage(Box::new(e))
     }
 }
 
 impl From<slurp_storage::WriteError> for StoreError {
     fn from(e: slurp_storage::WriteError) -> Self {
-        StoreError::Storage(e.to_string())
+        StoreError::Storage(Box::new(e))
     }
 }
 
 impl From<slurp_crypto::EnvelopeError> for StoreError {
     fn from(e: slurp_crypto::EnvelopeError) -> Self {
-        StoreError::Crypto(e.to_string())
+        StoreError::Crypto(Box::new(e))
     }
 }
 
 impl From<slurp_crypto::KeyError> for StoreError {
     fn from(e: slurp_crypto::KeyError) -> Self {
-        StoreError::Crypto(e.to_string())
+        StoreError::Crypto(Box::new(e))
     }
 }
 
 impl From<slurp_index::IndexError> for StoreError {
     fn from(e: slurp_index::IndexError) -> Self {
-        StoreError::Index(e.to_string())
+        StoreError::Index(Box::new(e))
     }
 }
 
@@ -170,7 +174,7 @@ impl From<slurp_index::SearchError> for StoreError {
                 StoreError::InvalidQuery(e.to_string())
             }
             e if e.is_invalid_request() => StoreError::Search(e.to_string()),
-            e => StoreError::Index(e.to_string()),
+            e => StoreError::Index(Box::new(e)),
         }
     }
 }

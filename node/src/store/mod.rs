@@ -1082,10 +1082,9 @@ impl ContextStore {
                 .ok_or_else(|| StoreError::NoKey(role.clone()))?;
             let plain = env.open_with_key(key)?;
             ContextNode::decode(&plain).map_err(|e| {
-                StoreError::Crypto(format!(
-                    "{}: sealed context does not decode: {e}",
-                    record.meta.key
-                ))
+                StoreError::Crypto(
+                    format!("{}: sealed context does not decode: {e}", record.meta.key).into(),
+                )
             })
         })();
         self.time("open", "crypto", start, &r);

@@ -575,7 +575,7 @@ impl ContextStore {
             for s in stats_by.values() {
                 match &mut merged {
                     None => merged = Some(s.clone()),
-                    Some(m) => m.merge(s).map_err(|e| StoreError::Index(e.to_string()))?,
+                    Some(m) => m.merge(s).map_err(|e| StoreError::Index(Box::new(e)))?,
                 }
             }
             let merged = merged.unwrap_or_else(|| QueryStatistics {
