@@ -28,7 +28,8 @@ started=$SECONDS
 status=0
 SLURP_FAULT_SEEDS=$schedules SLURP_FAULT_SEED_BASE=$base SLURP_FAULT_SECS=$secs \
   timeout --kill-after=30 $((secs + 300)) \
-  cargo test -p slurp-node --test faults seeded_fault_schedules -- --nocapture >"$log" 2>&1 || status=$?
+  cargo test -p slurp-node --test faults seeded_fault_schedules -- --nocapture --test-threads 4 \
+  >"$log" 2>&1 || status=$?
 took=$((SECONDS - started))
 
 summary=$(awk '

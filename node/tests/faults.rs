@@ -16,8 +16,9 @@
 //! fault changes) and the odds of every fault, while the exact
 //! interleaving of messages is the runtime's. `SLURP_FAULT_SEED_BASE`
 //! moves the first seed and `SLURP_FAULT_SECS` stops starting schedules
-//! after that many seconds (`testnet/faults.sh` runs thousands that way).
-//! Each schedule prints one `fault-schedule` line (run with
+//! that many seconds after the first test function started, however many
+//! of them the runner runs at once (`testnet/faults.sh` runs thousands
+//! that way). Each schedule prints one `fault-schedule` line (run with
 //! `--nocapture` to see them).
 //!
 //! Schedules share one cluster per test function (starting a cluster
@@ -529,11 +530,18 @@ async fn run_part(part: u64) {
         return;
     }
     let budget = env_u64("SLURP_FAULT_SECS").map(Duration::from_secs);
+    // The budget counts from the first part to start: a runner may run
+    // the parts one or two at a time.
+    static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let first = *FIRST.get_or_init(Instant::now);
     let started = Instant::now();
+    if budget.is_some_and(|b| first.elapsed() > b) {
+        return;
+    }
     let bench = Bench::start().await;
     let mut all = Vec::new();
     for seed in seeds {
-        if budget.is_some_and(|b| started.elapsed() > b) {
+        if budget.is_some_and(|b| first.elapsed() > b) {
             break;
         }
         all.push(bench.run(seed).await);
