@@ -78,8 +78,6 @@ pub enum RecordProblem {
     },
     #[error("the envelope is empty and the version is not a tombstone")]
     EmptyEnvelope,
-    #[error("acl owner must be 1 to 256 bytes")]
-    BadOwner,
     #[error("backup id {0:?}: 1 to 128 characters of [A-Za-z0-9_.-]")]
     BadBackupId(String),
     #[error("a replaced version must keep its metadata; only its sealed bytes may change")]

@@ -43,8 +43,6 @@ pub const HIERARCHY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hiera
 pub const LINKS_OUT: TableDefinition<&[u8], u8> = TableDefinition::new("links_out");
 /// `to key | 0x00 | from key` → the same flags as [`LINKS_OUT`].
 pub const LINKS_IN: TableDefinition<&[u8], u8> = TableDefinition::new("links_in");
-/// `slot | key` → framed [`crate::record::AclRecord`].
-pub const ACL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("acl");
 /// `slot | key` → framed [`crate::record::TombstoneEntry`].
 pub const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
 /// backup id → framed [`crate::record::BackupMeta`].
@@ -66,10 +64,11 @@ pub const COLLECTED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("colle
 /// The `meta` entry holding the schema version, a `u32` big-endian.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The schema this build writes and the newest it reads. Version 2 added
-/// [`HINTS`], version 3 [`COLLECTED`]; an older file is upgraded when
-/// opened (the missing tables are created and the record rewritten in one
-/// transaction).
-pub const SCHEMA_VERSION: u32 = 3;
+/// [`HINTS`], version 3 [`COLLECTED`], version 4 dropped the unused `acl`
+/// table (access-control records); an older file is upgraded when opened
+/// (the missing tables are created, `acl` is deleted and the record
+/// rewritten in one transaction).
+pub const SCHEMA_VERSION: u32 = 4;
 /// Longest hint target (peer id) accepted, in bytes.
 pub const MAX_HINT_TARGET_LEN: usize = 128;
 
@@ -86,7 +85,8 @@ fn push_version(out: &mut Vec<u8>, v: &VersionId) {
     out.extend_from_slice(v.writer.as_str().as_bytes());
 }
 
-/// `slot | key`: the key of the per-address tables ([`ACL`], [`TOMBSTONES`]).
+/// `slot | key`: the key of the per-address tables ([`TOMBSTONES`],
+/// [`COLLECTED`]).
 pub fn slot_key(key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + key.len());
     out.extend_from_slice(&Slot::of(key).0.to_be_bytes());
@@ -373,7 +373,7 @@ pub fn decode_hint_key(bytes: &[u8]) -> Result<HintKey<'_>, KeyLayoutError> {
     })
 }
 
-/// Splits a `slot | key` key ([`ACL`], [`TOMBSTONES`]).
+/// Splits a `slot | key` key ([`TOMBSTONES`], [`COLLECTED`]).
 pub fn decode_slot_key(bytes: &[u8]) -> Result<(Slot, &str), KeyLayoutError> {
     if bytes.len() < 3 {
         return Err(layout_error(bytes, "too short"));

@@ -65,7 +65,7 @@ pub use read::{
     Child, KeyEntry, KeyPage, Latest, Links, Listing, ScanCursor, ScanPage, ScannedVersion,
     SlotScan, StoreStats, StoredRecord, Tombstone,
 };
-pub use record::{AclRecord, BackupKind, BackupMeta, Codec, CollectedMarker, TombstoneEntry};
+pub use record::{BackupKind, BackupMeta, Codec, CollectedMarker, TombstoneEntry};
 pub use removal::{CollectOutcome, PurgeReport, SweepReport};
 pub use store::{CommitFailpoint, CommitFaults, NewVersion, PutOutcome, Store, StoreBuilder};
 pub use validate::{check_backup_id, check_hint_target, check_key, check_path};

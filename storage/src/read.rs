@@ -23,8 +23,8 @@ use crate::error::{CorruptValue, ReadError};
 use crate::layout::{self, LINK_BY_FROM, LINK_BY_TO};
 use crate::observer::{ReadKind, ReadOutcome};
 use crate::record::{
-    AclRecord, BackupMeta, CollectedMarker, Head, LatestEntry, StoredVersion, TombstoneEntry,
-    decode_framed, decode_version,
+    BackupMeta, CollectedMarker, Head, LatestEntry, StoredVersion, TombstoneEntry, decode_framed,
+    decode_version,
 };
 use crate::store::Store;
 use crate::writer::expired;
@@ -181,7 +181,6 @@ pub struct StoreStats {
     pub expiring: u64,
     /// Addresses whose newest version is a tombstone.
     pub tombstones: u64,
-    pub acls: u64,
     pub backups: u64,
     /// Hints (hinted handoff) pending, over all targets.
     pub hints: u64,
@@ -688,17 +687,6 @@ impl Store {
         })
     }
 
-    /// The access-control record of an address.
-    pub fn acl(&self, key: &str) -> Result<Option<AclRecord>, ReadError> {
-        self.snapshot(|s| {
-            let acl = s.table(layout::ACL)?;
-            match acl.get(layout::slot_key(key).as_slice())? {
-                Some(v) => Ok(Some(decode_framed(v.value(), "acl", key)?)),
-                None => Ok(None),
-            }
-        })
-    }
-
     /// A backup's metadata.
     pub fn backup(&self, id: &str) -> Result<Option<BackupMeta>, ReadError> {
         self.snapshot(|s| {
@@ -809,9 +797,6 @@ impl Store {
             let tombstones = s.table(layout::TOMBSTONES)?;
             st.tombstones = tombstones.len()?;
             bytes += tombstones.stats()?.stored_bytes();
-            let acl = s.table(layout::ACL)?;
-            st.acls = acl.len()?;
-            bytes += acl.stats()?.stored_bytes();
             let backups: ReadOnlyTable<&str, &[u8]> = s.txn.open_table(layout::BACKUPS)?;
             st.backups = backups.len()?;
             bytes += backups.stats()?.stored_bytes();

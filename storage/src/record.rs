@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use slurp_protocol::wire::{DEFAULT_MAX_DECODE, kinds};
-use slurp_protocol::{Bytes, Framed, Hlc, RecordMeta, RoleName, VersionId};
+use slurp_protocol::{Bytes, Framed, Hlc, RecordMeta, VersionId};
 
 use crate::error::CorruptValue;
 
@@ -38,30 +38,6 @@ pub struct StoredVersion {
 impl Framed for StoredVersion {
     const KIND: u16 = kinds::STORED_VERSION;
     const NAME: &'static str = "stored-version";
-    const VERSION: u16 = 1;
-}
-
-/// A value of the `acl` table: who owns an address and who may read and
-/// write it. The node decides what the fields mean; the store keeps them
-/// with the address so they move with its partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AclRecord {
-    /// The writer (node or agent id) that owns the address.
-    pub owner: String,
-    /// Roles that may read it.
-    #[serde(default)]
-    pub readers: Vec<RoleName>,
-    /// Roles that may write new versions.
-    #[serde(default)]
-    pub writers: Vec<RoleName>,
-    /// When the record was last changed.
-    #[serde(default)]
-    pub updated: Hlc,
-}
-
-impl Framed for AclRecord {
-    const KIND: u16 = kinds::ACL_RECORD;
-    const NAME: &'static str = "acl";
     const VERSION: u16 = 1;
 }
 
@@ -395,7 +371,7 @@ pub fn decode_version(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use slurp_protocol::WriterId;
+    use slurp_protocol::{RoleName, WriterId};
 
     fn meta(key: &str) -> RecordMeta {
         RecordMeta {
@@ -465,13 +441,11 @@ mod tests {
         assert_eq!(decode_version(&bytes, "k", &id).unwrap(), v);
         assert!(decode_version(&bytes, "j", &id).is_err());
         // A framed value of another kind is refused, not misread.
-        let acl = AclRecord {
-            owner: "o".into(),
-            readers: vec![],
-            writers: vec![],
-            updated: Hlc::ZERO,
+        let tomb = TombstoneEntry {
+            version: id.clone(),
+            recorded_at_ms: 1,
         };
-        let err = decode_version(&acl.encode().unwrap(), "k", &id).unwrap_err();
+        let err = decode_version(&tomb.encode().unwrap(), "k", &id).unwrap_err();
         assert!(err.reason.contains("expected a stored-version"), "{err}");
     }
 
@@ -497,7 +471,6 @@ mod tests {
             let id = meta("k").version;
             let _ = LatestEntry::decode(&bytes, "k");
             let _ = decode_version(&bytes, "k", &id);
-            let _ = decode_framed::<AclRecord>(&bytes, "acl", "k");
             let _ = decode_framed::<BackupMeta>(&bytes, "backups", "b");
             let _ = decode_framed::<TombstoneEntry>(&bytes, "tombstones", "k");
             let _ = decode_framed::<CollectedMarker>(&bytes, "collected", "k");

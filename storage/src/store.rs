@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use slurp_protocol::version::{SystemTimeSource, TimeSource};
 use slurp_protocol::{Framed, RecordMeta, VersionId};
 use tokio::sync::{mpsc, oneshot};
@@ -26,7 +26,7 @@ use crate::error::{MaintenanceError, OpenError, WriteError};
 use crate::hints::Hint;
 use crate::layout::{self, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 use crate::observer::{NoopObserver, StoreObserver};
-use crate::record::{AclRecord, BackupMeta, StoredVersion};
+use crate::record::{BackupMeta, StoredVersion};
 use crate::removal::{CollectOutcome, PurgeReport, SweepReport};
 use crate::validate;
 use crate::writer::{self, Command, CompactionReport, PreparedPut};
@@ -68,7 +68,7 @@ pub enum PutOutcome {
 /// per commit.
 ///
 /// It covers the batched writes (puts, hinted puts, replaced envelopes,
-/// hint removals, ACLs, backups), not the removals (sweep, purge,
+/// hint removals, backups), not the removals (sweep, purge,
 /// collect), which commit on their own.
 pub trait CommitFaults: Send + Sync {
     /// Called before each batch commits. An error fails that commit
@@ -281,11 +281,17 @@ impl StoreBuilder {
     }
 }
 
+/// The `acl` table of schemas 1 to 3 (access-control records, which
+/// nothing read or wrote). The upgrade to schema 4 deletes it; nothing else
+/// names it.
+const RETIRED_ACL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("acl");
+
 /// Refuses a file written by a newer schema, creates every table (and the
 /// schema record) in a new one, and upgrades an older one: schema 1 lacked
 /// the `hints` table and schema 2 the `collected` table, which are created
-/// here like every other missing table, and the record is rewritten in the
-/// same transaction.
+/// here like every other missing table, and schemas 1 to 3 had the `acl`
+/// table, which is deleted; the record is rewritten in the same
+/// transaction.
 fn check_schema(db: &Database, path: &str) -> Result<(), OpenError> {
     let unreadable = |reason: String| OpenError::SchemaUnreadable {
         path: path.to_string(),
@@ -337,13 +343,17 @@ fn check_schema(db: &Database, path: &str) -> Result<(), OpenError> {
             .map_err(redb::Error::from)?;
         txn.open_table(layout::LINKS_IN)
             .map_err(redb::Error::from)?;
-        txn.open_table(layout::ACL).map_err(redb::Error::from)?;
         txn.open_table(layout::TOMBSTONES)
             .map_err(redb::Error::from)?;
         txn.open_table(layout::BACKUPS).map_err(redb::Error::from)?;
         txn.open_table(layout::HINTS).map_err(redb::Error::from)?;
         txn.open_table(layout::COLLECTED)
             .map_err(redb::Error::from)?;
+        // 3 -> 4: the unused `acl` table goes, in the transaction that
+        // writes the new schema record.
+        if found.is_some_and(|v| v < 4) {
+            txn.delete_table(RETIRED_ACL).map_err(redb::Error::from)?;
+        }
         let mut meta = txn.open_table(layout::META).map_err(redb::Error::from)?;
         if found.is_none_or(|v| v < SCHEMA_VERSION) {
             meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())
@@ -751,46 +761,11 @@ impl Store {
         Ok(removed)
     }
 
-    fn prepare_acl(&self, key: &str, acl: Option<&AclRecord>) -> Result<SimpleWrite, WriteError> {
-        let invalid = |problem| WriteError::Invalid {
-            key: key.to_string(),
-            problem,
-        };
-        validate::check_key(key).map_err(invalid)?;
-        let value = match acl {
-            None => None,
-            Some(acl) => {
-                if acl.owner.is_empty() || acl.owner.len() > 256 {
-                    return Err(invalid(crate::error::RecordProblem::BadOwner));
-                }
-                let max = self.inner.shared.config.max_links;
-                for (field, list) in [("acl.readers", &acl.readers), ("acl.writers", &acl.writers)]
-                {
-                    if list.len() > max {
-                        return Err(invalid(crate::error::RecordProblem::TooMany {
-                            field,
-                            len: list.len(),
-                            max,
-                        }));
-                    }
-                }
-                Some(acl.encode().map_err(|e| WriteError::Encode {
-                    key: key.to_string(),
-                    reason: e.to_string(),
-                })?)
-            }
-        };
-        Ok(SimpleWrite::Acl {
-            key: key.to_string(),
-            value,
-        })
-    }
-
     fn prepare_backup(
         &self,
         id: &str,
         meta: Option<&BackupMeta>,
-    ) -> Result<SimpleWrite, WriteError> {
+    ) -> Result<BackupWrite, WriteError> {
         validate::check_backup_id(id).map_err(|problem| WriteError::Invalid {
             key: id.to_string(),
             problem,
@@ -802,72 +777,46 @@ impl Store {
                 reason: e.to_string(),
             })?),
         };
-        Ok(SimpleWrite::Backup {
+        Ok(BackupWrite {
             id: id.to_string(),
             value,
         })
     }
 
-    async fn submit_simple(&self, c: SimpleWrite) -> Result<bool, WriteError> {
+    async fn submit_backup(&self, c: BackupWrite) -> Result<bool, WriteError> {
         self.submit(|reply| c.with_reply(reply))
             .await
             .unwrap_or(Err(WriteError::Closed))
     }
 
-    fn submit_simple_blocking(&self, c: SimpleWrite) -> Result<bool, WriteError> {
+    fn submit_backup_blocking(&self, c: BackupWrite) -> Result<bool, WriteError> {
         self.submit_blocking(|reply| c.with_reply(reply))
             .unwrap_or(Err(WriteError::Closed))
-    }
-
-    /// Sets the access-control record of `key` (replacing any). Returns
-    /// whether one existed.
-    pub async fn put_acl(&self, key: &str, acl: &AclRecord) -> Result<bool, WriteError> {
-        let c = self.prepare_acl(key, Some(acl))?;
-        self.submit_simple(c).await
-    }
-
-    /// [`Store::put_acl`] for synchronous callers.
-    pub fn put_acl_blocking(&self, key: &str, acl: &AclRecord) -> Result<bool, WriteError> {
-        let c = self.prepare_acl(key, Some(acl))?;
-        self.submit_simple_blocking(c)
-    }
-
-    /// Removes the access-control record of `key`. Returns whether one
-    /// existed.
-    pub async fn delete_acl(&self, key: &str) -> Result<bool, WriteError> {
-        let c = self.prepare_acl(key, None)?;
-        self.submit_simple(c).await
-    }
-
-    /// [`Store::delete_acl`] for synchronous callers.
-    pub fn delete_acl_blocking(&self, key: &str) -> Result<bool, WriteError> {
-        let c = self.prepare_acl(key, None)?;
-        self.submit_simple_blocking(c)
     }
 
     /// Records a backup's metadata under its id (replacing any). Returns
     /// whether one existed.
     pub async fn put_backup(&self, meta: &BackupMeta) -> Result<bool, WriteError> {
         let c = self.prepare_backup(&meta.id, Some(meta))?;
-        self.submit_simple(c).await
+        self.submit_backup(c).await
     }
 
     /// [`Store::put_backup`] for synchronous callers.
     pub fn put_backup_blocking(&self, meta: &BackupMeta) -> Result<bool, WriteError> {
         let c = self.prepare_backup(&meta.id, Some(meta))?;
-        self.submit_simple_blocking(c)
+        self.submit_backup_blocking(c)
     }
 
     /// Forgets a backup. Returns whether it was recorded.
     pub async fn delete_backup(&self, id: &str) -> Result<bool, WriteError> {
         let c = self.prepare_backup(id, None)?;
-        self.submit_simple(c).await
+        self.submit_backup(c).await
     }
 
     /// [`Store::delete_backup`] for synchronous callers.
     pub fn delete_backup_blocking(&self, id: &str) -> Result<bool, WriteError> {
         let c = self.prepare_backup(id, None)?;
-        self.submit_simple_blocking(c)
+        self.submit_backup_blocking(c)
     }
 
     /// Deletes up to `limit` expired versions in one transaction (fixing
@@ -1032,17 +981,19 @@ impl Store {
     }
 }
 
-/// An ACL or backup-metadata write, before its reply channel is attached.
-enum SimpleWrite {
-    Acl { key: String, value: Option<Vec<u8>> },
-    Backup { id: String, value: Option<Vec<u8>> },
+/// A backup-metadata write (`None`: remove), before its reply channel is
+/// attached.
+struct BackupWrite {
+    id: String,
+    value: Option<Vec<u8>>,
 }
 
-impl SimpleWrite {
+impl BackupWrite {
     fn with_reply(self, reply: oneshot::Sender<Result<bool, WriteError>>) -> Command {
-        match self {
-            SimpleWrite::Acl { key, value } => Command::Acl { key, value, reply },
-            SimpleWrite::Backup { id, value } => Command::Backup { id, value, reply },
+        Command::Backup {
+            id: self.id,
+            value: self.value,
+            reply,
         }
     }
 }

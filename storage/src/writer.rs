@@ -87,11 +87,6 @@ pub(crate) enum Command {
         keys: Vec<Vec<u8>>,
         reply: oneshot::Sender<Result<usize, WriteError>>,
     },
-    Acl {
-        key: String,
-        value: Option<Vec<u8>>,
-        reply: oneshot::Sender<Result<bool, WriteError>>,
-    },
     Backup {
         id: String,
         value: Option<Vec<u8>>,
@@ -346,8 +341,7 @@ fn commit_batch(shared: &Shared, batch: Vec<Command>) {
                     (Command::Replace { reply, .. }, Applied::Replace(r)) => {
                         let _ = reply.send(r);
                     }
-                    (Command::Acl { reply, .. }, Applied::Simple(r))
-                    | (Command::Backup { reply, .. }, Applied::Simple(r)) => {
+                    (Command::Backup { reply, .. }, Applied::Simple(r)) => {
                         let _ = reply.send(r);
                     }
                     (Command::RemoveHints { reply, .. }, Applied::Count(r)) => {
@@ -372,7 +366,7 @@ fn commit_batch(shared: &Shared, batch: Vec<Command>) {
                     Command::Replace { items, reply } => {
                         let _ = reply.send(items.iter().map(|_| Err(failed())).collect());
                     }
-                    Command::Acl { reply, .. } | Command::Backup { reply, .. } => {
+                    Command::Backup { reply, .. } => {
                         let _ = reply.send(Err(failed()));
                     }
                     Command::RemoveHints { reply, .. } => {
@@ -410,7 +404,6 @@ fn apply_batch(
     let mut applied = Vec::with_capacity(batch.len());
     let delta = {
         let mut t = Tables::open(&txn)?;
-        let mut acl = None;
         let mut backups = None;
         let mut hints = None;
         for command in batch {
@@ -464,21 +457,6 @@ fn apply_batch(
                         results.push(r);
                     }
                     applied.push(Applied::Replace(results));
-                }
-                Command::Acl { key, value, .. } => {
-                    let table = match &mut acl {
-                        Some(t) => t,
-                        None => acl.insert(txn.open_table(layout::ACL)?),
-                    };
-                    let k = layout::slot_key(key);
-                    let existed = match value {
-                        Some(v) => {
-                            counts.bytes += v.len() as u64;
-                            table.insert(k.as_slice(), v.as_slice())?.is_some()
-                        }
-                        None => table.remove(k.as_slice())?.is_some(),
-                    };
-                    applied.push(Applied::Simple(Ok(existed)));
                 }
                 Command::Backup { id, value, .. } => {
                     let table = match &mut backups {

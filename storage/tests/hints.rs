@@ -538,7 +538,7 @@ fn a_schema_1_store_gets_the_hints_table_at_open() {
     let meta = txn.open_table(layout::META).unwrap();
     let raw = meta.get(layout::SCHEMA_VERSION_KEY).unwrap().unwrap();
     assert_eq!(raw.value(), layout::SCHEMA_VERSION.to_be_bytes().as_slice());
-    assert_eq!(layout::SCHEMA_VERSION, 3);
+    assert_eq!(layout::SCHEMA_VERSION, 4);
 }
 
 // The store against a model of its hints: random hinted and plain puts

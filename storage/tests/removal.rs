@@ -563,7 +563,7 @@ fn a_schema_2_store_gets_the_collected_table_at_open() {
     let meta = txn.open_table(layout::META).unwrap();
     let raw = meta.get(layout::SCHEMA_VERSION_KEY).unwrap().unwrap();
     assert_eq!(raw.value(), layout::SCHEMA_VERSION.to_be_bytes().as_slice());
-    assert_eq!(layout::SCHEMA_VERSION, 3);
+    assert_eq!(layout::SCHEMA_VERSION, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use rand::RngCore;
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use slurp_protocol::{Hlc, Partition, PartitionScheme, Temporal};
 use slurp_storage::layout;
 use slurp_storage::record::{StoredVersion, decode_version};
 use slurp_storage::{
-    AclRecord, BackupKind, BackupMeta, Child, Codec, Latest, Links, OpenError, PutOutcome,
-    ReadError, RecordProblem, SlotScan, Store, StoreConfig, WriteError,
+    BackupKind, BackupMeta, Child, Codec, Latest, Links, OpenError, PutOutcome, ReadError,
+    RecordProblem, SlotScan, Store, StoreConfig, WriteError,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -609,15 +609,6 @@ async fn concurrent_writers_share_commits() {
 fn everything_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(T0);
-    let acl = AclRecord {
-        owner: "node-a".into(),
-        readers: vec![slurp_protocol::RoleName::new("developer").unwrap()],
-        writers: vec![],
-        updated: Hlc {
-            wall_ms: T0,
-            logical: 0,
-        },
-    };
     let backup = BackupMeta {
         id: "b1".into(),
         kind: BackupKind::Full,
@@ -642,7 +633,6 @@ fn everything_survives_a_reopen() {
         store
             .put_blocking(version("src/b.rs", vid(T0, 1, "w")))
             .unwrap();
-        assert!(!store.put_acl_blocking(&key("src/a.rs"), &acl).unwrap());
         assert!(!store.put_backup_blocking(&backup).unwrap());
     }
     let store = open(&dir, &clock);
@@ -652,11 +642,8 @@ fn everything_survives_a_reopen() {
         store.links(&key("src/b.rs")).unwrap().influenced_by,
         vec![key("src/a.rs")]
     );
-    assert_eq!(store.acl(&key("src/a.rs")).unwrap(), Some(acl.clone()));
     assert_eq!(store.backup("b1").unwrap(), Some(backup.clone()));
     assert_eq!(store.backups().unwrap().items, vec![backup]);
-    assert!(store.delete_acl_blocking(&key("src/a.rs")).unwrap());
-    assert_eq!(store.acl(&key("src/a.rs")).unwrap(), None);
     assert!(store.delete_backup_blocking("b1").unwrap());
     assert!(!store.delete_backup_blocking("b1").unwrap());
     assert!(store.check().unwrap().is_ok());
@@ -683,6 +670,168 @@ fn a_newer_schema_is_refused() {
         }) => assert_eq!((found, supported), (99, layout::SCHEMA_VERSION)),
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
+}
+
+/// The `acl` table of schemas 1 to 3 (access-control records, written by
+/// nothing), which opening deletes since schema 4.
+const RETIRED_ACL: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("acl");
+
+/// The entries of a table, as raw key and value bytes.
+type RawRows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Every entry of one table.
+fn raw_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    def: redb::TableDefinition<K, V>,
+) -> RawRows {
+    txn.open_table(def)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (
+                K::as_bytes(&k.value()).as_ref().to_vec(),
+                V::as_bytes(&v.value()).as_ref().to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// Every record of every table of the current schema but `meta`, raw, by
+/// table name.
+fn raw_tables(path: &std::path::Path) -> Vec<(&'static str, RawRows)> {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    vec![
+        ("versions", raw_rows(&txn, layout::VERSIONS)),
+        ("keys", raw_rows(&txn, layout::KEYS)),
+        ("ttl", raw_rows(&txn, layout::TTL)),
+        ("key_ttl", raw_rows(&txn, layout::KEY_TTL)),
+        ("hierarchy", raw_rows(&txn, layout::HIERARCHY)),
+        ("links_out", raw_rows(&txn, layout::LINKS_OUT)),
+        ("links_in", raw_rows(&txn, layout::LINKS_IN)),
+        ("tombstones", raw_rows(&txn, layout::TOMBSTONES)),
+        ("backups", raw_rows(&txn, layout::BACKUPS)),
+        ("hints", raw_rows(&txn, layout::HINTS)),
+        ("collected", raw_rows(&txn, layout::COLLECTED)),
+    ]
+}
+
+#[test]
+fn a_schema_3_store_loses_the_acl_table_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(T0);
+    let path = dir.path().join("store.redb");
+    let backup = BackupMeta {
+        id: "b1".into(),
+        kind: BackupKind::Full,
+        created_at_ms: T0,
+        since: None,
+        watermark: Hlc {
+            wall_ms: T0,
+            logical: 9,
+        },
+        slots: (0, u16::MAX),
+        versions: 2,
+        bytes: 100,
+        location: "backups/b1".into(),
+        digest: None,
+        complete: true,
+    };
+    let (a, b, gone) = (key("src/a.rs"), key("src/b.rs"), key("gone.rs"));
+    let (v0, v1, v2) = (vid(T0, 0, "w"), vid(T0, 1, "w"), vid(T0, 2, "w"));
+    // Something in every table: versions (one expiring), heads, keys,
+    // hierarchy, links, a tombstone, a hint, a backup, a collected marker.
+    {
+        let store = open(&dir, &clock);
+        let mut first = version("src/a.rs", v0.clone());
+        first.meta.influences = vec![b.clone()];
+        store.put_blocking(first).unwrap();
+        let mut expiring = version("src/b.rs", v1.clone());
+        expiring.meta.expires_at_ms = Some(T0 + 1_000_000);
+        store.put_many_hinted_blocking(vec![expiring], "peer-b")[0]
+            .as_ref()
+            .unwrap();
+        store.put_blocking(version("src/b.rs", v2.clone())).unwrap();
+        store.put_blocking(version("gone.rs", v0.clone())).unwrap();
+        store
+            .put_blocking(tombstone("gone.rs", v1.clone()))
+            .unwrap();
+        store
+            .put_blocking(tombstone("src/b.rs", vid(T0, 3, "w")))
+            .unwrap();
+        store.put_blocking(version("src/c.rs", v0.clone())).unwrap();
+        store
+            .put_blocking(tombstone("src/c.rs", v1.clone()))
+            .unwrap();
+        assert!(!store.put_backup_blocking(&backup).unwrap());
+        store.collect_blocking(&gone, &v1).unwrap();
+        assert!(store.check().unwrap().is_ok());
+    }
+    let before = raw_tables(&path);
+    for (table, rows) in &before {
+        assert!(!rows.is_empty(), "nothing in {table}");
+    }
+    // Make it what the previous schema wrote: an `acl` table (here with
+    // records in it), version 3.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut acl = txn.open_table(RETIRED_ACL).unwrap();
+            for k in [&a, &b] {
+                acl.insert(layout::slot_key(k).as_slice(), b"an acl record".as_slice())
+                    .unwrap();
+            }
+        }
+        txn.open_table(layout::META)
+            .unwrap()
+            .insert(layout::SCHEMA_VERSION_KEY, 3u32.to_be_bytes().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let stats = {
+        let store = open(&dir, &clock);
+        assert_eq!(live(&store, &a).2, v0.to_string());
+        assert!(matches!(store.latest(&b).unwrap(), Latest::Deleted { .. }));
+        assert_eq!(store.history(&b).unwrap().len(), 3);
+        assert_eq!(store.hint_targets().unwrap().len(), 1);
+        assert_eq!(store.backup("b1").unwrap(), Some(backup));
+        assert!(store.collected(&gone).unwrap().is_some());
+        assert_eq!(
+            store.digest(0..=u16::MAX),
+            store.digest_scan(0..=u16::MAX).unwrap()
+        );
+        assert!(store.check().unwrap().is_ok());
+        store.stats().unwrap()
+    };
+    assert_eq!(
+        (stats.keys, stats.versions, stats.expiring, stats.tombstones),
+        (3, 6, 1, 2)
+    );
+    assert_eq!((stats.backups, stats.hints, stats.collected), (1, 1, 1));
+    // Every other record is intact, byte for byte.
+    assert_eq!(raw_tables(&path), before);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let tables: BTreeSet<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert!(!tables.contains("acl"), "{tables:?}");
+    let mut expected: BTreeSet<String> = before.iter().map(|(t, _)| t.to_string()).collect();
+    expected.insert("meta".into());
+    assert_eq!(tables, expected);
+    assert!(matches!(
+        txn.open_table(RETIRED_ACL),
+        Err(redb::TableError::TableDoesNotExist(_))
+    ));
+    let meta = txn.open_table(layout::META).unwrap();
+    let raw = meta.get(layout::SCHEMA_VERSION_KEY).unwrap().unwrap();
+    assert_eq!(raw.value(), layout::SCHEMA_VERSION.to_be_bytes().as_slice());
+    assert_eq!(layout::SCHEMA_VERSION, 4);
 }
 
 #[test]
