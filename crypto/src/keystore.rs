@@ -796,7 +796,16 @@ impl Keystore {
         self.key_paths()?
             .into_iter()
             .map(|path| {
-                let file = self.read_file(&path)?;
+                // A key removed since the directory was read (a retired
+                // epoch) is simply not listed.
+                let file = match self.read_file(&path) {
+                    Err(KeystoreError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        return Ok(None);
+                    }
+                    r => r?,
+                };
                 let public = PublicRoleKey::parse(file.role.clone(), file.epoch, &file.recipient)
                     .map_err(|e| corrupt(&path, e.to_string()))?;
                 if public.fingerprint() != file.fingerprint {
@@ -806,15 +815,16 @@ impl Keystore {
                         actual: public.fingerprint(),
                     });
                 }
-                Ok(SealedKeyInfo {
+                Ok(Some(SealedKeyInfo {
                     path,
                     role: file.role,
                     epoch: file.epoch,
                     fingerprint: file.fingerprint,
                     public,
                     sealed_with: file.sealed_with,
-                })
+                }))
             })
+            .filter_map(Result::transpose)
             .collect()
     }
 
@@ -823,7 +833,12 @@ impl Keystore {
     pub fn load_all(&self) -> Result<Keyring, KeystoreError> {
         let mut ring = Keyring::new();
         for path in self.key_paths()? {
-            ring.insert(self.load_file(&path)?)?;
+            match self.load_file(&path) {
+                // Removed since the directory was read (a retired epoch).
+                Err(KeystoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                r => ring.insert(r?)?,
+            }
         }
         Ok(ring)
     }
@@ -894,6 +909,22 @@ mod tests {
                 fingerprint: node.fingerprint()
             }
         );
+    }
+
+    #[test]
+    fn a_key_removed_while_the_keystore_is_read_is_left_out() {
+        // A retired epoch's file can go between reading the directory and
+        // reading the file: a dangling link stands for that moment.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Keystore::open(dir.path(), pass("p"), fast()).unwrap();
+        let key = RoleKey::generate(role("developer"), 2);
+        store.store(&key).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("developer.1.key"))
+            .unwrap();
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].epoch, 2);
+        assert_eq!(store.load_all().unwrap().len(), 1);
     }
 
     #[test]

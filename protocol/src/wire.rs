@@ -140,6 +140,7 @@ pub mod kinds {
     pub const KEY_SHARE: u16 = 5;
     pub const AUDIT_ENTRY: u16 = 6;
     pub const SEALED_KEY: u16 = 7;
+    /// Retired (the storage `acl` table is gone); never reused.
     pub const ACL_RECORD: u16 = 8;
     pub const BACKUP_META: u16 = 9;
     pub const TOMBSTONE: u16 = 10;
