@@ -55,6 +55,11 @@ use crate::workers::PassReport;
 /// The worker's name in `slurp workers`.
 pub const WORKER: &str = "anti-entropy";
 
+/// How often the state is written when nothing but agreement times
+/// changed (a restart then reports older "last converged" times, never
+/// wrong ones).
+const SAVE_EVERY: Duration = Duration::from_secs(60);
+
 /// Ranges a differing range is split into.
 const FANOUT: u32 = 16;
 /// Rounds of compare-and-exchange with one peer in one pass.
@@ -332,6 +337,9 @@ impl Moved {
     }
 }
 
+/// partition → peers whose last comparison differed.
+type Differing = BTreeMap<u16, BTreeSet<String>>;
+
 /// Per partition and co-replica: when their digests last agreed, and
 /// whether the last comparison found them differing. Kept across
 /// restarts.
@@ -343,7 +351,7 @@ struct State {
     /// partition → peer → ms since the Unix epoch of the last agreement.
     matched: BTreeMap<u16, BTreeMap<String, u64>>,
     /// partition → peers whose last comparison differed.
-    differing: BTreeMap<u16, BTreeSet<String>>,
+    differing: Differing,
 }
 
 /// Anti-entropy as `slurp workers` and `slurp cluster status` show it.
@@ -384,6 +392,9 @@ struct Inner {
     path: PathBuf,
     state: Mutex<State>,
     started_ms: u64,
+    /// When the state was last written, and the differing partitions it
+    /// held then: it is written when those change, else once a minute.
+    saved: Mutex<Option<(Instant, Differing)>>,
 }
 
 fn now_ms() -> u64 {
@@ -416,6 +427,7 @@ impl AntiEntropy {
             path,
             state: Mutex::new(state),
             started_ms: now_ms(),
+            saved: Mutex::new(None),
         }))
     }
 
@@ -427,9 +439,24 @@ impl AntiEntropy {
     }
 
     fn save(&self) {
-        let bytes = match serde_json::to_vec(&*self.state()) {
-            Ok(b) => b,
-            Err(_) => return,
+        let bytes = {
+            let st = self.state();
+            let mut saved = self
+                .0
+                .saved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, differing)) = &*saved
+                && *differing == st.differing
+                && at.elapsed() < SAVE_EVERY
+            {
+                return;
+            }
+            let Ok(bytes) = serde_json::to_vec(&*st) else {
+                return;
+            };
+            *saved = Some((Instant::now(), st.differing.clone()));
+            bytes
         };
         if let Some(dir) = self.0.path.parent() {
             let _ = std::fs::create_dir_all(dir);
