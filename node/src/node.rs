@@ -605,133 +605,34 @@ impl Node {
                 }),
             );
         }
-        let (local, custody, metrics, cluster) = (
-            self.store.local().clone(),
-            self.custody.clone(),
-            self.metrics.clone(),
-            self.cluster.clone(),
-        );
-        let rotation = self.config.rotation.clone();
-        self.workers.spawn(
-            "key-rewrap",
-            "re-seals stored records sealed to a role key epoch that a rotation replaced; retires old epochs once every member is done",
-            rotation.rewrap_interval,
-            Box::new(move || {
-                let (local, custody, metrics, rotation, cluster) = (
-                    local.clone(),
-                    custody.clone(),
-                    metrics.clone(),
-                    rotation.clone(),
-                    cluster.clone(),
-                );
-                Box::pin(async move {
-                    let keys_version = cluster.keys_version();
-                    let r = crate::rotation::rewrap_pass(
-                        &local,
-                        || custody.keyring(),
-                        &rotation,
-                        &metrics,
-                    )
-                    .await?;
-                    cluster.note_rewrap(keys_version, r.pending());
-                    let retired = match cluster.retire_epochs().await {
-                        Ok(r) if !r.is_empty() => format!("; retired {}", r.join(", ")),
-                        Ok(_) => String::new(),
-                        Err(e) => format!("; old epochs not retired: {e}"),
-                    };
-                    Ok(PassReport {
-                        items: r.rewrapped,
-                        note: format!(
-                            "read {} versions, rewrapped {}, {} left on old epochs ({} not openable here, {} failed){retired}",
-                            r.scanned,
-                            r.rewrapped,
-                            r.pending(),
-                            r.unopenable,
-                            r.failed
-                        ),
-                    })
-                })
-            }),
-        );
-        let (cluster, audit_log, store) = (
-            self.cluster.clone(),
-            self.audit_log.clone(),
-            self.store.clone(),
-        );
-        self.workers.spawn(
-            "audit-anchor",
-            "signs this node's audit head and hands it to the other members",
-            self.config.audit.anchor_interval,
-            Box::new(move || {
-                let (cluster, audit_log, store) =
-                    (cluster.clone(), audit_log.clone(), store.clone());
-                Box::pin(async move {
-                    store.audit().flush().await;
-                    let head = audit_log.head();
-                    let took = cluster
-                        .anchor_audit(head)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok(PassReport {
-                        items: took as u64,
-                        note: format!("head {head} held by {took} members"),
-                    })
-                })
-            }),
-        );
-        let (cluster, tokens) = (self.cluster.clone(), self.tokens.clone());
-        self.workers.spawn(
-            "token-sync",
-            "pulls the token lists of the other members (hashes only), revocations included",
-            self.config.cluster.token_sync_interval,
-            Box::new(move || {
-                let (cluster, tokens) = (cluster.clone(), tokens.clone());
-                Box::pin(async move {
-                    let (answered, changed) = cluster.sync_tokens(&tokens).await;
-                    Ok(PassReport {
-                        items: changed as u64,
-                        note: format!(
-                            "{answered} members answered, {changed} token records changed"
-                        ),
-                    })
-                })
-            }),
-        );
-        let cluster = self.cluster.clone();
-        self.workers.spawn(
-            "membership",
-            "redeems the join token, probes admitted peers, pulls newer signed layouts",
-            self.config.cluster.probe_interval,
-            Box::new(move || {
-                let cluster = cluster.clone();
-                Box::pin(async move {
-                    let answered = cluster.tick().await;
-                    Ok(PassReport {
-                        items: answered as u64,
-                        note: format!(
-                            "layout v{}, {answered} peers answered",
-                            cluster.layout_version()
-                        ),
-                    })
-                })
-            }),
-        );
-        let cluster = self.cluster.clone();
-        self.workers.spawn(
-            "layout-pull",
-            "fetches the signed layout from peers that said they hold a newer one (a bounded queue)",
-            self.config.cluster.probe_interval,
-            Box::new(move || {
-                let cluster = cluster.clone();
-                Box::pin(async move {
-                    let n = cluster.pull_wanted_layouts().await;
-                    Ok(PassReport {
-                        items: n as u64,
-                        note: format!("asked {n} peers; layout v{}", cluster.layout_version()),
-                    })
-                })
-            }),
-        );
+        self.workers.start(Arc::new(crate::rotation::RewrapWorker {
+            local: self.store.local().clone(),
+            custody: self.custody.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config.rotation.clone(),
+            cluster: self.cluster.clone(),
+        }));
+        self.workers
+            .start(Arc::new(crate::cluster::workers::AuditAnchor {
+                cluster: self.cluster.clone(),
+                audit_log: self.audit_log.clone(),
+                store: self.store.clone(),
+                interval: self.config.audit.anchor_interval,
+            }));
+        self.workers
+            .start(Arc::new(crate::cluster::workers::TokenSync {
+                cluster: self.cluster.clone(),
+                tokens: self.tokens.clone(),
+                interval: self.config.cluster.token_sync_interval,
+            }));
+        self.workers
+            .start(Arc::new(crate::cluster::workers::MembershipProbe {
+                cluster: self.cluster.clone(),
+            }));
+        self.workers
+            .start(Arc::new(crate::cluster::workers::LayoutPull {
+                cluster: self.cluster.clone(),
+            }));
         // A peer announcing a newer layout is asked at once, not at the
         // next interval.
         let (cluster, workers) = (self.cluster.clone(), self.workers.clone());
@@ -740,7 +641,7 @@ impl Node {
             loop {
                 tokio::select! {
                     _ = cluster.layout_pull_wanted() => {
-                        let _ = workers.trigger("layout-pull");
+                        let _ = workers.trigger(crate::cluster::workers::LAYOUT_PULL);
                     }
                     _ = stop.changed() => break,
                 }

@@ -235,6 +235,69 @@ pub async fn rewrap_pass(
     Ok(report)
 }
 
+/// The `key-rewrap` worker: re-seals stored records sealed to a replaced
+/// role key epoch, then (on the admin-certified node) retires old epochs
+/// once every member reported a clean pass.
+pub struct RewrapWorker {
+    pub local: slurp_storage::Store,
+    pub custody: std::sync::Arc<crate::keys::Custody>,
+    pub metrics: Metrics,
+    pub config: RotationConfig,
+    pub cluster: crate::cluster::Cluster,
+}
+
+impl crate::workers::Worker for RewrapWorker {
+    fn name(&self) -> &'static str {
+        "key-rewrap"
+    }
+
+    fn description(&self) -> &'static str {
+        "re-seals stored records sealed to a role key epoch that a rotation replaced; retires old epochs once every member is done"
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.rewrap_interval
+    }
+
+    fn pass(
+        &self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<crate::workers::PassReport, String>>
+                + Send
+                + '_,
+        >,
+    > {
+        Box::pin(async move {
+            let keys_version = self.cluster.keys_version();
+            let r = rewrap_pass(
+                &self.local,
+                || self.custody.keyring(),
+                &self.config,
+                &self.metrics,
+            )
+            .await?;
+            self.cluster.note_rewrap(keys_version, r.pending());
+            let retired = match self.cluster.retire_epochs().await {
+                Ok(r) if !r.is_empty() => format!("; retired {}", r.join(", ")),
+                Ok(_) => String::new(),
+                Err(e) => format!("; old epochs not retired: {e}"),
+            };
+            Ok(crate::workers::PassReport {
+                items: r.rewrapped,
+                note: format!(
+                    "read {} versions, rewrapped {}, {} left on old epochs ({} not openable here, {} failed){retired}",
+                    r.scanned,
+                    r.rewrapped,
+                    r.pending(),
+                    r.unopenable,
+                    r.failed
+                ),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

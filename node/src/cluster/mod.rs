@@ -25,6 +25,7 @@ pub mod layout;
 pub mod membership;
 pub mod peers;
 pub mod shares;
+pub mod workers;
 
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
