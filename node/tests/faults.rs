@@ -406,6 +406,7 @@ impl Bench {
             .map(|a| UcxlAddress::parse(a).unwrap().key())
             .collect();
         self.faults.reseed(seed ^ 0x5eed_f417);
+        let disk_failures_before: u64 = self.disks.iter().map(|d| d.failed()).sum();
         let start = Instant::now();
         let mut ops = Vec::new();
         for step in &steps {
@@ -426,7 +427,8 @@ impl Bench {
             }
         }
         let injected = self.faults.counts();
-        let disk_failures: u64 = self.disks.iter().map(|d| d.failed()).sum();
+        let disk_failures =
+            self.disks.iter().map(|d| d.failed()).sum::<u64>() - disk_failures_before;
         self.heal();
         let healed = Instant::now();
         let history = History {
