@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod keys;
+pub mod maintenance;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -541,69 +541,21 @@ impl Node {
     }
 
     fn start_workers(&self) {
-        let o = &self.config.store_options;
+        use crate::maintenance::{Compact, Gauges, IndexMerge, Sweep};
         let ms = std::time::Duration::from_millis;
-        // A pass of the store's sweeper: `store.sweep.batch` versions per
-        // transaction, `store.sweep.pause_ms` apart, at most
-        // `store.sweep.max_batches_per_pass` transactions.
-        let sweeper = Arc::new(slurp_storage::Sweeper::new(self.store.local().clone()));
-        self.workers.spawn(
-            "sweeper",
-            "deletes expired versions from the local store",
-            ms(self.config.store.sweep.interval_ms),
-            Box::new(move || {
-                let sweeper = sweeper.clone();
-                Box::pin(async move {
-                    let p = sweeper.run_once().await.map_err(|e| e.to_string())?;
-                    let mut note = format!("removed {} expired versions", p.removed);
-                    if !p.errors.is_empty() {
-                        note += &format!(", {} left in place (corrupt)", p.errors.len());
-                    }
-                    if p.more {
-                        note += ", more left for the next pass";
-                    }
-                    Ok(PassReport {
-                        items: p.removed,
-                        note,
-                    })
-                })
-            }),
-        );
-        let local = self.store.local().clone();
-        self.workers.spawn(
-            "compactor",
-            "compacts the local store file",
-            ms(self.config.store.compaction.interval_ms),
-            Box::new(move || {
-                let local = local.clone();
-                Box::pin(async move {
-                    let r = local.compact(false).await.map_err(|e| e.to_string())?;
-                    Ok(PassReport {
-                        items: u64::from(r.compacted),
-                        note: format!("{} -> {} bytes", r.file_bytes_before, r.file_bytes_after),
-                    })
-                })
-            }),
-        );
+        self.workers.start(Arc::new(Sweep {
+            sweeper: slurp_storage::Sweeper::new(self.store.local().clone()),
+            interval: ms(self.config.store.sweep.interval_ms),
+        }));
+        self.workers.start(Arc::new(Compact {
+            store: self.store.local().clone(),
+            interval: ms(self.config.store.compaction.interval_ms),
+        }));
         if let Some(index) = self.store.index().cloned() {
-            self.workers.spawn(
-                "index-merge",
-                "merges full-text index segments",
-                o.index_merge_interval,
-                Box::new(move || {
-                    let index = index.clone();
-                    Box::pin(async move {
-                        let r = tokio::task::spawn_blocking(move || index.optimize())
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| e.to_string())?;
-                        Ok(PassReport {
-                            items: r.segments_before.saturating_sub(r.segments_after) as u64,
-                            note: format!("{} -> {} segments", r.segments_before, r.segments_after),
-                        })
-                    })
-                }),
-            );
+            self.workers.start(Arc::new(IndexMerge {
+                index,
+                interval: self.config.store_options.index_merge_interval,
+            }));
         }
         self.workers.start(Arc::new(crate::rotation::RewrapWorker {
             local: self.store.local().clone(),
@@ -664,50 +616,11 @@ impl Node {
                 self.config.replication.clone(),
                 self.metrics.clone(),
             )));
-        let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        let net = self.net.clone();
-        self.workers.spawn(
-            "stats",
-            "refreshes store, index and cache gauges",
-            std::time::Duration::from_secs(5),
-            Box::new(move || {
-                let store = store.clone();
-                let metrics = metrics.clone();
-                let n = net.stats();
-                Box::pin(async move {
-                    store.cache().maintain().await;
-                    for (name, v) in [
-                        ("connections_established", n.connections_established),
-                        ("connections_closed", n.connections_closed),
-                        ("dial_failures", n.dial_failures),
-                        ("outbound_requests", n.outbound_requests),
-                        ("outbound_failures", n.outbound_failures),
-                        ("outbound_timeouts", n.outbound_timeouts),
-                        ("inbound_requests", n.inbound_requests),
-                        ("inbound_failures", n.inbound_failures),
-                        ("oversized_messages", n.oversized_messages),
-                        ("inbound_dropped", n.inbound_dropped),
-                        ("kad_queries", n.kad_queries),
-                    ] {
-                        metrics
-                            .net_counters
-                            .get_or_create(&crate::metrics::CounterLabels { counter: name })
-                            .set(v as i64);
-                    }
-                    let s = store.local().stats().map_err(|e| e.to_string())?;
-                    metrics.store_keys.set(s.keys as i64);
-                    metrics.store_versions.set(s.versions as i64);
-                    metrics.store_bytes.set(s.file_bytes as i64);
-                    if let Some(index) = store.index() {
-                        let st = index.status().map_err(|e| e.to_string())?;
-                        metrics.index_docs.set(st.docs as i64);
-                        metrics.index_segments.set(st.segments as i64);
-                    }
-                    Ok(PassReport::default())
-                })
-            }),
-        );
+        self.workers.start(Arc::new(Gauges {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            net: self.net.clone(),
+        }));
     }
 
     /// Serves the swarm's events: inbound requests go to the store or the
