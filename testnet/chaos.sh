@@ -32,6 +32,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export SLURP_TESTNET_DIR=${SLURP_TESTNET_DIR:-$ROOT/.testnet-chaos}
 export SLURP_TESTNET_PORT=${SLURP_TESTNET_PORT:-7500}
+# The checker models no tombstone collection: the nodes collect nothing
+# while the run lasts (a config key, which the nodes inherit).
+export SLURP_REPLICATION__GC_MIN_AGE=${SLURP_REPLICATION__GC_MIN_AGE:-7days}
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$ROOT/testnet/lib.sh"
 SECS=${1:-60}
