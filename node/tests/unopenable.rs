@@ -297,6 +297,35 @@ async fn records_this_node_cannot_open_are_counted_and_never_fail_the_rebuild() 
         ),
         other => panic!("unexpected answer {other:?}"),
     }
+    // A live version without any envelope is refused too: it would be a
+    // context no reader can open (a member that lies).
+    let empty = sealed(&address(12), Vec::new(), None);
+    match node
+        .store
+        .serve_replicate(
+            "12D3KooWTestPeer",
+            ReplicateRequest::PutVersions {
+                versions: vec![empty.clone()],
+                layout_version: None,
+                write_quorum_id: None,
+                hint_for: None,
+            },
+        )
+        .await
+    {
+        ReplicateResponse::Stored { outcomes } => assert!(
+            matches!(&outcomes[0].outcome, PutOutcome::Rejected { reason } if reason.contains("no envelope")),
+            "{outcomes:?}"
+        ),
+        other => panic!("unexpected answer {other:?}"),
+    }
+    assert!(
+        node.store
+            .local()
+            .latest_meta(&empty.meta.key)
+            .unwrap()
+            .is_none()
+    );
     let written = node
         .store
         .local()

@@ -315,8 +315,13 @@ impl ContextStore {
         keyring: &Keyring,
         v: &SealedVersion,
     ) -> Result<Option<ContextNode>, String> {
-        if v.meta.tombstone || v.envelope.0.is_empty() {
+        if v.meta.tombstone {
             return Ok(None);
+        }
+        if v.envelope.0.is_empty() {
+            // A live version always carries its sealed content; an empty
+            // one would be stored as a context no reader can open.
+            return Err("a live version with no envelope".into());
         }
         let header = slurp_crypto::peek_header(&v.envelope.0, &self.0.envelope)
             .map_err(|e| format!("the envelope's header does not decode: {e}"))?;
