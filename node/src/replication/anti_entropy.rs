@@ -130,17 +130,8 @@ pub fn range_digest(
     shared: &[bool],
 ) -> slurp_storage::RangeDigest {
     let mut d = slurp_storage::RangeDigest::default();
-    if range.is_empty() {
-        return d;
-    }
-    for p in partitions_in(scheme, range) {
-        if !is_shared(shared, p) {
-            continue;
-        }
-        let s = scheme.slots(Partition(p));
-        let lo = (*s.start()).max(range.first);
-        let hi = (*s.end()).min(range.last);
-        d.merge(&store.digest(lo..=hi));
+    for run in shared_runs(scheme, range, shared) {
+        d.merge(&store.digest(run.first..=run.last));
     }
     d
 }
