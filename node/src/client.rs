@@ -320,10 +320,10 @@ mod tests {
         assert!(Endpoints::parse("http://[::1").is_err());
     }
 
-    /// A port nobody listens on.
+    /// A port nobody listens on: port 1 (tcpmux) is privileged and
+    /// unused, where a port freed here could be taken by another test.
     fn dead_port() -> std::net::SocketAddr {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
+        "127.0.0.1:1".parse().unwrap()
     }
 
     #[tokio::test]

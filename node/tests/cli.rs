@@ -15,10 +15,11 @@ use serde_json::Value;
 
 const SIGPIPE: i32 = 13;
 
-/// A port nobody listens on.
+/// A port nobody listens on: port 1 (tcpmux) is privileged and unused.
+/// A port freed by the test itself could be taken by a node another test
+/// starts.
 fn dead_node() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    "127.0.0.1:1".to_string()
 }
 
 /// Runs the CLI without a reachable node.

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestNode, free_port, peer_id, wait};
+use common::{TestNode, wait};
 use serde_json::Value;
 
 fn status(n: &TestNode) -> Value {
@@ -28,10 +28,7 @@ const ADDR: &str = "ucxl://claude:developer@shop:checkout/*^/src/forwarded.rs";
 fn join_forward_and_leave_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let d: Vec<_> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let port = free_port();
-    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
-    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
-    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
+    let (n1, boot) = TestNode::start_boot(&d[0], &["--name", "n1"]);
     n1.init_cluster();
     let n2 = TestNode::start_with(
         &d[1],
@@ -198,10 +195,7 @@ fn join_forward_and_leave_through_the_cli() {
 fn replicas_hold_only_ciphertext() {
     let dir = tempfile::tempdir().unwrap();
     let d: Vec<_> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let port = free_port();
-    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
-    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
-    let mut n1 = TestNode::start_logging(&d[0], &["--p2p-listen", &p2p], "debug");
+    let (mut n1, boot) = TestNode::start_boot_logging(&d[0], &[], "debug");
     n1.init_cluster();
     let join = n1.joining(&boot);
     let mut n2 = TestNode::start_logging(&d[1], &args(&join), "debug");

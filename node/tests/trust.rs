@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{TestNode, free_port, http, peer_id, wait};
+use common::{TestNode, http, peer_id, wait};
 use serde_json::{Value, json};
 use slurp_crypto::{AuditAction, AuditConfig, AuditEntry, AuditFilter, AuditLog, Decision};
 use slurp_node::config::NodeConfig;
@@ -559,10 +559,7 @@ fn the_cli_creates_tokens_with_limits() {
 fn every_cluster_member_enforces_token_limits_and_tombstone_readers() {
     let dir = tempfile::tempdir().unwrap();
     let d: Vec<_> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let port = free_port();
-    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
-    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
-    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
+    let (n1, boot) = TestNode::start_boot(&d[0], &["--name", "n1"]);
     n1.init_cluster();
     let mut a2 = n1.joining(&boot);
     a2.extend(["--name".to_string(), "n2".to_string()]);
@@ -665,10 +662,7 @@ fn a_foreign_node_bootstrapping_to_a_member_gets_nothing() {
         .iter()
         .map(|n| dir.path().join(n))
         .collect();
-    let port = free_port();
-    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
-    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
-    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
+    let (n1, boot) = TestNode::start_boot(&d[0], &["--name", "n1"]);
     n1.init_cluster();
     let a2 = n1.joining(&boot);
     let n2 = TestNode::start_with(&d[1], &a2.iter().map(String::as_str).collect::<Vec<_>>());
@@ -779,10 +773,7 @@ fn a_foreign_node_bootstrapping_to_a_member_gets_nothing() {
 fn tokens_are_replicated_and_a_revocation_on_any_member_reaches_every_other() {
     let dir = tempfile::tempdir().unwrap();
     let d: Vec<_> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let port = free_port();
-    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_id(&d[0]));
-    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
-    let n1 = TestNode::start_with(&d[0], &["--p2p-listen", &p2p, "--name", "n1"]);
+    let (n1, boot) = TestNode::start_boot(&d[0], &["--name", "n1"]);
     n1.init_cluster();
     let a2 = n1.joining(&boot);
     let n2 = TestNode::start_with(&d[1], &a2.iter().map(String::as_str).collect::<Vec<_>>());

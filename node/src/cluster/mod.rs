@@ -288,6 +288,9 @@ impl Route {
 pub struct ClusterStatus {
     pub peer_id: String,
     pub name: String,
+    /// This node's swarm addresses, each ending in `/p2p/<peer id>`: what
+    /// another node passes to `--bootstrap` (empty until listeners are up).
+    pub listen_addrs: Vec<String>,
     /// The cluster this node belongs to (the id of the cluster key), if
     /// any.
     pub cluster: Option<String>,
@@ -2267,6 +2270,7 @@ impl Cluster {
             .collect();
         ClusterStatus {
             peer_id: self.0.me.clone(),
+            listen_addrs: info.listen_addrs,
             name: info.name,
             cluster: self.identity().map(|i| i.id().to_hex()),
             keys_held: self.granted_roles_held(),

@@ -39,6 +39,32 @@ impl TestNode {
         node
     }
 
+    /// Starts a node whose swarm listens on a port the system picks, and
+    /// returns it with its swarm address (for `--bootstrap`). Choosing a
+    /// free port first and passing it races other tests for that port.
+    pub fn start_boot(data: &Path, extra: &[&str]) -> (TestNode, String) {
+        Self::start_boot_logging(data, extra, "info")
+    }
+
+    pub fn start_boot_logging(data: &Path, extra: &[&str], log: &str) -> (TestNode, String) {
+        let mut a = vec!["--p2p-listen", "/ip4/127.0.0.1/tcp/0"];
+        a.extend_from_slice(extra);
+        let node = Self::start_logging(data, &a, log);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = node.json(&node.admin, &["cluster", "status"]);
+            if let Some(addr) = status["listen_addrs"].as_array().and_then(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .find(|a| a.contains("/tcp/"))
+            }) {
+                return (node, addr.to_string());
+            }
+            assert!(Instant::now() < deadline, "no swarm address: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts a node and returns once it serves its API, ready or not.
     pub fn spawn(data: &Path, extra: &[&str], log: &str) -> TestNode {
         let mut child = Command::new(BIN)
@@ -261,15 +287,6 @@ pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("{what}: not within {LIVENESS:?}");
-}
-
-/// A TCP port free on 127.0.0.1 a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The peer id of the node whose data directory is `data` (made if new).
