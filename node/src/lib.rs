@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod history;
+pub mod inbound;
 pub mod keys;
 pub mod maintenance;
 pub mod metrics;

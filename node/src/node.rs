@@ -9,29 +9,27 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use slurp_crypto::{AuditConfig, AuditLog, Envelope, EnvelopeConfig, SecretString};
-use slurp_index::{
-    ContextIndex, IndexEntry, RebuildItem, RebuildProgress, UnopenableEntry, UnopenableReason,
-};
-use slurp_protocol::{ContextNode, Framed, RoleSet, WriterId};
-use slurp_storage::{Latest, ReadError, Store};
+use slurp_crypto::{AuditConfig, AuditLog, SecretString};
+use slurp_index::ContextIndex;
+use slurp_protocol::{RoleSet, WriterId};
+use slurp_storage::Store;
 use tokio::sync::watch;
 
 use crate::audit::AuditSink;
 use crate::cache::ContextCache;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::inbound::Forwarder;
 use crate::keys::Custody;
 use crate::metrics::{IndexMetrics, Metrics, StoreMetrics};
-use crate::net::{NetClient, NetEvent, Request, Response};
+use crate::net::{NetClient, NetEvent};
+use crate::store::rebuild::{IndexRebuild, REBUILD_WORKER, RebuildControl, RebuildHold};
 use crate::store::{ContextStore, StoreParts};
 use crate::tokens::TokenStore;
-use crate::workers::{PassReport, Workers};
+use crate::workers::Workers;
 
 /// A running node's parts.
 pub struct Node {
@@ -57,242 +55,6 @@ pub struct Node {
     pub anti_entropy: crate::replication::anti_entropy::AntiEntropy,
     shutdown: watch::Sender<bool>,
     rebuilds: RebuildControl,
-}
-
-/// Serves an API call another node forwarded here; the API layer installs
-/// it when it starts (the node knows nothing of HTTP).
-pub type ForwardHandler = Arc<
-    dyn Fn(
-            slurp_protocol::messages::ForwardRequest,
-        )
-            -> futures::future::BoxFuture<'static, slurp_protocol::messages::ForwardResponse>
-        + Send
-        + Sync,
->;
-
-/// Where forwarded API calls are served, once the API runs.
-pub type Forwarder = Arc<std::sync::OnceLock<ForwardHandler>>;
-
-async fn forward_call(
-    forward: &Forwarder,
-    r: slurp_protocol::messages::ForwardRequest,
-) -> slurp_protocol::messages::ForwardResponse {
-    use slurp_protocol::messages::{ErrorCode, ForwardResponse, RemoteError};
-    match forward.get() {
-        Some(handler) => handler(r).await,
-        None => ForwardResponse::Error(RemoteError {
-            code: ErrorCode::Unavailable,
-            message: "the API is not serving yet".into(),
-        }),
-    }
-}
-
-/// Answers one inbound request of a peer.
-async fn serve(
-    store: &ContextStore,
-    cluster: &Cluster,
-    custody: &Custody,
-    tokens: &TokenStore,
-    forward: &Forwarder,
-    peer: libp2p::PeerId,
-    request: Request,
-) -> Response {
-    use slurp_protocol::messages::{
-        ErrorCode, ForwardResponse, RemoteError, ReplicateResponse, SearchResponse,
-    };
-    let stranger = || RemoteError {
-        code: ErrorCode::Forbidden,
-        message: "not a member of this cluster: join with a token from `slurp cluster invite`"
-            .into(),
-    };
-    // Nothing but cluster requests (joining, certificates) for a peer that
-    // is neither in the layout nor certified.
-    if !matches!(request, Request::Cluster(_)) && !cluster.admits(&peer) {
-        return match request {
-            Request::Replicate(_) => Response::Replicate(ReplicateResponse::Error(stranger())),
-            Request::Search(_) => Response::Search(SearchResponse::Error(stranger())),
-            _ => Response::Forward(ForwardResponse::Error(stranger())),
-        };
-    }
-    if let Request::Cluster(slurp_protocol::messages::ClusterRequest::GetToken { id }) = &request {
-        // Hashes of secrets, but still only for members.
-        let r = if !cluster.admits(&peer) {
-            slurp_protocol::messages::ClusterResponse::Error(stranger())
-        } else if cluster.accepts_from(&peer) {
-            slurp_protocol::messages::ClusterResponse::Token {
-                token: tokens.entry(id).map(|e| e.to_record()),
-            }
-        } else {
-            slurp_protocol::messages::ClusterResponse::Error(RemoteError {
-                code: ErrorCode::Forbidden,
-                message: "token lookups are for layout members".into(),
-            })
-        };
-        return Response::Cluster(r);
-    }
-    // The replicated token list: for layout members, and a member may
-    // only hand over tokens of roles its certificate allows.
-    if let Request::Cluster(
-        slurp_protocol::messages::ClusterRequest::PutTokens { .. }
-        | slurp_protocol::messages::ClusterRequest::GetTokens,
-    ) = &request
-    {
-        use slurp_protocol::messages::{ClusterRequest, ClusterResponse};
-        if !cluster.accepts_from(&peer) {
-            return Response::Cluster(ClusterResponse::Error(stranger()));
-        }
-        return Response::Cluster(match request {
-            Request::Cluster(ClusterRequest::PutTokens { tokens: records }) => {
-                let granted = cluster
-                    .membership()
-                    .certificate_of(&peer.to_base58())
-                    .map(|c| c.roles)
-                    .unwrap_or_default();
-                match tokens.merge(records, |r| granted.contains(r)) {
-                    Ok(n) => ClusterResponse::TokensTaken { taken: n as u32 },
-                    Err(e) => ClusterResponse::Error(RemoteError {
-                        code: ErrorCode::Internal,
-                        message: e.to_string(),
-                    }),
-                }
-            }
-            _ => ClusterResponse::Tokens {
-                tokens: tokens.own_records(),
-            },
-        });
-    }
-    if let Request::Cluster(r) = request {
-        return Response::Cluster(cluster.serve(peer, r).await);
-    }
-    // A member acts for a caller only with a statement, signed by it and
-    // holding its certificate, that the cluster key allowed it the role.
-    let checked = match &request {
-        Request::Forward(r) => Some((
-            r.role().clone(),
-            cluster.check_authorisation(
-                &peer,
-                r.role(),
-                crate::cluster::authorise::forward_digest(r),
-                r.authorisation(),
-            ),
-        )),
-        Request::Search(r) => Some((
-            r.role().clone(),
-            cluster.check_authorisation(
-                &peer,
-                r.role(),
-                crate::cluster::authorise::search_digest(r),
-                r.authorisation(),
-            ),
-        )),
-        _ => None,
-    };
-    if let Some((role, Err(refusal))) = checked {
-        let sender = peer.to_base58();
-        store
-            .audit()
-            .record(
-                slurp_crypto::AuditRecord::deny(
-                    &sender,
-                    slurp_crypto::AuditAction::Other("caller_authorisation".into()),
-                    &sender,
-                    format!("{}: {refusal}", refusal.code()),
-                )
-                .with_role(role.clone()),
-            )
-            .await;
-        let e = RemoteError {
-            code: ErrorCode::Forbidden,
-            message: format!("acting for role {role} refused: {refusal}"),
-        };
-        return match request {
-            Request::Search(_) => Response::Search(SearchResponse::Error(e)),
-            _ => Response::Forward(ForwardResponse::Error(e)),
-        };
-    }
-    // A certified node outside the layout may forward API calls when it
-    // proves it holds the key of the role it acts as.
-    if let Request::Forward(slurp_protocol::messages::ForwardRequest::Call {
-        method,
-        path,
-        body,
-        caller_role,
-        proof: Some(proof),
-        ..
-    }) = &request
-        && cluster.layout().is_some()
-        && !cluster.accepts_from(&peer)
-    {
-        let sender = peer.to_base58();
-        let verified =
-            custody.check_forward_proof(&proof.0, caller_role, &sender, method, path, &body.0);
-        // The proof names a key: the audit entry says which (by
-        // fingerprint), and which peer proved it.
-        let key = custody
-            .keyring()
-            .current(caller_role)
-            .map(|k| k.fingerprint().to_hex());
-        let target: String = format!("{method} {path}").chars().take(256).collect();
-        let action = || slurp_crypto::AuditAction::Other("forward".into());
-        if verified {
-            let mut record = slurp_crypto::AuditRecord::allow(&sender, action(), target)
-                .with_role(caller_role.clone());
-            record.reason = format!("proved key {}", key.unwrap_or_default());
-            store.audit().record(record).await;
-            if let Request::Forward(r) = request {
-                return Response::Forward(forward_call(forward, r).await);
-            }
-        } else {
-            let reason = match &key {
-                Some(fp) => format!("proof does not verify against key {fp}"),
-                None => "this node holds no key of the role".to_string(),
-            };
-            store
-                .audit()
-                .record(
-                    slurp_crypto::AuditRecord::deny(&sender, action(), target, reason)
-                        .with_role(caller_role.clone()),
-                )
-                .await;
-            return Response::Forward(ForwardResponse::Error(RemoteError {
-                code: ErrorCode::Forbidden,
-                message: format!("the call's proof for role {caller_role} does not verify"),
-            }));
-        }
-    }
-    if !cluster.accepts_from(&peer) {
-        // The sender may hold a newer layout that has it as a member.
-        cluster.want_layout_from(&peer.to_base58());
-        let e = RemoteError {
-            code: ErrorCode::LayoutMismatch,
-            message: format!(
-                "{peer} is not a member of layout version {}",
-                cluster.layout_version()
-            ),
-        };
-        return match request {
-            Request::Replicate(_) => Response::Replicate(ReplicateResponse::Error(e)),
-            Request::Search(_) => Response::Search(SearchResponse::Error(e)),
-            _ => Response::Forward(ForwardResponse::Error(e)),
-        };
-    }
-    match request {
-        Request::Replicate(r) => {
-            Response::Replicate(store.serve_replicate(&peer.to_base58(), r).await)
-        }
-        Request::Search(r) => Response::Search(store.serve_search(r).await),
-        Request::Forward(r) => Response::Forward(forward_call(forward, r).await),
-        Request::Cluster(_) => unreachable_cluster(),
-    }
-}
-
-fn unreachable_cluster() -> Response {
-    Response::Cluster(slurp_protocol::messages::ClusterResponse::Error(
-        slurp_protocol::messages::RemoteError {
-            code: slurp_protocol::messages::ErrorCode::Internal,
-            message: "cluster requests are served above".into(),
-        },
-    ))
 }
 
 /// The writer id of this node: the configured name, or one generated on
@@ -509,7 +271,7 @@ impl Node {
         let workers = Workers::new(metrics.clone(), shutdown_rx);
         let index_ready = Arc::new(AtomicBool::new(index.is_none()));
         let anti_entropy = crate::replication::anti_entropy::AntiEntropy::new(
-            store.clone(),
+            store.engine().clone(),
             cluster.clone(),
             config.replication.clone(),
             metrics.clone(),
@@ -602,7 +364,7 @@ impl Node {
         // The replication workers (`crate::replication`).
         self.workers
             .start(Arc::new(crate::replication::handoff::Handoff {
-                store: self.store.clone(),
+                store: self.store.engine().clone(),
                 cluster: self.cluster.clone(),
                 metrics: self.metrics.clone(),
                 batch: self.config.cluster.handoff_batch,
@@ -611,7 +373,7 @@ impl Node {
         self.workers.start(Arc::new(self.anti_entropy.clone()));
         self.workers
             .start(Arc::new(crate::replication::gc::TombstoneGc::new(
-                self.store.clone(),
+                self.store.engine().clone(),
                 self.cluster.clone(),
                 self.config.replication.clone(),
                 self.metrics.clone(),
@@ -626,7 +388,7 @@ impl Node {
     /// Serves the swarm's events: inbound requests go to the store or the
     /// cluster (replication, search and forwarding only from layout
     /// members), connections to the peer book.
-    fn start_network(&self, mut events: tokio::sync::mpsc::Receiver<NetEvent>) {
+    fn start_network(&self, events: tokio::sync::mpsc::Receiver<NetEvent>) {
         let net = self.net.clone();
         let cluster = self.cluster.clone();
         tokio::spawn(async move {
@@ -648,103 +410,27 @@ impl Node {
                 }
             }
         });
-        let store = self.store.clone();
-        let cluster = self.cluster.clone();
-        let net = self.net.clone();
-        let forward = self.forwarder.clone();
-        let custody = self.custody.clone();
-        let tokens = self.tokens.clone();
-        let workers = self.workers.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                match event {
-                    NetEvent::InboundRequest {
-                        peer,
-                        request,
-                        handle,
-                    } => {
-                        let (store, cluster, net, forward, custody, tokens) = (
-                            store.clone(),
-                            cluster.clone(),
-                            net.clone(),
-                            forward.clone(),
-                            custody.clone(),
-                            tokens.clone(),
-                        );
-                        tokio::spawn(async move {
-                            let response = serve(
-                                &store, &cluster, &custody, &tokens, &forward, peer, *request,
-                            )
-                            .await;
-                            if let Err(e) = net.respond(handle, response).await {
-                                tracing::debug!(%peer, error = %e, "response not sent");
-                            }
-                        });
-                    }
-                    NetEvent::PeerConnected { peer, .. } => {
-                        let id = peer.to_base58();
-                        cluster.peers().connected(&id, true);
-                        let (cluster, workers) = (cluster.clone(), workers.clone());
-                        tokio::spawn(async move {
-                            cluster.hello(&id).await;
-                            // A member back from a restart or a partition
-                            // is compared at once, not at the next interval.
-                            if cluster
-                                .layout()
-                                .is_some_and(|l| l.member_index(&id).is_some())
-                            {
-                                let _ = workers.trigger(crate::replication::anti_entropy::WORKER);
-                            }
-                        });
-                    }
-                    NetEvent::PeerDisconnected { peer } => {
-                        cluster.peers().connected(&peer.to_base58(), false);
-                    }
-                }
-            }
-        });
+        let inbound = crate::inbound::Inbound {
+            store: self.store.clone(),
+            cluster: self.cluster.clone(),
+            custody: self.custody.clone(),
+            tokens: self.tokens.clone(),
+            forward: self.forwarder.clone(),
+            net: self.net.clone(),
+            workers: self.workers.clone(),
+        };
+        tokio::spawn(inbound.run(events));
     }
 
-    /// Registers the `index-rebuild` worker and runs it once: it rebuilds
-    /// the in-memory index from the store in the background. Records this
-    /// node cannot open are counted, never fatal; a rebuild that fails
-    /// (the store cannot be read) leaves the index marked failed, and
-    /// running the worker again retries it.
+    /// Registers the `index-rebuild` worker and runs it once.
     fn start_rebuild(&self, index: Arc<ContextIndex>) {
-        let local = self.store.local().clone();
-        let custody = self.custody.clone();
-        let ready = self.index_ready.clone();
-        let control = self.rebuilds.clone();
-        self.workers.spawn(
-            REBUILD_WORKER,
-            "rebuilds the full-text index from the store (once at start; run it again after a failed rebuild)",
-            std::time::Duration::ZERO,
-            Box::new(move || {
-                let (index, local, custody, ready, control) = (
-                    index.clone(),
-                    local.clone(),
-                    custody.clone(),
-                    ready.clone(),
-                    control.clone(),
-                );
-                Box::pin(async move {
-                    ready.store(false, Ordering::SeqCst);
-                    index.expect_rebuild(local.stats().ok().map(|s| s.keys));
-                    let running = control.start();
-                    let p = tokio::task::spawn_blocking(move || {
-                        let _running = running;
-                        rebuild_index(&index, local, custody.keyring(), control)
-                    })
-                    .await
-                    .map_err(|e| e.to_string())??;
-                    ready.store(true, Ordering::SeqCst);
-                    Ok(PassReport {
-                        items: p.indexed,
-                        note: rebuild_note(&p),
-                    })
-                })
-            }),
-        );
+        self.workers.start(Arc::new(IndexRebuild {
+            index,
+            local: self.store.local().clone(),
+            custody: self.custody.clone(),
+            ready: self.index_ready.clone(),
+            control: self.rebuilds.clone(),
+        }));
         let _ = self.workers.trigger(REBUILD_WORKER);
     }
 
@@ -756,13 +442,11 @@ impl Node {
     pub fn hold_index_rebuilds(&self) -> RebuildHold {
         self.rebuilds.hold()
     }
-
     /// Rebuilds waiting at a [`Node::hold_index_rebuilds`] hold.
     #[doc(hidden)]
     pub fn index_rebuilds_held(&self) -> usize {
         self.rebuilds.waiting()
     }
-
     /// Stops the workers.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -792,263 +476,5 @@ impl Node {
 
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
-    }
-}
-
-/// The worker that rebuilds the index.
-pub const REBUILD_WORKER: &str = "index-rebuild";
-
-/// Rebuilds `index` from every live record of `local`, logging the outcome.
-fn rebuild_index(
-    index: &ContextIndex,
-    local: Store,
-    keyring: Arc<slurp_crypto::Keyring>,
-    control: RebuildControl,
-) -> Result<RebuildProgress, String> {
-    let start = Instant::now();
-    let entries = RebuildEntries::new(local, keyring, control);
-    match index.rebuild(entries, &mut |_| {}) {
-        Ok(p) => {
-            tracing::info!(
-                indexed = p.indexed,
-                unopenable_no_key = p.unopenable.no_key,
-                unopenable_corrupt = p.unopenable.corrupt,
-                rejected = p.rejected,
-                took_ms = start.elapsed().as_millis() as u64,
-                "index rebuilt from the store"
-            );
-            Ok(p)
-        }
-        Err(e) => {
-            tracing::error!(
-                error = %e,
-                "index rebuild failed: search misses what it did not reach (`slurp workers --run index-rebuild` retries)"
-            );
-            Err(e.to_string())
-        }
-    }
-}
-
-/// What a rebuild did, for the worker's status.
-fn rebuild_note(p: &RebuildProgress) -> String {
-    let mut note = format!("indexed {} of {} records", p.indexed, p.read);
-    let u = p.unopenable;
-    if u.total() > 0 {
-        note += &format!(
-            "; {} held but not openable here (no key: {}, corrupt: {})",
-            u.total(),
-            u.no_key,
-            u.corrupt
-        );
-    }
-    if p.rejected > 0 {
-        note += &format!("; {} invalid", p.rejected);
-    }
-    note + &format!(" in {} ms", p.elapsed.as_millis())
-}
-
-/// Opens a sealed context for the index with whichever key this node
-/// holds; when it cannot, why: no key held (sealed to roles it does not
-/// hold) or corrupt.
-pub(crate) fn open_for_index(
-    envelope: &[u8],
-    config: &EnvelopeConfig,
-    keyring: &slurp_crypto::Keyring,
-) -> Result<ContextNode, (UnopenableReason, String)> {
-    let plain = Envelope::from_bytes(envelope, config)
-        .and_then(|env| env.open(keyring))
-        .map_err(|e| {
-            let reason = match e {
-                slurp_crypto::EnvelopeError::NoKey { .. } => UnopenableReason::NoKey,
-                _ => UnopenableReason::Corrupt,
-            };
-            (reason, e.to_string())
-        })?;
-    ContextNode::decode(&plain).map_err(|e| (UnopenableReason::Corrupt, e.to_string()))
-}
-
-/// Logs a record the index cannot open: at debug when no key is held
-/// (normal on a replica), as a warning when it is corrupt.
-pub(crate) fn log_unopenable(key: &str, reason: UnopenableReason, error: &str) {
-    match reason {
-        UnopenableReason::NoKey => {
-            tracing::debug!(%key, error, "held but not openable here (no key held); not indexed")
-        }
-        UnopenableReason::Corrupt => {
-            tracing::warn!(%key, error, "a stored record does not open (corrupt); not indexed")
-        }
-    }
-}
-
-/// Index rebuilds in flight, and holds that pause them (for tests).
-#[derive(Clone, Default)]
-struct RebuildControl(Arc<RebuildControlInner>);
-
-#[derive(Default)]
-struct RebuildControlInner {
-    running: AtomicUsize,
-    /// Holds alive, and rebuilds waiting at them.
-    held: Mutex<(usize, usize)>,
-    released: Condvar,
-}
-
-/// One rebuild in flight, until dropped.
-struct Running(RebuildControl);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.0.running.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Pauses index rebuilds while alive ([`Node::hold_index_rebuilds`]).
-#[doc(hidden)]
-pub struct RebuildHold(RebuildControl);
-
-impl Drop for RebuildHold {
-    fn drop(&mut self) {
-        let inner = &self.0.0;
-        inner.held.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
-        inner.released.notify_all();
-    }
-}
-
-impl RebuildControl {
-    fn start(&self) -> Running {
-        self.0.running.fetch_add(1, Ordering::SeqCst);
-        Running(self.clone())
-    }
-
-    fn running(&self) -> usize {
-        self.0.running.load(Ordering::SeqCst)
-    }
-
-    fn hold(&self) -> RebuildHold {
-        self.0.held.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
-        RebuildHold(self.clone())
-    }
-
-    fn waiting(&self) -> usize {
-        self.0.held.lock().unwrap_or_else(|e| e.into_inner()).1
-    }
-
-    /// Blocks while a hold is alive.
-    fn wait_while_held(&self) {
-        let inner = &self.0;
-        let mut g = inner.held.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 == 0 {
-            return;
-        }
-        g.1 += 1;
-        let mut g = inner
-            .released
-            .wait_while(g, |(holds, _)| *holds > 0)
-            .unwrap_or_else(|e| e.into_inner());
-        g.1 -= 1;
-    }
-}
-
-/// Every live context of the local store for the index: opened, or, when
-/// this node cannot open it, counted as unopenable (with why).
-struct RebuildEntries {
-    local: Store,
-    keyring: Arc<slurp_crypto::Keyring>,
-    control: RebuildControl,
-    envelope: EnvelopeConfig,
-    page: std::vec::IntoIter<String>,
-    after: Option<String>,
-    done: bool,
-}
-
-impl RebuildEntries {
-    fn new(local: Store, keyring: Arc<slurp_crypto::Keyring>, control: RebuildControl) -> Self {
-        RebuildEntries {
-            local,
-            keyring,
-            control,
-            envelope: EnvelopeConfig::default(),
-            page: Vec::new().into_iter(),
-            after: None,
-            done: false,
-        }
-    }
-
-    /// The newest version of `key` for the index; `None` when it is
-    /// deleted or gone. Only a failure to read the store is an error.
-    fn entry(&self, key: &str) -> Result<Option<RebuildItem>, String> {
-        let record = match self.local.latest(key) {
-            Ok(Latest::Live { record, .. }) => record,
-            Ok(_) => return Ok(None),
-            Err(ReadError::Corrupt(e)) => {
-                // The stored bytes do not decode: counted when the
-                // record's metadata still reads, skipped otherwise.
-                log_unopenable(key, UnopenableReason::Corrupt, &e.to_string());
-                return Ok(self.local.latest_meta(key).ok().flatten().map(|(meta, _)| {
-                    RebuildItem::Unopenable(UnopenableEntry {
-                        key: key.to_string(),
-                        version: meta.version,
-                        readers: meta.readers,
-                        reason: UnopenableReason::Corrupt,
-                    })
-                }));
-            }
-            Err(e) => return Err(format!("{key}: {e}")),
-        };
-        let meta = record.meta;
-        Ok(Some(
-            match open_for_index(&record.envelope, &self.envelope, &self.keyring) {
-                Ok(context) => RebuildItem::Entry(IndexEntry {
-                    key: key.to_string(),
-                    version: meta.version,
-                    readers: meta.readers,
-                    context,
-                }),
-                Err((reason, error)) => {
-                    log_unopenable(key, reason, &error);
-                    RebuildItem::Unopenable(UnopenableEntry {
-                        key: key.to_string(),
-                        version: meta.version,
-                        readers: meta.readers,
-                        reason,
-                    })
-                }
-            },
-        ))
-    }
-}
-
-impl Iterator for RebuildEntries {
-    type Item = Result<RebuildItem, String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(key) = self.page.next() {
-                match self.entry(&key) {
-                    Ok(Some(e)) => return Some(Ok(e)),
-                    Ok(None) => continue,
-                    Err(e) => return Some(Err(e)),
-                }
-            }
-            if self.done {
-                return None;
-            }
-            self.control.wait_while_held();
-            match self.local.list_keys("", self.after.as_deref(), 1024) {
-                Ok(page) => {
-                    self.done = page.next_after.is_none();
-                    self.after = page.next_after;
-                    self.page = page
-                        .keys
-                        .into_iter()
-                        .map(|k| k.key)
-                        .collect::<Vec<_>>()
-                        .into_iter();
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e.to_string()));
-                }
-            }
-        }
     }
 }

@@ -758,7 +758,14 @@ async fn a_tombstone_goes_only_once_every_replica_holds_it() {
         write_quorum_id: None,
         hint_for: None,
     };
-    match c.node(1).store.serve_replicate(&c.peer(0), push).await {
+    match c
+        .node(1)
+        .store
+        .replicator()
+        .unwrap()
+        .serve_replicate(&c.peer(0), push)
+        .await
+    {
         slurp_protocol::messages::ReplicateResponse::Stored { outcomes } => {
             assert_eq!(
                 outcomes[0].outcome,
@@ -813,7 +820,12 @@ async fn a_tombstone_goes_only_once_every_replica_holds_it() {
             write_quorum_id: None,
             hint_for: None,
         };
-        c.node(i).store.serve_replicate(&c.peer(2), req).await;
+        c.node(i)
+            .store
+            .replicator()
+            .unwrap()
+            .serve_replicate(&c.peer(2), req)
+            .await;
     }
     run_worker(&c, &[0, 1, 2], "tombstone-gc").await;
     for i in [0, 1] {

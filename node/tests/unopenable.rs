@@ -216,6 +216,8 @@ async fn replicate(node: &Node, versions: Vec<SealedVersion>) {
     let n = versions.len();
     match node
         .store
+        .replicator()
+        .unwrap()
         .serve_replicate(
             "12D3KooWTestPeer",
             ReplicateRequest::PutVersions {
@@ -280,6 +282,8 @@ async fn records_this_node_cannot_open_are_counted_and_never_fail_the_rebuild() 
     let corrupt = sealed(&address(11), b"not an envelope".to_vec(), None);
     match node
         .store
+        .replicator()
+        .unwrap()
         .serve_replicate(
             "12D3KooWTestPeer",
             ReplicateRequest::PutVersions {
@@ -302,6 +306,8 @@ async fn records_this_node_cannot_open_are_counted_and_never_fail_the_rebuild() 
     let empty = sealed(&address(12), Vec::new(), None);
     match node
         .store
+        .replicator()
+        .unwrap()
         .serve_replicate(
             "12D3KooWTestPeer",
             ReplicateRequest::PutVersions {

@@ -49,7 +49,7 @@ use slurp_storage::{ScanCursor, SlotScan, Store};
 use super::{ReplicationConfig, ReplicationError};
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
-use crate::store::ContextStore;
+use crate::store::Engine;
 use crate::workers::PassReport;
 
 /// The worker's name in `slurp workers`.
@@ -376,7 +376,7 @@ pub struct AntiEntropyStatus {
 pub struct AntiEntropy(Arc<Inner>);
 
 struct Inner {
-    store: ContextStore,
+    store: Engine,
     cluster: Cluster,
     config: ReplicationConfig,
     metrics: Metrics,
@@ -399,7 +399,7 @@ impl AntiEntropy {
     /// The worker, with the state it kept in `data_dir` (a missing or
     /// unreadable file starts over: comparisons are cheap and idempotent).
     pub fn new(
-        store: ContextStore,
+        store: Engine,
         cluster: Cluster,
         config: ReplicationConfig,
         metrics: Metrics,
@@ -1010,7 +1010,7 @@ impl AntiEntropy {
             throttle.take(bytes as u64).await;
             moved.bytes_received += bytes as u64;
             let items = versions.into_iter().map(|v| (v, None)).collect();
-            for o in self.0.store.store_replicated(items, None).await {
+            for o in self.0.store.apply_sealed(items, None).await {
                 match o.outcome {
                     WirePut::Stored => moved.received += 1,
                     WirePut::AlreadyPresent => {}

@@ -16,6 +16,12 @@
 //! any asked replica that lacked it (read repair).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use slurp_crypto::AuditAction;
+use slurp_protocol::{Temporal, UcxlAddress};
+use slurp_storage::StoredRecord;
 
 use slurp_protocol::RecordMeta;
 use slurp_protocol::messages::{
@@ -24,10 +30,13 @@ use slurp_protocol::messages::{
 use slurp_protocol::{ContextNode, VersionId};
 
 use super::ReplicationError;
+use super::Replicator;
 use super::strategy::{RequestStrategy, try_call_many};
+use crate::cache::{CachedRead, Selector};
 use crate::cluster::{Cluster, Route, short_peer};
 use crate::error::StoreError;
-use crate::store::ContextStore;
+use crate::store::{Prepared, PutResult, ReadResult, read_result};
+use crate::tokens::Principal;
 
 /// Per-request quorum overrides (`w=`, `r=` on the API).
 #[derive(Debug, Clone, Copy, Default)]
@@ -142,14 +151,179 @@ pub(crate) struct WriteTally {
     pub errors: Vec<(String, String)>,
 }
 
-impl ContextStore {
-    pub(crate) fn cluster(&self) -> Option<&Cluster> {
-        self.0.cluster.as_ref()
+impl Replicator {
+    /// Writes prepared versions to their replicas, each acknowledged once
+    /// its write quorum has it, then refreshes the coordinator's cache and
+    /// audit. One result per version, in order.
+    pub(crate) async fn commit(
+        &self,
+        prepared: Vec<Prepared>,
+        opts: QuorumOpts,
+    ) -> Vec<Result<PutResult, StoreError>> {
+        let cluster = self.cluster();
+        let start = Instant::now();
+        let mut items = Vec::with_capacity(prepared.len());
+        let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(prepared.len());
+        let mut sent = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let Some(route) = cluster.route(&p.meta.key) else {
+                refused.push(Some(StoreError::Unavailable(
+                    "the cluster layout is gone".into(),
+                )));
+                continue;
+            };
+            let need = cluster.write_quorum(opts.w, route.replicas.len());
+            // Refuse before writing anywhere when too few replicas are up,
+            // so a failed write rarely leaves a copy behind.
+            let up: Vec<&String> = route
+                .replicas
+                .iter()
+                .filter(|r| *r == cluster.me() || cluster.peers().is_up(r))
+                .collect();
+            if up.len() < need {
+                self.0.engine.metrics().replication("quorum_failed", 1);
+                let down: Vec<String> = route
+                    .replicas
+                    .iter()
+                    .filter(|r| !up.contains(r))
+                    .map(|r| cluster_peer_label(cluster, r))
+                    .collect();
+                refused.push(Some(StoreError::Quorum {
+                    op: p.op(),
+                    address: p.address.clone(),
+                    during: None,
+                    needed: need,
+                    acked: 0,
+                    detail: format!(
+                        "only {} of the {} replicas are up; down: {}",
+                        up.len(),
+                        route.replicas.len(),
+                        down.join(", ")
+                    ),
+                }));
+                continue;
+            }
+            refused.push(None);
+            items.push(WriteItem {
+                version: slurp_protocol::messages::SealedVersion {
+                    meta: p.meta.clone(),
+                    envelope: p.envelope.clone().into(),
+                },
+                plain: p.node.clone(),
+                route,
+                need,
+            });
+            sent.push(p);
+        }
+        let tallies = self.quorum_write(items).await;
+        self.0.engine.metrics().record(
+            "put",
+            "cluster",
+            tallies.iter().all(|t| t.acked >= t.need),
+            start.elapsed(),
+        );
+        let mut decided = Vec::with_capacity(sent.len());
+        for (p, t) in sent.into_iter().zip(tallies) {
+            if t.acked >= t.need {
+                decided.push(Ok(self.0.engine.after_put(p, t.created, false).await));
+            } else {
+                decided.push(Err(quorum_failed(
+                    p.op(),
+                    &p.address,
+                    t.need,
+                    t.acked,
+                    &t.errors,
+                    |peer| cluster_peer_label(cluster, peer),
+                )));
+            }
+        }
+        let mut decided = decided.into_iter();
+        refused
+            .into_iter()
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => decided
+                    .next()
+                    .unwrap_or_else(|| Err(StoreError::Internal("no write result".into()))),
+            })
+            .collect()
     }
 
-    /// The route of `key`, when this node runs under a cluster layout.
-    pub(crate) fn route(&self, key: &str) -> Option<Route> {
-        self.cluster().and_then(|c| c.route(key))
+    /// A read in a cluster: the newest version from a read quorum (or, for
+    /// older versions, the merged history), opened here. The cache is
+    /// consulted by exact version only, since another node may have
+    /// written a newer one.
+    pub(crate) async fn get(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+        route: crate::cluster::Route,
+        opts: QuorumOpts,
+    ) -> Result<ReadResult, StoreError> {
+        let key = address.key();
+        let role = &caller.role;
+        let latest = matches!(address.temporal, Temporal::Latest | Temporal::Any);
+        let generation = self.0.engine.cache().generation(&key);
+        let start = Instant::now();
+        let (meta, envelope, ordinal) = if latest {
+            let heads = self.quorum_heads(&route, &key, opts.r, true).await?;
+            let Some(newest) = heads.newest else {
+                return Err(StoreError::NotFound(address.to_string()));
+            };
+            (newest.meta, Some(newest.envelope.0), heads.versions)
+        } else {
+            let history = self.quorum_history(&route, &key, opts.r).await?;
+            let i = address
+                .temporal
+                .select(history.len())
+                .ok_or_else(|| StoreError::NotFound(address.to_string()))?;
+            (history[i].clone(), None, i as u64 + 1)
+        };
+        self.0
+            .engine
+            .metrics()
+            .record("get", "cluster", true, start.elapsed());
+        if meta.tombstone {
+            self.0
+                .engine
+                .require_tombstone_reader(caller, &key, &meta)
+                .await?;
+            return Err(StoreError::Deleted {
+                address: address.to_string(),
+                version: meta.version,
+            });
+        }
+        self.0.engine.require_reader(caller, &key, &meta).await?;
+        let sel = Selector::Exact(meta.version.clone());
+        if let Some(hit) = self.0.engine.cache().get(role, &key, &sel).await {
+            self.0
+                .engine
+                .audit()
+                .allow(&caller.token_id, role, AuditAction::Read, &key)
+                .await;
+            let hit = CachedRead {
+                node: hit.node,
+                ordinal,
+            };
+            return Ok(read_result(&key, &hit, latest));
+        }
+        let record = match envelope {
+            Some(envelope) if !envelope.is_empty() => StoredRecord { meta, envelope },
+            _ => self
+                .fetch_version(&route, &key, &meta.version)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(address.to_string()))?,
+        };
+        let node = self.0.engine.open(role, &record)?;
+        let read = CachedRead {
+            node: Arc::new(node),
+            ordinal,
+        };
+        Ok(self
+            .0
+            .engine
+            .finish_read(caller, &key, sel, read, generation, latest)
+            .await)
     }
 
     async fn ask_heads(
@@ -160,12 +334,12 @@ impl ContextStore {
         with_envelope: bool,
     ) -> Result<Head, ReplicationError> {
         if peer == cluster.me() {
-            return self
-                .local_head(key, with_envelope)
-                .map_err(|e| ReplicationError::Rejected {
+            return self.0.engine.local_head(key, with_envelope).map_err(|e| {
+                ReplicationError::Rejected {
                     peer,
                     reason: e.to_string(),
-                });
+                }
+            });
         }
         cluster
             .head(&peer, key, with_envelope)
@@ -182,9 +356,7 @@ impl ContextStore {
         r: Option<usize>,
         with_envelope: bool,
     ) -> Result<HeadsRead, StoreError> {
-        let cluster = self
-            .cluster()
-            .ok_or_else(|| StoreError::Internal("quorum read without a cluster".into()))?;
+        let cluster = self.cluster();
         let strategy = RequestStrategy::read(cluster, r, route.replicas.len());
         let need = strategy.quorum;
         // When this node is a replica, its own copy carries the envelope and
@@ -253,19 +425,22 @@ impl ContextStore {
     fn repair(&self, peers: Vec<String>, version: SealedVersion) {
         // Bounded: past the limit anti-entropy heals the replica instead.
         let Ok(permit) = self.0.repairs.clone().try_acquire_owned() else {
-            self.0.metrics.replication("read_repair_skipped", 1);
+            self.0
+                .engine
+                .metrics()
+                .replication("read_repair_skipped", 1);
             return;
         };
         let this = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let Some(cluster) = this.cluster().cloned() else {
-                return;
-            };
+            let cluster = this.cluster().clone();
             for peer in peers {
                 let ok = if peer == cluster.me() {
                     let out = this
-                        .store_replicated(vec![(version.clone(), None)], None)
+                        .0
+                        .engine
+                        .apply_sealed(vec![(version.clone(), None)], None)
                         .await;
                     out.iter()
                         .all(|o| !matches!(o.outcome, WirePut::Rejected { .. }))
@@ -279,7 +454,7 @@ impl ContextStore {
                     cluster.replicate(&peer, req).await.is_ok()
                 };
                 if ok {
-                    this.0.metrics.replication("read_repair", 1);
+                    this.0.engine.metrics().replication("read_repair", 1);
                 }
             }
         });
@@ -292,20 +467,16 @@ impl ContextStore {
         key: &str,
         r: Option<usize>,
     ) -> Result<Vec<RecordMeta>, StoreError> {
-        let cluster = self
-            .cluster()
-            .ok_or_else(|| StoreError::Internal("quorum read without a cluster".into()))?;
+        let cluster = self.cluster();
         let strategy = RequestStrategy::read(cluster, r, route.replicas.len());
         let g = try_call_many(&route.replicas, &strategy, |peer| async move {
             if peer == cluster.me() {
-                return self
-                    .0
-                    .store
-                    .history(key)
-                    .map_err(|e| ReplicationError::Rejected {
+                return self.0.engine.local().history(key).map_err(|e| {
+                    ReplicationError::Rejected {
                         peer,
                         reason: e.to_string(),
-                    });
+                    }
+                });
             }
             let req = ReplicateRequest::History {
                 key: key.to_string(),
@@ -345,12 +516,10 @@ impl ContextStore {
         key: &str,
         version: &VersionId,
     ) -> Result<Option<slurp_storage::StoredRecord>, StoreError> {
-        if let Some(rec) = self.0.store.get(key, version)? {
+        if let Some(rec) = self.0.engine.local().get(key, version)? {
             return Ok(Some(rec));
         }
-        let Some(cluster) = self.cluster() else {
-            return Ok(None);
-        };
+        let cluster = self.cluster();
         for peer in route.replicas.iter().filter(|p| *p != cluster.me()) {
             let req = ReplicateRequest::GetVersions {
                 key: key.to_string(),
@@ -375,9 +544,7 @@ impl ContextStore {
     /// background, and a failed replica's versions go to a fallback with
     /// a hint.
     pub(crate) async fn quorum_write(&self, items: Vec<WriteItem>) -> Vec<WriteTally> {
-        let Some(cluster) = self.cluster().cloned() else {
-            return Vec::new();
-        };
+        let cluster = self.cluster().clone();
         let mut tallies: Vec<WriteTally> = items
             .iter()
             .map(|i| WriteTally {
@@ -397,11 +564,18 @@ impl ContextStore {
         let items = std::sync::Arc::new(items);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for (peer, idx) in groups {
+            // Replica writes outlive the quorum (the slow replicas finish
+            // in the background); at most `replica_writes_in_flight` of
+            // them run at once, and past it a write waits here.
+            let Ok(permit) = self.0.replica_writes.clone().acquire_owned().await else {
+                break;
+            };
             let this = self.clone();
             let cluster = cluster.clone();
             let items = items.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let r = this.send_group(&cluster, &peer, &items, &idx, None).await;
                 let failed = r.is_err();
                 let _ = tx.send((peer.clone(), idx.clone(), r));
@@ -435,20 +609,20 @@ impl ContextStore {
                             }
                         }
                     }
-                    self.0.metrics.replication("replica_ack", 1);
+                    self.0.engine.metrics().replication("replica_ack", 1);
                 }
                 Err(e) => {
                     for &i in &idx {
                         waiting[i] -= 1;
                         tallies[i].errors.push((peer.clone(), e.reason()));
                     }
-                    self.0.metrics.replication("replica_fail", 1);
+                    self.0.engine.metrics().replication("replica_fail", 1);
                 }
             }
         }
         for t in &tallies {
             if t.acked < t.need {
-                self.0.metrics.replication("quorum_failed", 1);
+                self.0.engine.metrics().replication("quorum_failed", 1);
             }
         }
         tallies
@@ -469,7 +643,7 @@ impl ContextStore {
                 .iter()
                 .map(|&i| (items[i].version.clone(), items[i].plain.clone()))
                 .collect();
-            let out = self.store_replicated(batch, hint_for).await;
+            let out = self.0.engine.apply_sealed(batch, hint_for).await;
             return Ok(out.into_iter().map(|o| o.outcome).collect());
         }
         if hint_for.is_none() {

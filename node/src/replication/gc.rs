@@ -28,7 +28,7 @@ use slurp_storage::{CollectOutcome, Store};
 use super::{ReplicationConfig, ReplicationError};
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
-use crate::store::ContextStore;
+use crate::store::Engine;
 use crate::workers::PassReport;
 
 /// What this node holds of `tombstone` for `key`.
@@ -52,7 +52,7 @@ pub(crate) fn state_of(
 /// Answers a [`ReplicateRequest::Collect`]: the state of each entry, after
 /// collecting those still held when `apply` is set.
 pub(crate) async fn serve_collect(
-    store: &ContextStore,
+    store: &Engine,
     entries: &[KeyVersion],
     apply: bool,
 ) -> Result<Vec<CollectState>, ReplicationError> {
@@ -81,7 +81,7 @@ pub const WORKER: &str = "tombstone-gc";
 /// The `tombstone-gc` worker of one node.
 #[derive(Clone)]
 pub struct TombstoneGc {
-    store: ContextStore,
+    store: Engine,
     cluster: Cluster,
     config: ReplicationConfig,
     metrics: Metrics,
@@ -96,7 +96,7 @@ fn now_ms() -> u64 {
 
 impl TombstoneGc {
     pub fn new(
-        store: ContextStore,
+        store: Engine,
         cluster: Cluster,
         config: ReplicationConfig,
         metrics: Metrics,

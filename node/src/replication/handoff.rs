@@ -2,7 +2,7 @@
 //!
 //! When a replica fails a write, the coordinator gives the versions it
 //! missed to the next member of the partition's preference list that takes
-//! them ([`ContextStore::hint_to_fallbacks`]), with a hint naming the
+//! them ([`Replicator::hint_to_fallbacks`]), with a hint naming the
 //! replica; hinted copies never count toward the write quorum. The
 //! `handoff` worker of the fallback ([`pass`]) hands them to the replica
 //! once it answers again, then forgets the hint and, when the fallback is
@@ -14,13 +14,14 @@ use std::collections::HashMap;
 
 use slurp_protocol::messages::PutOutcome as WirePut;
 
+use super::Replicator;
 use super::coordinator::{WriteItem, cluster_peer_label};
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
-use crate::store::ContextStore;
+use crate::store::Engine;
 use crate::workers::PassReport;
 
-impl ContextStore {
+impl Replicator {
     /// Gives the versions `idx` that `down` missed to the first fallback of
     /// their partition that takes them, with a hint naming `down`.
     pub(super) async fn hint_to_fallbacks(
@@ -46,7 +47,10 @@ impl ContextStore {
                     .await
                     .is_ok_and(|o| o.iter().all(|o| !matches!(o, WirePut::Rejected { .. })))
                 {
-                    self.0.metrics.replication("hinted", idx.len() as u64);
+                    self.0
+                        .engine
+                        .metrics()
+                        .replication("hinted", idx.len() as u64);
                     done = true;
                     break;
                 }
@@ -67,7 +71,7 @@ pub const WORKER: &str = "handoff";
 
 /// The `handoff` worker: hands hinted versions back to their replicas.
 pub struct Handoff {
-    pub store: ContextStore,
+    pub store: Engine,
     pub cluster: Cluster,
     pub metrics: Metrics,
     /// Versions per request (`cluster.handoff_batch`).
@@ -101,7 +105,7 @@ impl crate::workers::Worker for Handoff {
 /// versions for and that answers again, send them (a page of `batch` at a
 /// time) and drop the hints it acknowledged.
 pub async fn pass(
-    store: &ContextStore,
+    store: &Engine,
     cluster: &Cluster,
     metrics: &Metrics,
     batch: usize,
@@ -225,7 +229,7 @@ const MAX_OTHER_HINTS: usize = 100_000;
 /// node is not a replica of their partition and no hint for another
 /// target still names them. Returns how many were removed.
 async fn drop_hinted_copies(
-    store: &ContextStore,
+    store: &Engine,
     cluster: &Cluster,
     target: &str,
     targets: &[String],

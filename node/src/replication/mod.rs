@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterError, short_peer};
+use crate::cluster::{Cluster, ClusterError, Route, short_peer};
+use crate::error::StoreError;
+use crate::store::Engine;
 
 /// Settings of the healing workers (`[replication]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
@@ -77,6 +79,13 @@ pub struct ReplicationConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub gc_keep_collected: Duration,
+    /// Replica writes in flight at most on a coordinator, a count. A write
+    /// is acknowledged once its quorum has it and the other replicas finish
+    /// in the background; past this many, new writes wait for them.
+    pub replica_writes_in_flight: usize,
+    /// Read repairs in flight at most (each a background write), a count;
+    /// past it a repair is skipped and left to anti-entropy.
+    pub read_repairs_in_flight: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -92,6 +101,8 @@ impl Default for ReplicationConfig {
             gc_min_age: Duration::from_secs(60),
             gc_batch: 256,
             gc_keep_collected: Duration::from_secs(7 * 86_400),
+            replica_writes_in_flight: 1024,
+            read_repairs_in_flight: 256,
         }
     }
 }
@@ -110,10 +121,68 @@ impl ReplicationConfig {
             || self.anti_entropy_batch == 0
             || self.message_bytes == 0
             || self.gc_batch == 0
+            || self.replica_writes_in_flight == 0
+            || self.read_repairs_in_flight == 0
         {
-            return Err("replication limits (bytes per second, in flight, leaf versions, batches, message bytes) must be positive".into());
+            return Err("replication limits (bytes per second, in flight, leaf versions, batches, message bytes, replica writes, read repairs) must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// The replicator: the cluster side of the store. It owns the quorum
+/// coordinator, the replica server and hinted handoff, over this node's
+/// [`Engine`] (which it applies versions to) and the [`Cluster`] (which it
+/// reaches peers through). Cheap to clone.
+#[derive(Clone)]
+pub struct Replicator(pub(crate) Arc<ReplicatorInner>);
+
+pub(crate) struct ReplicatorInner {
+    pub(crate) engine: Engine,
+    pub(crate) cluster: Cluster,
+    pub(crate) config: ReplicationConfig,
+    /// Read repairs in flight (`read_repairs_in_flight`).
+    pub(crate) repairs: Arc<tokio::sync::Semaphore>,
+    /// Replica writes in flight (`replica_writes_in_flight`).
+    pub(crate) replica_writes: Arc<tokio::sync::Semaphore>,
+}
+
+impl Replicator {
+    pub fn new(engine: Engine, cluster: Cluster, config: ReplicationConfig) -> Self {
+        Replicator(Arc::new(ReplicatorInner {
+            repairs: Arc::new(tokio::sync::Semaphore::new(
+                config.read_repairs_in_flight.max(1),
+            )),
+            replica_writes: Arc::new(tokio::sync::Semaphore::new(
+                config.replica_writes_in_flight.max(1),
+            )),
+            engine,
+            cluster,
+            config,
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.0.cluster
+    }
+
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.0.config
+    }
+
+    /// The route of `key` under the current layout, if there is one.
+    pub(crate) fn route(&self, key: &str) -> Option<Route> {
+        self.0.cluster.route(key)
+    }
+
+    /// The route of `key`, or why there is none.
+    pub(crate) fn route_or_unavailable(&self, key: &str) -> Result<Route, StoreError> {
+        self.route(key)
+            .ok_or_else(|| StoreError::Unavailable("the cluster layout is gone".into()))
     }
 }
 

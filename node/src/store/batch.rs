@@ -185,7 +185,7 @@ impl Batches {
 }
 
 fn check_size(store: &ContextStore, len: usize) -> Result<(), StoreError> {
-    let max = store.0.options.batch_size;
+    let max = store.options().batch_size;
     if len > max {
         return Err(StoreError::TooMany {
             what: "batch",
@@ -208,7 +208,7 @@ impl ContextStore {
         atomic: bool,
     ) -> Result<BatchReport<PutResult>, StoreError> {
         check_size(self, items.len())?;
-        if atomic && self.cluster().is_some_and(|c| c.layout().is_some()) {
+        if atomic && matches!(self.tier(), super::Tier::Cluster(..)) {
             // Replicas commit each version on their own: all-or-nothing
             // across them needs a commit protocol the cluster does not have.
             return Err(StoreError::BadRequest(
@@ -219,7 +219,7 @@ impl ContextStore {
         }
         // An atomic batch is one transaction of the local store, whose
         // writer commits at most `store.max_batch` writes at once.
-        let max_atomic = self.0.store.config().max_batch;
+        let max_atomic = self.local().config().max_batch;
         if atomic && items.len() > max_atomic {
             return Err(StoreError::TooMany {
                 what: "atomic batch (store.max_batch)",
@@ -229,9 +229,9 @@ impl ContextStore {
         }
         let start = Instant::now();
         let total = items.len();
-        let (id, tracker) = self.0.batches.start("put", &caller.role, total);
+        let (id, tracker) = self.batches().start("put", &caller.role, total);
         // Phase 1: validate and seal on the worker pool.
-        let pool = Arc::new(Semaphore::new(self.0.options.max_concurrent_ops.max(1)));
+        let pool = Arc::new(Semaphore::new(self.options().max_concurrent_ops.max(1)));
         let mut set = JoinSet::new();
         for (i, item) in items.into_iter().enumerate() {
             let store = self.clone();
@@ -324,8 +324,8 @@ impl ContextStore {
         check_size(self, addresses.len())?;
         let start = Instant::now();
         let total = addresses.len();
-        let (id, tracker) = self.0.batches.start("get", &caller.role, total);
-        let pool = Arc::new(Semaphore::new(self.0.options.max_concurrent_ops.max(1)));
+        let (id, tracker) = self.batches().start("get", &caller.role, total);
+        let pool = Arc::new(Semaphore::new(self.options().max_concurrent_ops.max(1)));
         let mut set = JoinSet::new();
         for (i, a) in addresses.into_iter().enumerate() {
             let store = self.clone();
@@ -360,11 +360,10 @@ impl ContextStore {
         mut results: Vec<BatchItemResult<T>>,
     ) -> BatchReport<T> {
         results.sort_by_key(|r| r.index);
-        self.0.batches.finish(tracker);
+        self.batches().finish(tracker);
         let total = results.len();
         let failed = results.iter().filter(|r| r.error.is_some()).count();
-        self.0
-            .metrics
+        self.metrics()
             .record(op, "store", failed == 0, start.elapsed());
         BatchReport {
             id,

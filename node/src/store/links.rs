@@ -48,7 +48,7 @@ impl ContextStore {
         address: &UcxlAddress,
         hops: u32,
     ) -> Result<LinkGraph, StoreError> {
-        let hops = hops.min(self.0.options.max_link_hops);
+        let hops = hops.min(self.options().max_link_hops);
         let root = address.with_temporal(slurp_protocol::Temporal::Latest);
         // The root must be readable; this also audits the access.
         let first = self.get(caller, &root).await?;
@@ -62,7 +62,7 @@ impl ContextStore {
         seen.insert(root_key.clone(), 0);
         let mut edges = std::collections::BTreeSet::new();
         let mut queue = VecDeque::from([(root_key, 0u32, first.context.links.clone())]);
-        let max_nodes = self.0.options.batch_size.max(1);
+        let max_nodes = self.options().batch_size.max(1);
         while let Some((key, depth, declared)) = queue.pop_front() {
             if depth >= hops {
                 continue;
@@ -70,13 +70,13 @@ impl ContextStore {
             // A lone node has both directions of every link in its store. In
             // a cluster the records linking here may live in other
             // partitions, so the record's own declared links are followed.
-            let links = if self.route(&key).is_some() {
+            let links = if matches!(self.tier(), super::Tier::Cluster(..)) {
                 slurp_storage::Links {
                     influences: declared.influences.iter().map(|a| a.key()).collect(),
                     influenced_by: declared.influenced_by.iter().map(|a| a.key()).collect(),
                 }
             } else {
-                self.0.store.links(&key)?
+                self.local().links(&key)?
             };
             let out = links
                 .influences

@@ -11,37 +11,47 @@
 //! with that role's key and caches the plaintext for that role only. Every
 //! access decision, allowed or denied, goes to the audit log.
 //!
-//! The local store is the single storage tier of a lone node; a replicated
-//! tier goes behind the same `put_many`/`latest`/`history`/`get` calls, so
-//! the store reaches its tier only through those.
+//! This module is the store *front*: the API's one entry. It does what
+//! every write and read needs whatever the topology (validation, authority,
+//! versioning, sealing, the audit entry) through the local [`Engine`], and
+//! reaches versions through one [`Tier`]: the local store of a lone node,
+//! or the replicator's quorum reads and writes in a cluster. The front
+//! picks the tier in one place ([`ContextStore::tier`]); nothing else in
+//! it knows whether the node runs alone.
 
 mod batch;
+mod engine;
 mod links;
+pub mod rebuild;
 mod resolve;
 mod search;
+mod tier;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use slurp_crypto::{AuditAction, Envelope, EnvelopeConfig, Keyring};
-use slurp_index::{ContextIndex, IndexEntry};
+use slurp_crypto::{AuditAction, EnvelopeConfig};
+use slurp_index::ContextIndex;
 use slurp_protocol::{
-    Authority, ContextLimits, ContextNode, Framed, HlcClock, RecordMeta, RoleName, RoleSet,
-    Temporal, UcxlAddress, VersionId, VersionInfo, WriterId,
+    Authority, ContextLimits, ContextNode, HlcClock, RecordMeta, RoleName, RoleSet, Temporal,
+    UcxlAddress, VersionId, VersionInfo, WriterId,
 };
-use slurp_storage::{Latest, NewVersion, PutOutcome, Store, StoredRecord};
+use slurp_storage::Store;
 
 pub use crate::replication::QuorumOpts;
-use crate::replication::coordinator as quorum;
+use crate::replication::Replicator;
 pub use batch::{BatchItemResult, BatchProgress, BatchReport, BatchStoreItem, Batches};
+pub use engine::Engine;
+use engine::EngineInner;
+pub(crate) use engine::{log_unopenable, open_for_index};
 pub use links::{LinkEdge, LinkGraph, LinkNode};
 pub use resolve::{FieldSource, Resolved};
 pub use search::{Incomplete, SearchResponse, SearchResultHit};
+pub(crate) use tier::Tier;
 
 use crate::audit::AuditSink;
-use crate::cache::{CachedRead, ContextCache, Selector};
-use crate::cluster::Cluster;
+use crate::cache::{CachedRead, ContextCache};
 use crate::config::StoreOptions;
 use crate::error::StoreError;
 use crate::keys::Custody;
@@ -145,34 +155,18 @@ pub struct StoreParts {
     pub metrics: Metrics,
     /// The cluster this node belongs to; `None` runs a lone node on its
     /// local store.
-    pub cluster: Option<Cluster>,
+    pub cluster: Option<crate::cluster::Cluster>,
     /// Limits of the replication exchanges this node serves.
     pub replication: crate::replication::ReplicationConfig,
 }
 
 pub(crate) struct Inner {
-    pub(crate) roles: RoleSet,
-    pub(crate) limits: ContextLimits,
-    pub(crate) options: StoreOptions,
-    pub(crate) writer: WriterId,
-    pub(crate) clock: HlcClock,
-    pub(crate) store: Store,
-    pub(crate) index: Option<Arc<ContextIndex>>,
-    pub(crate) custody: Arc<Custody>,
-    pub(crate) cache: ContextCache,
-    pub(crate) audit: AuditSink,
-    pub(crate) metrics: Metrics,
-    pub(crate) envelope: EnvelopeConfig,
+    pub(crate) engine: Engine,
+    /// Set when the node belongs to a cluster (always, outside tests); it
+    /// replicates only while the cluster has a layout.
+    pub(crate) replicator: Option<Replicator>,
     pub(crate) batches: Batches,
-    pub(crate) cluster: Option<Cluster>,
-    pub(crate) replication: crate::replication::ReplicationConfig,
-    /// Read repairs in flight at most (each a background task); past it a
-    /// repair is skipped and left to anti-entropy.
-    pub(crate) repairs: Arc<tokio::sync::Semaphore>,
 }
-
-/// Read repairs running at once at most.
-const MAX_REPAIRS: usize = 256;
 
 /// The context store. Cheap to clone.
 #[derive(Clone)]
@@ -196,8 +190,7 @@ async fn bounded<T>(
 
 impl ContextStore {
     pub fn new(parts: StoreParts) -> Self {
-        let batches = Batches::default();
-        ContextStore(Arc::new(Inner {
+        let engine = Engine(Arc::new(EngineInner {
             roles: parts.roles,
             limits: parts.limits,
             options: parts.options,
@@ -210,31 +203,58 @@ impl ContextStore {
             audit: parts.audit,
             metrics: parts.metrics,
             envelope: EnvelopeConfig::default(),
-            batches,
-            cluster: parts.cluster,
-            replication: parts.replication,
-            repairs: Arc::new(tokio::sync::Semaphore::new(MAX_REPAIRS)),
+        }));
+        let replicator = parts
+            .cluster
+            .map(|cluster| Replicator::new(engine.clone(), cluster, parts.replication));
+        ContextStore(Arc::new(Inner {
+            engine,
+            replicator,
+            batches: Batches::default(),
         }))
     }
 
+    /// The local engine under this front.
+    pub fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    /// The replicator, when this node belongs to a cluster.
+    pub fn replicator(&self) -> Option<&Replicator> {
+        self.0.replicator.as_ref()
+    }
+
+    /// Where versions live for the operation about to run: this node's
+    /// own store, or the replicas of the cluster's current layout. The one
+    /// place the store forks between a lone node and a cluster.
+    pub(crate) fn tier(&self) -> Tier<'_> {
+        match &self.0.replicator {
+            Some(r) => match r.cluster().layout() {
+                Some(layout) => Tier::Cluster(r, layout),
+                None => Tier::Alone(&self.0.engine),
+            },
+            None => Tier::Alone(&self.0.engine),
+        }
+    }
+
     pub fn roles(&self) -> &RoleSet {
-        &self.0.roles
+        self.0.engine.roles()
     }
 
     pub fn local(&self) -> &Store {
-        &self.0.store
+        self.0.engine.local()
     }
 
     pub fn index(&self) -> Option<&Arc<ContextIndex>> {
-        self.0.index.as_ref()
+        self.0.engine.index()
     }
 
     pub fn cache(&self) -> &ContextCache {
-        &self.0.cache
+        self.0.engine.cache()
     }
 
     pub fn audit(&self) -> &AuditSink {
-        &self.0.audit
+        self.0.engine.audit()
     }
 
     pub fn batches(&self) -> &Batches {
@@ -242,57 +262,15 @@ impl ContextStore {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.0.metrics
+        self.0.engine.metrics()
     }
 
     pub fn options(&self) -> &StoreOptions {
-        &self.0.options
+        self.0.engine.options()
     }
 
     pub fn writer(&self) -> &WriterId {
-        &self.0.writer
-    }
-
-    fn time<T>(
-        &self,
-        op: &'static str,
-        tier: &'static str,
-        start: Instant,
-        r: &Result<T, StoreError>,
-    ) {
-        self.0.metrics.record(op, tier, r.is_ok(), start.elapsed());
-    }
-
-    async fn deny(
-        &self,
-        caller: &Principal,
-        action: AuditAction,
-        target: &str,
-        verb: &'static str,
-        reason: &str,
-    ) -> StoreError {
-        self.0
-            .audit
-            .deny(&caller.token_id, &caller.role, action, target, reason)
-            .await;
-        StoreError::Forbidden {
-            role: caller.role.clone(),
-            action: verb,
-            target: target.to_string(),
-        }
-    }
-
-    /// A new version id of this node, greater than `after` (the version it
-    /// is written on top of) even if that came from a node whose clock is
-    /// ahead.
-    fn next_version(&self, after: Option<&VersionId>) -> VersionId {
-        if let Some(v) = after {
-            self.0.clock.observe(v.hlc);
-        }
-        VersionId {
-            hlc: self.0.clock.now(),
-            writer: self.0.writer.clone(),
-        }
+        self.0.engine.writer()
     }
 
     /// Whether `role` may write a new version over `current`, the newest
@@ -311,29 +289,19 @@ impl ContextStore {
         if !current.tombstone || !current.readers.is_empty() {
             return Ok(current.readers.contains(role));
         }
-        if self.0.roles.authority(role) == Some(Authority::Master) {
+        if self.roles().authority(role) == Some(Authority::Master) {
             return Ok(true);
         }
         let Some(deleted) = &current.parent_version else {
             return Ok(false);
         };
-        let found = match self.route(&current.key) {
-            Some(route) => self
-                .quorum_history(&route, &current.key, opts.r)
-                .await?
-                .into_iter()
-                .find(|m| &m.version == deleted),
-            None => self.0.store.get(&current.key, deleted)?.map(|r| r.meta),
-        };
+        let found = self
+            .tier()
+            .history(&current.key, opts.r)
+            .await?
+            .into_iter()
+            .find(|m| &m.version == deleted);
         Ok(found.is_some_and(|m| !m.tombstone && m.readers.contains(role)))
-    }
-
-    /// Whether `role` may write (anything but read-only authority).
-    fn may_write(&self, role: &RoleName) -> bool {
-        !matches!(
-            self.0.roles.authority(role),
-            Some(Authority::ReadOnly) | None
-        )
     }
 
     // ---- writes ------------------------------------------------------
@@ -350,7 +318,7 @@ impl ContextStore {
         req: PutRequest,
         opts: QuorumOpts,
     ) -> Result<PutResult, StoreError> {
-        let limit = self.0.options.operation_timeout;
+        let limit = self.options().operation_timeout;
         let start = Instant::now();
         let r = bounded(limit, async {
             let (version, target) = self.prepare_put(caller, req, opts).await?;
@@ -360,7 +328,7 @@ impl ContextStore {
                 .unwrap_or_else(|| Err(StoreError::Internal(format!("no result for {target}"))))
         })
         .await;
-        self.time("put", "store", start, &r);
+        self.0.engine.time("put", "store", start, &r);
         r
     }
 
@@ -380,19 +348,21 @@ impl ContextStore {
             node.path = node.address.path.clone();
         }
         if let Some(reason) = &req.change_reason
-            && reason.len() > self.0.limits.max_text
+            && reason.len() > self.0.engine.limits().max_text
         {
             return Err(StoreError::BadRequest(format!(
                 "change_reason is {} bytes, over the limit of {}",
                 reason.len(),
-                self.0.limits.max_text
+                self.0.engine.limits().max_text
             )));
         }
         node.version = None;
-        node.validate(&self.0.roles, &self.0.limits)?;
+        node.validate(self.roles(), self.0.engine.limits())?;
         let key = node.address.key();
-        if !self.may_write(&caller.role) {
+        if !self.0.engine.may_write(&caller.role) {
             return Err(self
+                .0
+                .engine
                 .deny(
                     caller,
                     AuditAction::Write,
@@ -403,12 +373,13 @@ impl ContextStore {
                 .await);
         }
         let readers = self
-            .0
-            .roles
+            .roles()
             .reader_closure(&node.encrypted_for)
             .map_err(|e| StoreError::BadRequest(e.to_string()))?;
         if !readers.contains(&caller.role) {
             return Err(self
+                .0
+                .engine
                 .deny(
                     caller,
                     AuditAction::Write,
@@ -419,7 +390,8 @@ impl ContextStore {
                 .await);
         }
         let current = self
-            .latest_meta_any(&key, opts)
+            .tier()
+            .latest_meta(&key, opts)
             .await
             .map_err(|e| e.quorum_of("write", &given, Some("reading the parent version")))?;
         let parent = current.as_ref();
@@ -435,6 +407,8 @@ impl ContextStore {
                 "the current version is not readable by this role"
             };
             return Err(self
+                .0
+                .engine
                 .deny(caller, AuditAction::Write, &key, "write", reason)
                 .await);
         }
@@ -453,7 +427,7 @@ impl ContextStore {
                 });
             }
         }
-        let version = self.next_version(parent.map(|p| &p.version));
+        let version = self.0.engine.next_version(parent.map(|p| &p.version));
         node.version = Some(VersionInfo {
             id: version.clone(),
             parent: parent.map(|p| p.version.clone()),
@@ -474,8 +448,8 @@ impl ContextStore {
             tombstone: false,
         };
         let seal_start = Instant::now();
-        let sealed = self.seal(&node, &readers);
-        self.time("seal", "crypto", seal_start, &sealed);
+        let sealed = self.0.engine.seal(&node, &readers);
+        self.0.engine.time("seal", "crypto", seal_start, &sealed);
         Ok((
             Prepared {
                 meta,
@@ -488,16 +462,6 @@ impl ContextStore {
         ))
     }
 
-    fn seal(&self, node: &ContextNode, readers: &[RoleName]) -> Result<Vec<u8>, StoreError> {
-        let plaintext = slurp_crypto::Zeroizing::new(
-            node.encode()
-                .map_err(|e| StoreError::Internal(e.to_string()))?,
-        );
-        let keyring = self.0.custody.keyring();
-        let recipients = keyring.recipients_for(readers)?;
-        Ok(Envelope::seal_with(&plaintext, &recipients, &self.0.envelope)?.to_bytes()?)
-    }
-
     /// Persists prepared versions (one durable commit on a lone node, a
     /// quorum write in a cluster), then indexes them and invalidates the
     /// cache. One result per version, in order.
@@ -506,219 +470,7 @@ impl ContextStore {
         prepared: Vec<Prepared>,
         opts: QuorumOpts,
     ) -> Vec<Result<PutResult, StoreError>> {
-        if let Some(cluster) = self.cluster()
-            && cluster.layout().is_some()
-        {
-            return self.commit_put_cluster(cluster, prepared, opts).await;
-        }
-        let start = Instant::now();
-        let outcomes = self
-            .0
-            .store
-            .put_many(
-                prepared
-                    .iter()
-                    .map(|p| NewVersion {
-                        meta: p.meta.clone(),
-                        envelope: p.envelope.clone(),
-                    })
-                    .collect(),
-            )
-            .await;
-        self.0.metrics.record(
-            "put",
-            "local",
-            outcomes.iter().all(|o| o.is_ok()),
-            start.elapsed(),
-        );
-        let mut results = Vec::with_capacity(prepared.len());
-        for (p, outcome) in prepared.into_iter().zip(outcomes) {
-            let created = match outcome {
-                Ok(PutOutcome::Inserted { .. }) => Ok(true),
-                Ok(PutOutcome::AlreadyPresent { .. }) => Ok(false),
-                Ok(PutOutcome::Expired) => Err(StoreError::BadRequest(format!(
-                    "{}: the version had already expired when it was stored",
-                    p.meta.key
-                ))),
-                // A fresh version is newer than any collected deletion;
-                // this is a clock far behind the deletion's.
-                Ok(PutOutcome::Collected) => Err(StoreError::Conflict {
-                    address: p.address.clone(),
-                    expected: p.meta.version.to_string(),
-                    actual: "deleted and collected at a later version".into(),
-                }),
-                Err(e) => Err(e.into()),
-            };
-            results.push(match created {
-                Ok(created) => Ok(self.after_put(p, created, true).await),
-                Err(e) => Err(e),
-            });
-        }
-        results
-    }
-
-    async fn commit_put_cluster(
-        &self,
-        cluster: &Cluster,
-        prepared: Vec<Prepared>,
-        opts: QuorumOpts,
-    ) -> Vec<Result<PutResult, StoreError>> {
-        let start = Instant::now();
-        let mut items = Vec::with_capacity(prepared.len());
-        let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(prepared.len());
-        let mut sent = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            let Some(route) = cluster.route(&p.meta.key) else {
-                refused.push(Some(StoreError::Unavailable(
-                    "the cluster layout is gone".into(),
-                )));
-                continue;
-            };
-            let need = cluster.write_quorum(opts.w, route.replicas.len());
-            // Refuse before writing anywhere when too few replicas are up,
-            // so a failed write rarely leaves a copy behind.
-            let up: Vec<&String> = route
-                .replicas
-                .iter()
-                .filter(|r| *r == cluster.me() || cluster.peers().is_up(r))
-                .collect();
-            if up.len() < need {
-                self.0.metrics.replication("quorum_failed", 1);
-                let down: Vec<String> = route
-                    .replicas
-                    .iter()
-                    .filter(|r| !up.contains(r))
-                    .map(|r| quorum::cluster_peer_label(cluster, r))
-                    .collect();
-                refused.push(Some(StoreError::Quorum {
-                    op: p.op(),
-                    address: p.address.clone(),
-                    during: None,
-                    needed: need,
-                    acked: 0,
-                    detail: format!(
-                        "only {} of the {} replicas are up; down: {}",
-                        up.len(),
-                        route.replicas.len(),
-                        down.join(", ")
-                    ),
-                }));
-                continue;
-            }
-            refused.push(None);
-            items.push(quorum::WriteItem {
-                version: slurp_protocol::messages::SealedVersion {
-                    meta: p.meta.clone(),
-                    envelope: p.envelope.clone().into(),
-                },
-                plain: p.node.clone(),
-                route,
-                need,
-            });
-            sent.push(p);
-        }
-        let tallies = self.quorum_write(items).await;
-        self.0.metrics.record(
-            "put",
-            "cluster",
-            tallies.iter().all(|t| t.acked >= t.need),
-            start.elapsed(),
-        );
-        let mut decided = Vec::with_capacity(sent.len());
-        for (p, t) in sent.into_iter().zip(tallies) {
-            if t.acked >= t.need {
-                decided.push(Ok(self.after_put(p, t.created, false).await));
-            } else {
-                decided.push(Err(quorum::quorum_failed(
-                    p.op(),
-                    &p.address,
-                    t.need,
-                    t.acked,
-                    &t.errors,
-                    |peer| quorum::cluster_peer_label(cluster, peer),
-                )));
-            }
-        }
-        let mut decided = decided.into_iter();
-        refused
-            .into_iter()
-            .map(|r| match r {
-                Some(e) => Err(e),
-                None => decided
-                    .next()
-                    .unwrap_or_else(|| Err(StoreError::Internal("no write result".into()))),
-            })
-            .collect()
-    }
-
-    /// The newest version's metadata of `key`: from the local store on a
-    /// lone node, from a read quorum in a cluster.
-    async fn latest_meta_any(
-        &self,
-        key: &str,
-        opts: QuorumOpts,
-    ) -> Result<Option<RecordMeta>, StoreError> {
-        match self.route(key) {
-            Some(route) => Ok(self
-                .quorum_heads(&route, key, opts.r, false)
-                .await?
-                .newest
-                .map(|v| v.meta)),
-            None => Ok(self.0.store.latest_meta(key)?.map(|(m, _)| m)),
-        }
-    }
-
-    /// What follows a stored version on the coordinator: the cache, the
-    /// audit entry and (`index`: when the store wrote it locally) the index.
-    async fn after_put(&self, p: Prepared, created: bool, index_it: bool) -> PutResult {
-        let key = p.meta.key.clone();
-        self.0
-            .cache
-            .invalidate_latest(&key, self.0.roles.roles())
-            .await;
-        let action = if p.meta.tombstone {
-            AuditAction::Delete
-        } else {
-            AuditAction::Write
-        };
-        self.0
-            .audit
-            .allow(&p.caller.token_id, &p.caller.role, action, &key)
-            .await;
-        if let Some(index) = &self.0.index
-            && self.0.options.indexing
-            && index_it
-        {
-            let start = Instant::now();
-            let r = match &p.node {
-                Some(node) => index
-                    .upsert(&IndexEntry {
-                        key: key.clone(),
-                        version: p.meta.version.clone(),
-                        readers: p.meta.readers.clone(),
-                        context: node.clone(),
-                    })
-                    .map(|_| ()),
-                None => index.delete(&key, &p.meta.version).map(|_| ()),
-            };
-            let r = r.map_err(StoreError::from);
-            self.time("index", "index", start, &r);
-            if let Err(e) = r {
-                // The record is durable; the index catches up on the
-                // next rebuild. Say so rather than fail the write.
-                tracing::warn!(key = %key, error = %e, "indexing failed");
-            }
-        }
-        let address = UcxlAddress::from_key(&key)
-            .map(|a| a.to_string())
-            .unwrap_or(key);
-        PutResult {
-            address,
-            version: p.meta.version.to_string(),
-            parent: p.meta.parent_version.as_ref().map(|v| v.to_string()),
-            readers: p.meta.readers,
-            created,
-        }
+        self.tier().commit(prepared, opts).await
     }
 
     /// Deletes an address: writes a tombstone version. History keeps every
@@ -740,15 +492,17 @@ impl ContextStore {
         opts: QuorumOpts,
     ) -> Result<PutResult, StoreError> {
         let start = Instant::now();
-        let r = bounded(self.0.options.operation_timeout, async {
+        let r = bounded(self.options().operation_timeout, async {
             if address.is_pattern() {
                 return Err(StoreError::BadRequest(
                     "delete needs a concrete address, not a pattern".into(),
                 ));
             }
             let key = address.key();
-            if !self.may_write(&caller.role) {
+            if !self.0.engine.may_write(&caller.role) {
                 return Err(self
+                    .0
+                    .engine
                     .deny(
                         caller,
                         AuditAction::Delete,
@@ -758,7 +512,7 @@ impl ContextStore {
                     )
                     .await);
             }
-            let Some(latest) = self.latest_meta_any(&key, opts).await.map_err(|e| {
+            let Some(latest) = self.tier().latest_meta(&key, opts).await.map_err(|e| {
                 e.quorum_of(
                     "delete",
                     &address.to_string(),
@@ -771,7 +525,10 @@ impl ContextStore {
             if latest.tombstone {
                 // Only a role that could read what was deleted learns that
                 // it existed.
-                self.require_tombstone_reader(caller, &key, &latest).await?;
+                self.0
+                    .engine
+                    .require_tombstone_reader(caller, &key, &latest)
+                    .await?;
                 return Err(StoreError::Deleted {
                     address: address.to_string(),
                     version: latest.version.clone(),
@@ -779,6 +536,8 @@ impl ContextStore {
             }
             if !latest.readers.contains(&caller.role) {
                 return Err(self
+                    .0
+                    .engine
                     .deny(
                         caller,
                         AuditAction::Delete,
@@ -788,7 +547,7 @@ impl ContextStore {
                     )
                     .await);
             }
-            let version = self.next_version(Some(&latest.version));
+            let version = self.0.engine.next_version(Some(&latest.version));
             let meta = RecordMeta {
                 key: key.clone(),
                 path: latest.path.clone(),
@@ -813,7 +572,7 @@ impl ContextStore {
                 .unwrap_or_else(|| Err(StoreError::Internal("no delete result".into())))
         })
         .await;
-        self.time("delete", "store", start, &r);
+        self.0.engine.time("delete", "store", start, &r);
         r
     }
 
@@ -836,258 +595,12 @@ impl ContextStore {
         opts: QuorumOpts,
     ) -> Result<ReadResult, StoreError> {
         let start = Instant::now();
-        let r = bounded(self.0.options.operation_timeout, async {
-            if !address.is_pattern()
-                && let Some(route) = self.route(&address.key())
-            {
-                self.get_cluster(caller, address, route, opts)
-                    .await
-                    .map_err(|e| e.quorum_of("read", &address.to_string(), None))
-            } else {
-                self.get_inner(caller, address).await
-            }
-        })
+        let r = bounded(
+            self.options().operation_timeout,
+            self.tier().get(caller, address, opts),
+        )
         .await;
-        self.time("get", "store", start, &r);
-        r
-    }
-
-    async fn get_inner(
-        &self,
-        caller: &Principal,
-        address: &UcxlAddress,
-    ) -> Result<ReadResult, StoreError> {
-        if address.is_pattern() {
-            return Err(StoreError::BadRequest(
-                "get needs a concrete address; use list for patterns".into(),
-            ));
-        }
-        let key = address.key();
-        let role = &caller.role;
-        let latest = matches!(address.temporal, Temporal::Latest | Temporal::Any);
-        if latest {
-            let start = Instant::now();
-            if let Some(hit) = self.0.cache.get(role, &key, &Selector::Latest).await {
-                self.0.metrics.record("get", "cache", true, start.elapsed());
-                self.0
-                    .audit
-                    .allow(&caller.token_id, role, AuditAction::Read, &key)
-                    .await;
-                return Ok(read_result(&key, &hit, true));
-            }
-        }
-        let generation = self.0.cache.generation(&key);
-        let start = Instant::now();
-        let (record, ordinal) = if latest {
-            match self.0.store.latest(&key)? {
-                Latest::Live { record, ordinal } => (record, ordinal),
-                Latest::Deleted { tombstone, .. } => {
-                    self.require_tombstone_reader(caller, &key, &tombstone)
-                        .await?;
-                    return Err(StoreError::Deleted {
-                        address: address.to_string(),
-                        version: tombstone.version,
-                    });
-                }
-                Latest::Absent => return Err(StoreError::NotFound(address.to_string())),
-            }
-        } else {
-            let history = self.0.store.history(&key)?;
-            let i = address
-                .temporal
-                .select(history.len())
-                .ok_or_else(|| StoreError::NotFound(address.to_string()))?;
-            let meta = &history[i];
-            self.require_reader(caller, &key, meta).await?;
-            if meta.tombstone {
-                return Err(StoreError::Deleted {
-                    address: address.to_string(),
-                    version: meta.version.clone(),
-                });
-            }
-            let sel = Selector::Exact(meta.version.clone());
-            if let Some(hit) = self.0.cache.get(role, &key, &sel).await {
-                self.0
-                    .audit
-                    .allow(&caller.token_id, role, AuditAction::Read, &key)
-                    .await;
-                return Ok(read_result(&key, &hit, false));
-            }
-            let record = self
-                .0
-                .store
-                .get(&key, &meta.version)?
-                .ok_or_else(|| StoreError::NotFound(address.to_string()))?;
-            (record, i as u64 + 1)
-        };
-        self.0.metrics.record("get", "local", true, start.elapsed());
-        self.require_reader(caller, &key, &record.meta).await?;
-        let node = self.open(role, &record)?;
-        let read = CachedRead {
-            node: Arc::new(node),
-            ordinal,
-        };
-        let sel = if latest {
-            Selector::Latest
-        } else {
-            Selector::Exact(record.meta.version.clone())
-        };
-        Ok(self
-            .finish_read(caller, &key, sel, read, generation, latest)
-            .await)
-    }
-
-    /// Caches a read for the caller's role, audits it and answers it
-    /// (`latest`: the newest version was asked for).
-    async fn finish_read(
-        &self,
-        caller: &Principal,
-        key: &str,
-        sel: Selector,
-        read: CachedRead,
-        generation: u64,
-        latest: bool,
-    ) -> ReadResult {
-        self.0
-            .cache
-            .insert(&caller.role, key, sel, &read, generation)
-            .await;
-        self.0
-            .audit
-            .allow(&caller.token_id, &caller.role, AuditAction::Read, key)
-            .await;
-        read_result(key, &read, latest)
-    }
-
-    /// A read in a cluster: the newest version from a read quorum (or, for
-    /// older versions, the merged history), opened here. The cache is
-    /// consulted by exact version only, since another node may have
-    /// written a newer one.
-    async fn get_cluster(
-        &self,
-        caller: &Principal,
-        address: &UcxlAddress,
-        route: crate::cluster::Route,
-        opts: QuorumOpts,
-    ) -> Result<ReadResult, StoreError> {
-        let key = address.key();
-        let role = &caller.role;
-        let latest = matches!(address.temporal, Temporal::Latest | Temporal::Any);
-        let generation = self.0.cache.generation(&key);
-        let start = Instant::now();
-        let (meta, envelope, ordinal) = if latest {
-            let heads = self.quorum_heads(&route, &key, opts.r, true).await?;
-            let Some(newest) = heads.newest else {
-                return Err(StoreError::NotFound(address.to_string()));
-            };
-            (newest.meta, Some(newest.envelope.0), heads.versions)
-        } else {
-            let history = self.quorum_history(&route, &key, opts.r).await?;
-            let i = address
-                .temporal
-                .select(history.len())
-                .ok_or_else(|| StoreError::NotFound(address.to_string()))?;
-            (history[i].clone(), None, i as u64 + 1)
-        };
-        self.0
-            .metrics
-            .record("get", "cluster", true, start.elapsed());
-        if meta.tombstone {
-            self.require_tombstone_reader(caller, &key, &meta).await?;
-            return Err(StoreError::Deleted {
-                address: address.to_string(),
-                version: meta.version,
-            });
-        }
-        self.require_reader(caller, &key, &meta).await?;
-        let sel = Selector::Exact(meta.version.clone());
-        if let Some(hit) = self.0.cache.get(role, &key, &sel).await {
-            self.0
-                .audit
-                .allow(&caller.token_id, role, AuditAction::Read, &key)
-                .await;
-            let hit = CachedRead {
-                node: hit.node,
-                ordinal,
-            };
-            return Ok(read_result(&key, &hit, latest));
-        }
-        let record = match envelope {
-            Some(envelope) if !envelope.is_empty() => StoredRecord { meta, envelope },
-            _ => self
-                .fetch_version(&route, &key, &meta.version)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(address.to_string()))?,
-        };
-        let node = self.open(role, &record)?;
-        let read = CachedRead {
-            node: Arc::new(node),
-            ordinal,
-        };
-        Ok(self
-            .finish_read(caller, &key, sel, read, generation, latest)
-            .await)
-    }
-
-    /// Refuses (and audits) a read of `meta` by a role not among its readers.
-    async fn require_reader(
-        &self,
-        caller: &Principal,
-        key: &str,
-        meta: &RecordMeta,
-    ) -> Result<(), StoreError> {
-        if meta.readers.contains(&caller.role) {
-            return Ok(());
-        }
-        Err(self
-            .deny(
-                caller,
-                AuditAction::Read,
-                key,
-                "read",
-                "role is not a reader of the record",
-            )
-            .await)
-    }
-
-    /// A tombstone answers "deleted" only to a role that could read what it
-    /// deleted (its readers); others are refused as for the live record,
-    /// so the answer does not reveal that the address ever held anything
-    /// they may not read. Tombstones written before they carried readers
-    /// (none recorded) answer "deleted" to anyone, as they always did.
-    async fn require_tombstone_reader(
-        &self,
-        caller: &Principal,
-        key: &str,
-        tombstone: &RecordMeta,
-    ) -> Result<(), StoreError> {
-        if tombstone.readers.is_empty() {
-            return Ok(());
-        }
-        self.require_reader(caller, key, tombstone).await
-    }
-
-    /// Opens a stored record with `role`'s key: the stanza for that role is
-    /// named in the envelope header, so exactly one key is tried.
-    fn open(&self, role: &RoleName, record: &StoredRecord) -> Result<ContextNode, StoreError> {
-        let start = Instant::now();
-        let keyring: Arc<Keyring> = self.0.custody.keyring();
-        let r = (|| {
-            let env = Envelope::from_bytes(&record.envelope, &self.0.envelope)?;
-            let key = env
-                .sealed_to()
-                .iter()
-                .filter(|s| &s.role == role)
-                .find_map(|s| keyring.get(&s.fingerprint))
-                .ok_or_else(|| StoreError::NoKey(role.clone()))?;
-            let plain = env.open_with_key(key)?;
-            ContextNode::decode(&plain).map_err(|e| {
-                StoreError::Crypto(
-                    format!("{}: sealed context does not decode: {e}", record.meta.key).into(),
-                )
-            })
-        })();
-        self.time("open", "crypto", start, &r);
+        self.0.engine.time("get", "store", start, &r);
         r
     }
 
@@ -1099,7 +612,8 @@ impl ContextStore {
     ) -> Result<bool, StoreError> {
         let key = address.key();
         let latest = self
-            .latest_meta_any(&key, QuorumOpts::default())
+            .tier()
+            .latest_meta(&key, QuorumOpts::default())
             .await
             .map_err(|e| e.quorum_of("read", &address.to_string(), None))?;
         Ok(matches!(
@@ -1115,13 +629,11 @@ impl ContextStore {
         address: &UcxlAddress,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let key = address.key();
-        let history = match self.route(&key) {
-            Some(route) => self
-                .quorum_history(&route, &key, None)
-                .await
-                .map_err(|e| e.quorum_of("history read", &address.to_string(), None))?,
-            None => self.0.store.history(&key)?,
-        };
+        let history = self
+            .tier()
+            .history(&key, None)
+            .await
+            .map_err(|e| e.quorum_of("history read", &address.to_string(), None))?;
         if history.is_empty() {
             return Err(StoreError::NotFound(address.to_string()));
         }
@@ -1140,6 +652,8 @@ impl ContextStore {
             .collect();
         if visible.is_empty() {
             return Err(self
+                .0
+                .engine
                 .deny(
                     caller,
                     AuditAction::History,
@@ -1149,8 +663,7 @@ impl ContextStore {
                 )
                 .await);
         }
-        self.0
-            .audit
+        self.audit()
             .allow(&caller.token_id, &caller.role, AuditAction::History, &key)
             .await;
         Ok(visible)
@@ -1165,15 +678,8 @@ impl ContextStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage, StoreError> {
-        let page = match self.cluster().and_then(|c| c.layout().map(|l| (c, l))) {
-            Some((cluster, layout)) => {
-                self.list_cluster(caller, cluster, &layout, pattern, after, limit)
-                    .await?
-            }
-            None => self.list_local(pattern, after, limit, None, &caller.role)?,
-        };
-        self.0
-            .audit
+        let page = self.tier().list(caller, pattern, after, limit).await?;
+        self.audit()
             .allow(
                 &caller.token_id,
                 &caller.role,
@@ -1183,168 +689,22 @@ impl ContextStore {
             .await;
         Ok(page)
     }
-
-    /// A listing in a cluster: every node of a partition cover lists its
-    /// share of slots (through the forwarding protocol, as the caller),
-    /// and the pages merge in key order. Listing reads each node's local
-    /// copy, so it is eventually consistent, unlike get.
-    async fn list_cluster(
-        &self,
-        caller: &Principal,
-        cluster: &Cluster,
-        layout: &slurp_protocol::placement::Layout,
-        pattern: &UcxlAddress,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<ListPage, StoreError> {
-        use slurp_protocol::messages::{SearchRequest, SearchResponse};
-        let limit = limit.clamp(1, self.0.options.batch_size.max(1));
-        let (plan, missing) = cluster.cover(layout, &[]);
-        if !missing.is_empty() {
-            return Err(StoreError::Unavailable(format!(
-                "{} partitions have no reachable replica; the listing would be incomplete",
-                missing.len()
-            )));
-        }
-        let scheme = layout.partitions();
-        let asks = plan.iter().map(|(peer, parts)| {
-            let scope = slurp_index::SlotScope::from_partitions(&scheme, parts.iter().copied());
-            async move {
-                if peer == cluster.me() {
-                    return self.list_local(pattern, after, limit, Some(&scope), &caller.role);
-                }
-                let req = SearchRequest::List {
-                    pattern: pattern.to_string(),
-                    role: caller.role.clone(),
-                    after: after.map(str::to_string),
-                    limit: limit as u32,
-                    scope: serde_json::to_value(&scope)
-                        .map_err(|e| StoreError::Internal(e.to_string()))?,
-                    authorisation: None,
-                };
-                let label = crate::replication::coordinator::cluster_peer_label(cluster, peer);
-                match cluster.search(peer, req).await {
-                    Ok(SearchResponse::Listed { page }) => serde_json::from_value::<ListPage>(page)
-                        .map_err(|e| StoreError::Internal(format!("{label}: {e}"))),
-                    // The peer refused the request itself: the same refusal
-                    // for the whole listing, never taken for a peer that is
-                    // down.
-                    Err(crate::cluster::ClusterError::Remote(
-                        slurp_protocol::messages::ErrorCode::BadRequest,
-                        message,
-                    )) => Err(StoreError::BadRequest(format!("{label}: {message}"))),
-                    Ok(_) => Err(StoreError::Unavailable(format!(
-                        "{label}: answered a listing with something else"
-                    ))),
-                    Err(e) => Err(StoreError::Unavailable(format!("{label}: {e}"))),
-                }
-            }
-        });
-        let mut all: Vec<(String, ListEntry)> = Vec::new();
-        let mut more = false;
-        for page in futures::future::join_all(asks).await {
-            let page = page?;
-            more |= page.next.is_some();
-            for e in page.entries {
-                let key = UcxlAddress::parse(&e.address)
-                    .map(|a| a.key())
-                    .unwrap_or_else(|_| e.address.clone());
-                all.push((key, e));
-            }
-        }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        more |= all.len() > limit;
-        all.truncate(limit);
-        let next = if more {
-            all.last().map(|(k, _)| k.clone())
-        } else {
-            None
-        };
-        Ok(ListPage {
-            entries: all.into_iter().map(|(_, e)| e).collect(),
-            next,
-        })
-    }
-
-    /// A listing of this node's own store, limited to `scope` if given.
-    pub fn list_local(
-        &self,
-        pattern: &UcxlAddress,
-        after: Option<&str>,
-        limit: usize,
-        scope: Option<&slurp_index::SlotScope>,
-        role: &RoleName,
-    ) -> Result<ListPage, StoreError> {
-        let limit = limit.clamp(1, self.0.options.batch_size.max(1));
-        let prefix = list_prefix(pattern);
-        let mut entries = Vec::new();
-        let mut cursor = after.map(str::to_string);
-        // Pages of keys are filtered by pattern and readability; keep
-        // reading pages until the answer is full or the keys run out,
-        // bounded so one request cannot walk the whole store.
-        let mut examined = 0usize;
-        let budget = limit.saturating_mul(50).max(10_000);
-        let next = loop {
-            let page = self
-                .0
-                .store
-                .list_keys(&prefix, cursor.as_deref(), limit.max(256))?;
-            let mut stopped_at = None;
-            for k in &page.keys {
-                examined += 1;
-                if scope.is_some_and(|s| !s.contains(slurp_protocol::Slot::of(&k.key))) {
-                    continue;
-                }
-                let Ok(addr) = UcxlAddress::from_key(&k.key) else {
-                    continue;
-                };
-                if !pattern.matches(&addr) {
-                    continue;
-                }
-                let Some((meta, _)) = self.0.store.latest_meta(&k.key)? else {
-                    continue;
-                };
-                if meta.tombstone || !meta.readers.contains(role) {
-                    continue;
-                }
-                entries.push(ListEntry {
-                    address: addr.to_string(),
-                    latest: k.latest.to_string(),
-                    versions: k.versions,
-                    path: meta.path.clone(),
-                });
-                if entries.len() >= limit {
-                    stopped_at = Some(k.key.clone());
-                    break;
-                }
-            }
-            if let Some(at) = stopped_at {
-                break Some(at);
-            }
-            match page.next_after {
-                Some(n) if examined < budget => cursor = Some(n),
-                Some(n) => break Some(n),
-                None => break None,
-            }
-        };
-        Ok(ListPage { entries, next })
-    }
 }
 
 /// A write that has been validated, versioned and sealed.
 pub(crate) struct Prepared {
-    meta: RecordMeta,
-    envelope: Vec<u8>,
+    pub(crate) meta: RecordMeta,
+    pub(crate) envelope: Vec<u8>,
     /// The plaintext, for the index; `None` for a tombstone.
-    node: Option<ContextNode>,
-    caller: Principal,
+    pub(crate) node: Option<ContextNode>,
+    pub(crate) caller: Principal,
     /// The address as the request gave it, for errors.
-    address: String,
+    pub(crate) address: String,
 }
 
 impl Prepared {
     /// What the user asked for, as errors name it.
-    fn op(&self) -> &'static str {
+    pub(crate) fn op(&self) -> &'static str {
         if self.meta.tombstone {
             "delete"
         } else {
@@ -1356,7 +716,7 @@ impl Prepared {
 /// The answer to a read. Its address names the version returned: `*^`
 /// when the newest was asked for, else `*~N` with N its ordinal (whatever
 /// form the request used: `~~1`, `^^0` and `*~2` may all name version 2).
-fn read_result(key: &str, read: &CachedRead, latest: bool) -> ReadResult {
+pub(crate) fn read_result(key: &str, read: &CachedRead, latest: bool) -> ReadResult {
     let version = read
         .node
         .version
@@ -1379,7 +739,7 @@ fn read_result(key: &str, read: &CachedRead, latest: bool) -> ReadResult {
 }
 
 /// The longest key prefix every match of `pattern` shares.
-fn list_prefix(pattern: &UcxlAddress) -> String {
+pub(crate) fn list_prefix(pattern: &UcxlAddress) -> String {
     use slurp_protocol::Segment;
     let mut prefix = String::from(slurp_protocol::address::SCHEME);
     let parts = [

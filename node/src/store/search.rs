@@ -40,9 +40,10 @@ use slurp_protocol::messages::{ErrorCode, RemoteError, SearchRequest, SearchResp
 use slurp_protocol::placement::Layout;
 use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
 
-use super::ContextStore;
+use super::{ContextStore, ListEntry, ListPage};
 use crate::cluster::{Cluster, ClusterError};
 use crate::error::StoreError;
+use crate::replication::Replicator;
 use crate::replication::coordinator::cluster_peer_label;
 use crate::tokens::Principal;
 
@@ -244,25 +245,23 @@ impl ContextStore {
         mut query: SearchQuery,
     ) -> Result<SearchResponse, StoreError> {
         let start = Instant::now();
-        let Some(index) = self.0.index.clone() else {
+        let Some(index) = self.index().cloned() else {
             return Err(StoreError::BadRequest(
                 "indexing is disabled on this node (store_options.indexing = false)".into(),
             ));
         };
         query.role = caller.role.clone();
-        let r = if let Some(cluster) = self.cluster()
-            && let Some(layout) = cluster.layout()
-        {
-            self.search_cluster(caller, query, cluster, layout, index)
-                .await
-        } else {
-            self.search_local(caller, query, index).await
+        let r = match self.tier() {
+            super::Tier::Cluster(r, layout) => {
+                self.search_cluster(caller, query, r.cluster(), layout, index)
+                    .await
+            }
+            super::Tier::Alone(_) => self.search_local(caller, query, index).await,
         };
-        self.time("search", "store", start, &r);
+        self.engine().time("search", "store", start, &r);
         let mut resp = r?;
         resp.took_micros = start.elapsed().as_micros() as u64;
-        self.0
-            .audit
+        self.audit()
             .allow(
                 &caller.token_id,
                 &caller.role,
@@ -279,15 +278,14 @@ impl ContextStore {
         query: SearchQuery,
         index: Arc<ContextIndex>,
     ) -> Result<SearchResponse, StoreError> {
-        super::bounded(self.0.options.operation_timeout, async {
+        super::bounded(self.options().operation_timeout, async {
             let index_start = Instant::now();
             let results = tokio::task::spawn_blocking(move || index.search(&query))
                 .await
                 .map_err(|e| StoreError::Internal(e.to_string()))?;
             let results = results?;
             let index_micros = index_start.elapsed().as_micros() as u64;
-            self.0
-                .metrics
+            self.metrics()
                 .record("search", "index", true, index_start.elapsed());
             let mut gaps = Gaps::default();
             gaps.share("this node", &caller.role, &results);
@@ -339,7 +337,7 @@ impl ContextStore {
     /// Answers a search fan-out request from a peer, over the slots it was
     /// given.
     pub async fn serve_search(&self, req: SearchRequest) -> Wire {
-        let Some(index) = self.0.index.clone() else {
+        let Some(index) = self.index().cloned() else {
             return Wire::Error(RemoteError {
                 code: ErrorCode::Unavailable,
                 message: "indexing is disabled on this node".into(),
@@ -381,7 +379,7 @@ impl ContextStore {
         };
         // The shard's top: the client's page is checked as the client
         // sent it, and this node answers with its best `offset + limit`.
-        let top = limit.map(|l| (l as usize).min(self.0.options.batch_size.max(1)));
+        let top = limit.map(|l| (l as usize).min(self.options().batch_size.max(1)));
         let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, Wire> {
             let json = |v: Result<serde_json::Value, serde_json::Error>| {
                 v.map_err(|e| internal_err(e.to_string()))
@@ -422,7 +420,8 @@ impl ContextStore {
             let pattern = UcxlAddress::parse(pattern)?;
             let scope: SlotScope = serde_json::from_value(scope)
                 .map_err(|e| StoreError::BadRequest(format!("scope: {e}")))?;
-            self.list_local(&pattern, after, limit as usize, Some(&scope), role)
+            self.engine()
+                .list(&pattern, after, limit as usize, Some(&scope), role)
         })();
         match r.and_then(|page| {
             serde_json::to_value(page).map_err(|e| StoreError::Internal(e.to_string()))
@@ -521,7 +520,7 @@ impl ContextStore {
         // limit` is among the union of every node's top `offset + limit`.
         // (search_share asks each for `offset + limit` hits from the first.)
         let shard_query = query.clone();
-        super::bounded(self.0.options.operation_timeout, async {
+        super::bounded(self.options().operation_timeout, async {
             let index_start = Instant::now();
             let mut excluded: Vec<String> = Vec::new();
             let mut missing;
@@ -671,7 +670,7 @@ impl ContextStore {
                 .take(query.limit)
                 .collect();
             let index_micros = index_start.elapsed().as_micros() as u64;
-            self.0.metrics.record(
+            self.metrics().record(
                 "search",
                 "cluster",
                 missing.is_empty(),
@@ -740,4 +739,89 @@ impl ContextStore {
 enum Share {
     Stats(QueryStatistics),
     Results(SearchResults),
+}
+
+/// A listing in a cluster: every node of a partition cover lists its
+/// share of slots (through the forwarding protocol, as the caller),
+/// and the pages merge in key order. Listing reads each node's local
+/// copy, so it is eventually consistent, unlike get.
+pub(crate) async fn list_cluster(
+    replicator: &Replicator,
+    layout: &slurp_protocol::placement::Layout,
+    caller: &Principal,
+    pattern: &UcxlAddress,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<ListPage, StoreError> {
+    use slurp_protocol::messages::SearchRequest;
+    let cluster = replicator.cluster();
+    let engine = replicator.engine();
+    let limit = limit.clamp(1, engine.options().batch_size.max(1));
+    let (plan, missing) = cluster.cover(layout, &[]);
+    if !missing.is_empty() {
+        return Err(StoreError::Unavailable(format!(
+            "{} partitions have no reachable replica; the listing would be incomplete",
+            missing.len()
+        )));
+    }
+    let scheme = layout.partitions();
+    let asks = plan.iter().map(|(peer, parts)| {
+        let scope = slurp_index::SlotScope::from_partitions(&scheme, parts.iter().copied());
+        async move {
+            if peer == cluster.me() {
+                return engine.list(pattern, after, limit, Some(&scope), &caller.role);
+            }
+            let req = SearchRequest::List {
+                pattern: pattern.to_string(),
+                role: caller.role.clone(),
+                after: after.map(str::to_string),
+                limit: limit as u32,
+                scope: serde_json::to_value(&scope)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
+                authorisation: None,
+            };
+            let label = crate::replication::coordinator::cluster_peer_label(cluster, peer);
+            match cluster.search(peer, req).await {
+                Ok(slurp_protocol::messages::SearchResponse::Listed { page }) => {
+                    serde_json::from_value::<ListPage>(page)
+                        .map_err(|e| StoreError::Internal(format!("{label}: {e}")))
+                }
+                // The peer refused the request itself: the same refusal
+                // for the whole listing, never taken for a peer that is
+                // down.
+                Err(crate::cluster::ClusterError::Remote(
+                    slurp_protocol::messages::ErrorCode::BadRequest,
+                    message,
+                )) => Err(StoreError::BadRequest(format!("{label}: {message}"))),
+                Ok(_) => Err(StoreError::Unavailable(format!(
+                    "{label}: answered a listing with something else"
+                ))),
+                Err(e) => Err(StoreError::Unavailable(format!("{label}: {e}"))),
+            }
+        }
+    });
+    let mut all: Vec<(String, ListEntry)> = Vec::new();
+    let mut more = false;
+    for page in futures::future::join_all(asks).await {
+        let page = page?;
+        more |= page.next.is_some();
+        for e in page.entries {
+            let key = UcxlAddress::parse(&e.address)
+                .map(|a| a.key())
+                .unwrap_or_else(|_| e.address.clone());
+            all.push((key, e));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    more |= all.len() > limit;
+    all.truncate(limit);
+    let next = if more {
+        all.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    Ok(ListPage {
+        entries: all.into_iter().map(|(_, e)| e).collect(),
+        next,
+    })
 }
