@@ -338,7 +338,7 @@ async fn forward_if_not_member(State(node): State<Shared>, req: Request, next: N
             .into_response();
         }
     };
-    let mut members: Vec<String> = layout.members().iter().map(|m| m.id.clone()).collect();
+    let mut members = crate::cluster::layout_peers(&layout);
     cluster.order(&mut members);
     let path = parts
         .uri
@@ -349,7 +349,7 @@ async fn forward_if_not_member(State(node): State<Shared>, req: Request, next: N
     let method = parts.method.to_string();
     let proof = node
         .custody
-        .forward_proof(&caller.role, cluster.me(), &method, &path, &body)
+        .forward_proof(&caller.role, cluster.me_id(), &method, &path, &body)
         .map(|p| p.to_vec().into());
     for peer in members.iter().take(3) {
         let call = ForwardRequest::Call {
@@ -842,14 +842,14 @@ async fn audit_verify(
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
                 crate::cluster::anchors::AnchorCheck {
-                    member,
+                    member: member.to_base58(),
                     head: Some(head.to_string()),
                     ok: r.is_ok(),
                     error: r.err(),
                 }
             }
             Err(e) => crate::cluster::anchors::AnchorCheck {
-                member,
+                member: member.to_base58(),
                 head: None,
                 ok: false,
                 error: Some(format!("the head it holds is not valid: {e}")),
@@ -1024,9 +1024,9 @@ async fn cluster_placement(
         .iter()
         .map(|id| {
             let p = node.cluster.peers().view(id);
-            let is_self = id == me;
+            let is_self = *id == me;
             json!({
-                "id": id,
+                "id": id.to_base58(),
                 "name": if is_self { Some(node.store.writer().as_str().to_string()) } else { p.name },
                 "api_addr": if is_self { Some(node.config.api.listen.to_string()) } else { p.api_addr },
                 "up": is_self || p.up,
@@ -1038,7 +1038,7 @@ async fn cluster_placement(
         "partition": route.partition.0,
         "layout_version": route.layout.version(),
         "replicas": replicas,
-        "fallbacks": route.fallbacks(),
+        "fallbacks": route.fallbacks().iter().map(|p| p.to_base58()).collect::<Vec<_>>(),
     })))
 }
 
@@ -1086,7 +1086,7 @@ async fn cluster_join(
     // A peer that has no certificate yet gets one first (it must be
     // connected to this node).
     if let Some(peer) = body.peer.as_deref()
-        && peer != node.cluster.me()
+        && peer != node.cluster.me_id()
         && let Ok(id) = peer.parse::<libp2p::PeerId>()
         && !node.cluster.admits(&id)
     {

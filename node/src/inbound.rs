@@ -79,23 +79,22 @@ impl Inbound {
                     });
                 }
                 NetEvent::PeerConnected { peer, .. } => {
-                    let id = peer.to_base58();
-                    self.cluster.peers().connected(&id, true);
+                    self.cluster.peers().connected(&peer, true);
                     let (cluster, workers) = (self.cluster.clone(), self.workers.clone());
                     tokio::spawn(async move {
-                        cluster.hello(&id).await;
+                        cluster.hello(&peer).await;
                         // A member back from a restart or a partition is
                         // compared at once, not at the next interval.
                         if cluster
                             .layout()
-                            .is_some_and(|l| l.member_index(&id).is_some())
+                            .is_some_and(|l| l.member_index(&peer.to_base58()).is_some())
                         {
                             let _ = workers.trigger(crate::replication::anti_entropy::WORKER);
                         }
                     });
                 }
                 NetEvent::PeerDisconnected { peer } => {
-                    self.cluster.peers().connected(&peer.to_base58(), false);
+                    self.cluster.peers().connected(&peer, false);
                 }
             }
         }
@@ -277,7 +276,7 @@ impl Inbound {
         }
         if !cluster.accepts_from(&peer) {
             // The sender may hold a newer layout that has it as a member.
-            cluster.want_layout_from(&peer.to_base58());
+            cluster.want_layout_from(&peer);
             let e = RemoteError {
                 code: ErrorCode::LayoutMismatch,
                 message: format!(
@@ -293,7 +292,7 @@ impl Inbound {
         }
         match request {
             Request::Replicate(r) => Response::Replicate(match store.replicator() {
-                Some(replicator) => replicator.serve_replicate(&peer.to_base58(), r).await,
+                Some(replicator) => replicator.serve_replicate(&peer, r).await,
                 None => ReplicateResponse::Error(RemoteError {
                     code: ErrorCode::NotReplica,
                     message: "this node runs alone".into(),

@@ -401,7 +401,7 @@ impl Node {
             // the addresses the layout lists, even when its bootstrap peers
             // are gone.
             if let Some(layout) = cluster.layout() {
-                for m in layout.members().iter().filter(|m| m.id != cluster.me()) {
+                for m in layout.members().iter().filter(|m| m.id != cluster.me_id()) {
                     if let Ok(addr) = m.address.parse::<libp2p::Multiaddr>()
                         && let Err(e) = net.dial(addr).await
                     {

@@ -113,7 +113,7 @@ async fn restarted_nodes_find_each_other_without_their_bootstrap_peer() {
     c.restart_in_place(1, vec![gone.clone()]).await;
     c.restart_in_place(2, vec![gone]).await;
     wait_until("1 and 2 reconnect", async || {
-        c.node(1).cluster.peers().view(&c.peer(2)).up
+        c.node(1).cluster.peers().view(&c.peer_id(2)).up
     })
     .await;
     // W = 2 of the 3 replicas: the two of them take writes and reads.
@@ -763,7 +763,7 @@ async fn a_tombstone_goes_only_once_every_replica_holds_it() {
         .store
         .replicator()
         .unwrap()
-        .serve_replicate(&c.peer(0), push)
+        .serve_replicate(&c.peer_id(0), push)
         .await
     {
         slurp_protocol::messages::ReplicateResponse::Stored { outcomes } => {
@@ -824,7 +824,7 @@ async fn a_tombstone_goes_only_once_every_replica_holds_it() {
             .store
             .replicator()
             .unwrap()
-            .serve_replicate(&c.peer(2), req)
+            .serve_replicate(&c.peer_id(2), req)
             .await;
     }
     run_worker(&c, &[0, 1, 2], "tombstone-gc").await;

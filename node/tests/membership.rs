@@ -986,7 +986,7 @@ async fn the_cluster_key_is_split_among_members_and_rebuilt_from_threshold_share
     assert!(!audited(n1, "cluster_key_rebuild").await.is_empty());
     // One holder down: still two shares.
     let n2 = others[1].take().unwrap();
-    let n2_peer = n2.net.peer_id().to_base58();
+    let n2_peer = n2.net.peer_id();
     n2.close().await;
     wait_until("node 0 sees node 2 down", async || {
         !n0.cluster.peers().is_up(&n2_peer)
@@ -1079,7 +1079,7 @@ async fn a_member_audit_log_cut_short_with_its_head_file_is_caught_by_the_heads_
     c1.net.bootstrap = vec![addr0.clone()];
     let n1 = Node::open(c1).await.unwrap();
     wait_until("node 1 is back among the members", async || {
-        n1.cluster.peers().is_up(&n0.net.peer_id().to_base58())
+        n1.cluster.peers().is_up(&n0.net.peer_id())
     })
     .await;
     // On its own the log looks whole...
@@ -1089,7 +1089,7 @@ async fn a_member_audit_log_cut_short_with_its_head_file_is_caught_by_the_heads_
     let held = n1.cluster.held_heads_of_me().await;
     assert_eq!(held.len(), 1, "{held:?}");
     let (member, head) = &held[0];
-    assert_eq!(*member, n0.net.peer_id().to_base58());
+    assert_eq!(*member, n0.net.peer_id());
     let head = head.clone().unwrap();
     assert!(head.seq >= later, "{head}");
     let err = n1.audit_log.verify_against(Some(head)).unwrap_err();

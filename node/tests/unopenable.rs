@@ -219,7 +219,7 @@ async fn replicate(node: &Node, versions: Vec<SealedVersion>) {
         .replicator()
         .unwrap()
         .serve_replicate(
-            "12D3KooWTestPeer",
+            &libp2p::PeerId::random(),
             ReplicateRequest::PutVersions {
                 versions,
                 layout_version: None,
@@ -285,7 +285,7 @@ async fn records_this_node_cannot_open_are_counted_and_never_fail_the_rebuild() 
         .replicator()
         .unwrap()
         .serve_replicate(
-            "12D3KooWTestPeer",
+            &libp2p::PeerId::random(),
             ReplicateRequest::PutVersions {
                 versions: vec![corrupt.clone()],
                 layout_version: None,
@@ -309,7 +309,7 @@ async fn records_this_node_cannot_open_are_counted_and_never_fail_the_rebuild() 
         .replicator()
         .unwrap()
         .serve_replicate(
-            "12D3KooWTestPeer",
+            &libp2p::PeerId::random(),
             ReplicateRequest::PutVersions {
                 versions: vec![empty.clone()],
                 layout_version: None,

@@ -82,7 +82,7 @@ impl Cluster {
             .sign_statement(
                 PURPOSE_AUDIT_HEAD,
                 &AuditAnchor {
-                    node: self.0.me.clone(),
+                    node: self.0.me_id.clone(),
                     seq: head.seq,
                     hash: head.hash.to_string(),
                     at_ms: now_ms(),
@@ -178,25 +178,22 @@ impl Cluster {
     /// The heads of this node's audit log the other members hold, checked
     /// against this node's own key: each becomes an anchor to verify the
     /// log against.
-    pub async fn held_heads_of_me(&self) -> Vec<(String, Result<AuditHead, String>)> {
+    pub async fn held_heads_of_me(&self) -> Vec<(PeerId, Result<AuditHead, String>)> {
         let Some(layout) = self.layout() else {
             return Vec::new();
         };
-        let me: PeerId = match self.0.me.parse() {
-            Ok(p) => p,
-            Err(_) => return Vec::new(),
-        };
+        let me = self.0.me;
         let peers = self.others_in(&layout);
         let asks = peers.iter().map(|p| async move {
             let r = self
                 .cluster_request(
                     p,
                     ClusterRequest::GetAuditHead {
-                        node: self.0.me.clone(),
+                        node: self.0.me_id.clone(),
                     },
                 )
                 .await;
-            (p.clone(), r)
+            (*p, r)
         });
         let mut out = Vec::new();
         for (peer, r) in futures::future::join_all(asks).await {
@@ -204,7 +201,7 @@ impl Cluster {
                 Ok(ClusterResponse::AuditHead { head: None }) => continue,
                 Ok(ClusterResponse::AuditHead { head: Some(s) }) => {
                     verify_peer_signed::<AuditAnchor>(&me, PURPOSE_AUDIT_HEAD, &s).and_then(|a| {
-                        if a.node != self.0.me {
+                        if a.node != self.0.me_id {
                             return Err(format!("the member holds a head of {}", a.node));
                         }
                         Ok(AuditHead {

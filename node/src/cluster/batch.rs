@@ -11,6 +11,7 @@
 //! ones. Outcomes go back to each caller; a failed request fails every item
 //! in it.
 
+use libp2p::PeerId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -51,16 +52,16 @@ impl Item {
 
 #[derive(Default)]
 pub(crate) struct Batcher {
-    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Item>>>,
+    queues: Mutex<HashMap<PeerId, mpsc::UnboundedSender<Item>>>,
 }
 
 impl Batcher {
     /// Queues `item` for `peer`, starting that peer's sender on first use.
-    pub(crate) fn submit(&self, cluster: &Cluster, peer: &str, item: Item) {
+    pub(crate) fn submit(&self, cluster: &Cluster, peer: &PeerId, item: Item) {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = queues.entry(peer.to_string()).or_insert_with(|| {
+        let tx = queues.entry(*peer).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run(cluster.downgrade(), peer.to_string(), rx));
+            tokio::spawn(run(cluster.downgrade(), *peer, rx));
             tx
         });
         if let Err(mpsc::error::SendError(item)) = tx.send(item) {
@@ -81,7 +82,7 @@ fn fail(item: Item, e: Failure) {
     }
 }
 
-async fn run(cluster: super::WeakCluster, peer: String, mut rx: mpsc::UnboundedReceiver<Item>) {
+async fn run(cluster: super::WeakCluster, peer: PeerId, mut rx: mpsc::UnboundedReceiver<Item>) {
     let Some(c) = cluster.upgrade() else { return };
     let (max_items, in_flight) = (
         c.config().replica_batch.max(1),
@@ -110,7 +111,6 @@ async fn run(cluster: super::WeakCluster, peer: String, mut rx: mpsc::UnboundedR
             }
             return;
         };
-        let peer = peer.clone();
         tokio::spawn(async move {
             send(&c, &peer, items).await;
             drop(permit);
@@ -142,7 +142,7 @@ fn answer<T>(replies: Vec<oneshot::Sender<Result<T, Failure>>>, r: Result<Vec<T>
     }
 }
 
-async fn send(c: &Cluster, peer: &str, items: Vec<Item>) {
+async fn send(c: &Cluster, peer: &PeerId, items: Vec<Item>) {
     let mut puts = Vec::new();
     let mut heads: [Vec<(String, HeadReply)>; 2] = Default::default();
     for i in items {

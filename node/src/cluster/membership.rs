@@ -389,9 +389,19 @@ impl Membership {
     /// Checks a signed layout against the cluster key.
     pub fn verify_layout(&self, signed: &Signed) -> Result<Layout, ClusterError> {
         let public = self.public().ok_or(ClusterError::NotInitialized)?;
-        public
+        let layout: Layout = public
             .verify(PURPOSE_LAYOUT, signed, MAX_STATEMENT)
-            .map_err(|e| ClusterError::Refused(format!("layout: {e}")))
+            .map_err(|e| ClusterError::Refused(format!("layout: {e}")))?;
+        // Members are reached by peer id: a layout naming anything else
+        // would route to nobody.
+        if let Some(m) = layout
+            .members()
+            .iter()
+            .find(|m| m.id.parse::<libp2p::PeerId>().is_err())
+        {
+            return Err(ClusterError::BadPeerId(m.id.clone()));
+        }
+        Ok(layout)
     }
 
     /// Creates an invite for roles `roles`, valid for `ttl`; returns it and
@@ -571,6 +581,37 @@ mod tests {
 
     fn role(r: &str) -> RoleName {
         RoleName::new(r).unwrap()
+    }
+
+    /// A layout the cluster key signed is still refused when a member id
+    /// is not a peer id: the node could route that member's partitions to
+    /// nobody.
+    #[test]
+    fn a_signed_layout_naming_a_member_that_is_no_peer_id_is_refused() {
+        use slurp_protocol::placement::{Layout, Member};
+        let dir = tempfile::tempdir().unwrap();
+        let key = ClusterKey::generate();
+        let m = Membership::load(dir.path()).unwrap();
+        let me = libp2p::PeerId::random().to_base58();
+        let cert = certify(&key, &me, vec![role("admin")], Duration::from_secs(60)).unwrap();
+        m.adopt(key.public(), cert, &me).unwrap();
+        let member = |id: &str| Member {
+            id: id.to_string(),
+            zone: "a".into(),
+            capacity: 100,
+            address: format!("/p2p/{id}"),
+        };
+        let scheme = slurp_protocol::PartitionScheme::new(4).unwrap();
+        let good = Layout::new(1, 1, scheme, vec![member(&me)]).unwrap();
+        let signed = key.sign(PURPOSE_LAYOUT, &good).unwrap();
+        assert_eq!(m.verify_layout(&signed).unwrap().members().len(), 1);
+        let bad = Layout::new(2, 1, scheme, vec![member(&me), member("node-2")]).unwrap();
+        let signed = key.sign(PURPOSE_LAYOUT, &bad).unwrap();
+        let e = m.verify_layout(&signed).unwrap_err();
+        assert!(
+            matches!(&e, ClusterError::BadPeerId(id) if id == "node-2"),
+            "{e}"
+        );
     }
 
     #[test]

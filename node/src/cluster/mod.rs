@@ -239,7 +239,7 @@ pub enum ClusterError {
     #[error("cluster state: {0}")]
     Io(String),
     #[error("{0} did not answer within {1:?}")]
-    Timeout(String, Duration),
+    Timeout(PeerId, Duration),
     #[error(
         "this node belongs to no cluster: run `slurp cluster init` on the first node, or start this one with a join token from `slurp cluster invite`"
     )]
@@ -265,8 +265,8 @@ impl ClusterError {
 pub struct Route {
     pub layout: Arc<Layout>,
     pub partition: Partition,
-    /// The partition's replicas (peer ids), in preference order.
-    pub replicas: Vec<String>,
+    /// The partition's replicas, in preference order.
+    pub replicas: Vec<PeerId>,
     /// Whether this node is one of them.
     pub local: bool,
 }
@@ -274,11 +274,11 @@ pub struct Route {
 impl Route {
     /// The members after the replicas in the partition's preference list:
     /// where writes for a down replica go (hinted handoff).
-    pub fn fallbacks(&self) -> Vec<String> {
+    pub fn fallbacks(&self) -> Vec<PeerId> {
         self.layout
             .fallbacks(self.partition, self.layout.members().len())
             .into_iter()
-            .map(|m| self.layout.member(m).id.clone())
+            .filter_map(|m| member_peer(&self.layout, m))
             .collect()
     }
 }
@@ -340,7 +340,9 @@ pub struct Cluster(Arc<Inner>);
 
 struct Inner {
     net: NetClient,
-    me: String,
+    me: PeerId,
+    /// `me` as the layout and the wire write it.
+    me_id: String,
     info: RwLock<NodeInfo>,
     config: ClusterConfig,
     layout: LayoutState,
@@ -366,7 +368,7 @@ struct Inner {
     tokens: std::sync::Mutex<std::collections::HashMap<String, (Instant, Option<TokenRecord>)>>,
     /// Peers that said they hold a newer layout, for the `layout-pull`
     /// worker (at most [`MAX_LAYOUT_PULLS`]; more wait for the next probe).
-    layout_pulls: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    layout_pulls: std::sync::Mutex<std::collections::BTreeSet<PeerId>>,
     /// Wakes the `layout-pull` worker.
     layout_pull_wake: tokio::sync::Notify,
 }
@@ -411,7 +413,25 @@ impl WeakCluster {
     }
 }
 
-fn parse_peer(id: &str) -> Result<PeerId, ClusterError> {
+/// The peer id of member `m` of `layout`. A layout is taken only when
+/// every member id is a peer id ([`membership::Membership::verify_layout`]).
+pub(crate) fn member_peer(
+    layout: &Layout,
+    m: slurp_protocol::placement::MemberIndex,
+) -> Option<PeerId> {
+    PeerId::from_str(&layout.member(m).id).ok()
+}
+
+/// The peer ids of every member of `layout`.
+pub(crate) fn layout_peers(layout: &Layout) -> Vec<PeerId> {
+    layout
+        .members()
+        .iter()
+        .filter_map(|m| PeerId::from_str(&m.id).ok())
+        .collect()
+}
+
+pub(crate) fn parse_peer(id: &str) -> Result<PeerId, ClusterError> {
     PeerId::from_str(id).map_err(|_| ClusterError::BadPeerId(id.to_string()))
 }
 
@@ -432,7 +452,8 @@ impl Cluster {
         let authoriser = authorise::Authoriser::new(keypair, config.authorisation_ttl);
         let layout = LayoutState::load(data_dir, |s| membership.verify_layout(s))?;
         Ok(Cluster(Arc::new(Inner {
-            me: net.peer_id().to_base58(),
+            me: net.peer_id(),
+            me_id: net.peer_id().to_base58(),
             net,
             info: RwLock::new(info),
             config,
@@ -456,8 +477,13 @@ impl Cluster {
         })))
     }
 
-    pub fn me(&self) -> &str {
-        &self.0.me
+    pub fn me(&self) -> PeerId {
+        self.0.me
+    }
+
+    /// This node's peer id as the layout and the wire write it.
+    pub fn me_id(&self) -> &str {
+        &self.0.me_id
     }
 
     pub fn net(&self) -> &NetClient {
@@ -500,7 +526,7 @@ impl Cluster {
     /// Whether this node is a member of the current layout.
     pub fn is_member(&self) -> bool {
         self.layout()
-            .is_some_and(|l| l.member_index(&self.0.me).is_some())
+            .is_some_and(|l| l.member_index(&self.0.me_id).is_some())
     }
 
     /// Whether `peer` may send replication and search requests: a member
@@ -558,8 +584,13 @@ impl Cluster {
             .store_secret(CLUSTER_KEY_SECRET, &key.seed()[..])
             .map_err(|e| ClusterError::Io(e.to_string()))?;
         let roles = self.0.custody.roles();
-        let cert = certify(&key, &self.0.me, roles, self.0.config.certificate_validity)?;
-        let identity = self.0.membership.adopt(key.public(), cert, &self.0.me)?;
+        let cert = certify(
+            &key,
+            &self.0.me_id,
+            roles,
+            self.0.config.certificate_validity,
+        )?;
+        let identity = self.0.membership.adopt(key.public(), cert, &self.0.me_id)?;
         self.publish_directory(&key, None)?;
         self.audit(
             AuditRecord::allow("node", other("cluster_init"), identity.id().to_hex())
@@ -568,7 +599,7 @@ impl Cluster {
         .await;
         self.0
             .layout
-            .stage_join(self.member_of(&self.0.me, &self.info()));
+            .stage_join(self.member_of(&self.0.me_id, &self.info()));
         self.apply().await
     }
 
@@ -587,16 +618,18 @@ impl Cluster {
             ));
         }
         let roles = roles.unwrap_or_else(|| self.0.custody.roles());
-        self.0
-            .membership
-            .create_invite(&self.0.me, roles, ttl.unwrap_or(self.0.config.invite_ttl))
+        self.0.membership.create_invite(
+            &self.0.me_id,
+            roles,
+            ttl.unwrap_or(self.0.config.invite_ttl),
+        )
     }
 
     /// This node's statement that it acts for `role` in the request with
     /// `digest` to `peer` (none before it belongs to a cluster).
     fn authorise(
         &self,
-        peer: &str,
+        peer: &PeerId,
         role: &slurp_protocol::RoleName,
         digest: [u8; 32],
     ) -> Result<Option<Signed>, ClusterError> {
@@ -605,7 +638,12 @@ impl Cluster {
         };
         self.0
             .authoriser
-            .sign(peer, role, digest, identity.certificate.clone())
+            .sign(
+                &peer.to_base58(),
+                role,
+                digest,
+                identity.certificate.clone(),
+            )
             .map(Some)
             .map_err(ClusterError::Io)
     }
@@ -634,12 +672,12 @@ impl Cluster {
     pub fn route(&self, key: &str) -> Option<Route> {
         let layout = self.layout()?;
         let partition = layout.partition_of(key);
-        let mut replicas: Vec<String> = layout
+        let mut replicas: Vec<PeerId> = layout
             .replicas(partition)
             .iter()
-            .map(|&m| layout.member(m).id.clone())
+            .filter_map(|&m| member_peer(&layout, m))
             .collect();
-        let local = replicas.iter().any(|r| *r == self.0.me);
+        let local = replicas.contains(&self.0.me);
         self.order(&mut replicas);
         Some(Route {
             layout,
@@ -656,25 +694,25 @@ impl Cluster {
     pub fn cover(
         &self,
         layout: &Layout,
-        exclude: &[String],
-    ) -> (std::collections::BTreeMap<String, Vec<Partition>>, Vec<u32>) {
-        let mut plan: std::collections::BTreeMap<String, Vec<Partition>> = Default::default();
+        exclude: &[PeerId],
+    ) -> (std::collections::BTreeMap<PeerId, Vec<Partition>>, Vec<u32>) {
+        let mut plan: std::collections::BTreeMap<PeerId, Vec<Partition>> = Default::default();
         let mut missing = Vec::new();
         for p in 0..layout.partitions().count() {
             let partition = Partition(p as u16);
-            let replicas: Vec<&str> = layout
+            let replicas: Vec<PeerId> = layout
                 .replicas(partition)
                 .iter()
-                .map(|&m| layout.member(m).id.as_str())
-                .filter(|id| !exclude.iter().any(|e| e == id))
+                .filter_map(|&m| member_peer(layout, m))
+                .filter(|id| !exclude.contains(id))
                 .collect();
             let pick = replicas
                 .iter()
                 .find(|r| **r == self.0.me)
-                .or_else(|| replicas.iter().find(|r| plan.contains_key(**r)))
+                .or_else(|| replicas.iter().find(|r| plan.contains_key(*r)))
                 .or_else(|| replicas.iter().find(|r| self.0.peers.is_up(r)));
             match pick {
-                Some(id) => plan.entry(id.to_string()).or_default().push(partition),
+                Some(id) => plan.entry(*id).or_default().push(partition),
                 None => missing.push(p),
             }
         }
@@ -683,7 +721,7 @@ impl Cluster {
 
     /// Orders peers for requests: this node first, then peers that are up,
     /// each group in its given order.
-    pub fn order(&self, peers: &mut [String]) {
+    pub fn order(&self, peers: &mut [PeerId]) {
         let me = &self.0.me;
         peers.sort_by_key(|p| {
             if p == me {
@@ -712,14 +750,14 @@ impl Cluster {
 
     async fn timed<T>(
         &self,
-        peer: &str,
+        peer: &PeerId,
         limit: Duration,
         fut: impl std::future::Future<Output = Result<T, NetError>>,
     ) -> Result<T, ClusterError> {
         let r = match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(ClusterError::Net(e)),
-            Err(_) => Err(ClusterError::Timeout(peer.to_string(), limit)),
+            Err(_) => Err(ClusterError::Timeout(*peer, limit)),
         };
         match &r {
             Ok(_) => self.0.peers.record_ok(peer),
@@ -745,7 +783,7 @@ impl Cluster {
     /// it (see [`batch`]).
     pub async fn put_version(
         &self,
-        peer: &str,
+        peer: &PeerId,
         version: slurp_protocol::messages::SealedVersion,
     ) -> Result<slurp_protocol::messages::PutOutcome, batch::Failure> {
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -764,7 +802,7 @@ impl Cluster {
     /// `peer`'s head of `key`, folded with other head reads queued for it.
     pub async fn head(
         &self,
-        peer: &str,
+        peer: &PeerId,
         key: &str,
         with_envelope: bool,
     ) -> Result<slurp_protocol::messages::Head, batch::Failure> {
@@ -785,10 +823,10 @@ impl Cluster {
     /// A replication request to `peer`; a refusal is an error.
     pub async fn replicate(
         &self,
-        peer: &str,
+        peer: &PeerId,
         req: ReplicateRequest,
     ) -> Result<ReplicateResponse, ClusterError> {
-        let id = parse_peer(peer)?;
+        let id = *peer;
         let limit = self.0.config.replica_timeout;
         match self
             .timed(peer, limit, self.0.net.replicate(id, req))
@@ -801,10 +839,10 @@ impl Cluster {
 
     pub async fn search(
         &self,
-        peer: &str,
+        peer: &PeerId,
         mut req: SearchRequest,
     ) -> Result<SearchResponse, ClusterError> {
-        let id = parse_peer(peer)?;
+        let id = *peer;
         let auth = self.authorise(peer, req.role(), authorise::search_digest(&req))?;
         req.set_authorisation(auth);
         let limit = self.0.config.replica_timeout;
@@ -816,11 +854,11 @@ impl Cluster {
 
     pub async fn forward(
         &self,
-        peer: &str,
+        peer: &PeerId,
         mut req: ForwardRequest,
         limit: Duration,
     ) -> Result<ForwardResponse, ClusterError> {
-        let id = parse_peer(peer)?;
+        let id = *peer;
         let auth = self.authorise(peer, req.role(), authorise::forward_digest(&req))?;
         req.set_authorisation(auth);
         match self.timed(peer, limit, self.0.net.forward(id, req)).await? {
@@ -831,10 +869,10 @@ impl Cluster {
 
     async fn cluster_request(
         &self,
-        peer: &str,
+        peer: &PeerId,
         req: ClusterRequest,
     ) -> Result<ClusterResponse, ClusterError> {
-        let id = parse_peer(peer)?;
+        let id = *peer;
         let limit = self.0.config.probe_timeout;
         match self.timed(peer, limit, self.0.net.cluster(id, req)).await? {
             ClusterResponse::Error(e) => Err(ClusterError::remote(e)),
@@ -862,11 +900,11 @@ impl Cluster {
                 secret,
                 node,
                 apply,
-            } => self.serve_join(&from, &invite, &secret, node, apply).await,
+            } => self.serve_join(&peer, &invite, &secret, node, apply).await,
             ClusterRequest::Admit {
                 cluster_key,
                 certificate,
-            } => self.serve_admit(&from, &cluster_key.0, certificate).await,
+            } => self.serve_admit(&peer, &cluster_key.0, certificate).await,
             ClusterRequest::Hello {
                 node,
                 layout_version,
@@ -890,10 +928,10 @@ impl Cluster {
                     return refuse(NOT_ADMITTED);
                 }
                 let version = self.layout_version();
-                self.0.peers.record_info(&from, node, layout_version);
-                self.newer_keys(&from, keys_version);
+                self.0.peers.record_info(&peer, node, layout_version);
+                self.newer_keys(&peer, keys_version);
                 if layout_version > version {
-                    self.want_layout_from(&from);
+                    self.want_layout_from(&peer);
                 }
                 ClusterResponse::Hello {
                     node: self.info(),
@@ -921,7 +959,7 @@ impl Cluster {
             {
                 refuse(NOT_ADMITTED)
             }
-            ClusterRequest::GetKeys { recipient } => self.serve_keys(&from, &recipient).await,
+            ClusterRequest::GetKeys { recipient } => self.serve_keys(&peer, &recipient).await,
             ClusterRequest::PutAuditHead { head } => self.serve_put_audit_head(&peer, head).await,
             ClusterRequest::GetAuditHead { node } => self.serve_get_audit_head(&node),
             ClusterRequest::PrepareShare => self.serve_prepare_share(),
@@ -969,9 +1007,9 @@ impl Cluster {
 
     /// A peer holds a newer key directory (a rotation): fetch it, and the
     /// new keys this node is granted, in the background.
-    fn newer_keys(&self, peer: &str, theirs: u64) {
+    fn newer_keys(&self, peer: &PeerId, theirs: u64) {
         if theirs > self.keys_version() && self.identity().is_some() {
-            let (this, peer) = (self.clone(), peer.to_string());
+            let (this, peer) = (self.clone(), *peer);
             tokio::spawn(async move {
                 this.fetch_keys_from(Some(&peer), theirs).await;
             });
@@ -984,12 +1022,14 @@ impl Cluster {
     /// join token" when the invite does not hold.
     async fn serve_join(
         &self,
-        peer: &str,
+        peer_id: &PeerId,
         invite: &str,
         secret: &str,
         node: NodeInfo,
         apply: bool,
     ) -> ClusterResponse {
+        let peer_s = peer_id.to_base58();
+        let peer = peer_s.as_str();
         let target: String = invite.chars().take(64).collect();
         let deny = |code: ErrorCode, message: String| {
             ClusterResponse::Error(RemoteError { code, message })
@@ -1049,7 +1089,7 @@ impl Cluster {
         if let Err(e) = self.0.membership.admit_certificate(peer, &cert) {
             return deny(ErrorCode::Internal, e);
         }
-        self.0.peers.record_info(peer, node.clone(), 0);
+        self.0.peers.record_info(peer_id, node.clone(), 0);
         let mut layout = None;
         if apply {
             self.0.layout.stage_join(self.member_of(peer, &node));
@@ -1089,7 +1129,9 @@ impl Cluster {
     /// Answers a certified peer's `GetKeys`: the key directory, and every
     /// key this node holds of the roles the peer's certificate grants,
     /// sealed to the peer's request key. Audited.
-    async fn serve_keys(&self, peer: &str, recipient: &str) -> ClusterResponse {
+    async fn serve_keys(&self, peer_id: &PeerId, recipient: &str) -> ClusterResponse {
+        let peer_s = peer_id.to_base58();
+        let peer = peer_s.as_str();
         let refuse = |message: String| {
             ClusterResponse::Error(RemoteError {
                 code: ErrorCode::Forbidden,
@@ -1146,20 +1188,17 @@ impl Cluster {
     /// version `want` or newer and the keys it grants: a member that has
     /// not caught up yet answers with the old directory, which is not
     /// enough.
-    async fn fetch_keys_from(&self, first: Option<&str>, want: u64) -> usize {
+    async fn fetch_keys_from(&self, first: Option<&PeerId>, want: u64) -> usize {
         if self.identity().is_none() {
             return 0;
         }
         let request_key = slurp_crypto::x25519::Identity::generate();
         let recipient = request_key.to_public().to_string();
-        let mut peers: Vec<String> = self
-            .layout()
-            .map(|l| l.members().iter().map(|m| m.id.clone()).collect())
-            .unwrap_or_default();
+        let mut peers: Vec<PeerId> = self.layout().map(|l| layout_peers(&l)).unwrap_or_default();
         peers.extend(self.0.peers.known());
         peers.sort();
         peers.dedup();
-        peers.retain(|p| *p != self.0.me && parse_peer(p).is_ok_and(|id| self.admits(&id)));
+        peers.retain(|p| *p != self.0.me && self.admits(p));
         self.order(&mut peers);
         if let Some(first) = first
             && let Some(i) = peers.iter().position(|p| p == first)
@@ -1195,9 +1234,9 @@ impl Cluster {
                     Ok(false) => {}
                     Err(e) => {
                         self.audit(AuditRecord::deny(
-                            peer.as_str(),
+                            peer.to_base58(),
                             other("key_directory"),
-                            peer.as_str(),
+                            peer.to_base58(),
                             e.to_string(),
                         ))
                         .await;
@@ -1230,7 +1269,7 @@ impl Cluster {
                 if let Some(why) = why {
                     tracing::warn!(%peer, %why, "refused a granted key");
                     self.audit(AuditRecord::deny(
-                        peer.as_str(),
+                        peer.to_base58(),
                         other("key_grant"),
                         g.fingerprint.clone(),
                         why,
@@ -1394,11 +1433,10 @@ impl Cluster {
         let Some(layout) = self.layout() else {
             return Ok(vec![]);
         };
-        if let Some(m) = layout
-            .members()
-            .iter()
-            .find(|m| m.id != self.0.me && !done(self.0.peers.rewrap_of(&m.id)))
-        {
+        if let Some(m) = layout.members().iter().find(|m| {
+            m.id != self.0.me_id
+                && !PeerId::from_str(&m.id).is_ok_and(|p| done(self.0.peers.rewrap_of(&p)))
+        }) {
             tracing::debug!(member = %m.id, "old key epochs stay: a member has not reported a clean rewrap");
             return Ok(vec![]);
         }
@@ -1501,13 +1539,15 @@ impl Cluster {
     /// that belongs to no cluster yet, or to the same one.
     async fn serve_admit(
         &self,
-        peer: &str,
+        peer_id: &PeerId,
         cluster_key: &[u8],
         certificate: Signed,
     ) -> ClusterResponse {
+        let peer_s = peer_id.to_base58();
+        let peer = peer_s.as_str();
         let result = ClusterPublic::from_bytes(cluster_key)
             .map_err(|e| ClusterError::Refused(e.to_string()))
-            .and_then(|public| self.0.membership.adopt(public, certificate, &self.0.me));
+            .and_then(|public| self.0.membership.adopt(public, certificate, &self.0.me_id));
         match result {
             Ok(identity) => {
                 self.audit(
@@ -1538,7 +1578,7 @@ impl Cluster {
                     }
                 }
                 let this = self.clone();
-                let from = peer.to_string();
+                let from = *peer_id;
                 tokio::spawn(async move { this.hello(&from).await });
                 ClusterResponse::Admitted {
                     cluster: identity.id(),
@@ -1644,7 +1684,7 @@ impl Cluster {
                 let granted = self
                     .0
                     .membership
-                    .certificate_of(peer)
+                    .certificate_of(&peer.to_base58())
                     .map(|c| c.roles)
                     .unwrap_or_default();
                 match tokens.merge(records, |role| granted.contains(role)) {
@@ -1659,14 +1699,14 @@ impl Cluster {
     /// Asks the `layout-pull` worker to fetch `peer`'s layout: a bounded
     /// queue instead of a task per request, so peers cannot make this
     /// node start unbounded work. Returns whether it was queued.
-    pub fn want_layout_from(&self, peer: &str) -> bool {
+    pub fn want_layout_from(&self, peer: &PeerId) -> bool {
         let queued = {
             let mut q = self
                 .0
                 .layout_pulls
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            q.len() < MAX_LAYOUT_PULLS && q.insert(peer.to_string())
+            q.len() < MAX_LAYOUT_PULLS && q.insert(*peer)
         };
         if queued {
             self.0.layout_pull_wake.notify_one();
@@ -1676,7 +1716,7 @@ impl Cluster {
 
     /// One pass of the `layout-pull` worker: pulls from every queued peer.
     pub async fn pull_wanted_layouts(&self) -> usize {
-        let peers: Vec<String> = std::mem::take(
+        let peers: Vec<PeerId> = std::mem::take(
             &mut *self
                 .0
                 .layout_pulls
@@ -1699,7 +1739,7 @@ impl Cluster {
     /// Fetches `peer`'s layout if it is newer than ours, and takes it if
     /// the cluster key signed it. A layout that is not newer than the one
     /// held (a replay) or not signed by the key is refused and audited.
-    pub async fn pull_layout(&self, peer: &str) {
+    pub async fn pull_layout(&self, peer: &PeerId) {
         let have = self.layout_version();
         let req = ClusterRequest::GetLayout {
             newer_than: Some(have),
@@ -1719,7 +1759,9 @@ impl Cluster {
     }
 
     /// Checks and takes a framed signed layout `from` sent.
-    async fn take_layout(&self, from: &str, bytes: &[u8]) -> Result<bool, ClusterError> {
+    async fn take_layout(&self, from: &PeerId, bytes: &[u8]) -> Result<bool, ClusterError> {
+        let from = from.to_base58();
+        let from = from.as_str();
         let deny = |why: String| AuditRecord::deny(from, other("cluster_layout"), from, why);
         let signed = match Signed::decode_limited(bytes, membership::MAX_STATEMENT) {
             Ok(s) => s,
@@ -1758,9 +1800,9 @@ impl Cluster {
 
     /// What this node tells `peer` about itself: everything to a peer it
     /// admits, only its peer id and version to any other.
-    fn info_for(&self, peer: &str) -> NodeInfo {
+    fn info_for(&self, peer: &PeerId) -> NodeInfo {
         let info = self.info();
-        if parse_peer(peer).is_ok_and(|p| self.admits(&p)) {
+        if self.admits(peer) {
             return info;
         }
         NodeInfo {
@@ -1777,7 +1819,7 @@ impl Cluster {
 
     /// Introduces this node to `peer` (on every new connection), with its
     /// certificate; takes the peer's certificate from the answer.
-    pub async fn hello(&self, peer: &str) {
+    pub async fn hello(&self, peer: &PeerId) {
         let Some(identity) = self.identity() else {
             return;
         };
@@ -1795,12 +1837,11 @@ impl Cluster {
                 keys_version,
             }) => {
                 if let Some(c) = certificate
-                    && let Err(why) = self.0.membership.admit_certificate(peer, &c)
+                    && let Err(why) = self.0.membership.admit_certificate(&peer.to_base58(), &c)
                 {
                     tracing::warn!(%peer, %why, "peer showed a bad certificate");
                 }
-                let Ok(id) = parse_peer(peer) else { return };
-                if !self.admits(&id) {
+                if !self.admits(peer) {
                     return;
                 }
                 self.0.peers.record_info(peer, node, layout_version);
@@ -1836,13 +1877,17 @@ impl Cluster {
             Ok(t) => t,
             Err(e) => return self.join_failed(e.to_string()),
         };
+        let issuer = match parse_peer(&token.issuer) {
+            Ok(p) => p,
+            Err(e) => return self.join_failed(e.to_string()),
+        };
         let req = ClusterRequest::Join {
             invite: token.id.clone(),
             secret: token.secret.clone(),
             node: self.info(),
             apply: self.0.config.auto_join,
         };
-        match self.cluster_request(&token.issuer, req).await {
+        match self.cluster_request(&issuer, req).await {
             Ok(ClusterResponse::Joined {
                 cluster_key,
                 certificate,
@@ -1858,17 +1903,17 @@ impl Cluster {
                                 token.cluster
                             )));
                         }
-                        self.0.membership.adopt(public, certificate, &self.0.me)
+                        self.0.membership.adopt(public, certificate, &self.0.me_id)
                     });
                 match result {
                     Ok(identity) => {
                         tracing::info!(cluster = %identity.id(), "joined the cluster");
                         if let Some(l) = layout
-                            && let Err(e) = self.take_layout(&token.issuer, &l.0).await
+                            && let Err(e) = self.take_layout(&issuer, &l.0).await
                         {
                             tracing::warn!(error = %e, "refused the layout of the join");
                         }
-                        self.hello(&token.issuer).await;
+                        self.hello(&issuer).await;
                         self.fetch_keys().await;
                     }
                     Err(e) => self.join_failed(e.to_string()),
@@ -1890,7 +1935,7 @@ impl Cluster {
     /// An admin's `cluster join PEER`: certifies the connected `peer`
     /// (roles: all this node holds) and sends it the certificate.
     pub async fn certify_peer(&self, peer: &str) -> Result<(), ClusterError> {
-        parse_peer(peer)?;
+        let id = parse_peer(peer)?;
         let key = self.obtain_key(&format!("certify {peer}")).await?;
         let cert = certify(
             &key,
@@ -1906,7 +1951,7 @@ impl Cluster {
             cluster_key: key.public().to_bytes().to_vec().into(),
             certificate: cert,
         };
-        match self.cluster_request(peer, req).await? {
+        match self.cluster_request(&id, req).await? {
             ClusterResponse::Admitted { cluster } if cluster == key.public().id() => {
                 self.audit(
                     AuditRecord::allow("admin", other("cluster_certify"), peer)
@@ -1931,7 +1976,7 @@ impl Cluster {
         roles: Vec<slurp_protocol::RoleName>,
     ) -> Result<GrantOutcome, ClusterError> {
         let id = parse_peer(peer)?;
-        if peer != self.0.me && !self.admits(&id) {
+        if peer != self.0.me_id && !self.admits(&id) {
             return Err(ClusterError::Refused(format!(
                 "{peer} is not a member of this cluster: invite it or `slurp cluster join` it first"
             )));
@@ -1946,7 +1991,7 @@ impl Cluster {
         // The floor is the new certificate's issue time: it must be later
         // than the one it replaces, or that one would stay valid.
         if let Some(old) = self.0.membership.certificate_of(peer).or_else(|| {
-            (peer == self.0.me)
+            (peer == self.0.me_id)
                 .then(|| self.identity().map(|i| i.cert.clone()))
                 .flatten()
         }) {
@@ -1976,10 +2021,10 @@ impl Cluster {
                 issued_ms: cert.issued_ms,
             }),
         )?;
-        let delivered = if peer == self.0.me {
+        let delivered = if peer == self.0.me_id {
             self.0
                 .membership
-                .adopt(key.public(), signed, &self.0.me)
+                .adopt(key.public(), signed, &self.0.me_id)
                 .map(|_| true)?
         } else {
             self.0
@@ -1990,7 +2035,7 @@ impl Cluster {
                 cluster_key: key.public().to_bytes().to_vec().into(),
                 certificate: signed,
             };
-            match self.cluster_request(peer, req).await {
+            match self.cluster_request(&id, req).await {
                 Ok(ClusterResponse::Admitted { .. }) => true,
                 Ok(_) => false,
                 Err(e) => {
@@ -2027,28 +2072,28 @@ impl Cluster {
         if !self.granted_roles_held() {
             self.fetch_keys().await;
         }
-        let mut targets: Vec<String> = self.0.peers.known();
+        let mut targets: Vec<PeerId> = self.0.peers.known();
         if let Some(l) = self.layout() {
-            for m in l.members() {
-                if !targets.contains(&m.id) {
-                    targets.push(m.id.clone());
+            for m in layout_peers(&l) {
+                if !targets.contains(&m) {
+                    targets.push(m);
                 }
             }
         }
         // Peers this node does not admit got a hello when they connected;
         // they are not probed (nor told anything) again.
-        targets.retain(|p| *p != self.0.me && parse_peer(p).is_ok_and(|id| self.admits(&id)));
+        targets.retain(|p| *p != self.0.me && self.admits(p));
         // Where the layout says each member listens: a member that is down
         // and not connected is dialed there again before it is probed, so
         // two members that restarted while the other was away find each
         // other without a bootstrap peer, even after Kademlia dropped the
         // address that failed.
-        let addresses: std::collections::HashMap<String, String> = self
+        let addresses: std::collections::HashMap<PeerId, String> = self
             .layout()
             .map(|l| {
                 l.members()
                     .iter()
-                    .map(|m| (m.id.clone(), m.address.clone()))
+                    .filter_map(|m| Some((PeerId::from_str(&m.id).ok()?, m.address.clone())))
                     .collect()
             })
             .unwrap_or_default();
@@ -2139,12 +2184,12 @@ impl Cluster {
         zone: Option<String>,
         capacity: Option<u32>,
     ) -> Result<Member, ClusterError> {
-        let id = peer.unwrap_or(&self.0.me).to_string();
-        parse_peer(&id)?;
-        let info = if id == self.0.me {
+        let id = peer.unwrap_or(&self.0.me_id).to_string();
+        let peer_id = parse_peer(&id)?;
+        let info = if peer_id == self.0.me {
             Some(self.info())
         } else {
-            self.0.peers.get(&id).and_then(|p| p.info)
+            self.0.peers.get(&peer_id).and_then(|p| p.info)
         };
         let mut m = match info {
             Some(i) => self.member_of(&id, &i),
@@ -2204,11 +2249,9 @@ impl Cluster {
     }
 
     /// The members of `layout` other than this node, by peer id.
-    fn others_in(&self, layout: &Layout) -> Vec<String> {
-        layout
-            .members()
-            .iter()
-            .map(|m| m.id.clone())
+    fn others_in(&self, layout: &Layout) -> Vec<PeerId> {
+        layout_peers(layout)
+            .into_iter()
             .filter(|m| *m != self.0.me)
             .collect()
     }
@@ -2220,7 +2263,7 @@ impl Cluster {
         tokio::spawn(async move {
             let mut peers = this.0.peers.known();
             if let Some(l) = this.layout() {
-                peers.extend(l.members().iter().map(|m| m.id.clone()));
+                peers.extend(layout_peers(&l));
             }
             peers.sort();
             peers.dedup();
@@ -2235,10 +2278,13 @@ impl Cluster {
         let mut members = Vec::new();
         if let Some(l) = &layout {
             for m in l.members() {
-                let mut peer = self.0.peers.view(&m.id);
+                let mut peer = match PeerId::from_str(&m.id) {
+                    Ok(p) => self.0.peers.view(&p),
+                    Err(_) => peers::PeerView::unknown(&m.id),
+                };
                 // The layout's zone is the one placement uses.
                 peer.zone = Some(m.zone.clone());
-                let is_self = m.id == self.0.me;
+                let is_self = m.id == self.0.me_id;
                 if is_self {
                     peer.up = true;
                     peer.connected = true;
@@ -2265,11 +2311,15 @@ impl Cluster {
             .peers
             .known()
             .into_iter()
-            .filter(|p| layout.as_ref().is_none_or(|l| l.member_index(p).is_none()))
+            .filter(|p| {
+                layout
+                    .as_ref()
+                    .is_none_or(|l| l.member_index(&p.to_base58()).is_none())
+            })
             .map(|p| self.0.peers.view(&p))
             .collect();
         ClusterStatus {
-            peer_id: self.0.me.clone(),
+            peer_id: self.0.me_id.clone(),
             listen_addrs: info.listen_addrs,
             name: info.name,
             cluster: self.identity().map(|i| i.id().to_hex()),
@@ -2299,8 +2349,10 @@ impl Cluster {
 
 /// A peer id short enough for a metric label or an error message (its
 /// last 8 characters).
-pub(crate) fn short_peer(peer: &str) -> &str {
-    &peer[peer.len().saturating_sub(8)..]
+/// The last 8 characters of a peer id, as logs and errors name a peer.
+pub(crate) fn short_peer(peer: &PeerId) -> String {
+    let id = peer.to_base58();
+    id[id.len().saturating_sub(8)..].to_string()
 }
 
 /// What `Cluster::grant` did.

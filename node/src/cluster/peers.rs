@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
 use serde::Serialize;
 use slurp_protocol::messages::{HealthStatus, NodeInfo};
 
@@ -49,18 +50,38 @@ pub struct PeerView {
     pub last_error: Option<String>,
 }
 
+impl PeerView {
+    /// A peer this node knows nothing of (a layout entry that names no
+    /// peer id).
+    pub fn unknown(id: &str) -> Self {
+        PeerView {
+            peer_id: id.to_string(),
+            name: None,
+            api_addr: None,
+            zone: None,
+            up: false,
+            connected: false,
+            layout_version: 0,
+            status: None,
+            uptime_secs: 0,
+            last_seen_ms_ago: None,
+            last_error: None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct PeerBook {
-    peers: RwLock<HashMap<String, PeerState>>,
+    peers: RwLock<HashMap<PeerId, PeerState>>,
 }
 
 impl PeerBook {
-    fn with<T>(&self, peer: &str, f: impl FnOnce(&mut PeerState) -> T) -> T {
+    fn with<T>(&self, peer: &PeerId, f: impl FnOnce(&mut PeerState) -> T) -> T {
         let mut map = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        f(map.entry(peer.to_string()).or_default())
+        f(map.entry(*peer).or_default())
     }
 
-    pub fn get(&self, peer: &str) -> Option<PeerState> {
+    pub fn get(&self, peer: &PeerId) -> Option<PeerState> {
         self.peers
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -69,15 +90,15 @@ impl PeerBook {
     }
 
     /// Whether requests should go to `peer` first.
-    pub fn is_up(&self, peer: &str) -> bool {
+    pub fn is_up(&self, peer: &PeerId) -> bool {
         self.get(peer).is_none_or(|p| p.failures == 0)
     }
 
-    pub fn connected(&self, peer: &str, yes: bool) {
+    pub fn connected(&self, peer: &PeerId, yes: bool) {
         self.with(peer, |p| p.connected = yes);
     }
 
-    pub fn record_ok(&self, peer: &str) {
+    pub fn record_ok(&self, peer: &PeerId) {
         self.with(peer, |p| {
             let now = Instant::now();
             if p.failures > 0 || p.healthy_since.is_none() {
@@ -91,7 +112,7 @@ impl PeerBook {
         });
     }
 
-    pub fn record_err(&self, peer: &str, error: String) {
+    pub fn record_err(&self, peer: &PeerId, error: String) {
         self.with(peer, |p| {
             p.failures = p.failures.saturating_add(1);
             p.healthy_since = None;
@@ -99,7 +120,7 @@ impl PeerBook {
         });
     }
 
-    pub fn record_info(&self, peer: &str, info: NodeInfo, layout_version: u64) {
+    pub fn record_info(&self, peer: &PeerId, info: NodeInfo, layout_version: u64) {
         self.with(peer, |p| {
             p.info = Some(info);
             p.layout_version = layout_version;
@@ -109,7 +130,7 @@ impl PeerBook {
 
     pub fn record_health(
         &self,
-        peer: &str,
+        peer: &PeerId,
         status: HealthStatus,
         layout_version: u64,
         uptime_secs: u64,
@@ -125,7 +146,7 @@ impl PeerBook {
     }
 
     /// Peers that have answered without a failure for at least `for_at_least`.
-    pub fn healthy_for(&self, for_at_least: Duration) -> Vec<(String, PeerState)> {
+    pub fn healthy_for(&self, for_at_least: Duration) -> Vec<(PeerId, PeerState)> {
         self.peers
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -133,11 +154,11 @@ impl PeerBook {
             .filter(|(_, p)| {
                 p.failures == 0 && p.healthy_since.is_some_and(|t| t.elapsed() >= for_at_least)
             })
-            .map(|(id, p)| (id.clone(), p.clone()))
+            .map(|(id, p)| (*id, p.clone()))
             .collect()
     }
 
-    pub fn known(&self) -> Vec<String> {
+    pub fn known(&self) -> Vec<PeerId> {
         self.peers
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -146,10 +167,10 @@ impl PeerBook {
             .collect()
     }
 
-    pub fn view(&self, peer: &str) -> PeerView {
+    pub fn view(&self, peer: &PeerId) -> PeerView {
         let p = self.get(peer).unwrap_or_default();
         PeerView {
-            peer_id: peer.to_string(),
+            peer_id: peer.to_base58(),
             name: p.info.as_ref().map(|i| i.name.clone()),
             api_addr: p.info.as_ref().and_then(|i| i.api_addr.clone()),
             zone: p.info.as_ref().and_then(|i| i.zone.clone()),
@@ -166,7 +187,7 @@ impl PeerBook {
 
 impl PeerBook {
     /// The last key-rewrap report `peer` gave in a health answer.
-    pub fn rewrap_of(&self, peer: &str) -> Option<slurp_protocol::messages::RewrapReport> {
+    pub fn rewrap_of(&self, peer: &PeerId) -> Option<slurp_protocol::messages::RewrapReport> {
         self.peers
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -179,37 +200,41 @@ impl PeerBook {
 mod tests {
     use super::*;
 
+    fn p() -> PeerId {
+        PeerId::from_bytes(&[0, 4, 1, 2, 3, 4]).expect("an identity multihash")
+    }
+
     #[test]
     fn a_peer_is_down_after_a_failure_until_it_answers() {
         let book = PeerBook::default();
-        assert!(book.is_up("p"), "unknown peers are tried");
-        book.record_err("p", "refused".into());
-        assert!(!book.is_up("p"));
+        assert!(book.is_up(&p()), "unknown peers are tried");
+        book.record_err(&p(), "refused".into());
+        assert!(!book.is_up(&p()));
         assert!(book.healthy_for(Duration::ZERO).is_empty());
-        book.record_ok("p");
-        assert!(book.is_up("p"));
+        book.record_ok(&p());
+        assert!(book.is_up(&p()));
         assert_eq!(book.healthy_for(Duration::ZERO).len(), 1);
         assert!(book.healthy_for(Duration::from_secs(60)).is_empty());
-        assert!(book.view("p").up);
+        assert!(book.view(&p()).up);
     }
 
     #[test]
     fn a_peer_that_answers_again_has_no_last_error() {
         let book = PeerBook::default();
-        book.record_ok("p");
-        book.record_err("p", "connection refused".into());
-        let down = book.view("p");
+        book.record_ok(&p());
+        book.record_err(&p(), "connection refused".into());
+        let down = book.view(&p());
         assert!(!down.up);
         assert_eq!(down.last_error.as_deref(), Some("connection refused"));
         // A successful probe (health answer) brings it back.
-        book.record_health("p", HealthStatus::Ok, 1, 5, None);
-        let up = book.view("p");
+        book.record_health(&p(), HealthStatus::Ok, 1, 5, None);
+        let up = book.view(&p());
         assert!(up.up);
         assert_eq!(up.last_error, None);
         // Failing again shows the new error only.
-        book.record_err("p", "timed out".into());
-        assert_eq!(book.view("p").last_error.as_deref(), Some("timed out"));
-        book.record_ok("p");
-        assert_eq!(book.view("p").last_error, None);
+        book.record_err(&p(), "timed out".into());
+        assert_eq!(book.view(&p()).last_error.as_deref(), Some("timed out"));
+        book.record_ok(&p());
+        assert_eq!(book.view(&p()).last_error, None);
     }
 }

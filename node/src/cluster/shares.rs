@@ -19,6 +19,7 @@
 //! cluster's public key and dropped (zeroed) after the one operation;
 //! fewer than t is a clear error naming who did not answer.
 
+use libp2p::PeerId;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -151,9 +152,9 @@ impl Cluster {
         let request_key = x25519::Identity::generate();
         let recipient = request_key.to_public().to_string();
         let mut shares: Vec<KeyShare> = self.local_share().into_iter().collect();
-        let mut peers: Vec<String> = self
+        let mut peers: Vec<PeerId> = self
             .layout()
-            .map(|l| l.members().iter().map(|m| m.id.clone()).collect())
+            .map(|l| super::layout_peers(&l))
             .unwrap_or_default();
         peers.retain(|p| *p != self.0.me);
         let admin = RoleName::new("admin").map_err(|e| ClusterError::Io(e.to_string()))?;
@@ -171,10 +172,10 @@ impl Cluster {
                     *authorisation = self
                         .0
                         .authoriser
-                        .sign(peer, &admin, digest, certificate.clone())
+                        .sign(&peer.to_base58(), &admin, digest, certificate.clone())
                         .ok();
                 }
-                (peer.clone(), self.cluster_request(peer, req).await)
+                (*peer, self.cluster_request(peer, req).await)
             }
         });
         let mut failed = Vec::new();
@@ -279,6 +280,10 @@ impl Cluster {
         }
         holders.sort();
         holders.truncate(n as usize);
+        let holders: Vec<PeerId> = holders.iter().filter_map(|h| h.parse().ok()).collect();
+        if holders.len() < n as usize {
+            return false;
+        }
         if holders
             .iter()
             .any(|h| *h != self.0.me && !self.0.peers.is_up(h))
@@ -302,7 +307,7 @@ impl Cluster {
             tracing::error!(error = %e, "the cluster key was split but its file could not be deleted");
             return false;
         }
-        let names: Vec<&str> = holders.iter().map(|h| super::short_peer(h)).collect();
+        let names: Vec<String> = holders.iter().map(super::short_peer).collect();
         self.audit(
             AuditRecord::allow("node", other("cluster_key_split"), identity.id().to_hex())
                 .with_reason(format!("{t} of {n} shares to [{}]", names.join(","))),
@@ -321,7 +326,7 @@ impl Cluster {
         &self,
         key: &ClusterKey,
         cluster: ClusterId,
-        holder: &str,
+        holder: &PeerId,
         share: &KeyShare,
     ) -> Result<(), ClusterError> {
         let assignment = key
@@ -340,7 +345,7 @@ impl Cluster {
         let bytes = share
             .to_bytes()
             .map_err(|e| ClusterError::Io(e.to_string()))?;
-        if holder == self.0.me {
+        if *holder == self.0.me {
             return self.keep_share(&bytes);
         }
         let recipient = match self
@@ -426,7 +431,7 @@ impl Cluster {
                     .verify(PURPOSE_SHARE, &d.assignment, MAX_STATEMENT)
                     .map_err(|e| format!("the assignment: {e}"))?;
                 let share = KeyShare::from_bytes(&d.share.0).map_err(|e| e.to_string())?;
-                if a.holder != self.0.me
+                if a.holder != self.0.me_id
                     || a.cluster != identity.id()
                     || a.set.0 != share.set_id()
                     || a.index != share.index()

@@ -29,6 +29,7 @@
 //! what survives a restart is when each partition last converged with each
 //! co-replica (`cluster/anti-entropy.json`).
 
+use libp2p::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,7 +175,7 @@ fn children(range: SlotRange) -> Vec<SlotRange> {
 pub(crate) fn serve_digests(
     store: &Store,
     cluster: &Cluster,
-    peer: &str,
+    peer: &PeerId,
     layout_version: u64,
     ranges: &[SlotRange],
 ) -> ReplicateResponse {
@@ -193,7 +194,7 @@ pub(crate) fn serve_digests(
             ),
         });
     }
-    let shared = shared_partitions(&layout, cluster.me(), peer);
+    let shared = shared_partitions(&layout, cluster.me_id(), &peer.to_base58());
     let scheme = layout.partitions();
     ReplicateResponse::Digests {
         digests: ranges
@@ -471,7 +472,7 @@ impl AntiEntropy {
         let Some(layout) = self.0.cluster.layout() else {
             return AntiEntropyStatus::default();
         };
-        let me = self.0.cluster.me().to_string();
+        let me = self.0.cluster.me_id().to_string();
         let Some(mi) = layout.member_index(&me) else {
             return AntiEntropyStatus {
                 layout_version: layout.version(),
@@ -557,7 +558,7 @@ impl AntiEntropy {
                 note: "no layout yet".into(),
             });
         };
-        let me = cluster.me().to_string();
+        let me = cluster.me_id().to_string();
         if layout.member_index(&me).is_none() {
             return Ok(PassReport {
                 items: 0,
@@ -586,12 +587,15 @@ impl AntiEntropy {
             if !shared.iter().any(|s| *s) {
                 continue;
             }
-            if !cluster.peers().is_up(&m.id) {
+            let Ok(peer) = m.id.parse::<PeerId>() else {
+                continue;
+            };
+            if !cluster.peers().is_up(&peer) {
                 down += 1;
                 continue;
             }
             peers += 1;
-            match self.sync_peer(&layout, &m.id, &shared, &throttle).await {
+            match self.sync_peer(&layout, &peer, &shared, &throttle).await {
                 Ok(mv) => moved.add(mv),
                 Err(e) => {
                     tracing::debug!(peer = %m.id, error = %e, "anti-entropy with a peer failed");
@@ -628,7 +632,7 @@ impl AntiEntropy {
     async fn sync_peer(
         &self,
         layout: &Arc<Layout>,
-        peer: &str,
+        peer: &PeerId,
         shared: &[bool],
         throttle: &Throttle,
     ) -> Result<Moved, ReplicationError> {
@@ -660,7 +664,7 @@ impl AntiEntropy {
     async fn remote_digests(
         &self,
         layout: &Layout,
-        peer: &str,
+        peer: &PeerId,
         ranges: &[SlotRange],
     ) -> Result<Vec<RangeDigest>, ReplicationError> {
         let mut out = Vec::with_capacity(ranges.len());
@@ -681,7 +685,7 @@ impl AntiEntropy {
 
     async fn call(
         &self,
-        peer: &str,
+        peer: &PeerId,
         req: ReplicateRequest,
     ) -> Result<ReplicateResponse, ReplicationError> {
         self.0
@@ -696,7 +700,7 @@ impl AntiEntropy {
     async fn compare(
         &self,
         layout: &Layout,
-        peer: &str,
+        peer: &PeerId,
         shared: &[bool],
         first_round: bool,
     ) -> Result<Vec<SlotRange>, ReplicationError> {
@@ -751,7 +755,9 @@ impl AntiEntropy {
         Ok(leaves)
     }
 
-    fn agreed(&self, peer: &str, partitions: &[u16]) {
+    fn agreed(&self, peer: &PeerId, partitions: &[u16]) {
+        let peer = peer.to_base58();
+        let peer = peer.as_str();
         if partitions.is_empty() {
             return;
         }
@@ -771,7 +777,9 @@ impl AntiEntropy {
         }
     }
 
-    fn differs(&self, peer: &str, partition: u16, count: bool) {
+    fn differs(&self, peer: &PeerId, partition: u16, count: bool) {
+        let peer = peer.to_base58();
+        let peer = peer.as_str();
         let newly = self
             .state()
             .differing
@@ -813,7 +821,7 @@ impl AntiEntropy {
     /// Every version id of `range` on `peer`, by key.
     async fn remote_ids(
         &self,
-        peer: &str,
+        peer: &PeerId,
         range: SlotRange,
     ) -> Result<BTreeMap<String, BTreeSet<VersionId>>, ReplicationError> {
         let mut out: BTreeMap<String, BTreeSet<VersionId>> = BTreeMap::new();
@@ -843,7 +851,7 @@ impl AntiEntropy {
             }
         }
         Err(ReplicationError::Malformed {
-            peer: peer.to_string(),
+            peer: *peer,
             why: "a slot scan that never ends".into(),
         })
     }
@@ -853,13 +861,13 @@ impl AntiEntropy {
     async fn exchange(
         &self,
         layout: &Layout,
-        peer: &str,
+        peer: &PeerId,
         range: SlotRange,
         throttle: &Throttle,
         count_differing: bool,
     ) -> Result<Moved, ReplicationError> {
         let scheme = layout.partitions();
-        let shared = shared_partitions(layout, self.0.cluster.me(), peer);
+        let shared = shared_partitions(layout, self.0.cluster.me_id(), &peer.to_base58());
         let mut ours = BTreeMap::new();
         let mut theirs = BTreeMap::new();
         for run in shared_runs(scheme, range, &shared) {
@@ -918,7 +926,7 @@ impl AntiEntropy {
     async fn push(
         &self,
         layout: &Layout,
-        peer: &str,
+        peer: &PeerId,
         entries: Vec<KeyVersion>,
         throttle: &Throttle,
     ) -> Result<Moved, ReplicationError> {
@@ -972,7 +980,7 @@ impl AntiEntropy {
 
     async fn pull(
         &self,
-        peer: &str,
+        peer: &PeerId,
         mut wanted: Vec<KeyVersion>,
         throttle: &Throttle,
     ) -> Result<Moved, ReplicationError> {

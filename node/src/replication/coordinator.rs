@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use libp2p::PeerId;
 use slurp_crypto::AuditAction;
 use slurp_protocol::{Temporal, UcxlAddress};
 use slurp_storage::StoredRecord;
@@ -48,17 +49,17 @@ pub struct QuorumOpts {
 /// A peer as errors and logs name it: its node name with the short peer
 /// id in parentheses (`node2 (h7Yq3kLm)`), or the short id alone when its
 /// name is not known yet.
-pub(crate) fn peer_label(name: Option<&str>, peer: &str) -> String {
+pub(crate) fn peer_label(name: Option<&str>, peer: &PeerId) -> String {
     match name {
         Some(n) if !n.is_empty() => format!("{n} ({})", short_peer(peer)),
-        _ => short_peer(peer).to_string(),
+        _ => short_peer(peer),
     }
 }
 
 /// `peer` labelled with the name this node knows for it (its own name
 /// for itself; peers announce theirs when they connect).
-pub(crate) fn cluster_peer_label(cluster: &Cluster, peer: &str) -> String {
-    let name = if peer == cluster.me() {
+pub(crate) fn cluster_peer_label(cluster: &Cluster, peer: &PeerId) -> String {
+    let name = if *peer == cluster.me() {
         Some(cluster.info().name)
     } else {
         cluster
@@ -79,9 +80,9 @@ fn read_quorum_failed(
     acked: usize,
     failed: &[ReplicationError],
 ) -> StoreError {
-    let failed: Vec<(String, String)> = failed
+    let failed: Vec<(PeerId, String)> = failed
         .iter()
-        .map(|e| (e.peer_id().unwrap_or_default().to_string(), e.reason()))
+        .map(|e| (e.peer_id().copied().unwrap_or(cluster.me()), e.reason()))
         .collect();
     quorum_failed("read", &address_of(key), need, acked, &failed, |p| {
         cluster_peer_label(cluster, p)
@@ -95,8 +96,8 @@ pub(crate) fn quorum_failed(
     address: &str,
     need: usize,
     acked: usize,
-    failed: &[(String, String)],
-    label: impl Fn(&str) -> String,
+    failed: &[(PeerId, String)],
+    label: impl Fn(&PeerId) -> String,
 ) -> StoreError {
     let detail = if failed.is_empty() {
         "no replica answered in time".into()
@@ -148,7 +149,7 @@ pub(crate) struct WriteTally {
     pub acked: usize,
     pub need: usize,
     pub created: bool,
-    pub errors: Vec<(String, String)>,
+    pub errors: Vec<(PeerId, String)>,
 }
 
 impl Replicator {
@@ -175,10 +176,10 @@ impl Replicator {
             let need = cluster.write_quorum(opts.w, route.replicas.len());
             // Refuse before writing anywhere when too few replicas are up,
             // so a failed write rarely leaves a copy behind.
-            let up: Vec<&String> = route
+            let up: Vec<&PeerId> = route
                 .replicas
                 .iter()
-                .filter(|r| *r == cluster.me() || cluster.peers().is_up(r))
+                .filter(|r| **r == cluster.me() || cluster.peers().is_up(r))
                 .collect();
             if up.len() < need {
                 self.0.engine.metrics().replication("quorum_failed", 1);
@@ -329,7 +330,7 @@ impl Replicator {
     async fn ask_heads(
         &self,
         cluster: &Cluster,
-        peer: String,
+        peer: PeerId,
         key: &str,
         with_envelope: bool,
     ) -> Result<Head, ReplicationError> {
@@ -405,14 +406,14 @@ impl Replicator {
         if let Some(n) = &newest
             && (with_envelope || n.meta.tombstone)
         {
-            let stale: Vec<String> = ok
+            let stale: Vec<PeerId> = ok
                 .iter()
                 .filter(|(_, h)| {
                     h.latest
                         .as_ref()
                         .is_none_or(|l| l.meta.version < n.meta.version)
                 })
-                .map(|(p, _)| p.clone())
+                .map(|(p, _)| *p)
                 .collect();
             if !stale.is_empty() {
                 self.repair(stale, n.clone());
@@ -422,7 +423,7 @@ impl Replicator {
     }
 
     /// Sends `version` to replicas that lack it, in the background.
-    fn repair(&self, peers: Vec<String>, version: SealedVersion) {
+    fn repair(&self, peers: Vec<PeerId>, version: SealedVersion) {
         // Bounded: past the limit anti-entropy heals the replica instead.
         let Ok(permit) = self.0.repairs.clone().try_acquire_owned() else {
             self.0
@@ -520,7 +521,7 @@ impl Replicator {
             return Ok(Some(rec));
         }
         let cluster = self.cluster();
-        for peer in route.replicas.iter().filter(|p| *p != cluster.me()) {
+        for peer in route.replicas.iter().filter(|p| **p != cluster.me()) {
             let req = ReplicateRequest::GetVersions {
                 key: key.to_string(),
                 versions: Some(vec![version.clone()]),
@@ -555,10 +556,10 @@ impl Replicator {
             })
             .collect();
         let mut waiting: Vec<usize> = items.iter().map(|i| i.route.replicas.len()).collect();
-        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut groups: HashMap<PeerId, Vec<usize>> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             for p in &item.route.replicas {
-                groups.entry(p.clone()).or_default().push(i);
+                groups.entry(*p).or_default().push(i);
             }
         }
         let items = std::sync::Arc::new(items);
@@ -578,7 +579,7 @@ impl Replicator {
                 let _permit = permit;
                 let r = this.send_group(&cluster, &peer, &items, &idx, None).await;
                 let failed = r.is_err();
-                let _ = tx.send((peer.clone(), idx.clone(), r));
+                let _ = tx.send((peer, idx.clone(), r));
                 if failed {
                     this.hint_to_fallbacks(&cluster, &peer, &items, &idx).await;
                 }
@@ -604,9 +605,7 @@ impl Replicator {
                                 tallies[i].created = true;
                             }
                             WirePut::AlreadyPresent => tallies[i].acked += 1,
-                            WirePut::Rejected { reason } => {
-                                tallies[i].errors.push((peer.clone(), reason))
-                            }
+                            WirePut::Rejected { reason } => tallies[i].errors.push((peer, reason)),
                         }
                     }
                     self.0.engine.metrics().replication("replica_ack", 1);
@@ -614,7 +613,7 @@ impl Replicator {
                 Err(e) => {
                     for &i in &idx {
                         waiting[i] -= 1;
-                        tallies[i].errors.push((peer.clone(), e.reason()));
+                        tallies[i].errors.push((peer, e.reason()));
                     }
                     self.0.engine.metrics().replication("replica_fail", 1);
                 }
@@ -633,17 +632,19 @@ impl Replicator {
     pub(super) async fn send_group(
         &self,
         cluster: &Cluster,
-        peer: &str,
+        peer: &PeerId,
         items: &[WriteItem],
         idx: &[usize],
-        hint_for: Option<&str>,
+        hint_for: Option<&PeerId>,
     ) -> Result<Vec<WirePut>, ReplicationError> {
-        if peer == cluster.me() {
+        // Hints name their replica as the wire and the store write it.
+        let hint_for = hint_for.map(|p| p.to_base58());
+        if *peer == cluster.me() {
             let batch = idx
                 .iter()
                 .map(|&i| (items[i].version.clone(), items[i].plain.clone()))
                 .collect();
-            let out = self.0.engine.apply_sealed(batch, hint_for).await;
+            let out = self.0.engine.apply_sealed(batch, hint_for.as_deref()).await;
             return Ok(out.into_iter().map(|o| o.outcome).collect());
         }
         if hint_for.is_none() {
@@ -656,7 +657,7 @@ impl Replicator {
                 .into_iter()
                 .collect::<Result<_, _>>()
                 .map_err(|source| ReplicationError::Peer {
-                    peer: peer.to_string(),
+                    peer: *peer,
                     source,
                 });
         }
@@ -664,7 +665,7 @@ impl Replicator {
             versions: idx.iter().map(|&i| items[i].version.clone()).collect(),
             layout_version: Some(cluster.layout_version()),
             write_quorum_id: None,
-            hint_for: hint_for.map(str::to_string),
+            hint_for,
         };
         match cluster.replicate(peer, req).await {
             Ok(ReplicateResponse::Stored { outcomes }) if outcomes.len() == idx.len() => {
@@ -682,31 +683,36 @@ mod tests {
 
     const A: &str = "ucxl://claude:developer@shop:checkout/*~3/src/auth.rs";
 
+    /// Two peers, and their ids' last 8 characters as labels show them.
+    fn two_peers() -> (PeerId, String, PeerId, String) {
+        let one = PeerId::random();
+        let two = PeerId::random();
+        let short = |p: &PeerId| {
+            let s = p.to_base58();
+            s[s.len() - 8..].to_string()
+        };
+        (one, short(&one), two, short(&two))
+    }
+
     #[test]
     fn a_failed_write_names_the_write_the_address_and_the_peers() {
-        let names = |p: &str| {
-            let name = match p {
-                "12D3KooWPeerOneAAAAAAAAaaaa1111" => Some("node1"),
-                _ => None,
-            };
+        let (one, one_short, two, two_short) = two_peers();
+        let names = |p: &PeerId| {
+            let name = (*p == one).then_some("node1");
             peer_label(name, p)
         };
         let failed = vec![
-            (
-                "12D3KooWPeerOneAAAAAAAAaaaa1111".to_string(),
-                "did not answer within 2s".to_string(),
-            ),
-            (
-                "12D3KooWPeerTwoBBBBBBBBbbbb2222".to_string(),
-                "connection refused".to_string(),
-            ),
+            (one, "did not answer within 2s".to_string()),
+            (two, "connection refused".to_string()),
         ];
         let e = quorum_failed("write", A, 2, 1, &failed, names);
         assert_eq!(
             e.to_string(),
-            "write of ucxl://claude:developer@shop:checkout/*~3/src/auth.rs: 1 of the 2 \
-             replicas needed answered (node1 (aaaa1111): did not answer within 2s; \
-             bbbb2222: connection refused)"
+            format!(
+                "write of ucxl://claude:developer@shop:checkout/*~3/src/auth.rs: 1 of the 2 \
+                 replicas needed answered (node1 ({one_short}): did not answer within 2s; \
+                 {two_short}: connection refused)"
+            )
         );
         // The parent read of a write failed: still the write, and where.
         let read = quorum_failed(
@@ -740,11 +746,9 @@ mod tests {
 
     #[test]
     fn peers_without_a_known_name_are_their_short_id() {
-        assert_eq!(
-            peer_label(Some("node2"), "12D3KooWxyz12345678"),
-            "node2 (12345678)"
-        );
-        assert_eq!(peer_label(Some(""), "12D3KooWxyz12345678"), "12345678");
-        assert_eq!(peer_label(None, "abc"), "abc");
+        let (p, short, _, _) = two_peers();
+        assert_eq!(peer_label(Some("node2"), &p), format!("node2 ({short})"));
+        assert_eq!(peer_label(Some(""), &p), short);
+        assert_eq!(peer_label(None, &p), short);
     }
 }

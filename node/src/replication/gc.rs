@@ -21,6 +21,7 @@
 //! already present and not stored. Markers are dropped after
 //! `replication.gc_keep_collected`. `docs/cluster.md` has the proof sketch.
 
+use libp2p::PeerId;
 use slurp_protocol::VersionId;
 use slurp_protocol::messages::{CollectState, KeyVersion, ReplicateRequest, ReplicateResponse};
 use slurp_storage::{CollectOutcome, Store};
@@ -124,7 +125,7 @@ impl TombstoneGc {
                 note: "no layout yet".into(),
             });
         };
-        let me = self.cluster.me().to_string();
+        let me = self.cluster.me_id().to_string();
         let min_age = self.config.gc_min_age.as_millis() as u64;
         let mut collected = 0u64;
         let mut held_back = 0u64;
@@ -135,10 +136,10 @@ impl TombstoneGc {
             if layout.primary(partition).is_none_or(|m| m.id != me) {
                 continue;
             }
-            let others: Vec<String> = layout
+            let others: Vec<PeerId> = layout
                 .replica_members(partition)
                 .filter(|m| m.id != me)
-                .map(|m| m.id.clone())
+                .filter_map(|m| m.id.parse().ok())
                 .collect();
             let slots = layout.partitions().slots(partition);
             let mut after: Option<String> = None;
@@ -198,7 +199,7 @@ impl TombstoneGc {
     /// collected and how many are not on every replica yet.
     async fn collect(
         &self,
-        others: &[String],
+        others: &[PeerId],
         entries: Vec<KeyVersion>,
     ) -> Result<(u64, u64), ReplicationError> {
         let local = self.store.local();
@@ -236,7 +237,7 @@ impl TombstoneGc {
 
     async fn ask(
         &self,
-        peer: &str,
+        peer: &PeerId,
         entries: &[KeyVersion],
         apply: bool,
     ) -> Result<Vec<CollectState>, ReplicationError> {

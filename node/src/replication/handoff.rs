@@ -10,6 +10,7 @@
 //! live in the local store beside the versions they name, so they survive
 //! a restart of either side.
 
+use libp2p::PeerId;
 use std::collections::HashMap;
 
 use slurp_protocol::messages::PutOutcome as WirePut;
@@ -27,13 +28,13 @@ impl Replicator {
     pub(super) async fn hint_to_fallbacks(
         &self,
         cluster: &Cluster,
-        down: &str,
+        down: &PeerId,
         items: &[WriteItem],
         idx: &[usize],
     ) {
         // Versions of one batch may belong to different partitions; group
         // them by their first fallback.
-        let mut by_fallbacks: HashMap<Vec<String>, Vec<usize>> = HashMap::new();
+        let mut by_fallbacks: HashMap<Vec<PeerId>, Vec<usize>> = HashMap::new();
         for &i in idx {
             let mut f = items[i].route.fallbacks();
             cluster.order(&mut f);
@@ -152,7 +153,13 @@ pub async fn pass(
             tracing::warn!(target = %t.target, dropped, "dropped hints for a peer that left the layout");
             continue;
         }
-        if !cluster.peers().is_up(&t.target) {
+        let Ok(target) = t.target.parse::<PeerId>() else {
+            // Hints are written only for layout members, which are peer
+            // ids; one that is not names nobody to hand it to.
+            tracing::warn!(target = %t.target, "hints for a target that is not a peer id stay");
+            continue;
+        };
+        if !cluster.peers().is_up(&target) {
             waiting += t.count;
             continue;
         }
@@ -186,7 +193,7 @@ pub async fn pass(
                 hint_for: None,
             };
             let mut done = gone;
-            match cluster.replicate(&t.target, req).await {
+            match cluster.replicate(&target, req).await {
                 Ok(ReplicateResponse::Stored { outcomes }) => {
                     for ((h, _), o) in versions.iter().zip(outcomes) {
                         if !matches!(o.outcome, WirePut::Rejected { .. }) {
@@ -238,7 +245,7 @@ async fn drop_hinted_copies(
     let Some(layout) = cluster.layout() else {
         return Ok(0);
     };
-    let me = layout.member_index(cluster.me());
+    let me = layout.member_index(cluster.me_id());
     let mut copies: Vec<(String, slurp_protocol::VersionId)> = handed
         .iter()
         .filter(|h| me.is_none_or(|m| !layout.replicas_for_key(&h.key).contains(&m)))

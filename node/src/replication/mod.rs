@@ -32,6 +32,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use libp2p::PeerId;
+
 use crate::cluster::{Cluster, ClusterError, Route, short_peer};
 use crate::error::StoreError;
 use crate::store::Engine;
@@ -194,26 +196,26 @@ pub enum ReplicationError {
     /// one request carried several callers' items).
     #[error("{}: {source}", short_peer(peer))]
     Peer {
-        peer: String,
+        peer: PeerId,
         #[source]
         source: Arc<ClusterError>,
     },
     /// The peer did not answer within the strategy's limit.
     #[error("{} did not answer within {after:?}", short_peer(peer))]
-    Timeout { peer: String, after: Duration },
+    Timeout { peer: PeerId, after: Duration },
     /// This node's own store, acting as a replica of the request, refused
     /// or failed it (its reason).
     #[error("{}: {reason}", short_peer(peer))]
-    Rejected { peer: String, reason: String },
+    Rejected { peer: PeerId, reason: String },
     /// The peer answered with a message that does not answer the request.
     #[error(
         "{}: answered a request for {asked} with something else",
         short_peer(peer)
     )]
-    Unexpected { peer: String, asked: &'static str },
+    Unexpected { peer: PeerId, asked: &'static str },
     /// The peer's answer breaks the protocol.
     #[error("{}: {why}", short_peer(peer))]
-    Malformed { peer: String, why: String },
+    Malformed { peer: PeerId, why: String },
     /// This node's own store failed.
     #[error("local store: {0}")]
     Local(#[from] slurp_storage::ReadError),
@@ -223,9 +225,9 @@ pub enum ReplicationError {
 }
 
 impl ReplicationError {
-    pub(crate) fn peer(peer: &str, source: ClusterError) -> Self {
+    pub(crate) fn peer(peer: &PeerId, source: ClusterError) -> Self {
         ReplicationError::Peer {
-            peer: peer.to_string(),
+            peer: *peer,
             source: Arc::new(source),
         }
     }
@@ -246,15 +248,12 @@ impl ReplicationError {
         }
     }
 
-    pub(crate) fn unexpected(peer: &str, asked: &'static str) -> Self {
-        ReplicationError::Unexpected {
-            peer: peer.to_string(),
-            asked,
-        }
+    pub(crate) fn unexpected(peer: &PeerId, asked: &'static str) -> Self {
+        ReplicationError::Unexpected { peer: *peer, asked }
     }
 
     /// The peer the error is about, if it is about one.
-    pub fn peer_id(&self) -> Option<&str> {
+    pub fn peer_id(&self) -> Option<&PeerId> {
         match self {
             ReplicationError::Peer { peer, .. }
             | ReplicationError::Timeout { peer, .. }

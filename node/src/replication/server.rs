@@ -10,6 +10,7 @@
 //! index as held but not openable, never an error. Nothing here needs or
 //! produces plaintext beyond that in-memory index entry.
 
+use libp2p::PeerId;
 use slurp_protocol::messages::{
     ErrorCode, KeyScope, KeyVersions, RemoteError, ReplicateRequest, ReplicateResponse,
     SealedVersion,
@@ -29,7 +30,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> ReplicateResponse {
 impl Replicator {
     /// Answers a replication request from `peer` (a member: the network
     /// layer admits no one else).
-    pub async fn serve_replicate(&self, peer: &str, req: ReplicateRequest) -> ReplicateResponse {
+    pub async fn serve_replicate(&self, peer: &PeerId, req: ReplicateRequest) -> ReplicateResponse {
         let max = self.0.engine.options().batch_size.max(1);
         match req {
             ReplicateRequest::PutVersions {

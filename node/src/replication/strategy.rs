@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use libp2p::PeerId;
 
 use super::ReplicationError;
 use crate::cluster::Cluster;
@@ -62,7 +63,7 @@ impl RequestStrategy {
     }
 
     /// `candidates` in the order they are tried.
-    pub fn order(&self, cluster: &Cluster, candidates: &[String]) -> Vec<String> {
+    pub fn order(&self, cluster: &Cluster, candidates: &[PeerId]) -> Vec<PeerId> {
         let mut c = candidates.to_vec();
         if self.local_first {
             cluster.order(&mut c);
@@ -74,7 +75,7 @@ impl RequestStrategy {
 /// What [`try_call_many`] gathered: the answers, in the order they came,
 /// and the failures, each naming its peer.
 pub struct Gathered<T> {
-    pub ok: Vec<(String, T)>,
+    pub ok: Vec<(PeerId, T)>,
     pub failed: Vec<ReplicationError>,
 }
 
@@ -90,12 +91,12 @@ impl<T> Gathered<T> {
 /// failure (at most `strategy.spare` more), until the quorum answered or
 /// the candidates ran out.
 pub async fn try_call_many<T, F, Fut>(
-    candidates: &[String],
+    candidates: &[PeerId],
     strategy: &RequestStrategy,
     call: F,
 ) -> Gathered<T>
 where
-    F: Fn(String) -> Fut,
+    F: Fn(PeerId) -> Fut,
     Fut: Future<Output = Result<T, ReplicationError>>,
 {
     let mut ok = Vec::new();
@@ -107,16 +108,16 @@ where
         .cloned();
     let call = &call;
     let limit = strategy.timeout;
-    let launch = |p: String| async move {
+    let launch = |p: PeerId| async move {
         let r = match limit {
-            Some(limit) => match tokio::time::timeout(limit, call(p.clone())).await {
+            Some(limit) => match tokio::time::timeout(limit, call(p)).await {
                 Ok(r) => r,
                 Err(_) => Err(ReplicationError::Timeout {
-                    peer: p.clone(),
+                    peer: p,
                     after: limit,
                 }),
             },
-            None => call(p.clone()).await,
+            None => call(p).await,
         };
         (p, r)
     };
@@ -146,13 +147,18 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    fn peers(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("p{i}")).collect()
+    /// Peer `i` of a test: an identity peer id holding `i`.
+    fn peer(i: u8) -> PeerId {
+        PeerId::from_bytes(&[0, 1, i]).expect("an identity multihash")
     }
 
-    fn down(peer: &str) -> ReplicationError {
+    fn peers(n: u8) -> Vec<PeerId> {
+        (0..n).map(peer).collect()
+    }
+
+    fn down(peer: &PeerId) -> ReplicationError {
         ReplicationError::Malformed {
-            peer: peer.to_string(),
+            peer: *peer,
             why: "down".into(),
         }
     }
@@ -161,25 +167,27 @@ mod tests {
     async fn failures_are_replaced_by_the_next_candidates_until_the_quorum_answers() {
         let asked = Mutex::new(Vec::new());
         let g = try_call_many(&peers(5), &RequestStrategy::quorum(2), |p| {
-            asked.lock().unwrap().push(p.clone());
-            async move { if p == "p0" { Err(down(&p)) } else { Ok(p) } }
+            asked.lock().unwrap().push(p);
+            async move { if p == peer(0) { Err(down(&p)) } else { Ok(p) } }
         })
         .await;
         assert!(g.reached(&RequestStrategy::quorum(2)));
         assert_eq!(g.ok.len(), 2);
         assert_eq!(g.failed.len(), 1);
-        assert_eq!(g.failed[0].peer_id(), Some("p0"));
+        assert_eq!(g.failed[0].peer_id(), Some(&peer(0)));
         // p0 and p1 first, then p2 for p0's failure; p3 and p4 never.
         let mut asked = asked.into_inner().unwrap();
         asked.sort();
-        assert_eq!(asked, vec!["p0", "p1", "p2"]);
+        let mut want = vec![peer(0), peer(1), peer(2)];
+        want.sort();
+        assert_eq!(asked, want);
     }
 
     #[tokio::test]
     async fn no_spare_means_only_the_first_quorum_is_asked() {
         let s = RequestStrategy::quorum(2).with_spare(0);
         let g = try_call_many(&peers(4), &s, |p| async move {
-            if p == "p1" { Err(down(&p)) } else { Ok(()) }
+            if p == peer(1) { Err(down(&p)) } else { Ok(()) }
         })
         .await;
         assert!(!g.reached(&s));
@@ -197,7 +205,7 @@ mod tests {
         .await;
         assert!(matches!(
             &g.failed[..],
-            [ReplicationError::Timeout { peer, .. }] if peer == "p0"
+            [ReplicationError::Timeout { peer: p, .. }] if *p == peer(0)
         ));
     }
 }

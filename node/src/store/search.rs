@@ -46,6 +46,7 @@ use crate::error::StoreError;
 use crate::replication::Replicator;
 use crate::replication::coordinator::cluster_peer_label;
 use crate::tokens::Principal;
+use libp2p::PeerId;
 
 /// One search hit, decrypted for the caller.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -439,13 +440,13 @@ impl ContextStore {
         &self,
         cluster: &Cluster,
         index: &Arc<ContextIndex>,
-        peer: &str,
+        peer: &PeerId,
         query: &SearchQuery,
         scope: &SlotScope,
         stats: Option<&QueryStatistics>,
     ) -> Result<Share, ShareError> {
         let failed = |e: &dyn std::fmt::Display| ShareError::Failed(e.to_string());
-        if peer == cluster.me() {
+        if *peer == cluster.me() {
             let (index, query, scope, stats) =
                 (index.clone(), query.clone(), scope.clone(), stats.cloned());
             return tokio::task::spawn_blocking(move || match stats {
@@ -522,9 +523,9 @@ impl ContextStore {
         let shard_query = query.clone();
         super::bounded(self.options().operation_timeout, async {
             let index_start = Instant::now();
-            let mut excluded: Vec<String> = Vec::new();
+            let mut excluded: Vec<PeerId> = Vec::new();
             let mut missing;
-            let mut stats_by: HashMap<String, QueryStatistics>;
+            let mut stats_by: HashMap<PeerId, QueryStatistics>;
             let mut plan;
             // Statistics round; a node that fails is replaced by another
             // replica of its partitions once.
@@ -535,7 +536,7 @@ impl ContextStore {
                 missing = m;
                 let asks = plan.iter().map(|(peer, parts)| {
                     let scope = SlotScope::from_partitions(&scheme, parts.iter().copied());
-                    let (peer, shard_query, index) = (peer.clone(), &shard_query, &index);
+                    let (peer, shard_query, index) = (*peer, &shard_query, &index);
                     async move {
                         let r = self
                             .search_share(cluster, index, &peer, shard_query, &scope, None)
@@ -589,7 +590,7 @@ impl ContextStore {
                     .map(|(peer, parts)| {
                         let scope = SlotScope::from_partitions(&scheme, parts.iter().copied());
                         let (peer, shard_query, index, merged) =
-                            (peer.clone(), &shard_query, &index, &merged);
+                            (*peer, &shard_query, &index, &merged);
                         async move {
                             let r = self
                                 .search_share(
@@ -768,7 +769,7 @@ pub(crate) async fn list_cluster(
     let asks = plan.iter().map(|(peer, parts)| {
         let scope = slurp_index::SlotScope::from_partitions(&scheme, parts.iter().copied());
         async move {
-            if peer == cluster.me() {
+            if *peer == cluster.me() {
                 return engine.list(pattern, after, limit, Some(&scope), &caller.role);
             }
             let req = SearchRequest::List {

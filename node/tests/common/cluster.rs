@@ -134,6 +134,11 @@ impl Cluster {
         self.peers[i].clone()
     }
 
+    /// Node `i`'s peer id.
+    pub fn peer_id(&self, i: usize) -> libp2p::PeerId {
+        self.peers[i].parse().expect("a peer id")
+    }
+
     pub async fn stop(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].take() {
             n.close().await;
@@ -228,7 +233,7 @@ impl Cluster {
                 running.iter().filter(|p| **p != me).all(|p| {
                     n.cluster
                         .peers()
-                        .get(p)
+                        .get(&p.parse().expect("a peer id"))
                         .is_some_and(|s| s.failures == 0 && s.last_ok.is_some())
                 })
             })
