@@ -189,11 +189,16 @@ pub struct FacetCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Incomplete {
+    /// Partitions no reachable node answered for.
     MissingPartitions,
+    /// An answering node's index is still being rebuilt from its store.
     IndexRebuilding,
+    /// An answering node's index rebuild failed.
     IndexRebuildFailed,
-    Unopenable,
-    UnreadableHits,
+    /// Records in scope that the node holding them cannot open.
+    UnopenableRecords,
+    /// Hits that could not be read or opened for the caller.
+    HitsLeftOut,
     /// A reason this client does not know yet.
     #[serde(other)]
     Other,
