@@ -27,14 +27,14 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use slurp_index::SearchQuery;
 use slurp_protocol::api::{
-    self as wire, ApplyResponse, BatchGetRequest, BatchPutItem, BatchPutRequest,
-    BatchesResponse, ClusterInitResponse, ClusterStatusResponse, Component, CreateTokenRequest,
-    CreateTokenResponse, ErrorBody, ErrorDetail, ExistsResponse, GrantRequest, GrantResponse,
-    HealthComponents, HealthResponse, HistoryResponse, InviteRequest, InviteResponse, InviteView,
-    InvitesResponse, JoinRequest, JoinResponse, KeyStatusResponse, KeysResponse, LiveResponse,
-    PlacementResponse, RemoveRequest, RemoveResponse, ReplicaView, RewrapStatus, RoleKeyStatus,
-    RotateKeyRequest, RotateKeyResponse, StatusResponse, TimeArg, TokensResponse,
-    TriggeredResponse, WhoamiResponse, WorkersResponse,
+    self as wire, ApplyResponse, BatchGetRequest, BatchPutItem, BatchPutRequest, BatchesResponse,
+    ClusterInitResponse, ClusterStatusResponse, Component, CreateTokenRequest, CreateTokenResponse,
+    ErrorBody, ErrorDetail, ExistsResponse, GrantRequest, GrantResponse, HealthComponents,
+    HealthResponse, HistoryResponse, InviteRequest, InviteResponse, InviteView, InvitesResponse,
+    JoinRequest, JoinResponse, KeyStatusResponse, KeysResponse, LiveResponse, PlacementResponse,
+    RemoveRequest, RemoveResponse, ReplicaView, RewrapStatus, RoleKeyStatus, RotateKeyRequest,
+    RotateKeyResponse, StatusResponse, TimeArg, TokensResponse, TriggeredResponse, WhoamiResponse,
+    WorkersResponse,
 };
 use slurp_protocol::{Authority, UcxlAddress};
 
@@ -560,7 +560,9 @@ async fn batch_put(
     ApiJson(body): ApiJson<BatchPutRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let items = body.items.into_iter().map(BatchStoreItem::from).collect();
-    Ok(Json(node.store.batch_put(&caller, items, body.atomic).await?))
+    Ok(Json(
+        node.store.batch_put(&caller, items, body.atomic).await?,
+    ))
 }
 
 async fn batch_get(
@@ -573,7 +575,13 @@ async fn batch_get(
 
 async fn batches(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
     Json(BatchesResponse {
-        batches: node.store.batches().list().into_iter().map(Into::into).collect(),
+        batches: node
+            .store
+            .batches()
+            .list()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     })
 }
 
@@ -669,7 +677,8 @@ async fn create_token(
         .roles()
         .get(&body.role)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "unknown_role", e.to_string()))?;
-    let limits = token_limits(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    let limits = token_limits(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
     let (entry, token) = node
         .tokens
         .create_limited(role, &body.label, limits)
@@ -986,7 +995,13 @@ async fn status(
             bytes: node.store.cache().weighted_size(),
         },
         workers: node.workers.list(),
-        batches: node.store.batches().list().into_iter().map(Into::into).collect(),
+        batches: node
+            .store
+            .batches()
+            .list()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         roles: roles.roles().cloned().collect(),
         keys: roles
             .roles()
@@ -1001,7 +1016,11 @@ async fn status(
             peer_id: node.cluster.me().to_string(),
             layout_version: node.cluster.layout_version(),
             member: node.cluster.is_member(),
-            members: node.cluster.layout().map(|l| l.members().len()).unwrap_or(0),
+            members: node
+                .cluster
+                .layout()
+                .map(|l| l.members().len())
+                .unwrap_or(0),
         },
     }))
 }
@@ -1287,7 +1306,10 @@ async fn run_worker(
     node.workers
         .trigger(&name)
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
-    Ok((StatusCode::ACCEPTED, Json(TriggeredResponse { triggered: name })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TriggeredResponse { triggered: name }),
+    ))
 }
 
 fn component(ok: bool, detail: String) -> Component {
@@ -1513,7 +1535,12 @@ fn token_view(t: TokenEntry) -> wire::TokenView {
         label: t.label,
         created_at_ms: t.created_at_ms,
         revoked_at_ms: t.revoked_at_ms,
-        allow_from: t.limits.allow_from.iter().map(ToString::to_string).collect(),
+        allow_from: t
+            .limits
+            .allow_from
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         not_before_ms: t.limits.not_before_ms,
         not_after_ms: t.limits.not_after_ms,
     }
@@ -1808,13 +1835,11 @@ mod tests {
             failed: 0,
             aborted: false,
             took_ms: 3,
-            results: vec![
-                BatchItemResult {
-                    index: 0,
-                    ok: Some(put),
-                    error: None,
-                },
-            ],
+            results: vec![BatchItemResult {
+                index: 0,
+                ok: Some(put),
+                error: None,
+            }],
         });
         same_shape::<wire::BatchGetResponse>(&BatchReport {
             id: 1,

@@ -16,14 +16,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use slurp_protocol::api::{
     ApplyResponse, AuditTailResponse, AuditVerifyResponse, BatchGetRequest, BatchGetResponse,
-    BatchPutRequest, BatchPutResponse, ClusterInitResponse, ClusterStatusResponse,
-    ContextResponse, CreateTokenRequest, CreateTokenResponse, ErrorBody, GrantRequest,
-    GrantResponse, HealthResponse, HistoryResponse, InviteRequest, InviteResponse,
-    InvitesResponse, JoinRequest, JoinResponse, KeyStatusResponse, KeysResponse, LinksResponse,
-    ListResponse, PlacementResponse, PutContextRequest, PutResponse, RemoveRequest,
-    RemoveResponse, ResolveResponse, RotateKeyRequest, RotateKeyResponse, SearchRequest,
-    SearchResponse, StatusResponse, TokenView, TokensResponse, TriggeredResponse,
-    WhoamiResponse, WorkersResponse,
+    BatchPutRequest, BatchPutResponse, ClusterInitResponse, ClusterStatusResponse, ContextResponse,
+    CreateTokenRequest, CreateTokenResponse, ErrorBody, GrantRequest, GrantResponse,
+    HealthResponse, HistoryResponse, InviteRequest, InviteResponse, InvitesResponse, JoinRequest,
+    JoinResponse, KeyStatusResponse, KeysResponse, LinksResponse, ListResponse, PlacementResponse,
+    PutContextRequest, PutResponse, RemoveRequest, RemoveResponse, ResolveResponse,
+    RotateKeyRequest, RotateKeyResponse, SearchRequest, SearchResponse, StatusResponse, TokenView,
+    TokensResponse, TriggeredResponse, WhoamiResponse, WorkersResponse,
 };
 
 /// What kind of failure a request met.
@@ -385,7 +384,10 @@ impl Client {
         limit: usize,
         after: Option<&str>,
     ) -> Result<ListResponse, ClientError> {
-        let mut q = vec![("pattern", pattern.to_string()), ("limit", limit.to_string())];
+        let mut q = vec![
+            ("pattern", pattern.to_string()),
+            ("limit", limit.to_string()),
+        ];
         if let Some(a) = after {
             q.push(("after", a.to_string()));
         }
@@ -446,7 +448,10 @@ impl Client {
         self.get_as("/v1/keys", &[]).await
     }
 
-    pub async fn rotate_key(&self, req: &RotateKeyRequest) -> Result<RotateKeyResponse, ClientError> {
+    pub async fn rotate_key(
+        &self,
+        req: &RotateKeyRequest,
+    ) -> Result<RotateKeyResponse, ClientError> {
         self.post_as("/v1/keys/rotate", req).await
     }
 
