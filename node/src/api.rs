@@ -25,8 +25,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use slurp_index::SearchQuery;
+use slurp_protocol::api::{
+    self as wire, ApplyResponse, BatchGetRequest, BatchPutItem, BatchPutRequest, BatchesResponse,
+    ClusterInitResponse, ClusterStatusResponse, Component, CreateTokenRequest, CreateTokenResponse,
+    ErrorBody, ErrorDetail, ExistsResponse, GrantRequest, GrantResponse, HealthComponents,
+    HealthResponse, HistoryResponse, InviteRequest, InviteResponse, InviteView, InvitesResponse,
+    JoinRequest, JoinResponse, KeyStatusResponse, KeysResponse, LiveResponse, PlacementResponse,
+    RemoveRequest, RemoveResponse, ReplicaView, RewrapStatus, RoleKeyStatus, RotateKeyRequest,
+    RotateKeyResponse, StatusResponse, TimeArg, TokensResponse, TriggeredResponse, WhoamiResponse,
+    WorkersResponse,
+};
 use slurp_protocol::{Authority, UcxlAddress};
 
 use crate::error::StoreError;
@@ -57,7 +66,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code,
+                    message: self.message,
+                },
+            }),
         )
             .into_response()
     }
@@ -486,9 +500,11 @@ async fn history(
     ApiQuery(q): ApiQuery<AddressQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
-    Ok(Json(
-        json!({"address": a.with_temporal(slurp_protocol::Temporal::Any).to_string(), "versions": node.store.history(&caller, &a).await?}),
-    ))
+    let versions = node.store.history(&caller, &a).await?;
+    Ok(Json(HistoryResponse {
+        address: a.with_temporal(slurp_protocol::Temporal::Any).to_string(),
+        versions: versions.into_iter().map(Into::into).collect(),
+    }))
 }
 
 async fn exists(
@@ -497,9 +513,9 @@ async fn exists(
     ApiQuery(q): ApiQuery<AddressQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
-    Ok(Json(
-        json!({"exists": node.store.exists(&caller, &a).await?}),
-    ))
+    Ok(Json(ExistsResponse {
+        exists: node.store.exists(&caller, &a).await?,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -532,48 +548,41 @@ async fn search(
     Caller(caller): Caller,
     ApiJson(mut body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    body.insert("role".into(), json!(caller.role));
+    body.insert("role".into(), caller.role.to_string().into());
     let q: SearchQuery = serde_json::from_value(serde_json::Value::Object(body))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
     Ok(Json(node.store.search(&caller, q).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchPutBody {
-    items: Vec<BatchStoreItem>,
-    #[serde(default)]
-    atomic: bool,
-}
-
 async fn batch_put(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(body): ApiJson<BatchPutBody>,
+    ApiJson(body): ApiJson<BatchPutRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let items = body.items.into_iter().map(BatchStoreItem::from).collect();
     Ok(Json(
-        node.store
-            .batch_put(&caller, body.items, body.atomic)
-            .await?,
+        node.store.batch_put(&caller, items, body.atomic).await?,
     ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchGetBody {
-    addresses: Vec<String>,
 }
 
 async fn batch_get(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(body): ApiJson<BatchGetBody>,
+    ApiJson(body): ApiJson<BatchGetRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.store.batch_get(&caller, body.addresses).await?))
 }
 
 async fn batches(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
-    Json(json!({"batches": node.store.batches().list()}))
+    Json(BatchesResponse {
+        batches: node
+            .store
+            .batches()
+            .list()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    })
 }
 
 async fn resolve(
@@ -604,51 +613,22 @@ async fn links(
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    role: String,
-    #[serde(default)]
-    label: String,
-    /// Networks (CIDR) the token may be used from; none: anywhere.
-    #[serde(default)]
-    allow_from: Vec<String>,
-    /// RFC 3339 (UTC) or milliseconds since the Unix epoch.
-    #[serde(default)]
-    not_before: Option<TimeArg>,
-    #[serde(default)]
-    not_after: Option<TimeArg>,
-    /// A duration (`1h`, `30m`): `not_after` is this long after
-    /// `not_before`, or after now.
-    #[serde(default)]
-    valid_for: Option<String>,
-}
-
-/// A time in a request: milliseconds since the Unix epoch, or text.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TimeArg {
-    Ms(u64),
-    Text(String),
-}
-
-impl TimeArg {
-    fn ms(&self, field: &str) -> Result<u64, String> {
-        match self {
-            TimeArg::Ms(ms) => Ok(*ms),
-            TimeArg::Text(s) => crate::tokens::parse_time(s).map_err(|e| format!("{field}: {e}")),
-        }
+/// The milliseconds of a time in a request.
+fn time_ms(t: &TimeArg, field: &str) -> Result<u64, String> {
+    match t {
+        TimeArg::Ms(ms) => Ok(*ms),
+        TimeArg::Text(s) => crate::tokens::parse_time(s).map_err(|e| format!("{field}: {e}")),
     }
 }
 
-impl TokenBody {
-    /// The limits the body asks for, checked.
-    fn limits(&self) -> Result<TokenLimits, String> {
+/// The limits a token request asks for, checked.
+fn token_limits(body: &CreateTokenRequest) -> Result<TokenLimits, String> {
+    {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let allow_from = self
+        let allow_from = body
             .allow_from
             .iter()
             .enumerate()
@@ -656,17 +636,17 @@ impl TokenBody {
                 crate::tokens::parse_network(n).map_err(|e| format!("allow_from[{i}]: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let not_before_ms = self
+        let not_before_ms = body
             .not_before
             .as_ref()
-            .map(|t| t.ms("not_before"))
+            .map(|t| time_ms(t, "not_before"))
             .transpose()?;
-        let mut not_after_ms = self
+        let mut not_after_ms = body
             .not_after
             .as_ref()
-            .map(|t| t.ms("not_after"))
+            .map(|t| time_ms(t, "not_after"))
             .transpose()?;
-        if let Some(d) = &self.valid_for {
+        if let Some(d) = &body.valid_for {
             if not_after_ms.is_some() {
                 return Err("give not_after or valid_for, not both".into());
             }
@@ -689,7 +669,7 @@ impl TokenBody {
 async fn create_token(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(body): ApiJson<TokenBody>,
+    ApiJson(body): ApiJson<CreateTokenRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
     let role = node
@@ -697,8 +677,7 @@ async fn create_token(
         .roles()
         .get(&body.role)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "unknown_role", e.to_string()))?;
-    let limits = body
-        .limits()
+    let limits = token_limits(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
     let (entry, token) = node
         .tokens
@@ -716,11 +695,20 @@ async fn create_token(
     node.cluster.share_tokens(vec![entry.to_record()]);
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": entry.id, "role": entry.role, "label": entry.label, "token": token,
-            "allow_from": entry.limits.allow_from, "not_before_ms": entry.limits.not_before_ms,
-            "not_after_ms": entry.limits.not_after_ms,
-        })),
+        Json(CreateTokenResponse {
+            allow_from: entry
+                .limits
+                .allow_from
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            not_before_ms: entry.limits.not_before_ms,
+            not_after_ms: entry.limits.not_after_ms,
+            id: entry.id,
+            role: entry.role,
+            label: entry.label,
+            token: token.to_string(),
+        }),
     ))
 }
 
@@ -729,7 +717,9 @@ async fn list_tokens(
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
-    Ok(Json(json!({"tokens": node.tokens.list()})))
+    Ok(Json(TokensResponse {
+        tokens: node.tokens.list().into_iter().map(token_view).collect(),
+    }))
 }
 
 async fn revoke_token(
@@ -752,7 +742,7 @@ async fn revoke_token(
         )
         .await;
     node.cluster.share_tokens(vec![entry.to_record()]);
-    Ok(Json(entry))
+    Ok(Json(token_view(entry)))
 }
 
 /// [`require_admin`] for the audit and key routes, which are themselves
@@ -869,19 +859,15 @@ async fn list_keys(
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     admin_audited(&node, &caller, "key_list", "keys").await?;
-    Ok(Json(json!({"keys": node.custody.key_views()})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateBody {
-    role: slurp_protocol::RoleName,
+    Ok(Json(KeysResponse {
+        keys: node.custody.key_views(),
+    }))
 }
 
 async fn rotate_key(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(body): ApiJson<RotateBody>,
+    ApiJson(body): ApiJson<RotateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
     if !node.store.roles().contains(&body.role) {
@@ -907,12 +893,12 @@ async fn rotate_key(
         .await;
     // Start moving stored records onto the new epoch now.
     let _ = node.workers.trigger("key-rewrap");
-    Ok(Json(json!({
-        "role": body.role,
-        "epoch": epoch,
-        "fingerprint": fingerprint.to_hex(),
-        "directory_version": node.cluster.keys_version(),
-    })))
+    Ok(Json(RotateKeyResponse {
+        role: body.role,
+        epoch,
+        fingerprint: fingerprint.to_hex(),
+        directory_version: node.cluster.keys_version(),
+    }))
 }
 
 /// Every role's current epoch, what this node holds, and how far the
@@ -926,27 +912,34 @@ async fn key_status(
     let mut roles = Vec::new();
     for role in node.store.roles().roles() {
         let current = keyring.current_public(role);
-        roles.push(json!({
-            "role": role,
-            "current_epoch": current.map(|k| k.epoch()),
-            "current_fingerprint": current.map(|k| k.fingerprint().to_hex()),
-            "held_epochs": keyring.keys().filter(|k| k.role() == role).map(|k| k.epoch()).collect::<Vec<_>>(),
-        }));
+        roles.push(RoleKeyStatus {
+            role: role.clone(),
+            current_epoch: current.map(|k| k.epoch()),
+            current_fingerprint: current.map(|k| k.fingerprint().to_hex()),
+            held_epochs: keyring
+                .keys()
+                .filter(|k| k.role() == role)
+                .map(|k| k.epoch())
+                .collect(),
+        });
     }
     let worker = node.workers.get("key-rewrap");
-    Ok(Json(json!({
-        "directory_version": node.cluster.keys_version(),
-        "keys_held": node.cluster.granted_roles_held(),
-        "roles": roles,
-        "rewrap": {
-            "pending": node.metrics.key_rewrap_pending.get(),
-            "worker": worker,
+    Ok(Json(KeyStatusResponse {
+        directory_version: node.cluster.keys_version(),
+        keys_held: node.cluster.granted_roles_held(),
+        roles,
+        rewrap: RewrapStatus {
+            pending: node.metrics.key_rewrap_pending.get(),
+            worker,
         },
-    })))
+    }))
 }
 
 async fn whoami(Caller(caller): Caller) -> impl IntoResponse {
-    Json(json!({"token_id": caller.token_id, "role": caller.role}))
+    Json(WhoamiResponse {
+        token_id: caller.token_id,
+        role: caller.role,
+    })
 }
 
 async fn status(
@@ -957,47 +950,100 @@ async fn status(
     let index = match node.store.index() {
         Some(i) => {
             let s = i.status().map_err(StoreError::from)?;
-            json!({"enabled": true, "ready": s.coverage.is_complete(), "docs": s.docs,
-                   "segments": s.segments, "bytes": s.index_bytes, "pending_ops": s.pending_ops,
-                   "coverage": s.coverage,
-                   "unopenable": {"total": s.unopenable.total(), "no_key": s.unopenable.no_key,
-                                  "corrupt": s.unopenable.corrupt}})
+            wire::IndexStatus {
+                enabled: true,
+                ready: Some(s.coverage.is_complete()),
+                docs: Some(s.docs),
+                segments: Some(s.segments as u64),
+                bytes: Some(s.index_bytes),
+                pending_ops: Some(s.pending_ops as u64),
+                coverage: Some(coverage(&s.coverage)),
+                unopenable: Some(wire::UnopenableCounts {
+                    total: s.unopenable.total(),
+                    no_key: s.unopenable.no_key,
+                    corrupt: s.unopenable.corrupt,
+                }),
+            }
         }
-        None => json!({"enabled": false}),
+        None => wire::IndexStatus {
+            enabled: false,
+            ready: None,
+            docs: None,
+            segments: None,
+            bytes: None,
+            pending_ops: None,
+            coverage: None,
+            unopenable: None,
+        },
     };
     let keyring = node.custody.keyring();
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "writer_id": node.store.writer().as_str(),
-        "store": {"keys": stats.keys, "versions": stats.versions, "tombstones": stats.tombstones,
-                  "expiring": stats.expiring, "file_bytes": stats.file_bytes, "stored_bytes": stats.stored_bytes},
-        "index": index,
-        "cache": {"entries": node.store.cache().entry_count(), "bytes": node.store.cache().weighted_size()},
-        "workers": node.workers.list(),
-        "batches": node.store.batches().list(),
-        "roles": node.store.roles().roles().collect::<Vec<_>>(),
-        // The fingerprint of each role's current key (null: none known).
-        "keys": node.store.roles().roles().map(|r| {
-            (r.to_string(), json!(keyring.current_public(r).map(|k| k.fingerprint().to_hex())))
-        }).collect::<serde_json::Map<_, _>>(),
-        "cluster": {
-            "peer_id": node.cluster.me(),
-            "layout_version": node.cluster.layout_version(),
-            "member": node.cluster.is_member(),
-            "members": node.cluster.layout().map(|l| l.members().len()).unwrap_or(0),
+    let roles = node.store.roles();
+    Ok(Json(StatusResponse {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        writer_id: node.store.writer().as_str().to_string(),
+        store: wire::StoreStatus {
+            keys: stats.keys,
+            versions: stats.versions,
+            tombstones: stats.tombstones,
+            expiring: stats.expiring,
+            file_bytes: stats.file_bytes,
+            stored_bytes: stats.stored_bytes,
         },
-    })))
+        index,
+        cache: wire::CacheStatus {
+            entries: node.store.cache().entry_count(),
+            bytes: node.store.cache().weighted_size(),
+        },
+        workers: node.workers.list(),
+        batches: node
+            .store
+            .batches()
+            .list()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        roles: roles.roles().cloned().collect(),
+        keys: roles
+            .roles()
+            .map(|r| {
+                (
+                    r.to_string(),
+                    keyring.current_public(r).map(|k| k.fingerprint().to_hex()),
+                )
+            })
+            .collect(),
+        cluster: wire::ClusterSummary {
+            peer_id: node.cluster.me().to_string(),
+            layout_version: node.cluster.layout_version(),
+            member: node.cluster.is_member(),
+            members: node
+                .cluster
+                .layout()
+                .map(|l| l.members().len())
+                .unwrap_or(0),
+        },
+    }))
+}
+
+/// The index's coverage as the API shows it.
+fn coverage(c: &slurp_index::Coverage) -> wire::IndexCoverage {
+    match c {
+        slurp_index::Coverage::Complete => wire::IndexCoverage::Complete,
+        slurp_index::Coverage::Rebuilding { read, expected } => wire::IndexCoverage::Rebuilding {
+            read: *read,
+            expected: *expected,
+        },
+        slurp_index::Coverage::Failed { error } => wire::IndexCoverage::Failed {
+            error: error.clone(),
+        },
+    }
 }
 
 async fn cluster_status(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
-    let mut v = serde_json::to_value(node.cluster.status()).unwrap_or_else(|_| json!({}));
-    if let Some(o) = v.as_object_mut() {
-        o.insert(
-            "anti_entropy".into(),
-            serde_json::to_value(node.anti_entropy.status()).unwrap_or_default(),
-        );
-    }
-    Json(v)
+    Json(cluster_status_body(
+        node.cluster.status(),
+        node.anti_entropy.status(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -1025,33 +1071,29 @@ async fn cluster_placement(
         .map(|id| {
             let p = node.cluster.peers().view(id);
             let is_self = *id == me;
-            json!({
-                "id": id.to_base58(),
-                "name": if is_self { Some(node.store.writer().as_str().to_string()) } else { p.name },
-                "api_addr": if is_self { Some(node.config.api.listen.to_string()) } else { p.api_addr },
-                "up": is_self || p.up,
-            })
+            ReplicaView {
+                id: id.to_base58(),
+                name: if is_self {
+                    Some(node.store.writer().as_str().to_string())
+                } else {
+                    p.name
+                },
+                api_addr: if is_self {
+                    Some(node.config.api.listen.to_string())
+                } else {
+                    p.api_addr
+                },
+                up: is_self || p.up,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "address": a.to_string(),
-        "partition": route.partition.0,
-        "layout_version": route.layout.version(),
-        "replicas": replicas,
-        "fallbacks": route.fallbacks().iter().map(|p| p.to_base58()).collect::<Vec<_>>(),
-    })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinBody {
-    /// The peer id to add; this node when absent.
-    #[serde(default)]
-    peer: Option<String>,
-    #[serde(default)]
-    zone: Option<String>,
-    #[serde(default)]
-    capacity: Option<u32>,
+    Ok(Json(PlacementResponse {
+        address: a.to_string(),
+        partition: route.partition.0,
+        layout_version: route.layout.version(),
+        replicas,
+        fallbacks: route.fallbacks().iter().map(|p| p.to_base58()).collect(),
+    }))
 }
 
 fn cluster_error(e: crate::cluster::ClusterError) -> ApiError {
@@ -1080,7 +1122,7 @@ fn cluster_error(e: crate::cluster::ClusterError) -> ApiError {
 async fn cluster_join(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(body): ApiJson<JoinBody>,
+    ApiJson(body): ApiJson<JoinRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
     // A peer that has no certificate yet gets one first (it must be
@@ -1099,9 +1141,10 @@ async fn cluster_join(
         .cluster
         .stage_join(body.peer.as_deref(), body.zone, body.capacity)
         .map_err(cluster_error)?;
-    Ok(Json(
-        json!({"staged": m, "pending": node.cluster.status().staged}),
-    ))
+    Ok(Json(JoinResponse {
+        staged: m,
+        pending: staged(node.cluster.status().staged),
+    }))
 }
 
 async fn cluster_init(
@@ -1111,30 +1154,18 @@ async fn cluster_init(
     require_admin(&node, &caller)?;
     let l = node.cluster.init().await.map_err(cluster_error)?;
     let status = node.cluster.status();
-    Ok(Json(json!({
-        "cluster": status.cluster,
-        "layout_version": l.version(),
-        "members": l.members().len(),
-        "certificate_not_after_ms": status.certificate_not_after_ms,
-    })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InviteBody {
-    /// Roles the joining node may hold; all this node holds when absent.
-    #[serde(default)]
-    roles: Option<Vec<slurp_protocol::RoleName>>,
-    /// How long the invite is valid, e.g. `30m`; `cluster.invite_ttl` when
-    /// absent.
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<std::time::Duration>,
+    Ok(Json(ClusterInitResponse {
+        cluster: status.cluster,
+        layout_version: l.version(),
+        members: l.members().len(),
+        certificate_not_after_ms: status.certificate_not_after_ms,
+    }))
 }
 
 async fn cluster_invite(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(body): ApiJson<InviteBody>,
+    ApiJson(body): ApiJson<InviteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
     if let Some(roles) = &body.roles
@@ -1146,9 +1177,15 @@ async fn cluster_invite(
             format!("role {r} is not in the roles file"),
         ));
     }
+    let ttl = body
+        .ttl
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("ttl: {e}")))?;
     let (invite, token) = node
         .cluster
-        .invite(body.roles, body.ttl)
+        .invite(body.roles, ttl)
         .map_err(cluster_error)?;
     node.store
         .audit()
@@ -1161,12 +1198,12 @@ async fn cluster_invite(
         .await;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": invite.id,
-            "token": token.to_string(),
-            "roles": invite.roles,
-            "not_after_ms": invite.not_after_ms,
-        })),
+        Json(InviteResponse {
+            id: invite.id,
+            token: token.to_string(),
+            roles: invite.roles,
+            not_after_ms: invite.not_after_ms,
+        }),
     ))
 }
 
@@ -1175,30 +1212,21 @@ async fn cluster_invites(
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
-    let invites: Vec<serde_json::Value> = node
+    let invites = node
         .cluster
         .membership()
         .invites()
         .into_iter()
-        .map(|i| {
-            json!({
-                "id": i.id,
-                "roles": i.roles,
-                "created_ms": i.created_ms,
-                "not_after_ms": i.not_after_ms,
-                "used_by": i.used_by,
-                "used_ms": i.used_ms,
-            })
+        .map(|i| InviteView {
+            id: i.id,
+            roles: i.roles,
+            created_ms: i.created_ms,
+            not_after_ms: i.not_after_ms,
+            used_by: i.used_by,
+            used_ms: i.used_ms,
         })
         .collect();
-    Ok(Json(json!({ "invites": invites })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GrantBody {
-    peer: String,
-    roles: Vec<slurp_protocol::RoleName>,
+    Ok(Json(InvitesResponse { invites }))
 }
 
 /// Certifies a member anew for exactly the roles given (fewer revoke);
@@ -1206,7 +1234,7 @@ struct GrantBody {
 async fn cluster_grant(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(body): ApiJson<GrantBody>,
+    ApiJson(body): ApiJson<GrantRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
     let outcome = node
@@ -1214,25 +1242,27 @@ async fn cluster_grant(
         .grant(&body.peer, body.roles)
         .await
         .map_err(cluster_error)?;
-    Ok(Json(outcome))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RemoveBody {
-    peer: String,
+    Ok(Json(GrantResponse {
+        peer: outcome.peer,
+        roles: outcome.roles,
+        issued_ms: outcome.issued_ms,
+        not_after_ms: outcome.not_after_ms,
+        delivered: outcome.delivered,
+    }))
 }
 
 async fn cluster_remove(
     State(node): State<Shared>,
     Caller(caller): Caller,
-    ApiJson(body): ApiJson<RemoveBody>,
+    ApiJson(body): ApiJson<RemoveRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&node, &caller)?;
     node.cluster
         .stage_remove(&body.peer)
         .map_err(cluster_error)?;
-    Ok(Json(json!({"pending": node.cluster.status().staged})))
+    Ok(Json(RemoveResponse {
+        pending: staged(node.cluster.status().staged),
+    }))
 }
 
 async fn cluster_apply(
@@ -1252,17 +1282,19 @@ async fn cluster_apply(
             &l.version().to_string(),
         )
         .await;
-    Ok(Json(json!({
-        "version": l.version(),
-        "members": l.members(),
-        "replication_factor": l.replication_factor(),
-        "partitions": l.partitions().count(),
-        "moved_replicas": moved,
-    })))
+    Ok(Json(ApplyResponse {
+        version: l.version(),
+        members: l.members().to_vec(),
+        replication_factor: l.replication_factor(),
+        partitions: l.partitions().count(),
+        moved_replicas: moved,
+    }))
 }
 
 async fn workers(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
-    Json(json!({"workers": node.workers.list()}))
+    Json(WorkersResponse {
+        workers: node.workers.list(),
+    })
 }
 
 async fn run_worker(
@@ -1274,11 +1306,14 @@ async fn run_worker(
     node.workers
         .trigger(&name)
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"triggered": name}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TriggeredResponse { triggered: name }),
+    ))
 }
 
-fn component(ok: bool, detail: String) -> serde_json::Value {
-    json!({"ok": ok, "detail": detail})
+fn component(ok: bool, detail: String) -> Component {
+    Component::new(ok, detail)
 }
 
 /// Liveness and readiness with per-component status.
@@ -1364,9 +1399,7 @@ async fn health(State(node): State<Shared>) -> impl IntoResponse {
             )
         }
     };
-    let ready = [&store, &index, &keys]
-        .iter()
-        .all(|c| c["ok"].as_bool().unwrap_or(false));
+    let ready = [&store, &index, &keys].iter().all(|c| c.ok);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -1374,16 +1407,22 @@ async fn health(State(node): State<Shared>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({
-            "live": true,
-            "ready": ready,
-            "components": {"store": store, "index": index, "cache": cache, "keys": keys, "cluster": cluster},
-        })),
+        Json(HealthResponse {
+            live: true,
+            ready,
+            components: HealthComponents {
+                cache,
+                cluster,
+                index,
+                keys,
+                store,
+            },
+        }),
     )
 }
 
 async fn live() -> impl IntoResponse {
-    Json(json!({"live": true}))
+    Json(LiveResponse { live: true })
 }
 
 async fn ready(state: State<Shared>) -> Response {
@@ -1444,6 +1483,149 @@ async fn observe(State(node): State<Shared>, req: Request, next: Next) -> Respon
         .get_or_create(&RouteLabels { route })
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+// The node's own types as the API's bodies (`slurp_protocol::api`): the
+// store, cluster and replication keep richer types of their own.
+
+impl From<crate::store::HistoryEntry> for wire::HistoryEntry {
+    fn from(e: crate::store::HistoryEntry) -> Self {
+        wire::HistoryEntry {
+            ordinal: e.ordinal,
+            version: e.version,
+            parent: e.parent,
+            tombstone: e.tombstone,
+            expires_at_ms: e.expires_at_ms,
+            readers: e.readers,
+        }
+    }
+}
+
+impl From<crate::store::BatchProgress> for wire::BatchProgress {
+    fn from(b: crate::store::BatchProgress) -> Self {
+        wire::BatchProgress {
+            id: b.id,
+            kind: b.kind,
+            role: b.role,
+            total: b.total,
+            done: b.done,
+            failed: b.failed,
+            started_ms: b.started_ms,
+            finished: b.finished,
+        }
+    }
+}
+
+impl From<BatchPutItem> for BatchStoreItem {
+    fn from(i: BatchPutItem) -> Self {
+        BatchStoreItem {
+            context: i.context,
+            roles: i.roles,
+            change_reason: i.change_reason,
+            ttl_secs: i.ttl_secs,
+        }
+    }
+}
+
+fn token_view(t: TokenEntry) -> wire::TokenView {
+    wire::TokenView {
+        id: t.id,
+        role: t.role,
+        secret_hash: t.secret_hash,
+        label: t.label,
+        created_at_ms: t.created_at_ms,
+        revoked_at_ms: t.revoked_at_ms,
+        allow_from: t
+            .limits
+            .allow_from
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        not_before_ms: t.limits.not_before_ms,
+        not_after_ms: t.limits.not_after_ms,
+    }
+}
+
+fn staged(s: crate::cluster::layout::Staged) -> wire::StagedChanges {
+    wire::StagedChanges {
+        join: s.join,
+        remove: s.remove,
+    }
+}
+
+fn peer_status(p: crate::cluster::peers::PeerView) -> wire::PeerStatus {
+    wire::PeerStatus {
+        peer_id: p.peer_id,
+        name: p.name,
+        api_addr: p.api_addr,
+        zone: p.zone,
+        up: p.up,
+        connected: p.connected,
+        layout_version: p.layout_version,
+        status: p.status,
+        uptime_secs: p.uptime_secs,
+        last_seen_ms_ago: p.last_seen_ms_ago,
+        last_error: p.last_error,
+    }
+}
+
+/// The cluster's status with this node's anti-entropy, as one body.
+fn cluster_status_body(
+    s: crate::cluster::ClusterStatus,
+    ae: crate::replication::anti_entropy::AntiEntropyStatus,
+) -> ClusterStatusResponse {
+    ClusterStatusResponse {
+        peer_id: s.peer_id,
+        name: s.name,
+        listen_addrs: s.listen_addrs,
+        cluster: s.cluster,
+        key_holder: s.key_holder,
+        key_custody: wire::KeyCustody {
+            whole: s.key_custody.whole,
+            share: s.key_custody.share.map(|v| wire::ShareView {
+                set: v.set,
+                index: v.index,
+                threshold: v.threshold,
+                total: v.total,
+            }),
+        },
+        certificate_not_after_ms: s.certificate_not_after_ms,
+        join_error: s.join_error,
+        keys_held: s.keys_held,
+        layout_version: s.layout_version,
+        replication_factor: s.replication_factor,
+        partitions: s.partitions,
+        write_quorum: s.write_quorum,
+        read_quorum: s.read_quorum,
+        auto_join: s.auto_join,
+        member: s.member,
+        // The member's zone is not shown: the peer's (flattened after it)
+        // always was.
+        members: s
+            .members
+            .into_iter()
+            .map(|m| wire::MemberStatus {
+                id: m.id,
+                capacity: m.capacity,
+                address: m.address,
+                partitions: m.partitions,
+                is_self: m.is_self,
+                peer: peer_status(m.peer),
+            })
+            .collect(),
+        others: s.others.into_iter().map(peer_status).collect(),
+        staged: staged(s.staged),
+        anti_entropy: wire::AntiEntropyStatus {
+            layout_version: ae.layout_version,
+            partitions: ae.partitions,
+            converged: ae.converged,
+            differing: ae.differing,
+            unknown: ae.unknown,
+            oldest_converged_ms: ae.oldest_converged_ms,
+            store_digest: ae.store_digest,
+            store_versions: ae.store_versions,
+        },
+    }
 }
 
 /// Every route of the API as (method, path), for the OpenAPI check.
@@ -1568,7 +1750,174 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::ROUTES;
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use slurp_protocol::api as wire;
+    use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
     use std::collections::BTreeSet;
+
+    /// The JSON of `node`'s value reads as `W` and writes back the same:
+    /// the API type has the shape the node serves.
+    fn same_shape<W: DeserializeOwned + Serialize>(node: &impl Serialize) {
+        let sent = serde_json::to_value(node).expect("serialize");
+        let read: W = serde_json::from_value(sent.clone()).expect("the API type reads it");
+        assert_eq!(serde_json::to_value(&read).expect("serialize"), sent);
+    }
+
+    fn context() -> ContextNode {
+        let a = UcxlAddress::parse("ucxl://a:dev@p:t/*^/src/x").expect("address");
+        ContextNode::new(a, "x", vec![RoleName::new("dev").expect("role")])
+    }
+
+    #[test]
+    fn the_store_answers_have_the_api_shapes() {
+        use crate::store::*;
+        let put = PutResult {
+            address: "a".into(),
+            version: "1.0@n".into(),
+            parent: None,
+            readers: vec![RoleName::new("dev").expect("role")],
+            created: true,
+        };
+        same_shape::<wire::PutResponse>(&put);
+        let read = ReadResult {
+            address: "a".into(),
+            version: "1.0@n".into(),
+            ordinal: 1,
+            context: context(),
+        };
+        same_shape::<wire::ContextResponse>(&read);
+        same_shape::<wire::ListResponse>(&ListPage {
+            entries: vec![ListEntry {
+                address: "a".into(),
+                latest: "v".into(),
+                versions: 2,
+                path: "src".into(),
+            }],
+            next: Some("a".into()),
+        });
+        same_shape::<wire::SearchResponse>(&SearchResponse {
+            total_hits: 1,
+            hits: vec![SearchResultHit {
+                address: "a".into(),
+                version: "v".into(),
+                score: 1.5,
+                snippet: "<b>x</b>".into(),
+                context: context(),
+            }],
+            facets: slurp_index::FacetCounts {
+                tags: vec![slurp_index::FacetCount {
+                    value: "t".into(),
+                    count: 1,
+                }],
+                technologies: vec![],
+            },
+            warnings: vec!["w".into()],
+            index_micros: 3,
+            took_micros: 4,
+            partial: true,
+            missing_partitions: vec![7],
+            nodes: 2,
+            incomplete: true,
+            incomplete_reasons: vec![
+                Incomplete::MissingPartitions,
+                Incomplete::IndexRebuilding,
+                Incomplete::IndexRebuildFailed,
+                Incomplete::UnopenableRecords,
+                Incomplete::HitsLeftOut,
+            ],
+            unopenable: 1,
+        });
+        same_shape::<wire::BatchPutResponse>(&BatchReport {
+            id: 1,
+            total: 1,
+            succeeded: 1,
+            failed: 0,
+            aborted: false,
+            took_ms: 3,
+            results: vec![BatchItemResult {
+                index: 0,
+                ok: Some(put),
+                error: None,
+            }],
+        });
+        same_shape::<wire::BatchGetResponse>(&BatchReport {
+            id: 1,
+            total: 1,
+            succeeded: 1,
+            failed: 0,
+            aborted: false,
+            took_ms: 3,
+            results: vec![BatchItemResult {
+                index: 0,
+                ok: Some(read),
+                error: None,
+            }],
+        });
+        same_shape::<wire::ResolveResponse>(&Resolved {
+            address: "a".into(),
+            path: "p".into(),
+            summary: "s".into(),
+            summary_source: "a".into(),
+            purpose: String::new(),
+            purpose_source: None,
+            technologies: vec![FieldSource {
+                value: "rust".into(),
+                source: "a".into(),
+            }],
+            tags: vec![],
+            insights: vec![],
+            chain: vec!["a".into()],
+        });
+        same_shape::<wire::LinksResponse>(&LinkGraph {
+            root: "a".into(),
+            nodes: vec![LinkNode {
+                address: "a".into(),
+                hops: 0,
+                summary: "s".into(),
+            }],
+            edges: vec![LinkEdge {
+                from: "a".into(),
+                to: "b".into(),
+            }],
+        });
+    }
+
+    #[test]
+    fn the_audit_answers_have_the_api_shapes() {
+        let tail = crate::audit::AuditTail {
+            entries: vec![crate::audit::EntryView {
+                seq: 1,
+                time_ms: 2,
+                actor: "t".into(),
+                role: None,
+                action: "get".into(),
+                target: "x".into(),
+                decision: slurp_crypto::Decision::Deny,
+                reason: "r".into(),
+                prev: "p".into(),
+                hash: "h".into(),
+            }],
+            total: 1,
+            error: Some("broken".into()),
+        };
+        same_shape::<wire::AuditTailResponse>(&tail);
+        let verdict = crate::audit::AuditVerdict {
+            ok: false,
+            entries: 0,
+            head: None,
+            head_file: Some("1:h".into()),
+            broken_seq: Some(2),
+            error: Some("e".into()),
+            anchors: vec![crate::cluster::anchors::AnchorCheck {
+                member: "m".into(),
+                head: Some("1:h".into()),
+                ok: false,
+                error: Some("e".into()),
+            }],
+        };
+        same_shape::<wire::AuditVerifyResponse>(&verdict);
+    }
 
     /// `docs/openapi.json` describes exactly the routes the router serves.
     #[test]

@@ -1,9 +1,11 @@
 //! The HTTP client the CLI and `slurp bench` use to talk to a node.
 //!
 //! It knows the API's routes and its error body, and turns a response into
-//! either the JSON value or a [`ClientError`] whose kind decides the CLI's
-//! exit code, so scripts can tell "not found" from "forbidden" from "the
-//! node is down".
+//! either the route's typed body (`slurp_protocol::api`, the types the
+//! node's handlers answer with) or a [`ClientError`] whose kind decides the
+//! CLI's exit code, so scripts can tell "not found" from "forbidden" from
+//! "the node is down". The untyped `get`/`post`/`delete` remain for the
+//! load and fault-injection drivers, which also speak to other APIs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +14,16 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use slurp_protocol::api::{
+    ApplyResponse, AuditTailResponse, AuditVerifyResponse, BatchGetRequest, BatchGetResponse,
+    BatchPutRequest, BatchPutResponse, ClusterInitResponse, ClusterStatusResponse, ContextResponse,
+    CreateTokenRequest, CreateTokenResponse, ErrorBody, GrantRequest, GrantResponse,
+    HealthResponse, HistoryResponse, InviteRequest, InviteResponse, InvitesResponse, JoinRequest,
+    JoinResponse, KeyStatusResponse, KeysResponse, LinksResponse, ListResponse, PlacementResponse,
+    PutContextRequest, PutResponse, RemoveRequest, RemoveResponse, ResolveResponse,
+    RotateKeyRequest, RotateKeyResponse, SearchRequest, SearchResponse, StatusResponse, TokenView,
+    TokensResponse, TriggeredResponse, WhoamiResponse, WorkersResponse,
+};
 
 /// What kind of failure a request met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,13 +242,12 @@ impl Client {
             code: "read".into(),
             message: format!("reading the answer: {}", root_cause(&e)),
         })?;
-        let body: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
         if status.is_success() {
-            return Ok(body);
+            return Ok(if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            });
         }
         let kind = match status.as_u16() {
             404 | 410 => ErrorKind::NotFound,
@@ -244,14 +255,19 @@ impl Client {
             400 | 409 | 413 | 415 | 422 => ErrorKind::BadInput,
             _ => ErrorKind::Unavailable,
         };
-        let code = body["error"]["code"]
-            .as_str()
-            .unwrap_or("error")
-            .to_string();
-        let message = body["error"]["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("HTTP {status}: {body}"));
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(ErrorBody { error }) => (error.code, error.message),
+            Err(_) => {
+                // Not the API's error body (a proxy's page, a health
+                // answer): shown as it came.
+                let body: Value = if text.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&text).unwrap_or(Value::String(text))
+                };
+                ("error".to_string(), format!("HTTP {status}: {body}"))
+            }
+        };
         Err(ClientError {
             kind,
             status: Some(status.as_u16()),
@@ -287,6 +303,222 @@ impl Client {
             code: "decode".into(),
             message: format!("unexpected answer from the node: {e}"),
         })
+    }
+
+    /// `GET path` decoded as `T`.
+    pub async fn get_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        Self::decode(self.get(path, query).await?)
+    }
+
+    /// `POST path` with a JSON body, decoded as `T`.
+    pub async fn post_as<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        Self::decode(self.post(path, body).await?)
+    }
+
+    /// `DELETE path` decoded as `T`.
+    pub async fn delete_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        Self::decode(self.delete(path, query).await?)
+    }
+
+    /// Stores a new version of a context (`w`: the write quorum).
+    pub async fn put(
+        &self,
+        req: &PutContextRequest,
+        w: Option<usize>,
+    ) -> Result<PutResponse, ClientError> {
+        let path = match w {
+            Some(w) => format!("/v1/contexts?w={w}"),
+            None => "/v1/contexts".to_string(),
+        };
+        self.post_as(&path, req).await
+    }
+
+    /// Reads a context (`r`: the read quorum).
+    pub async fn get_context(
+        &self,
+        address: &str,
+        r: Option<usize>,
+    ) -> Result<ContextResponse, ClientError> {
+        let mut q = vec![("address", address.to_string())];
+        if let Some(r) = r {
+            q.push(("r", r.to_string()));
+        }
+        self.get_as("/v1/contexts", &q).await
+    }
+
+    /// Deletes a context: writes a tombstone (`w`: the write quorum).
+    pub async fn delete_context(
+        &self,
+        address: &str,
+        w: Option<usize>,
+    ) -> Result<PutResponse, ClientError> {
+        let mut q = vec![("address", address.to_string())];
+        if let Some(w) = w {
+            q.push(("w", w.to_string()));
+        }
+        self.delete_as("/v1/contexts", &q).await
+    }
+
+    /// Every version of an address.
+    pub async fn history(&self, address: &str) -> Result<HistoryResponse, ClientError> {
+        self.get_as("/v1/contexts/history", &[("address", address.to_string())])
+            .await
+    }
+
+    /// A page of the addresses matching a pattern.
+    pub async fn list(
+        &self,
+        pattern: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<ListResponse, ClientError> {
+        let mut q = vec![
+            ("pattern", pattern.to_string()),
+            ("limit", limit.to_string()),
+        ];
+        if let Some(a) = after {
+            q.push(("after", a.to_string()));
+        }
+        self.get_as("/v1/list", &q).await
+    }
+
+    pub async fn search(&self, req: &SearchRequest) -> Result<SearchResponse, ClientError> {
+        self.post_as("/v1/search", req).await
+    }
+
+    pub async fn resolve(&self, address: &str) -> Result<ResolveResponse, ClientError> {
+        self.get_as("/v1/resolve", &[("address", address.to_string())])
+            .await
+    }
+
+    pub async fn links(&self, address: &str, hops: u32) -> Result<LinksResponse, ClientError> {
+        self.get_as(
+            "/v1/links",
+            &[("address", address.to_string()), ("hops", hops.to_string())],
+        )
+        .await
+    }
+
+    pub async fn batch_put(&self, req: &BatchPutRequest) -> Result<BatchPutResponse, ClientError> {
+        self.post_as("/v1/batch/put", req).await
+    }
+
+    pub async fn batch_get(&self, req: &BatchGetRequest) -> Result<BatchGetResponse, ClientError> {
+        self.post_as("/v1/batch/get", req).await
+    }
+
+    pub async fn create_token(
+        &self,
+        req: &CreateTokenRequest,
+    ) -> Result<CreateTokenResponse, ClientError> {
+        self.post_as("/v1/tokens", req).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenView, ClientError> {
+        self.delete_as(&format!("/v1/tokens/{id}"), &[]).await
+    }
+
+    pub async fn tokens(&self) -> Result<TokensResponse, ClientError> {
+        self.get_as("/v1/tokens", &[]).await
+    }
+
+    pub async fn audit_tail(&self, limit: usize) -> Result<AuditTailResponse, ClientError> {
+        self.get_as("/v1/audit", &[("limit", limit.to_string())])
+            .await
+    }
+
+    pub async fn audit_verify(&self) -> Result<AuditVerifyResponse, ClientError> {
+        self.post_as("/v1/audit/verify", &serde_json::Map::new())
+            .await
+    }
+
+    pub async fn keys(&self) -> Result<KeysResponse, ClientError> {
+        self.get_as("/v1/keys", &[]).await
+    }
+
+    pub async fn rotate_key(
+        &self,
+        req: &RotateKeyRequest,
+    ) -> Result<RotateKeyResponse, ClientError> {
+        self.post_as("/v1/keys/rotate", req).await
+    }
+
+    pub async fn key_status(&self) -> Result<KeyStatusResponse, ClientError> {
+        self.get_as("/v1/keys/status", &[]).await
+    }
+
+    pub async fn whoami(&self) -> Result<WhoamiResponse, ClientError> {
+        self.get_as("/v1/whoami", &[]).await
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.get_as("/v1/status", &[]).await
+    }
+
+    pub async fn workers(&self) -> Result<WorkersResponse, ClientError> {
+        self.get_as("/v1/workers", &[]).await
+    }
+
+    pub async fn run_worker(&self, name: &str) -> Result<TriggeredResponse, ClientError> {
+        self.post_as(&format!("/v1/workers/{name}/run"), &serde_json::Map::new())
+            .await
+    }
+
+    /// The node's health; a node that is not ready answers 503, an error
+    /// here.
+    pub async fn health(&self) -> Result<HealthResponse, ClientError> {
+        self.get_as("/health", &[]).await
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        self.get_as("/v1/cluster", &[]).await
+    }
+
+    pub async fn cluster_placement(&self, address: &str) -> Result<PlacementResponse, ClientError> {
+        self.get_as("/v1/cluster/placement", &[("address", address.to_string())])
+            .await
+    }
+
+    pub async fn cluster_init(&self) -> Result<ClusterInitResponse, ClientError> {
+        self.post_as("/v1/cluster/init", &serde_json::Map::new())
+            .await
+    }
+
+    pub async fn cluster_invite(&self, req: &InviteRequest) -> Result<InviteResponse, ClientError> {
+        self.post_as("/v1/cluster/invites", req).await
+    }
+
+    pub async fn cluster_invites(&self) -> Result<InvitesResponse, ClientError> {
+        self.get_as("/v1/cluster/invites", &[]).await
+    }
+
+    pub async fn cluster_join(&self, req: &JoinRequest) -> Result<JoinResponse, ClientError> {
+        self.post_as("/v1/cluster/join", req).await
+    }
+
+    pub async fn cluster_grant(&self, req: &GrantRequest) -> Result<GrantResponse, ClientError> {
+        self.post_as("/v1/cluster/grant", req).await
+    }
+
+    pub async fn cluster_remove(&self, req: &RemoveRequest) -> Result<RemoveResponse, ClientError> {
+        self.post_as("/v1/cluster/remove", req).await
+    }
+
+    pub async fn cluster_apply(&self) -> Result<ApplyResponse, ClientError> {
+        self.post_as("/v1/cluster/apply", &serde_json::Map::new())
+            .await
     }
 }
 

@@ -309,20 +309,8 @@ impl Custody {
     }
 }
 
-/// One role key a node knows, as `GET /v1/keys` lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct KeyView {
-    pub role: String,
-    pub epoch: u32,
-    /// 32 hex characters, see docs/crypto.md "Fingerprint".
-    pub fingerprint: String,
-    /// Whether this node holds the private key (can open records sealed
-    /// to it).
-    pub held: bool,
-    /// Whether this is the role's current key (the highest epoch known):
-    /// the one new records are sealed to.
-    pub current: bool,
-}
+/// One role key a node knows, as `GET /v1/keys` lists it (an API type).
+pub use slurp_protocol::api::KeyView;
 
 impl Custody {
     /// Every role key the node knows (held or public only), by role then

@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::{Metrics, WorkerLabels};
@@ -51,33 +50,8 @@ pub trait Worker: Send + Sync + 'static {
 pub type PassFn =
     Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<PassReport, String>> + Send>> + Send>;
 
-/// Idle or working.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerState {
-    Idle,
-    Active,
-    Stopped,
-}
-
-/// A worker's status, as the API and CLI show it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct WorkerStatus {
-    pub name: String,
-    pub description: String,
-    pub state: WorkerState,
-    pub interval_ms: u64,
-    pub runs: u64,
-    pub errors: u64,
-    pub items_total: u64,
-    pub last_items: u64,
-    pub last_note: String,
-    pub last_error: Option<String>,
-    pub last_started_ms: Option<u64>,
-    pub last_finished_ms: Option<u64>,
-    pub last_duration_ms: Option<u64>,
-    pub next_run_ms: Option<u64>,
-}
+/// A worker's state and status are API types: the CLI reads them back.
+pub use slurp_protocol::api::{WorkerState, WorkerStatus};
 
 struct Slot {
     status: Mutex<WorkerStatus>,

@@ -40,7 +40,18 @@ impl Default for ContextLimits {
 
 /// How widely a context may be shared, from least to most restricted.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum AccessLevel {
@@ -52,7 +63,7 @@ pub enum AccessLevel {
 }
 
 /// The version data of a context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VersionInfo {
     /// This version's id; assigned by the store, not the writer.
     pub id: VersionId,
@@ -66,7 +77,7 @@ pub struct VersionInfo {
 
 /// Decision links: which addresses this context's decision influenced and
 /// was influenced by.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct DecisionLinks {
     #[serde(default)]
     pub influences: Vec<UcxlAddress>,
@@ -75,7 +86,7 @@ pub struct DecisionLinks {
 }
 
 /// A context about one path of a codebase.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ContextNode {
     /// Where the context is stored (its temporal part is ignored on write).
     pub address: UcxlAddress,

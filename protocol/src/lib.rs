@@ -9,6 +9,7 @@
 //! crate graph.
 
 pub mod address;
+pub mod api;
 pub mod context;
 pub mod membership;
 pub mod messages;

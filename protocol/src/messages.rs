@@ -589,7 +589,7 @@ pub struct TokenRecordLimits {
 }
 
 /// A node's health as it reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     Ok,

@@ -85,7 +85,7 @@ pub const MAX_LOAD_RATIO: f64 = 1.15;
 pub const TARGET_REPLICAS_PER_MEMBER: u32 = 256;
 
 /// One node of the cluster as the layout knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Member {
     /// The node's peer id: `[A-Za-z0-9_-]{1,64}`, unique in the layout.
     pub id: String,

@@ -21,7 +21,18 @@ pub const MAX_WRITER_LEN: usize = 64;
 
 /// A hybrid logical clock stamp. Ordered by `(wall_ms, logical)`.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    schemars::JsonSchema,
 )]
 pub struct Hlc {
     /// Milliseconds since the Unix epoch (the largest seen, not always now).
@@ -100,7 +111,9 @@ impl fmt::Display for WriterId {
 }
 
 /// The identity of one version: ordered by clock, then writer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct VersionId {
     pub hlc: Hlc,
     pub writer: WriterId,
