@@ -236,12 +236,7 @@ impl fmt::Display for AuditAction {
 }
 
 /// Whether the action was allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    Allow,
-    Deny,
-}
+pub use slurp_protocol::api::Decision;
 
 /// What a caller records; the log adds seq, time and the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]

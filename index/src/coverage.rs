@@ -24,6 +24,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use slurp_protocol::{RoleName, Slot, VersionId};
 
+/// Whether the index holds everything its source has: the API shows the
+/// index's own type.
+pub use slurp_protocol::api::IndexCoverage as Coverage;
+
 use crate::schema::IndexEntry;
 use crate::scope::SlotScope;
 
@@ -115,52 +119,6 @@ impl From<IndexEntry> for RebuildItem {
 impl From<UnopenableEntry> for RebuildItem {
     fn from(e: UnopenableEntry) -> Self {
         RebuildItem::Unopenable(e)
-    }
-}
-
-/// Whether the index holds everything its source has.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum Coverage {
-    /// Every entry fed to it is indexed (or counted as unopenable): no
-    /// rebuild is expected, or the last one finished.
-    #[default]
-    Complete,
-    /// A rebuild is expected or running; searches answer from the state
-    /// before it (empty at a node's start).
-    Rebuilding {
-        /// Entries the rebuild has read from its feed so far.
-        read: u64,
-        /// What the caller announced it would feed (the node: the keys of
-        /// its store, an upper bound as deleted keys are not fed).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        expected: Option<u64>,
-    },
-    /// The last rebuild stopped with this error; searches answer from the
-    /// state before it, which lacks what the rebuild would have added.
-    Failed { error: String },
-}
-
-impl Coverage {
-    pub fn is_complete(&self) -> bool {
-        matches!(self, Coverage::Complete)
-    }
-}
-
-impl std::fmt::Display for Coverage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Coverage::Complete => f.write_str("complete"),
-            Coverage::Rebuilding {
-                read,
-                expected: Some(n),
-            } => write!(f, "rebuilding: {read} of at most {n} records read"),
-            Coverage::Rebuilding {
-                read,
-                expected: None,
-            } => write!(f, "rebuilding: {read} records read"),
-            Coverage::Failed { error } => write!(f, "rebuild failed: {error}"),
-        }
     }
 }
 

@@ -152,21 +152,7 @@ pub struct SearchHit {
     pub generated_at: u64,
 }
 
-/// How many matching documents carry one tag or technology.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FacetCount {
-    pub value: String,
-    pub count: u64,
-}
-
-/// Facet counts over every document matching the query and filters (not
-/// only the returned page), highest count first, at most `max_facet_values`
-/// each.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct FacetCounts {
-    pub tags: Vec<FacetCount>,
-    pub technologies: Vec<FacetCount>,
-}
+pub use slurp_protocol::api::{FacetCount, FacetCounts};
 
 /// The answer to a search.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,21 +27,20 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use slurp_index::SearchQuery;
 use slurp_protocol::api::{
-    self as wire, ApplyResponse, BatchGetRequest, BatchPutItem, BatchPutRequest, BatchesResponse,
-    ClusterInitResponse, ClusterStatusResponse, Component, CreateTokenRequest, CreateTokenResponse,
-    ErrorBody, ErrorDetail, ExistsResponse, GrantRequest, GrantResponse, HealthComponents,
-    HealthResponse, HistoryResponse, InviteRequest, InviteResponse, InviteView, InvitesResponse,
-    JoinRequest, JoinResponse, KeyStatusResponse, KeysResponse, LiveResponse, PlacementResponse,
-    RemoveRequest, RemoveResponse, ReplicaView, RewrapStatus, RoleKeyStatus, RotateKeyRequest,
-    RotateKeyResponse, StatusResponse, TimeArg, TokensResponse, TriggeredResponse, WhoamiResponse,
-    WorkersResponse,
+    self as wire, ApplyResponse, BatchGetRequest, BatchPutRequest, BatchesResponse,
+    ClusterInitResponse, Component, CreateTokenRequest, CreateTokenResponse, ErrorBody,
+    ErrorDetail, ExistsResponse, GrantRequest, GrantResponse, HealthComponents, HealthResponse,
+    HistoryResponse, InviteRequest, InviteResponse, InviteView, InvitesResponse, JoinRequest,
+    JoinResponse, KeyStatusResponse, KeysResponse, LiveResponse, PlacementResponse, RemoveRequest,
+    RemoveResponse, ReplicaView, RewrapStatus, RoleKeyStatus, RotateKeyRequest, RotateKeyResponse,
+    StatusResponse, TimeArg, TokensResponse, TriggeredResponse, WhoamiResponse, WorkersResponse,
 };
 use slurp_protocol::{Authority, UcxlAddress};
 
 use crate::error::StoreError;
 use crate::metrics::{HttpLabels, RouteLabels};
 use crate::node::Node;
-use crate::store::{BatchStoreItem, PutRequest, QuorumOpts};
+use crate::store::{PutRequest, QuorumOpts};
 use crate::tokens::{Principal, TokenEntry, TokenError, TokenLimits, TokenUse};
 
 /// An API error: a status and a JSON body.
@@ -503,7 +502,7 @@ async fn history(
     let versions = node.store.history(&caller, &a).await?;
     Ok(Json(HistoryResponse {
         address: a.with_temporal(slurp_protocol::Temporal::Any).to_string(),
-        versions: versions.into_iter().map(Into::into).collect(),
+        versions,
     }))
 }
 
@@ -559,9 +558,10 @@ async fn batch_put(
     Caller(caller): Caller,
     ApiJson(body): ApiJson<BatchPutRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let items = body.items.into_iter().map(BatchStoreItem::from).collect();
     Ok(Json(
-        node.store.batch_put(&caller, items, body.atomic).await?,
+        node.store
+            .batch_put(&caller, body.items, body.atomic)
+            .await?,
     ))
 }
 
@@ -575,13 +575,7 @@ async fn batch_get(
 
 async fn batches(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
     Json(BatchesResponse {
-        batches: node
-            .store
-            .batches()
-            .list()
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        batches: node.store.batches().list(),
     })
 }
 
@@ -957,7 +951,7 @@ async fn status(
                 segments: Some(s.segments as u64),
                 bytes: Some(s.index_bytes),
                 pending_ops: Some(s.pending_ops as u64),
-                coverage: Some(coverage(&s.coverage)),
+                coverage: Some(s.coverage),
                 unopenable: Some(wire::UnopenableCounts {
                     total: s.unopenable.total(),
                     no_key: s.unopenable.no_key,
@@ -965,16 +959,7 @@ async fn status(
                 }),
             }
         }
-        None => wire::IndexStatus {
-            enabled: false,
-            ready: None,
-            docs: None,
-            segments: None,
-            bytes: None,
-            pending_ops: None,
-            coverage: None,
-            unopenable: None,
-        },
+        None => wire::IndexStatus::disabled(),
     };
     let keyring = node.custody.keyring();
     let roles = node.store.roles();
@@ -995,13 +980,7 @@ async fn status(
             bytes: node.store.cache().weighted_size(),
         },
         workers: node.workers.list(),
-        batches: node
-            .store
-            .batches()
-            .list()
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        batches: node.store.batches().list(),
         roles: roles.roles().cloned().collect(),
         keys: roles
             .roles()
@@ -1025,25 +1004,10 @@ async fn status(
     }))
 }
 
-/// The index's coverage as the API shows it.
-fn coverage(c: &slurp_index::Coverage) -> wire::IndexCoverage {
-    match c {
-        slurp_index::Coverage::Complete => wire::IndexCoverage::Complete,
-        slurp_index::Coverage::Rebuilding { read, expected } => wire::IndexCoverage::Rebuilding {
-            read: *read,
-            expected: *expected,
-        },
-        slurp_index::Coverage::Failed { error } => wire::IndexCoverage::Failed {
-            error: error.clone(),
-        },
-    }
-}
-
 async fn cluster_status(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
-    Json(cluster_status_body(
-        node.cluster.status(),
-        node.anti_entropy.status(),
-    ))
+    let mut status = node.cluster.status();
+    status.anti_entropy = node.anti_entropy.status();
+    Json(status)
 }
 
 #[derive(Deserialize)]
@@ -1143,7 +1107,7 @@ async fn cluster_join(
         .map_err(cluster_error)?;
     Ok(Json(JoinResponse {
         staged: m,
-        pending: staged(node.cluster.status().staged),
+        pending: node.cluster.status().staged,
     }))
 }
 
@@ -1261,7 +1225,7 @@ async fn cluster_remove(
         .stage_remove(&body.peer)
         .map_err(cluster_error)?;
     Ok(Json(RemoveResponse {
-        pending: staged(node.cluster.status().staged),
+        pending: node.cluster.status().staged,
     }))
 }
 
@@ -1485,48 +1449,7 @@ async fn observe(State(node): State<Shared>, req: Request, next: Next) -> Respon
     resp
 }
 
-// The node's own types as the API's bodies (`slurp_protocol::api`): the
-// store, cluster and replication keep richer types of their own.
-
-impl From<crate::store::HistoryEntry> for wire::HistoryEntry {
-    fn from(e: crate::store::HistoryEntry) -> Self {
-        wire::HistoryEntry {
-            ordinal: e.ordinal,
-            version: e.version,
-            parent: e.parent,
-            tombstone: e.tombstone,
-            expires_at_ms: e.expires_at_ms,
-            readers: e.readers,
-        }
-    }
-}
-
-impl From<crate::store::BatchProgress> for wire::BatchProgress {
-    fn from(b: crate::store::BatchProgress) -> Self {
-        wire::BatchProgress {
-            id: b.id,
-            kind: b.kind,
-            role: b.role,
-            total: b.total,
-            done: b.done,
-            failed: b.failed,
-            started_ms: b.started_ms,
-            finished: b.finished,
-        }
-    }
-}
-
-impl From<BatchPutItem> for BatchStoreItem {
-    fn from(i: BatchPutItem) -> Self {
-        BatchStoreItem {
-            context: i.context,
-            roles: i.roles,
-            change_reason: i.change_reason,
-            ttl_secs: i.ttl_secs,
-        }
-    }
-}
-
+/// The token as the API shows it: its limits as text.
 fn token_view(t: TokenEntry) -> wire::TokenView {
     wire::TokenView {
         id: t.id,
@@ -1543,88 +1466,6 @@ fn token_view(t: TokenEntry) -> wire::TokenView {
             .collect(),
         not_before_ms: t.limits.not_before_ms,
         not_after_ms: t.limits.not_after_ms,
-    }
-}
-
-fn staged(s: crate::cluster::layout::Staged) -> wire::StagedChanges {
-    wire::StagedChanges {
-        join: s.join,
-        remove: s.remove,
-    }
-}
-
-fn peer_status(p: crate::cluster::peers::PeerView) -> wire::PeerStatus {
-    wire::PeerStatus {
-        peer_id: p.peer_id,
-        name: p.name,
-        api_addr: p.api_addr,
-        zone: p.zone,
-        up: p.up,
-        connected: p.connected,
-        layout_version: p.layout_version,
-        status: p.status,
-        uptime_secs: p.uptime_secs,
-        last_seen_ms_ago: p.last_seen_ms_ago,
-        last_error: p.last_error,
-    }
-}
-
-/// The cluster's status with this node's anti-entropy, as one body.
-fn cluster_status_body(
-    s: crate::cluster::ClusterStatus,
-    ae: crate::replication::anti_entropy::AntiEntropyStatus,
-) -> ClusterStatusResponse {
-    ClusterStatusResponse {
-        peer_id: s.peer_id,
-        name: s.name,
-        listen_addrs: s.listen_addrs,
-        cluster: s.cluster,
-        key_holder: s.key_holder,
-        key_custody: wire::KeyCustody {
-            whole: s.key_custody.whole,
-            share: s.key_custody.share.map(|v| wire::ShareView {
-                set: v.set,
-                index: v.index,
-                threshold: v.threshold,
-                total: v.total,
-            }),
-        },
-        certificate_not_after_ms: s.certificate_not_after_ms,
-        join_error: s.join_error,
-        keys_held: s.keys_held,
-        layout_version: s.layout_version,
-        replication_factor: s.replication_factor,
-        partitions: s.partitions,
-        write_quorum: s.write_quorum,
-        read_quorum: s.read_quorum,
-        auto_join: s.auto_join,
-        member: s.member,
-        // The member's zone is not shown: the peer's (flattened after it)
-        // always was.
-        members: s
-            .members
-            .into_iter()
-            .map(|m| wire::MemberStatus {
-                id: m.id,
-                capacity: m.capacity,
-                address: m.address,
-                partitions: m.partitions,
-                is_self: m.is_self,
-                peer: peer_status(m.peer),
-            })
-            .collect(),
-        others: s.others.into_iter().map(peer_status).collect(),
-        staged: staged(s.staged),
-        anti_entropy: wire::AntiEntropyStatus {
-            layout_version: ae.layout_version,
-            partitions: ae.partitions,
-            converged: ae.converged,
-            differing: ae.differing,
-            unknown: ae.unknown,
-            oldest_converged_ms: ae.oldest_converged_ms,
-            store_digest: ae.store_digest,
-            store_versions: ae.store_versions,
-        },
     }
 }
 
@@ -1750,174 +1591,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::ROUTES;
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-    use slurp_protocol::api as wire;
-    use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
     use std::collections::BTreeSet;
-
-    /// The JSON of `node`'s value reads as `W` and writes back the same:
-    /// the API type has the shape the node serves.
-    fn same_shape<W: DeserializeOwned + Serialize>(node: &impl Serialize) {
-        let sent = serde_json::to_value(node).expect("serialize");
-        let read: W = serde_json::from_value(sent.clone()).expect("the API type reads it");
-        assert_eq!(serde_json::to_value(&read).expect("serialize"), sent);
-    }
-
-    fn context() -> ContextNode {
-        let a = UcxlAddress::parse("ucxl://a:dev@p:t/*^/src/x").expect("address");
-        ContextNode::new(a, "x", vec![RoleName::new("dev").expect("role")])
-    }
-
-    #[test]
-    fn the_store_answers_have_the_api_shapes() {
-        use crate::store::*;
-        let put = PutResult {
-            address: "a".into(),
-            version: "1.0@n".into(),
-            parent: None,
-            readers: vec![RoleName::new("dev").expect("role")],
-            created: true,
-        };
-        same_shape::<wire::PutResponse>(&put);
-        let read = ReadResult {
-            address: "a".into(),
-            version: "1.0@n".into(),
-            ordinal: 1,
-            context: context(),
-        };
-        same_shape::<wire::ContextResponse>(&read);
-        same_shape::<wire::ListResponse>(&ListPage {
-            entries: vec![ListEntry {
-                address: "a".into(),
-                latest: "v".into(),
-                versions: 2,
-                path: "src".into(),
-            }],
-            next: Some("a".into()),
-        });
-        same_shape::<wire::SearchResponse>(&SearchResponse {
-            total_hits: 1,
-            hits: vec![SearchResultHit {
-                address: "a".into(),
-                version: "v".into(),
-                score: 1.5,
-                snippet: "<b>x</b>".into(),
-                context: context(),
-            }],
-            facets: slurp_index::FacetCounts {
-                tags: vec![slurp_index::FacetCount {
-                    value: "t".into(),
-                    count: 1,
-                }],
-                technologies: vec![],
-            },
-            warnings: vec!["w".into()],
-            index_micros: 3,
-            took_micros: 4,
-            partial: true,
-            missing_partitions: vec![7],
-            nodes: 2,
-            incomplete: true,
-            incomplete_reasons: vec![
-                Incomplete::MissingPartitions,
-                Incomplete::IndexRebuilding,
-                Incomplete::IndexRebuildFailed,
-                Incomplete::UnopenableRecords,
-                Incomplete::HitsLeftOut,
-            ],
-            unopenable: 1,
-        });
-        same_shape::<wire::BatchPutResponse>(&BatchReport {
-            id: 1,
-            total: 1,
-            succeeded: 1,
-            failed: 0,
-            aborted: false,
-            took_ms: 3,
-            results: vec![BatchItemResult {
-                index: 0,
-                ok: Some(put),
-                error: None,
-            }],
-        });
-        same_shape::<wire::BatchGetResponse>(&BatchReport {
-            id: 1,
-            total: 1,
-            succeeded: 1,
-            failed: 0,
-            aborted: false,
-            took_ms: 3,
-            results: vec![BatchItemResult {
-                index: 0,
-                ok: Some(read),
-                error: None,
-            }],
-        });
-        same_shape::<wire::ResolveResponse>(&Resolved {
-            address: "a".into(),
-            path: "p".into(),
-            summary: "s".into(),
-            summary_source: "a".into(),
-            purpose: String::new(),
-            purpose_source: None,
-            technologies: vec![FieldSource {
-                value: "rust".into(),
-                source: "a".into(),
-            }],
-            tags: vec![],
-            insights: vec![],
-            chain: vec!["a".into()],
-        });
-        same_shape::<wire::LinksResponse>(&LinkGraph {
-            root: "a".into(),
-            nodes: vec![LinkNode {
-                address: "a".into(),
-                hops: 0,
-                summary: "s".into(),
-            }],
-            edges: vec![LinkEdge {
-                from: "a".into(),
-                to: "b".into(),
-            }],
-        });
-    }
-
-    #[test]
-    fn the_audit_answers_have_the_api_shapes() {
-        let tail = crate::audit::AuditTail {
-            entries: vec![crate::audit::EntryView {
-                seq: 1,
-                time_ms: 2,
-                actor: "t".into(),
-                role: None,
-                action: "get".into(),
-                target: "x".into(),
-                decision: slurp_crypto::Decision::Deny,
-                reason: "r".into(),
-                prev: "p".into(),
-                hash: "h".into(),
-            }],
-            total: 1,
-            error: Some("broken".into()),
-        };
-        same_shape::<wire::AuditTailResponse>(&tail);
-        let verdict = crate::audit::AuditVerdict {
-            ok: false,
-            entries: 0,
-            head: None,
-            head_file: Some("1:h".into()),
-            broken_seq: Some(2),
-            error: Some("e".into()),
-            anchors: vec![crate::cluster::anchors::AnchorCheck {
-                member: "m".into(),
-                head: Some("1:h".into()),
-                ok: false,
-                error: Some("e".into()),
-            }],
-        };
-        same_shape::<wire::AuditVerifyResponse>(&verdict);
-    }
 
     /// `docs/openapi.json` describes exactly the routes the router serves.
     #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use slurp_crypto::{AuditAction, AuditError, AuditLog, AuditRecord, Decision, EntryHash};
+use slurp_crypto::{AuditAction, AuditError, AuditLog, AuditRecord, EntryHash};
 use slurp_protocol::RoleName;
 use tokio::sync::{mpsc, oneshot};
 
@@ -118,10 +118,7 @@ impl AuditSink {
 
     /// Records one decision.
     pub async fn record(&self, record: AuditRecord) {
-        let cause = match record.decision {
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
-        };
+        let cause = record.decision.as_str();
         self.metrics
             .audit_entries
             .get_or_create(&CauseLabels { cause })
@@ -159,35 +156,10 @@ impl AuditSink {
     }
 }
 
-/// One audit entry as the API shows it: the stored fields, with the action
-/// as its name, hashes as hex and the entry's own hash (its chain position).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct EntryView {
-    pub seq: u64,
-    pub time_ms: u64,
-    pub actor: String,
-    pub role: Option<RoleName>,
-    pub action: String,
-    pub target: String,
-    pub decision: Decision,
-    pub reason: String,
-    /// Hash of the entry before (the genesis value for seq 1).
-    pub prev: String,
-    /// Hash of this entry: what the next entry, or the head, chains to.
-    pub hash: String,
-}
-
-/// The last entries of the log, oldest first.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AuditTail {
-    pub entries: Vec<EntryView>,
-    /// Entries read from the start of the log.
-    pub total: u64,
-    /// Why reading stopped early: the chain is broken after `total`
-    /// entries (see `POST /v1/audit/verify`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+// An entry as the API shows it (the stored fields, with the action as its
+// name, hashes as hex and the entry's own hash: its chain position) and the
+// last entries of the log, oldest first, are the API's bodies.
+pub use slurp_protocol::api::{AuditEntry as EntryView, AuditTailResponse as AuditTail};
 
 /// The last `limit` entries of `log`. Reading walks (and so checks) the
 /// chain from the start; a break ends the tail at the last good entry and
@@ -239,28 +211,8 @@ fn view(e: slurp_crypto::AuditEntry, hash: EntryHash) -> EntryView {
     }
 }
 
-/// The verdict on the whole log: chain and head file.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AuditVerdict {
-    pub ok: bool,
-    /// Entries verified (when `ok`).
-    pub entries: u64,
-    /// The last entry, `<seq>:<hash>` (when `ok`): anchor it elsewhere to
-    /// detect entries later dropped from the end.
-    pub head: Option<String>,
-    /// What the head file records, `<seq>:<hash>`.
-    pub head_file: Option<String>,
-    /// The first entry found broken (or missing), when not `ok`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub broken_seq: Option<u64>,
-    /// What is wrong, naming the entry and its offset, when not `ok`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The heads of this log the other members hold, each checked against
-    /// the log (`ok` is false if any fails).
-    #[serde(default)]
-    pub anchors: Vec<crate::cluster::anchors::AnchorCheck>,
-}
+/// The verdict on the whole log, chain and head file: the API's body.
+pub use slurp_protocol::api::AuditVerifyResponse as AuditVerdict;
 
 /// Verifies `log` on disk against its head file with
 /// [`AuditLog::verify`].

@@ -2,10 +2,13 @@
 //!
 //! The node's handlers build these and the CLI's client decodes them, so
 //! the two cannot drift apart field by field; `docs/openapi.json`
-//! describes the same shapes. Every type here is plain data. Where the
-//! node keeps a richer type of its own (the store's results, the cluster's
-//! status), the type here has the same JSON shape and the node converts or
-//! is checked against it by a test.
+//! describes the same shapes. Every type here is plain data, and the one
+//! definition of its shape: the node's store, cluster, audit and
+//! replication answer with these types themselves (re-exported under
+//! their own names, as the index does with its coverage and facet
+//! counts). Only where the node keeps more than the API shows (a token's
+//! parsed limits, the index's and store's statistics) does it build the
+//! body from a type of its own.
 //!
 //! Responses do not refuse unknown fields, so an older client can read a
 //! newer node; request bodies refuse them where the node always has.
@@ -73,6 +76,18 @@ pub struct PutContextRequest {
     /// `""`, unless there is none.
     #[serde(default)]
     pub expect_latest: Option<String>,
+}
+
+impl PutContextRequest {
+    /// A plain write of `context`: no reason, no expiry, no precondition.
+    pub fn new(context: ContextNode) -> Self {
+        PutContextRequest {
+            context,
+            change_reason: None,
+            ttl_secs: None,
+            expect_latest: None,
+        }
+    }
 }
 
 /// What a write (or a delete: a tombstone) did.
@@ -171,14 +186,17 @@ pub struct SearchHit {
     pub context: ContextNode,
 }
 
-/// How many matching documents carry one tag or technology.
+/// How many matching documents carry one tag or technology (the index's
+/// facet counts, re-exported by `slurp_index`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FacetCount {
     pub value: String,
     pub count: u64,
 }
 
-/// Facet counts over every matching document.
+/// Facet counts over every document matching the query and filters (not
+/// only the returned page), highest count first, at most `max_facet_values`
+/// each.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct FacetCounts {
     pub tags: Vec<FacetCount>,
@@ -267,7 +285,7 @@ pub struct LinkNode {
 }
 
 /// A link: `from` influenced `to`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub struct LinkEdge {
     pub from: String,
     pub to: String,
@@ -447,8 +465,9 @@ pub struct WhoamiResponse {
 
 // ----------------------------------------------------------------- audit
 
-/// Whether an audited action was allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Whether an audited action was allowed (the audit log's own type,
+/// re-exported by `slurp_crypto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Allow,
@@ -654,20 +673,51 @@ pub struct StoreStatus {
     pub stored_bytes: u64,
 }
 
-/// Whether the index holds everything its store has.
+/// Whether the index holds everything its source has (the index's own
+/// type, re-exported by `slurp_index` as `Coverage`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum IndexCoverage {
+    /// Every entry fed to it is indexed (or counted as unopenable): no
+    /// rebuild is expected, or the last one finished.
     #[default]
     Complete,
+    /// A rebuild is expected or running; searches answer from the state
+    /// before it (empty at a node's start).
     Rebuilding {
+        /// Entries the rebuild has read from its feed so far.
         read: u64,
+        /// What the caller announced it would feed (the node: the keys of
+        /// its store, an upper bound as deleted keys are not fed).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expected: Option<u64>,
     },
-    Failed {
-        error: String,
-    },
+    /// The last rebuild stopped with this error; searches answer from the
+    /// state before it, which lacks what the rebuild would have added.
+    Failed { error: String },
+}
+
+impl IndexCoverage {
+    pub fn is_complete(&self) -> bool {
+        matches!(self, IndexCoverage::Complete)
+    }
+}
+
+impl std::fmt::Display for IndexCoverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexCoverage::Complete => f.write_str("complete"),
+            IndexCoverage::Rebuilding {
+                read,
+                expected: Some(n),
+            } => write!(f, "rebuilding: {read} of at most {n} records read"),
+            IndexCoverage::Rebuilding {
+                read,
+                expected: None,
+            } => write!(f, "rebuilding: {read} records read"),
+            IndexCoverage::Failed { error } => write!(f, "rebuild failed: {error}"),
+        }
+    }
 }
 
 /// Records held but not openable here.
@@ -696,6 +746,22 @@ pub struct IndexStatus {
     pub coverage: Option<IndexCoverage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unopenable: Option<UnopenableCounts>,
+}
+
+impl IndexStatus {
+    /// A node without an index.
+    pub fn disabled() -> Self {
+        IndexStatus {
+            enabled: false,
+            ready: None,
+            docs: None,
+            segments: None,
+            bytes: None,
+            pending_ops: None,
+            coverage: None,
+            unopenable: None,
+        }
+    }
 }
 
 /// The decrypted-context cache in `GET /v1/status`.
@@ -822,6 +888,26 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
 }
 
+impl PeerStatus {
+    /// A peer this node knows nothing of (a layout entry that names no
+    /// peer id).
+    pub fn unknown(id: &str) -> Self {
+        PeerStatus {
+            peer_id: id.to_string(),
+            name: None,
+            api_addr: None,
+            zone: None,
+            up: false,
+            connected: false,
+            layout_version: 0,
+            status: None,
+            uptime_secs: 0,
+            last_seen_ms_ago: None,
+            last_error: None,
+        }
+    }
+}
+
 /// A member of the layout as this node sees it: the layout's facts and
 /// the peer's, flattened into one object (`zone` is the peer's report).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -843,6 +929,12 @@ pub struct StagedChanges {
     pub join: BTreeMap<String, Member>,
     /// Members to remove.
     pub remove: BTreeSet<String>,
+}
+
+impl StagedChanges {
+    pub fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// Anti-entropy of this node's partitions.
@@ -1063,18 +1155,8 @@ mod tests {
 
     #[test]
     fn an_index_without_one_is_only_disabled() {
-        let none = IndexStatus {
-            enabled: false,
-            ready: None,
-            docs: None,
-            segments: None,
-            bytes: None,
-            pending_ops: None,
-            coverage: None,
-            unopenable: None,
-        };
         assert_eq!(
-            serde_json::to_value(&none).unwrap(),
+            serde_json::to_value(IndexStatus::disabled()).unwrap(),
             serde_json::json!({"enabled": false})
         );
     }

@@ -46,17 +46,9 @@ impl HeldHead {
     }
 }
 
-/// What one member's copy of this node's head says about the log.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AnchorCheck {
-    /// The member that holds the head (peer id).
-    pub member: String,
-    /// The head it holds, `<seq>:<hash>`, if any.
-    pub head: Option<String>,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+/// What one member's copy of this node's head says about the log: the
+/// API's body.
+pub use slurp_protocol::api::AnchorCheck;
 
 impl Cluster {
     fn heads_path(&self) -> std::path::PathBuf {

@@ -14,26 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde::Serialize;
 use slurp_protocol::placement::{Layout, Member};
 use slurp_protocol::{Framed, PartitionScheme, Signed};
 
 use super::ClusterError;
 
-/// Changes waiting for `apply`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Staged {
-    /// Members to add or update, by id.
-    pub join: BTreeMap<String, Member>,
-    /// Members to remove.
-    pub remove: BTreeSet<String>,
-}
-
-impl Staged {
-    pub fn is_empty(&self) -> bool {
-        self.join.is_empty() && self.remove.is_empty()
-    }
-}
+/// Changes waiting for `apply`: the API's body.
+pub use slurp_protocol::api::StagedChanges as Staged;
 
 /// The current layout and the staged changes.
 pub struct LayoutState {

@@ -46,9 +46,9 @@ use crate::audit::AuditSink;
 use crate::keys::Custody;
 use crate::metrics::Metrics;
 use crate::net::{NetClient, NetError};
-use layout::{LayoutState, Staged};
+use layout::LayoutState;
 use membership::{Membership, certify};
-use peers::{PeerBook, PeerView};
+use peers::PeerBook;
 use slurp_crypto::{AuditAction, AuditRecord, ClusterKey, ClusterPublic};
 use slurp_protocol::membership::PURPOSE_LAYOUT;
 use slurp_protocol::{JoinToken, Signed};
@@ -283,56 +283,10 @@ impl Route {
     }
 }
 
-/// What `slurp cluster status` shows.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterStatus {
-    pub peer_id: String,
-    pub name: String,
-    /// This node's swarm addresses, each ending in `/p2p/<peer id>`: what
-    /// another node passes to `--bootstrap` (empty until listeners are up).
-    pub listen_addrs: Vec<String>,
-    /// The cluster this node belongs to (the id of the cluster key), if
-    /// any.
-    pub cluster: Option<String>,
-    /// Whether this node holds the whole cluster key (it made the
-    /// cluster and has not split the key yet).
-    pub key_holder: bool,
-    /// How this node keeps the cluster key: whole, a share of it, or
-    /// neither.
-    pub key_custody: shares::KeyCustody,
-    /// When this node's certificate expires, ms since the Unix epoch.
-    pub certificate_not_after_ms: Option<u64>,
-    /// Why redeeming the join token failed, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub join_error: Option<String>,
-    /// Whether this node holds the key directory and a key of every role
-    /// its certificate grants (false while the keys are on their way).
-    pub keys_held: bool,
-    pub layout_version: u64,
-    pub replication_factor: Option<u8>,
-    pub partitions: Option<u32>,
-    pub write_quorum: u8,
-    pub read_quorum: u8,
-    pub auto_join: bool,
-    pub member: bool,
-    pub members: Vec<MemberView>,
-    /// Connected or remembered peers that are not members.
-    pub others: Vec<PeerView>,
-    pub staged: Staged,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberView {
-    pub id: String,
-    pub zone: String,
-    pub capacity: u32,
-    pub address: String,
-    /// Replicas of partitions it holds under the layout.
-    pub partitions: usize,
-    pub is_self: bool,
-    #[serde(flatten)]
-    pub peer: PeerView,
-}
+/// What `slurp cluster status` shows, and a member in it: the API's
+/// bodies. [`Cluster::status`] leaves `anti_entropy` to the node's
+/// anti-entropy worker.
+pub use slurp_protocol::api::{ClusterStatusResponse as ClusterStatus, MemberStatus as MemberView};
 
 /// The cluster side of a node. Cheap to clone.
 #[derive(Clone)]
@@ -2272,6 +2226,8 @@ impl Cluster {
         });
     }
 
+    /// What `slurp cluster status` shows, but for `anti_entropy`
+    /// (left at its default: the anti-entropy worker knows it).
     pub fn status(&self) -> ClusterStatus {
         let layout = self.layout();
         let info = self.info();
@@ -2297,7 +2253,6 @@ impl Cluster {
                 }
                 members.push(MemberView {
                     id: m.id.clone(),
-                    zone: m.zone.clone(),
                     capacity: m.capacity,
                     address: m.address.clone(),
                     partitions: l.partitions_of(&m.id).len(),
@@ -2343,6 +2298,8 @@ impl Cluster {
             members,
             others,
             staged: self.0.layout.staged(),
+            // The anti-entropy worker's, which the cluster does not see.
+            anti_entropy: Default::default(),
         }
     }
 }

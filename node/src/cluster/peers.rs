@@ -10,7 +10,6 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use serde::Serialize;
 use slurp_protocol::messages::{HealthStatus, NodeInfo};
 
 /// One peer as this node sees it.
@@ -33,42 +32,8 @@ pub struct PeerState {
     pub rewrap: Option<slurp_protocol::messages::RewrapReport>,
 }
 
-/// A peer's state for `slurp cluster status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PeerView {
-    pub peer_id: String,
-    pub name: Option<String>,
-    pub api_addr: Option<String>,
-    pub zone: Option<String>,
-    pub up: bool,
-    pub connected: bool,
-    pub layout_version: u64,
-    pub status: Option<HealthStatus>,
-    pub uptime_secs: u64,
-    pub last_seen_ms_ago: Option<u64>,
-    /// Why the peer is down; none once it answers again.
-    pub last_error: Option<String>,
-}
-
-impl PeerView {
-    /// A peer this node knows nothing of (a layout entry that names no
-    /// peer id).
-    pub fn unknown(id: &str) -> Self {
-        PeerView {
-            peer_id: id.to_string(),
-            name: None,
-            api_addr: None,
-            zone: None,
-            up: false,
-            connected: false,
-            layout_version: 0,
-            status: None,
-            uptime_secs: 0,
-            last_seen_ms_ago: None,
-            last_error: None,
-        }
-    }
-}
+/// A peer's state for `slurp cluster status`: the API's body.
+pub use slurp_protocol::api::PeerStatus as PeerView;
 
 #[derive(Default)]
 pub struct PeerBook {

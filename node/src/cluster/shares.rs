@@ -70,24 +70,8 @@ impl Framed for DealtShare {
     const VERSION: u16 = 1;
 }
 
-/// How the cluster key is kept, as this node sees it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct KeyCustody {
-    /// This node holds the whole key (it ran `cluster init` and has not
-    /// split it yet).
-    pub whole: bool,
-    /// This node's share, if it holds one.
-    pub share: Option<ShareView>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ShareView {
-    /// The share set, hex.
-    pub set: String,
-    pub index: u8,
-    pub threshold: u8,
-    pub total: u8,
-}
+/// How the cluster key is kept, as this node sees it: the API's body.
+pub use slurp_protocol::api::{KeyCustody, ShareView};
 
 impl Cluster {
     /// The whole cluster key, when this node holds it.

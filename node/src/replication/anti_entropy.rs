@@ -346,31 +346,9 @@ struct State {
     differing: Differing,
 }
 
-/// Anti-entropy as `slurp workers` and `slurp cluster status` show it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AntiEntropyStatus {
-    /// The layout version the figures are for.
-    pub layout_version: u64,
-    /// Partitions this node replicates.
-    pub partitions: u32,
-    /// Of those, partitions whose digests agreed with every co-replica in
-    /// the last comparison.
-    pub converged: u32,
-    /// Partitions the last comparison with some co-replica found
-    /// differing.
-    pub differing: u32,
-    /// Partitions not yet compared with every co-replica under this layout.
-    pub unknown: u32,
-    /// The oldest "last converged" time over converged partitions, ms
-    /// since the Unix epoch.
-    pub oldest_converged_ms: Option<u64>,
-    /// The digest of every version this node stores (hex; the XOR of
-    /// their key hashes): nodes holding the same partitions hold the same
-    /// versions exactly when their digests are equal.
-    pub store_digest: String,
-    /// Versions this node stores.
-    pub store_versions: u64,
-}
+/// Anti-entropy as `slurp workers` and `slurp cluster status` show it:
+/// the API's body.
+pub use slurp_protocol::api::AntiEntropyStatus;
 
 /// The anti-entropy worker of one node.
 #[derive(Clone)]

@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
+use slurp_protocol::{RoleName, UcxlAddress};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -29,81 +28,28 @@ const KEEP_FINISHED: usize = 32;
 /// Items committed per transaction in a non-atomic batch.
 const COMMIT_CHUNK: usize = 256;
 
-/// One item of a batch write.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchStoreItem {
-    pub context: ContextNode,
-    /// Replaces the context's `encrypted_for` when given.
-    #[serde(default)]
-    pub roles: Option<Vec<RoleName>>,
-    #[serde(default)]
-    pub change_reason: Option<String>,
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
-}
+// A batch's items and answers are the API's bodies.
+pub use slurp_protocol::api::{
+    BatchItemResult, BatchProgress, BatchPutItem as BatchStoreItem, BatchReport, ItemError,
+};
 
-/// The outcome of one item, by its position in the request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BatchItemResult<T> {
-    pub index: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ok: Option<T>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ItemError>,
-}
-
-/// Why an item failed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ItemError {
-    pub code: String,
-    pub message: String,
-}
-
-impl<T> BatchItemResult<T> {
-    fn from_result(index: usize, r: Result<T, StoreError>) -> Self {
-        match r {
-            Ok(v) => BatchItemResult {
-                index,
-                ok: Some(v),
-                error: None,
-            },
-            Err(e) => BatchItemResult {
-                index,
-                ok: None,
-                error: Some(ItemError {
-                    code: e.code().to_string(),
-                    message: e.to_string(),
-                }),
-            },
-        }
+/// The outcome of item `index`.
+fn item_result<T>(index: usize, r: Result<T, StoreError>) -> BatchItemResult<T> {
+    match r {
+        Ok(v) => BatchItemResult {
+            index,
+            ok: Some(v),
+            error: None,
+        },
+        Err(e) => BatchItemResult {
+            index,
+            ok: None,
+            error: Some(ItemError {
+                code: e.code().to_string(),
+                message: e.to_string(),
+            }),
+        },
     }
-}
-
-/// The answer to a batch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BatchReport<T> {
-    pub id: u64,
-    pub total: usize,
-    pub succeeded: usize,
-    pub failed: usize,
-    /// True when an atomic batch committed nothing because an item failed.
-    pub aborted: bool,
-    pub took_ms: u64,
-    pub results: Vec<BatchItemResult<T>>,
-}
-
-/// Progress of a batch, running or recently finished.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BatchProgress {
-    pub id: u64,
-    pub kind: String,
-    pub role: RoleName,
-    pub total: usize,
-    pub done: usize,
-    pub failed: usize,
-    pub started_ms: u64,
-    pub finished: bool,
 }
 
 struct Tracker {
@@ -273,8 +219,8 @@ impl ContextStore {
         for (i, p) in prepared.into_iter().enumerate() {
             match p {
                 Some(Ok(p)) => ready.push((i, p)),
-                Some(Err(e)) => results.push(BatchItemResult::from_result(i, Err(e))),
-                None => results.push(BatchItemResult::from_result(
+                Some(Err(e)) => results.push(item_result(i, Err(e))),
+                None => results.push(item_result(
                     i,
                     Err(StoreError::Internal("item was not processed".into())),
                 )),
@@ -284,7 +230,7 @@ impl ContextStore {
         if aborted {
             for (i, _) in ready.drain(..) {
                 tracker.step(false);
-                results.push(BatchItemResult::from_result(
+                results.push(item_result(
                     i,
                     Err(StoreError::BadRequest(
                         "not stored: another item of this atomic batch failed".into(),
@@ -308,7 +254,7 @@ impl ContextStore {
                     .zip(self.commit_put(preps, super::QuorumOpts::default()).await)
                 {
                     tracker.step(r.is_ok());
-                    results.push(BatchItemResult::from_result(i, r));
+                    results.push(item_result(i, r));
                 }
             }
         }
@@ -344,7 +290,7 @@ impl ContextStore {
         while let Some(joined) = set.join_next().await {
             let (i, r) = joined.map_err(|e| StoreError::Internal(e.to_string()))?;
             tracker.step(r.is_ok());
-            results.push(BatchItemResult::from_result(i, r));
+            results.push(item_result(i, r));
         }
         Ok(self.report("batch_get", id, &tracker, start, false, results))
     }

@@ -9,36 +9,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
 use slurp_protocol::UcxlAddress;
 
 use super::ContextStore;
 use crate::error::StoreError;
 use crate::tokens::Principal;
 
-/// A context in the graph.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LinkNode {
-    pub address: String,
-    /// Hops from the starting address.
-    pub hops: u32,
-    pub summary: String,
-}
-
-/// A link: `from` influenced `to`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LinkEdge {
-    pub from: String,
-    pub to: String,
-}
-
-/// The neighbourhood of an address.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LinkGraph {
-    pub root: String,
-    pub nodes: Vec<LinkNode>,
-    pub edges: Vec<LinkEdge>,
-}
+// The graph is the API's body.
+pub use slurp_protocol::api::{LinkEdge, LinkNode, LinksResponse as LinkGraph};
 
 impl ContextStore {
     /// The contexts within `hops` links of `address`, both directions.

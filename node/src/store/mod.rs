@@ -30,7 +30,6 @@ mod tier;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use slurp_crypto::{AuditAction, EnvelopeConfig};
 use slurp_index::ContextIndex;
 use slurp_protocol::{
@@ -58,88 +57,11 @@ use crate::keys::Custody;
 use crate::metrics::Metrics;
 use crate::tokens::Principal;
 
-/// A write request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PutRequest {
-    pub context: ContextNode,
-    /// Why this version was written.
-    #[serde(default)]
-    pub change_reason: Option<String>,
-    /// The record expires this many seconds after the write.
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
-    /// Refuse the write unless the latest version is this one
-    /// (`wall.logical@writer`), or, with `""`, unless there is none.
-    #[serde(default)]
-    pub expect_latest: Option<String>,
-}
-
-impl PutRequest {
-    pub fn new(context: ContextNode) -> Self {
-        PutRequest {
-            context,
-            change_reason: None,
-            ttl_secs: None,
-            expect_latest: None,
-        }
-    }
-}
-
-/// What a write did.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PutResult {
-    /// The address of the new version (`*~N` form is not stable under
-    /// concurrent writers, so this is the `*^` address).
-    pub address: String,
-    pub version: String,
-    pub parent: Option<String>,
-    /// Roles that can read the new version.
-    pub readers: Vec<RoleName>,
-    /// False when this exact version was already stored (a retry).
-    pub created: bool,
-}
-
-/// A read.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReadResult {
-    /// The address of the version returned: the `*^` address when the
-    /// newest version was asked for, else `*~N` with N = `ordinal`
-    /// (whatever temporal form the request used).
-    pub address: String,
-    pub version: String,
-    /// 1-based position in the address's history.
-    pub ordinal: u64,
-    pub context: ContextNode,
-}
-
-/// One address in a listing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ListEntry {
-    pub address: String,
-    pub latest: String,
-    pub versions: u64,
-    pub path: String,
-}
-
-/// A page of a listing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ListPage {
-    pub entries: Vec<ListEntry>,
-    /// Pass as `after` for the next page.
-    pub next: Option<String>,
-}
-
-/// One version in a history.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HistoryEntry {
-    pub ordinal: u64,
-    pub version: String,
-    pub parent: Option<String>,
-    pub tombstone: bool,
-    pub expires_at_ms: Option<u64>,
-    pub readers: Vec<RoleName>,
-}
+// The store's requests and answers are the API's bodies.
+pub use slurp_protocol::api::{
+    ContextResponse as ReadResult, HistoryEntry, ListEntry, ListResponse as ListPage,
+    PutContextRequest as PutRequest, PutResponse as PutResult,
+};
 
 /// Everything the store is built from.
 pub struct StoreParts {

@@ -15,35 +15,14 @@
 //!
 //! The answer says which address every field and list item came from.
 
-use serde::{Deserialize, Serialize};
 use slurp_protocol::UcxlAddress;
 
 use super::ContextStore;
 use crate::error::StoreError;
 use crate::tokens::Principal;
 
-/// A list item and where it came from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FieldSource {
-    pub value: String,
-    pub source: String,
-}
-
-/// The merged view of a path.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Resolved {
-    pub address: String,
-    pub path: String,
-    pub summary: String,
-    pub summary_source: String,
-    pub purpose: String,
-    pub purpose_source: Option<String>,
-    pub technologies: Vec<FieldSource>,
-    pub tags: Vec<FieldSource>,
-    pub insights: Vec<FieldSource>,
-    /// The contexts that were merged, root first.
-    pub chain: Vec<String>,
-}
+// The merged view is the API's body.
+pub use slurp_protocol::api::{FieldSource, ResolveResponse as Resolved};
 
 /// Every prefix of `path` at a `/`, the root (`""`) first, `path` last.
 fn ancestors(path: &str) -> Vec<String> {

@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use slurp_crypto::AuditAction;
 use slurp_index::{
     ContextIndex, Coverage, FacetCount, FacetCounts, QueryStatistics, SearchHit, SearchQuery,
@@ -38,7 +37,7 @@ use slurp_index::{
 };
 use slurp_protocol::messages::{ErrorCode, RemoteError, SearchRequest, SearchResponse as Wire};
 use slurp_protocol::placement::Layout;
-use slurp_protocol::{ContextNode, RoleName, UcxlAddress};
+use slurp_protocol::{RoleName, UcxlAddress};
 
 use super::{ContextStore, ListEntry, ListPage};
 use crate::cluster::{Cluster, ClusterError};
@@ -48,70 +47,8 @@ use crate::replication::coordinator::cluster_peer_label;
 use crate::tokens::Principal;
 use libp2p::PeerId;
 
-/// One search hit, decrypted for the caller.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SearchResultHit {
-    pub address: String,
-    pub version: String,
-    pub score: f32,
-    /// HTML with matched terms in `<b>`; text is escaped.
-    pub snippet: String,
-    pub context: ContextNode,
-}
-
-/// A page of search results.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SearchResponse {
-    pub total_hits: u64,
-    pub hits: Vec<SearchResultHit>,
-    pub facets: FacetCounts,
-    pub warnings: Vec<String>,
-    /// Time spent in the index, in microseconds.
-    pub index_micros: u64,
-    /// Time for the whole search including decryption, in microseconds.
-    pub took_micros: u64,
-    /// Whether some partitions were not searched (no reachable node holds
-    /// them); `missing_partitions` names them.
-    #[serde(default)]
-    pub partial: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub missing_partitions: Vec<u32>,
-    /// Nodes that answered for a share of the partitions (1 on a lone node).
-    #[serde(default)]
-    pub nodes: usize,
-    /// Whether the answer may lack matches, for any of
-    /// `incomplete_reasons` (each explained in `warnings`). `partial`
-    /// keeps its narrower meaning: partitions were not searched.
-    #[serde(default)]
-    pub incomplete: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub incomplete_reasons: Vec<Incomplete>,
-    /// Records the caller's role may read, in the search's scope, that the
-    /// nodes answering hold but cannot open: matches among them are not
-    /// in this answer.
-    #[serde(default)]
-    pub unopenable: u64,
-}
-
-/// Why a search's answer may lack matches.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Incomplete {
-    /// Partitions no reachable node answered for (`partial`,
-    /// `missing_partitions`).
-    MissingPartitions,
-    /// An answering node's index is still being rebuilt from its store.
-    IndexRebuilding,
-    /// An answering node's index rebuild failed: its index lacks what the
-    /// rebuild did not reach.
-    IndexRebuildFailed,
-    /// Records in scope that the node holding them cannot open
-    /// (`unopenable`).
-    UnopenableRecords,
-    /// Hits the index found that could not be read or opened for the
-    /// caller.
-    HitsLeftOut,
-}
+// The answer is the API's body.
+pub use slurp_protocol::api::{Incomplete, SearchHit as SearchResultHit, SearchResponse};
 
 /// What makes an answer incomplete, gathered while it is put together.
 #[derive(Default)]
