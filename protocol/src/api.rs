@@ -72,8 +72,8 @@ pub struct PutContextRequest {
     /// The record expires this many seconds after the write.
     #[serde(default)]
     pub ttl_secs: Option<u64>,
-    /// Refuse the write unless the latest version is this one, or, with
-    /// `""`, unless there is none.
+    /// Refuse the write unless the latest version is this one
+    /// (`wall.logical@writer`), or, with `""`, unless there is none.
     #[serde(default)]
     pub expect_latest: Option<String>,
 }
@@ -93,7 +93,8 @@ impl PutContextRequest {
 /// What a write (or a delete: a tombstone) did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PutResponse {
-    /// The `*^` address of the new version.
+    /// The `*^` address of the new version (a `*~N` form is not stable
+    /// under concurrent writers).
     pub address: String,
     pub version: String,
     pub parent: Option<String>,
@@ -106,7 +107,8 @@ pub struct PutResponse {
 /// `GET /v1/contexts`: one version of a context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ContextResponse {
-    /// The `*^` address when the newest version was asked for, else `*~N`.
+    /// The `*^` address when the newest version was asked for, else `*~N`
+    /// with N = `ordinal` (whatever temporal form the request used).
     pub address: String,
     pub version: String,
     /// 1-based position in the address's history.
@@ -207,15 +209,19 @@ pub struct FacetCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Incomplete {
-    /// Partitions no reachable node answered for.
+    /// Partitions no reachable node answered for (`partial`,
+    /// `missing_partitions`).
     MissingPartitions,
     /// An answering node's index is still being rebuilt from its store.
     IndexRebuilding,
-    /// An answering node's index rebuild failed.
+    /// An answering node's index rebuild failed: its index lacks what the
+    /// rebuild did not reach.
     IndexRebuildFailed,
-    /// Records in scope that the node holding them cannot open.
+    /// Records in scope that the node holding them cannot open
+    /// (`unopenable`).
     UnopenableRecords,
-    /// Hits that could not be read or opened for the caller.
+    /// Hits the index found that could not be read or opened for the
+    /// caller.
     HitsLeftOut,
     /// A reason this client does not know yet.
     #[serde(other)]
@@ -233,20 +239,25 @@ pub struct SearchResponse {
     pub index_micros: u64,
     /// Time for the whole search including decryption, in microseconds.
     pub took_micros: u64,
-    /// Whether some partitions were not searched.
+    /// Whether some partitions were not searched (no reachable node holds
+    /// them); `missing_partitions` names them.
     #[serde(default)]
     pub partial: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_partitions: Vec<u32>,
-    /// Nodes that answered for a share of the partitions.
+    /// Nodes that answered for a share of the partitions (1 on a lone node).
     #[serde(default)]
     pub nodes: usize,
-    /// Whether the answer may lack matches, for `incomplete_reasons`.
+    /// Whether the answer may lack matches, for any of
+    /// `incomplete_reasons` (each explained in `warnings`). `partial`
+    /// keeps its narrower meaning: partitions were not searched.
     #[serde(default)]
     pub incomplete: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incomplete_reasons: Vec<Incomplete>,
-    /// Records in scope the answering nodes hold but cannot open.
+    /// Records the caller's role may read, in the search's scope, that the
+    /// nodes answering hold but cannot open: matches among them are not
+    /// in this answer.
     #[serde(default)]
     pub unopenable: u64,
 }
@@ -494,9 +505,9 @@ pub struct AuditEntry {
     pub target: String,
     pub decision: Decision,
     pub reason: String,
-    /// Hash of the entry before.
+    /// Hash of the entry before (the genesis value for seq 1).
     pub prev: String,
-    /// Hash of this entry.
+    /// Hash of this entry: what the next entry, or the head, chains to.
     pub hash: String,
 }
 
@@ -506,7 +517,8 @@ pub struct AuditTailResponse {
     pub entries: Vec<AuditEntry>,
     /// Entries read from the start of the log.
     pub total: u64,
-    /// Why reading stopped early: the chain is broken after `total`.
+    /// Why reading stopped early: the chain is broken after `total`
+    /// entries (see `POST /v1/audit/verify`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -529,17 +541,19 @@ pub struct AuditVerifyResponse {
     pub ok: bool,
     /// Entries verified (when `ok`).
     pub entries: u64,
-    /// The last entry, `<seq>:<hash>` (when `ok`).
+    /// The last entry, `<seq>:<hash>` (when `ok`): anchor it elsewhere to
+    /// detect entries later dropped from the end.
     pub head: Option<String>,
     /// What the head file records, `<seq>:<hash>`.
     pub head_file: Option<String>,
     /// The first entry found broken (or missing), when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken_seq: Option<u64>,
-    /// What is wrong, when not `ok`.
+    /// What is wrong, naming the entry and its offset, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The heads of this log the other members hold, each checked.
+    /// The heads of this log the other members hold, each checked against
+    /// the log (`ok` is false if any fails).
     #[serde(default)]
     pub anchors: Vec<AnchorCheck>,
 }
@@ -865,7 +879,8 @@ pub struct ShareView {
 /// How this node keeps the cluster key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyCustody {
-    /// This node holds the whole key.
+    /// This node holds the whole key (it ran `cluster init` and has not
+    /// split it yet).
     pub whole: bool,
     /// This node's share, if it holds one.
     pub share: Option<ShareView>,
@@ -909,7 +924,8 @@ impl PeerStatus {
 }
 
 /// A member of the layout as this node sees it: the layout's facts and
-/// the peer's, flattened into one object (`zone` is the peer's report).
+/// the peer's, flattened into one object (`zone` is the layout's, the one
+/// placement uses).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct MemberStatus {
     pub id: String,
@@ -944,15 +960,20 @@ pub struct AntiEntropyStatus {
     pub layout_version: u64,
     /// Partitions this node replicates.
     pub partitions: u32,
-    /// Partitions whose digests agreed with every co-replica last time.
+    /// Of those, partitions whose digests agreed with every co-replica in
+    /// the last comparison.
     pub converged: u32,
-    /// Partitions the last comparison found differing.
+    /// Partitions the last comparison with some co-replica found
+    /// differing.
     pub differing: u32,
-    /// Partitions not yet compared with every co-replica.
+    /// Partitions not yet compared with every co-replica under this layout.
     pub unknown: u32,
-    /// The oldest "last converged" time over converged partitions.
+    /// The oldest "last converged" time over converged partitions, ms
+    /// since the Unix epoch.
     pub oldest_converged_ms: Option<u64>,
-    /// The digest of every version this node stores (hex).
+    /// The digest of every version this node stores (hex; the XOR of
+    /// their key hashes): nodes holding the same partitions hold the same
+    /// versions exactly when their digests are equal.
     pub store_digest: String,
     /// Versions this node stores.
     pub store_versions: u64,
@@ -963,19 +984,25 @@ pub struct AntiEntropyStatus {
 pub struct ClusterStatusResponse {
     pub peer_id: String,
     pub name: String,
-    /// This node's swarm addresses, each ending in `/p2p/<peer id>`.
+    /// This node's swarm addresses, each ending in `/p2p/<peer id>`: what
+    /// another node passes to `--bootstrap` (empty until listeners are up).
     pub listen_addrs: Vec<String>,
-    /// The cluster this node belongs to, if any.
+    /// The cluster this node belongs to (the id of the cluster key), if
+    /// any.
     pub cluster: Option<String>,
-    /// Whether this node holds the whole cluster key.
+    /// Whether this node holds the whole cluster key (it made the
+    /// cluster and has not split the key yet).
     pub key_holder: bool,
+    /// How this node keeps the cluster key: whole, a share of it, or
+    /// neither.
     pub key_custody: KeyCustody,
     /// When this node's certificate expires, ms since the Unix epoch.
     pub certificate_not_after_ms: Option<u64>,
     /// Why redeeming the join token failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_error: Option<String>,
-    /// Whether this node holds the keys its certificate grants.
+    /// Whether this node holds the key directory and a key of every role
+    /// its certificate grants (false while the keys are on their way).
     pub keys_held: bool,
     pub layout_version: u64,
     pub replication_factor: Option<u8>,
