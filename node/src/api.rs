@@ -29,9 +29,9 @@ use slurp_index::SearchQuery;
 use slurp_protocol::api::{
     self as wire, ApplyResponse, BatchGetRequest, BatchPutRequest, BatchesResponse,
     ClusterInitResponse, Component, CreateTokenRequest, CreateTokenResponse, ErrorBody,
-    ErrorDetail, ExistsResponse, GrantRequest, GrantResponse, HealthComponents, HealthResponse,
-    HistoryResponse, InviteRequest, InviteResponse, InviteView, InvitesResponse, JoinRequest,
-    JoinResponse, KeyStatusResponse, KeysResponse, LiveResponse, PlacementResponse, RemoveRequest,
+    ErrorDetail, ExistsResponse, GrantRequest, HealthComponents, HealthResponse, HistoryResponse,
+    InviteRequest, InviteResponse, InviteView, InvitesResponse, JoinRequest, JoinResponse,
+    KeyStatusResponse, KeysResponse, LiveResponse, PlacementResponse, RemoveRequest,
     RemoveResponse, ReplicaView, RewrapStatus, RoleKeyStatus, RotateKeyRequest, RotateKeyResponse,
     StatusResponse, TimeArg, TokensResponse, TriggeredResponse, WhoamiResponse, WorkersResponse,
 };
@@ -1206,13 +1206,7 @@ async fn cluster_grant(
         .grant(&body.peer, body.roles)
         .await
         .map_err(cluster_error)?;
-    Ok(Json(GrantResponse {
-        peer: outcome.peer,
-        roles: outcome.roles,
-        issued_ms: outcome.issued_ms,
-        not_after_ms: outcome.not_after_ms,
-        delivered: outcome.delivered,
-    }))
+    Ok(Json(outcome))
 }
 
 async fn cluster_remove(

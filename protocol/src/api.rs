@@ -1135,7 +1135,8 @@ pub struct GrantResponse {
     pub roles: Vec<RoleName>,
     pub issued_ms: u64,
     pub not_after_ms: u64,
-    /// Whether the peer took the certificate (it was reachable).
+    /// Whether the peer took the certificate (it was reachable). One that
+    /// did not is refused by every member until it gets one again.
     pub delivered: bool,
 }
 

@@ -2312,14 +2312,5 @@ pub(crate) fn short_peer(peer: &PeerId) -> String {
     id[id.len().saturating_sub(8)..].to_string()
 }
 
-/// What `Cluster::grant` did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GrantOutcome {
-    pub peer: String,
-    pub roles: Vec<slurp_protocol::RoleName>,
-    pub issued_ms: u64,
-    pub not_after_ms: u64,
-    /// Whether the peer took the certificate (it was reachable). One that
-    /// did not is refused by every member until it gets one again.
-    pub delivered: bool,
-}
+/// What `Cluster::grant` did: the API's body.
+pub use slurp_protocol::api::GrantResponse as GrantOutcome;
