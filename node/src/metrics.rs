@@ -113,6 +113,10 @@ pub struct Metrics {
     pub cluster_layout_version: Gauge,
     pub cluster_peers_up: Gauge,
     pub cluster_request_failures: Family<PeerLabels, Counter>,
+    /// Failure-detector probes sent (heartbeat exchanges and hellos).
+    pub cluster_probes: Counter,
+    /// Layout members the failure detector suspects.
+    pub cluster_peers_suspected: Gauge,
     pub replication_events: Family<CauseLabels, Counter>,
     pub hints_pending: Gauge,
     /// Anti-entropy: partitions compared and differing, versions and
@@ -315,6 +319,18 @@ impl Metrics {
             "Requests to a peer that failed or timed out, by peer (id suffix)",
             cluster_request_failures.clone(),
         );
+        let cluster_probes = Counter::default();
+        r.register(
+            "cluster_probes",
+            "Membership probes sent (heartbeat exchanges with a few members each round)",
+            cluster_probes.clone(),
+        );
+        let cluster_peers_suspected = Gauge::default();
+        r.register(
+            "cluster_peers_suspected",
+            "Layout members the failure detector counts as down",
+            cluster_peers_suspected.clone(),
+        );
         let replication_events = Family::<CauseLabels, Counter>::default();
         r.register(
             "replication_events",
@@ -350,6 +366,8 @@ impl Metrics {
             cluster_layout_version,
             cluster_peers_up,
             cluster_request_failures,
+            cluster_probes,
+            cluster_peers_suspected,
             replication_events,
             hints_pending,
             anti_entropy,

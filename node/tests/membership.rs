@@ -221,6 +221,22 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
         ClusterRequest::GetToken {
             id: m.n0.tokens.list()[0].id.clone(),
         },
+        // Heartbeats: its own, to look alive, and a member's, to keep it
+        // looking alive.
+        ClusterRequest::Gossip {
+            heartbeats: vec![
+                slurp_protocol::messages::Heartbeat {
+                    peer: me.clone(),
+                    generation_ms: 1,
+                    beat_ms: 2,
+                },
+                slurp_protocol::messages::Heartbeat {
+                    peer: to.to_base58(),
+                    generation_ms: 1,
+                    beat_ms: 2,
+                },
+            ],
+        },
     ] {
         let why = forbidden_cluster(&stranger.cluster(to, req.clone()).await);
         assert!(
@@ -228,6 +244,14 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
             "{req:?}: {why}"
         );
     }
+    assert!(
+        !m.n0
+            .cluster
+            .peers()
+            .detector()
+            .knows(&me.parse().expect("a peer id")),
+        "a stranger's heartbeat reached the failure detector"
+    );
     // A certificate signed by a key of its own making does not help.
     let forger = ClusterKey::generate();
     let forged = forger

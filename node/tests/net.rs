@@ -245,6 +245,7 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
             partitions_syncing: 0,
             keys_version: 0,
             rewrap: None,
+            heartbeats: Vec::new(),
         }
         .into(),
         // Membership, keys, shares and tokens: not served by this bare

@@ -887,7 +887,7 @@ pub struct KeyCustody {
 }
 
 /// A peer as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PeerStatus {
     pub peer_id: String,
     pub name: Option<String>,
@@ -901,6 +901,10 @@ pub struct PeerStatus {
     pub last_seen_ms_ago: Option<u64>,
     /// Why the peer is down; none once it answers again.
     pub last_error: Option<String>,
+    /// How suspect the failure detector finds the peer (phi: 0 just heard
+    /// from; above `cluster.suspicion_threshold` it counts as down).
+    #[serde(default)]
+    pub suspicion: f64,
 }
 
 impl PeerStatus {
@@ -919,6 +923,7 @@ impl PeerStatus {
             uptime_secs: 0,
             last_seen_ms_ago: None,
             last_error: None,
+            suspicion: 0.0,
         }
     }
 }
@@ -926,7 +931,7 @@ impl PeerStatus {
 /// A member of the layout as this node sees it: the layout's facts and
 /// the peer's, flattened into one object (`zone` is the layout's, the one
 /// placement uses).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemberStatus {
     pub id: String,
     pub capacity: u32,
@@ -980,7 +985,7 @@ pub struct AntiEntropyStatus {
 }
 
 /// `GET /v1/cluster`: what `slurp cluster status` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterStatusResponse {
     pub peer_id: String,
     pub name: String,
@@ -1174,6 +1179,7 @@ mod tests {
                 uptime_secs: 5,
                 last_seen_ms_ago: None,
                 last_error: None,
+                suspicion: 0.5,
             },
         };
         let text = serde_json::to_string(&m).unwrap();

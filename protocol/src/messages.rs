@@ -520,6 +520,10 @@ pub enum ClusterRequest {
     },
     /// How the peer is doing.
     Health,
+    /// How the peer is doing, with the heartbeats the sender knows (its
+    /// own first): the failure detector's gossip. Answered with `Health`
+    /// carrying the receiver's heartbeats (members only).
+    Gossip { heartbeats: Vec<Heartbeat> },
     /// The API token `id` if the peer made it (members only): lets any
     /// member accept a token made on another.
     GetToken { id: String },
@@ -681,6 +685,10 @@ pub enum ClusterResponse {
         /// node that retires old key epochs knows when every member is done.
         #[serde(default)]
         rewrap: Option<RewrapReport>,
+        /// The heartbeats the peer knows, its own first (answering
+        /// `Gossip`; empty for `Health`).
+        #[serde(default)]
+        heartbeats: Vec<Heartbeat>,
     },
     /// Answers `GetToken`; `None` when the peer made no such token.
     Token {
@@ -688,6 +696,17 @@ pub enum ClusterResponse {
         token: Option<TokenRecord>,
     },
     Error(RemoteError),
+}
+
+/// A node's heartbeat as some node last heard it: the node was alive at
+/// `beat_ms` (its own clock) in the run that started at `generation_ms`.
+/// A restart is a new generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The node's peer id.
+    pub peer: String,
+    pub generation_ms: u64,
+    pub beat_ms: u64,
 }
 
 /// A node's last complete key-rewrap pass: the key directory version it
@@ -904,6 +923,11 @@ mod tests {
                 keys_version: 3,
                 pending: 0,
             }),
+            heartbeats: vec![Heartbeat {
+                peer: "12D3KooWPeer".into(),
+                generation_ms: 5,
+                beat_ms: 9,
+            }],
         };
         assert_eq!(
             ClusterResponse::decode(&health.encode().unwrap()).unwrap(),

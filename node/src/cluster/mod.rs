@@ -21,6 +21,7 @@
 pub mod anchors;
 pub mod authorise;
 pub mod batch;
+pub mod detector;
 pub mod layout;
 pub mod membership;
 pub mod peers;
@@ -142,6 +143,31 @@ pub struct ClusterConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub token_cache_ttl: Duration,
+    /// Members each probe round exchanges heartbeats with, a count: the
+    /// failure detector's cost per node, whatever the cluster's size.
+    pub probe_fanout: usize,
+    /// Heartbeats one probe carries at most, a count.
+    pub gossip_entries: usize,
+    /// The failure detector's suspicion (phi) above which a peer counts as
+    /// down, a number (8 is about 1 in 10⁸ that a live peer is that late).
+    pub suspicion_threshold: f64,
+    /// How far a member's clock may run ahead of this node's, a duration
+    /// such as `30s`: a heartbeat dated later than that is refused.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_clock_skew: Duration,
+    /// Silence from a member beyond its usual heartbeat interval that is
+    /// still normal (a loaded machine, a slow gossip path), a duration such
+    /// as `5s`: the failure detector's suspicion grows only after it.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub suspicion_pause: Duration,
+    /// How long a peer that is not a layout member (a client, a probe, a
+    /// removed node) is remembered after it disconnected and went silent,
+    /// a duration such as `10m`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub peer_ttl: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -169,6 +195,12 @@ impl Default for ClusterConfig {
             replica_in_flight: 4,
             token_cache_ttl: Duration::from_secs(30),
             token_sync_interval: Duration::from_secs(10),
+            probe_fanout: 4,
+            gossip_entries: 64,
+            suspicion_threshold: 8.0,
+            max_clock_skew: Duration::from_secs(30),
+            suspicion_pause: Duration::from_secs(5),
+            peer_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -207,6 +239,17 @@ impl ClusterConfig {
         }
         if self.handoff_batch == 0 {
             return Err("cluster.handoff_batch must be at least 1".into());
+        }
+        if self.probe_fanout == 0 || self.gossip_entries == 0 {
+            return Err(
+                "cluster.probe_fanout and cluster.gossip_entries must be at least 1".into(),
+            );
+        }
+        if !(self.suspicion_threshold.is_finite() && self.suspicion_threshold > 0.0) {
+            return Err("cluster.suspicion_threshold must be a positive number".into());
+        }
+        if self.peer_ttl.is_zero() {
+            return Err("cluster.peer_ttl must be positive".into());
         }
         if self.replica_batch == 0 || self.replica_in_flight == 0 {
             return Err(
@@ -405,6 +448,16 @@ impl Cluster {
         let membership = Membership::load(data_dir)?;
         let authoriser = authorise::Authoriser::new(keypair, config.authorisation_ttl);
         let layout = LayoutState::load(data_dir, |s| membership.verify_layout(s))?;
+        let peers = PeerBook::new(detector::Detector::new(
+            net.peer_id(),
+            detector::DetectorConfig {
+                interval: config.probe_interval,
+                threshold: config.suspicion_threshold,
+                max_skew: config.max_clock_skew,
+                pause: config.suspicion_pause,
+            },
+            membership::now_ms(),
+        ));
         Ok(Cluster(Arc::new(Inner {
             me: net.peer_id(),
             me_id: net.peer_id().to_base58(),
@@ -412,7 +465,7 @@ impl Cluster {
             info: RwLock::new(info),
             config,
             layout,
-            peers: PeerBook::default(),
+            peers,
             started: Instant::now(),
             metrics,
             batcher: batch::Batcher::default(),
@@ -673,17 +726,19 @@ impl Cluster {
         (plan, missing)
     }
 
-    /// Orders peers for requests: this node first, then peers that are up,
-    /// each group in its given order.
+    /// Orders peers for requests: this node first, then peers that are up
+    /// (those the failure detector finds late after those it just heard
+    /// from, in steps of 2 phi), then peers that are down; each group in
+    /// its given (preference) order.
     pub fn order(&self, peers: &mut [PeerId]) {
         let me = &self.0.me;
-        peers.sort_by_key(|p| {
+        peers.sort_by_cached_key(|p| {
             if p == me {
-                0
+                (0, 0)
             } else if self.0.peers.is_up(p) {
-                1
+                (1, (self.0.peers.suspicion(p) / 2.0).floor() as u64)
             } else {
-                2
+                (2, 0)
             }
         });
     }
@@ -901,6 +956,9 @@ impl Cluster {
             {
                 refuse(NOT_ADMITTED)
             }
+            // Heartbeats are members' business: a peer outside the layout
+            // can neither feed the detector nor learn who is alive.
+            ClusterRequest::Gossip { .. } if !self.accepts_from(&peer) => refuse(NOT_ADMITTED),
             ClusterRequest::GetToken { .. }
             | ClusterRequest::Health
             | ClusterRequest::GetKeys { .. }
@@ -948,14 +1006,24 @@ impl Cluster {
                 code: ErrorCode::Internal,
                 message: "token lookups are served by the node".into(),
             }),
-            ClusterRequest::Health => ClusterResponse::Health {
-                status: HealthStatus::Ok,
-                layout_version: self.layout_version(),
-                uptime_secs: self.0.started.elapsed().as_secs(),
-                partitions_syncing: 0,
-                keys_version: self.keys_version(),
-                rewrap: self.rewrap_report(),
-            },
+            ClusterRequest::Health => self.health(Vec::new()),
+            ClusterRequest::Gossip { heartbeats } => {
+                self.take_heartbeats(&peer, heartbeats);
+                let digest = self.0.peers.detector().digest(self.0.config.gossip_entries);
+                self.health(digest)
+            }
+        }
+    }
+
+    fn health(&self, heartbeats: Vec<slurp_protocol::messages::Heartbeat>) -> ClusterResponse {
+        ClusterResponse::Health {
+            status: HealthStatus::Ok,
+            layout_version: self.layout_version(),
+            uptime_secs: self.0.started.elapsed().as_secs(),
+            partitions_syncing: 0,
+            keys_version: self.keys_version(),
+            rewrap: self.rewrap_report(),
+            heartbeats,
         }
     }
 
@@ -2026,24 +2094,33 @@ impl Cluster {
         if !self.granted_roles_held() {
             self.fetch_keys().await;
         }
-        let mut targets: Vec<PeerId> = self.0.peers.known();
-        if let Some(l) = self.layout() {
-            for m in layout_peers(&l) {
-                if !targets.contains(&m) {
-                    targets.push(m);
-                }
-            }
+        let now_ms = membership::now_ms();
+        self.0.peers.detector().beat(now_ms);
+        let layout = self.layout();
+        let members: Vec<PeerId> = layout
+            .as_ref()
+            .map(|l| layout_peers(l))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != self.0.me && self.admits(p))
+            .collect();
+        let targets = self.probe_targets(&members);
+        // Forget peers that are not members and went away long ago: they
+        // are neither probed nor dialled again.
+        for gone in self
+            .0
+            .peers
+            .expire(self.0.config.peer_ttl, |p| members.contains(p))
+        {
+            tracing::debug!(peer = %gone, "forgot a peer that is not a member");
         }
-        // Peers this node does not admit got a hello when they connected;
-        // they are not probed (nor told anything) again.
-        targets.retain(|p| *p != self.0.me && self.admits(p));
         // Where the layout says each member listens: a member that is down
         // and not connected is dialed there again before it is probed, so
         // two members that restarted while the other was away find each
         // other without a bootstrap peer, even after Kademlia dropped the
         // address that failed.
-        let addresses: std::collections::HashMap<PeerId, String> = self
-            .layout()
+        let addresses: std::collections::HashMap<PeerId, String> = layout
+            .as_ref()
             .map(|l| {
                 l.members()
                     .iter()
@@ -2072,19 +2149,25 @@ impl Cluster {
                 }
             }
             let known = state.is_some_and(|p| p.info.is_some());
+            self.0.metrics.cluster_probes.inc();
             if !known {
                 self.hello(peer).await;
                 return self.0.peers.is_up(peer);
             }
-            match self.cluster_request(peer, ClusterRequest::Health).await {
+            let gossip = ClusterRequest::Gossip {
+                heartbeats: self.0.peers.detector().digest(self.0.config.gossip_entries),
+            };
+            match self.cluster_request(peer, gossip).await {
                 Ok(ClusterResponse::Health {
                     status,
                     layout_version,
                     uptime_secs,
                     keys_version,
                     rewrap,
+                    heartbeats,
                     ..
                 }) => {
+                    self.take_heartbeats(peer, heartbeats);
                     self.0.peers.record_health(
                         peer,
                         status,
@@ -2111,7 +2194,90 @@ impl Cluster {
             .cluster_layout_version
             .set(self.layout_version() as i64);
         self.0.metrics.cluster_peers_up.set(answered as i64);
+        self.0
+            .metrics
+            .cluster_peers_suspected
+            .set(members.iter().filter(|p| !self.0.peers.is_up(p)).count() as i64);
         answered
+    }
+
+    /// Whom this round probes: `probe_fanout` members at random, members
+    /// never spoken to yet (a hello), members that failed here but whose
+    /// heartbeat others still see advancing (to find out whether they are
+    /// back), and connected peers this node admits that are not members
+    /// (certified nodes outside the layout). Each group is bounded, so a
+    /// round costs the same whatever the cluster's size.
+    fn probe_targets(&self, members: &[PeerId]) -> Vec<PeerId> {
+        use rand::seq::SliceRandom;
+        let fanout = self.0.config.probe_fanout;
+        let mut rng = rand::thread_rng();
+        let mut targets: Vec<PeerId> = members.choose_multiple(&mut rng, fanout).copied().collect();
+        let mut add = |extra: Vec<PeerId>| {
+            for p in extra {
+                if !targets.contains(&p) {
+                    targets.push(p);
+                }
+            }
+        };
+        let mut unmet: Vec<PeerId> = members
+            .iter()
+            .filter(|p| self.0.peers.get(p).is_none_or(|s| s.info.is_none()))
+            .copied()
+            .collect();
+        unmet.shuffle(&mut rng);
+        unmet.truncate(fanout);
+        add(unmet);
+        let now = Instant::now();
+        let mut returning: Vec<PeerId> = members
+            .iter()
+            .filter(|p| {
+                self.0.peers.failed(p)
+                    && self.0.peers.detector().knows(p)
+                    && !self.0.peers.detector().suspects(p, now)
+            })
+            .copied()
+            .collect();
+        returning.shuffle(&mut rng);
+        returning.truncate(fanout);
+        add(returning);
+        let mut others: Vec<PeerId> = self
+            .0
+            .peers
+            .known()
+            .into_iter()
+            .filter(|p| {
+                *p != self.0.me
+                    && !members.contains(p)
+                    && self.admits(p)
+                    && self.0.peers.get(p).is_some_and(|s| s.connected)
+            })
+            .collect();
+        others.shuffle(&mut rng);
+        others.truncate(fanout);
+        add(others);
+        targets
+    }
+
+    /// Takes the heartbeats `from` sent (a member): of layout members
+    /// only, at most `gossip_entries` of them.
+    fn take_heartbeats(&self, from: &PeerId, heartbeats: Vec<slurp_protocol::messages::Heartbeat>) {
+        let Some(layout) = self.layout() else {
+            return;
+        };
+        let now = Instant::now();
+        let now_ms = membership::now_ms();
+        for hb in heartbeats.iter().take(self.0.config.gossip_entries) {
+            let Ok(peer) = PeerId::from_str(&hb.peer) else {
+                continue;
+            };
+            if peer != *from && layout.member_index(&hb.peer).is_none() {
+                continue;
+            }
+            if self.0.peers.detector().observe(peer, hb, now, now_ms) == detector::Observed::Refused
+            {
+                tracing::debug!(%from, about = %peer, "refused a heartbeat from the future");
+            }
+        }
     }
 
     fn member_of(&self, id: &str, info: &NodeInfo) -> Member {
