@@ -334,7 +334,7 @@ impl Metrics {
         let replication_events = Family::<CauseLabels, Counter>::default();
         r.register(
             "replication_events",
-            "Replication outcomes: replica_ack, replica_fail, hinted, handed_off, hinted_copies_dropped, hints_dropped, quorum_failed, read_repair, read_repair_skipped, tombstones_collected",
+            "Replication outcomes: replica_ack, replica_fail, hinted, handed_off, hinted_copies_dropped, hints_redirected, quorum_failed, read_repair, read_repair_skipped, tombstones_collected",
             replication_events.clone(),
         );
         let hints_pending = Gauge::default();

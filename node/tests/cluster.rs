@@ -462,6 +462,112 @@ async fn hinted_handoff_returns_versions_to_a_replica_that_was_down() {
     .await;
 }
 
+/// A replica removed from the layout while a fallback held hints for it:
+/// the versions go to the partition's replicas under the new layout, and
+/// the hints (and the fallback's copy, when it is not a replica now) go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_for_a_replica_that_left_go_to_the_new_replicas() {
+    let mut c = Cluster::start(Opts {
+        n: 4,
+        rf: 2,
+        auto_join: true,
+    })
+    .await;
+    c.converged(4).await;
+    let layout = c.node(0).cluster.layout().unwrap();
+    // An address whose replicas exclude node 0 (the coordinator, so the
+    // hint lands on node 0, the first fallback it tries: itself), and
+    // which, once its first replica is removed, gets a replica that holds
+    // no copy yet: only the hint can bring it the version.
+    let ids = |l: &slurp_protocol::placement::Layout, key: &str| -> Vec<String> {
+        l.replicas_for_key(key)
+            .iter()
+            .map(|&m| l.member(m).id.clone())
+            .collect()
+    };
+    let (addr, down) = (0..2000)
+        .map(|i| format!("ucxl://claude:developer@shop:checkout/*^/src/g{i}.rs"))
+        .find_map(|s| {
+            let key = UcxlAddress::parse(&s).unwrap().key();
+            let reps = ids(&layout, &key);
+            if reps.contains(&c.peer(0)) {
+                return None;
+            }
+            let rest: Vec<_> = layout
+                .members()
+                .iter()
+                .filter(|m| m.id != reps[0])
+                .cloned()
+                .collect();
+            let after = slurp_protocol::placement::Layout::new(
+                layout.version() + 1,
+                layout.replication_factor(),
+                layout.partitions(),
+                rest,
+            )
+            .unwrap();
+            ids(&after, &key)
+                .iter()
+                .any(|r| *r != reps[1] && *r != c.peer(0))
+                .then(|| (s, reps[0].clone()))
+        })
+        .unwrap();
+    let down_i = (0..4).find(|&i| c.peer(i) == down).unwrap();
+    c.stop(down_i).await;
+    c.node(0)
+        .store
+        .put_opts(
+            &admin(),
+            PutRequest::new(ctx(&addr, "while a replica was down")),
+            QuorumOpts {
+                w: Some(1),
+                r: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    let key = UcxlAddress::parse(&addr).unwrap().key();
+    let hinted = |c: &Cluster| {
+        (0..4)
+            .filter(|&i| i != down_i)
+            .map(|i| c.node(i).store.local().hint_targets().unwrap().len())
+            .sum::<usize>()
+    };
+    wait_until("a fallback holds a hint", async || hinted(&c) == 1).await;
+    // The replica that was down leaves for good.
+    let n0 = &c.node(0).cluster;
+    n0.stage_remove(&down).unwrap();
+    let after = n0.apply().await.unwrap();
+    c.converged(3).await;
+    let replicas: Vec<usize> = after
+        .replicas_for_key(&key)
+        .iter()
+        .map(|&m| {
+            let id = &after.member(m).id;
+            (0..4).find(|&i| c.peer(i) == *id).unwrap()
+        })
+        .collect();
+    wait_until(
+        "the new replicas hold the version and no hint is left",
+        async || {
+            hinted(&c) == 0
+                && replicas
+                    .iter()
+                    .all(|&i| c.node(i).store.local().latest_meta(&key).unwrap().is_some())
+        },
+    )
+    .await;
+    // Nodes that are not replicas now keep no copy held for the one that
+    // left.
+    for i in (0..4).filter(|i| *i != down_i && !replicas.contains(i)) {
+        let node = c.node(i);
+        wait_until("a non-replica dropped its hinted copy", async || {
+            node.store.local().latest_meta(&key).unwrap().is_none()
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_search_ranks_like_one_index_and_reports_missing_partitions() {
     let mut c = Cluster::start(Opts {

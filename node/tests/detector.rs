@@ -125,15 +125,31 @@ async fn detector_scale() {
             Opts {
                 n: size,
                 rf: 3.min(size as u8),
-                auto_join: true,
+                auto_join: false,
             },
             |cfg| {
-                // The defaults, at production pace.
+                // The defaults, at production pace; the cluster key stays
+                // whole so that forming the layout is one signature.
                 cfg.cluster.probe_interval = Duration::from_secs(1);
+                cfg.cluster.key_shares = 0;
                 cfg.index.commit_every_ops = 1000;
             },
         )
         .await;
+        // Every node redeemed its invite; one layout change adds them all.
+        let n0 = &c.node(0).cluster;
+        // A hundred nodes in one process take longer to start than the
+        // suite's usual bound: wait up to ten minutes here.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !(1..size).all(|i| n0.admits(&c.peer_id(i))) {
+            assert!(Instant::now() < deadline, "not every node is certified");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        n0.stage_join(None, None, None).unwrap();
+        for i in 1..size {
+            n0.stage_join(Some(&c.peer(i)), None, None).unwrap();
+        }
+        n0.apply().await.unwrap();
         c.converged(size).await;
         let formed = started.elapsed();
         let window = Duration::from_secs(10);

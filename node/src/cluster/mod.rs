@@ -1009,6 +1009,9 @@ impl Cluster {
             ClusterRequest::Health => self.health(Vec::new()),
             ClusterRequest::Gossip { heartbeats } => {
                 self.take_heartbeats(&peer, heartbeats);
+                // Answering is a sign of life too: the beat is fresh even
+                // when this node's own probe round is held up.
+                self.0.peers.detector().beat(membership::now_ms());
                 let digest = self.0.peers.detector().digest(self.0.config.gossip_entries);
                 self.health(digest)
             }
@@ -2129,6 +2132,7 @@ impl Cluster {
             })
             .unwrap_or_default();
         let addresses = &addresses;
+        let members_ref = &members;
         let probes = targets.iter().map(|peer| async move {
             let state = self.0.peers.get(peer);
             if state
@@ -2154,10 +2158,17 @@ impl Cluster {
                 self.hello(peer).await;
                 return self.0.peers.is_up(peer);
             }
-            let gossip = ClusterRequest::Gossip {
-                heartbeats: self.0.peers.detector().digest(self.0.config.gossip_entries),
+            // Heartbeats are exchanged between layout members; a certified
+            // node outside the layout (or a member probing one) only asks
+            // how the peer is doing, which carries the layout version.
+            let probe = if self.is_member() && members_ref.contains(peer) {
+                ClusterRequest::Gossip {
+                    heartbeats: self.0.peers.detector().digest(self.0.config.gossip_entries),
+                }
+            } else {
+                ClusterRequest::Health
             };
-            match self.cluster_request(peer, gossip).await {
+            match self.cluster_request(peer, probe).await {
                 Ok(ClusterResponse::Health {
                     status,
                     layout_version,

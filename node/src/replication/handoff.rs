@@ -8,10 +8,13 @@
 //! once it answers again, then forgets the hint and, when the fallback is
 //! not itself a replica of the version's partition, drops its copy. Hints
 //! live in the local store beside the versions they name, so they survive
-//! a restart of either side.
+//! a restart of either side. Hints for a replica that left the layout are
+//! not dropped: their versions go to the partitions' replicas under the
+//! layout now, and the hints go once all of those hold them.
+
+use std::collections::HashMap;
 
 use libp2p::PeerId;
-use std::collections::HashMap;
 
 use slurp_protocol::messages::PutOutcome as WirePut;
 
@@ -129,28 +132,13 @@ pub async fn pass(
             .as_ref()
             .is_some_and(|l| l.member_index(&t.target).is_none())
         {
-            // The replica left the layout: its copies are now the new
-            // replicas' to get (rebalancing and anti-entropy). The versions
-            // stay here; only the hints go.
-            let mut dropped = 0;
-            loop {
-                let page = local
-                    .hints(&t.target, None, batch.max(1))
-                    .map_err(|e| e.to_string())?;
-                if page.hints.is_empty() {
-                    break;
-                }
-                let n = local
-                    .remove_hints(&page.hints)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                dropped += n;
-                if n == 0 {
-                    break;
-                }
-            }
-            metrics.replication("hints_dropped", dropped as u64);
-            tracing::warn!(target = %t.target, dropped, "dropped hints for a peer that left the layout");
+            // The replica left the layout: what it missed goes to the
+            // partitions' replicas under the layout now, then the hints go.
+            let (moved, left) = redirect(store, cluster, metrics, &t.target, &targets_left, batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            handed += moved;
+            waiting += left;
             continue;
         }
         let Ok(target) = t.target.parse::<PeerId>() else {
@@ -225,6 +213,95 @@ pub async fn pass(
             "handed off {handed} versions, {waiting} wait for their replica, dropped {dropped} copies held only for a replica"
         ),
     })
+}
+
+/// Hands the versions hinted for `target`, a peer that left the layout, to
+/// the replicas their partitions have now; a hint goes once every one of
+/// them (other than this node, which holds the version) stored it.
+/// Returns how many hints were settled and how many wait.
+async fn redirect(
+    store: &Engine,
+    cluster: &Cluster,
+    metrics: &Metrics,
+    target: &str,
+    targets: &[String],
+    batch: usize,
+) -> Result<(u64, u64), super::ReplicationError> {
+    use slurp_protocol::messages::{ReplicateRequest, ReplicateResponse, SealedVersion};
+    let local = store.local();
+    let me = cluster.me();
+    let (mut settled, mut waiting) = (0u64, 0u64);
+    // Bounded per pass; the next pass continues.
+    for _ in 0..16 {
+        let page = local.hints(target, None, batch.max(1))?;
+        if page.hints.is_empty() {
+            break;
+        }
+        let mut done = Vec::new();
+        let mut versions: Vec<(slurp_storage::Hint, SealedVersion, Vec<PeerId>)> = Vec::new();
+        for h in page.hints {
+            let Some(rec) = local.get(&h.key, &h.version)? else {
+                // Expired and swept since: nothing to hand over.
+                done.push(h);
+                continue;
+            };
+            let Some(route) = cluster.route(&h.key) else {
+                return Ok((settled, waiting + 1));
+            };
+            let replicas: Vec<PeerId> = route.replicas.into_iter().filter(|r| *r != me).collect();
+            versions.push((
+                h,
+                SealedVersion {
+                    meta: rec.meta,
+                    envelope: rec.envelope.into(),
+                },
+                replicas,
+            ));
+        }
+        let mut by_replica: HashMap<PeerId, Vec<usize>> = HashMap::new();
+        for (i, (_, _, replicas)) in versions.iter().enumerate() {
+            for r in replicas {
+                by_replica.entry(*r).or_default().push(i);
+            }
+        }
+        let mut stored = vec![0usize; versions.len()];
+        for (replica, idx) in by_replica {
+            let req = ReplicateRequest::PutVersions {
+                versions: idx.iter().map(|&i| versions[i].1.clone()).collect(),
+                layout_version: Some(cluster.layout_version()),
+                write_quorum_id: None,
+                hint_for: None,
+            };
+            match cluster.replicate(&replica, req).await {
+                Ok(ReplicateResponse::Stored { outcomes }) if outcomes.len() == idx.len() => {
+                    for (&i, o) in idx.iter().zip(outcomes) {
+                        if !matches!(o.outcome, WirePut::Rejected { .. }) {
+                            stored[i] += 1;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%replica, error = %e, "a new replica did not take hinted versions yet")
+                }
+            }
+        }
+        for ((h, _, replicas), n) in versions.into_iter().zip(stored) {
+            if n == replicas.len() {
+                done.push(h);
+            } else {
+                waiting += 1;
+            }
+        }
+        let n = local.remove_hints(&done).await? as u64;
+        settled += n;
+        metrics.replication("hints_redirected", n);
+        drop_hinted_copies(store, cluster, target, targets, &done).await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok((settled, waiting))
 }
 
 /// Most hints of other targets looked at to keep a copy another replica

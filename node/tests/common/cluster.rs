@@ -231,10 +231,14 @@ impl Cluster {
                     return true;
                 }
                 running.iter().filter(|p| **p != me).all(|p| {
-                    n.cluster
-                        .peers()
-                        .get(&p.parse().expect("a peer id"))
-                        .is_some_and(|s| s.failures == 0 && s.last_ok.is_some())
+                    // Heard from: directly, or through the heartbeats the
+                    // failure detector gossips (a node probes only a few
+                    // members a round).
+                    let p = p.parse().expect("a peer id");
+                    let peers = n.cluster.peers();
+                    peers.is_up(&p)
+                        && (peers.detector().knows(&p)
+                            || peers.get(&p).is_some_and(|s| s.last_ok.is_some()))
                 })
             })
         })
