@@ -499,7 +499,7 @@ async fn history(
     ApiQuery(q): ApiQuery<AddressQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
-    let versions = node.store.history(&caller, &a).await?;
+    let versions = node.store.history_opts(&caller, &a, q.opts()).await?;
     Ok(Json(HistoryResponse {
         address: a.with_temporal(slurp_protocol::Temporal::Any).to_string(),
         versions,
@@ -513,7 +513,7 @@ async fn exists(
 ) -> Result<impl IntoResponse, ApiError> {
     let a = parse_address(&q.address)?;
     Ok(Json(ExistsResponse {
-        exists: node.store.exists(&caller, &a).await?,
+        exists: node.store.exists_opts(&caller, &a, q.opts()).await?,
     }))
 }
 

@@ -366,6 +366,29 @@ async fn fewer_than_w_replicas_up_is_an_error_not_a_silent_success() {
     assert_eq!(r.context.summary, "two of three");
     let err = c.node(0).store.get(&admin(), &a).await.unwrap_err();
     assert!(matches!(err, StoreError::Quorum { .. }), "{err}");
+    // History and existence take the same per-request read quorum.
+    let one = QuorumOpts {
+        w: None,
+        r: Some(1),
+    };
+    let versions = c
+        .node(0)
+        .store
+        .history_opts(&admin(), &a, one)
+        .await
+        .unwrap();
+    assert_eq!(versions.len(), 1);
+    let err = c.node(0).store.history(&admin(), &a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Quorum { .. }), "{err}");
+    assert!(
+        c.node(0)
+            .store
+            .exists_opts(&admin(), &a, one)
+            .await
+            .unwrap()
+    );
+    let err = c.node(0).store.exists(&admin(), &a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Quorum { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -532,10 +532,21 @@ impl ContextStore {
         caller: &Principal,
         address: &UcxlAddress,
     ) -> Result<bool, StoreError> {
+        self.exists_opts(caller, address, QuorumOpts::default())
+            .await
+    }
+
+    /// [`ContextStore::exists`] with a per-request read quorum.
+    pub async fn exists_opts(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+        opts: QuorumOpts,
+    ) -> Result<bool, StoreError> {
         let key = address.key();
         let latest = self
             .tier()
-            .latest_meta(&key, QuorumOpts::default())
+            .latest_meta(&key, opts)
             .await
             .map_err(|e| e.quorum_of("read", &address.to_string(), None))?;
         Ok(matches!(
@@ -550,10 +561,22 @@ impl ContextStore {
         caller: &Principal,
         address: &UcxlAddress,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.history_opts(caller, address, QuorumOpts::default())
+            .await
+    }
+
+    /// [`ContextStore::history`] with a per-request read quorum (`r`: how
+    /// many replicas' histories are merged).
+    pub async fn history_opts(
+        &self,
+        caller: &Principal,
+        address: &UcxlAddress,
+        opts: QuorumOpts,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
         let key = address.key();
         let history = self
             .tier()
-            .history(&key, None)
+            .history(&key, opts.r)
             .await
             .map_err(|e| e.quorum_of("history read", &address.to_string(), None))?;
         if history.is_empty() {
