@@ -391,6 +391,47 @@ async fn fewer_than_w_replicas_up_is_an_error_not_a_silent_success() {
     assert!(matches!(err, StoreError::Quorum { .. }), "{err}");
 }
 
+/// Stops node `down_i` and writes `addr` through node 0 with W = 1: the
+/// other replica acknowledges and a fallback keeps a hint. Returns the
+/// address's key once a hint is held.
+async fn write_while_down(c: &mut Cluster, down_i: usize, addr: &str) -> String {
+    c.stop(down_i).await;
+    c.node(0)
+        .store
+        .put_opts(
+            &admin(),
+            PutRequest::new(ctx(addr, "while a replica was down")),
+            QuorumOpts {
+                w: Some(1),
+                r: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    wait_until("a fallback holds a hint", async || {
+        hints_held(c, down_i) == 1
+    })
+    .await;
+    UcxlAddress::parse(addr).unwrap().key()
+}
+
+/// Hinted versions held by the running nodes other than `down_i`.
+fn hints_held(c: &Cluster, down_i: usize) -> u64 {
+    (0..4)
+        .filter(|&i| i != down_i)
+        .filter_map(|i| c.nodes[i].as_ref())
+        .map(|n| {
+            n.store
+                .local()
+                .hint_targets()
+                .unwrap()
+                .iter()
+                .map(|t| t.count)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hinted_handoff_returns_versions_to_a_replica_that_was_down() {
     let mut c = Cluster::start(Opts {
@@ -415,37 +456,8 @@ async fn hinted_handoff_returns_versions_to_a_replica_that_was_down() {
         })
         .unwrap();
     let down_i = (0..4).find(|&i| c.peer(i) == down).unwrap();
-    c.stop(down_i).await;
-    // W = 1: the other replica acknowledges; a fallback keeps a hint.
-    c.node(0)
-        .store
-        .put_opts(
-            &admin(),
-            PutRequest::new(ctx(&addr, "while a replica was down")),
-            QuorumOpts {
-                w: Some(1),
-                r: Some(1),
-            },
-        )
-        .await
-        .unwrap();
-    let key = UcxlAddress::parse(&addr).unwrap().key();
-    let hinted = |c: &Cluster| {
-        (0..4)
-            .filter(|&i| i != down_i)
-            .map(|i| {
-                c.node(i)
-                    .store
-                    .local()
-                    .hint_targets()
-                    .unwrap()
-                    .iter()
-                    .map(|t| t.count)
-                    .sum::<u64>()
-            })
-            .sum::<u64>()
-    };
-    wait_until("a fallback holds a hint", async || hinted(&c) == 1).await;
+    let key = write_while_down(&mut c, down_i, &addr).await;
+    let hinted = |c: &Cluster| hints_held(c, down_i);
     let fallback = (0..4)
         .filter(|&i| i != down_i)
         .find(|&i| !c.node(i).store.local().hint_targets().unwrap().is_empty())
@@ -536,27 +548,8 @@ async fn hints_for_a_replica_that_left_go_to_the_new_replicas() {
         })
         .unwrap();
     let down_i = (0..4).find(|&i| c.peer(i) == down).unwrap();
-    c.stop(down_i).await;
-    c.node(0)
-        .store
-        .put_opts(
-            &admin(),
-            PutRequest::new(ctx(&addr, "while a replica was down")),
-            QuorumOpts {
-                w: Some(1),
-                r: Some(1),
-            },
-        )
-        .await
-        .unwrap();
-    let key = UcxlAddress::parse(&addr).unwrap().key();
-    let hinted = |c: &Cluster| {
-        (0..4)
-            .filter(|&i| i != down_i)
-            .map(|i| c.node(i).store.local().hint_targets().unwrap().len())
-            .sum::<usize>()
-    };
-    wait_until("a fallback holds a hint", async || hinted(&c) == 1).await;
+    let key = write_while_down(&mut c, down_i, &addr).await;
+    let hinted = |c: &Cluster| hints_held(c, down_i);
     // The replica that was down leaves for good.
     let n0 = &c.node(0).cluster;
     n0.stage_remove(&down).unwrap();
