@@ -131,6 +131,8 @@ async fn detector_scale() {
                 // The defaults, at production pace; the cluster key stays
                 // whole so that forming the layout is one signature.
                 cfg.cluster.probe_interval = Duration::from_secs(1);
+                cfg.cluster.suspicion_pause =
+                    slurp_node::cluster::ClusterConfig::default().suspicion_pause;
                 cfg.cluster.key_shares = 0;
                 cfg.index.commit_every_ops = 1000;
             },

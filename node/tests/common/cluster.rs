@@ -64,6 +64,9 @@ pub fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> Node
     // memory transport refuses the dial).
     c.cluster.replica_timeout = Duration::from_secs(10);
     c.cluster.probe_timeout = Duration::from_secs(10);
+    // Likewise a starved process must not look dead: suspicion from
+    // silence starts late here (the failure-detector tests set their own).
+    c.cluster.suspicion_pause = Duration::from_secs(30);
     c.cluster.handoff_interval = Duration::from_millis(200);
     c.cluster.replication_factor = o.rf;
     c.cluster.write_quorum = 2.min(o.rf);
