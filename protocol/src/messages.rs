@@ -94,6 +94,12 @@ pub enum KeyScope {
         #[serde(default)]
         after: Option<Bytes>,
         limit: u32,
+        /// A pull for a layout transition: the layout version the puller
+        /// syncs to. The peer refuses (`LayoutMismatch`) while it holds an
+        /// older layout, and answers only once every replica write it
+        /// admitted under an older layout has committed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settled_under: Option<u64>,
     },
 }
 
@@ -558,6 +564,29 @@ pub enum ClusterRequest {
         #[serde(default)]
         authorisation: Option<Signed>,
     },
+    /// Where the peer stands in a layout transition: the layouts it holds
+    /// active, what it has pulled and which layout it reads from (members
+    /// of any active layout, and removed members, which drain).
+    Transition,
+}
+
+/// A node's place in a layout transition, as it reports it itself (a
+/// report is never relayed: each node asks each other directly).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionReport {
+    /// The layout versions the node holds active, oldest first; the last
+    /// is its current layout.
+    pub active: Vec<u64>,
+    /// The newest layout version for which the node holds every partition
+    /// it gained (pulled from the previous owners); its current version
+    /// when it gained nothing.
+    pub synced: u64,
+    /// The layout version whose replica sets the node reads from.
+    pub reading: u64,
+    /// Partitions the node must pull for its current layout, and how many
+    /// it has.
+    pub partitions_total: u32,
+    pub partitions_done: u32,
 }
 
 /// An API token as members share it: never the secret, only its blake3.
@@ -669,6 +698,11 @@ pub enum ClusterResponse {
         version: u64,
         #[serde(default)]
         layout: Option<Bytes>,
+        /// The older layouts the peer still holds active (framed `Signed`
+        /// layouts, oldest first): a node that joins or returns during a
+        /// transition learns where the data still is.
+        #[serde(default)]
+        history: Vec<Bytes>,
     },
     Health {
         status: HealthStatus,
@@ -695,6 +729,8 @@ pub enum ClusterResponse {
         #[serde(default)]
         token: Option<TokenRecord>,
     },
+    /// Answers `Transition`.
+    Transition(TransitionReport),
     Error(RemoteError),
 }
 
@@ -797,6 +833,7 @@ mod tests {
                 last: 63,
                 after: Some(Bytes(b"k".to_vec())),
                 limit: 500,
+                settled_under: Some(4),
             },
         };
         assert_eq!(

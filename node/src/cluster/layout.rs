@@ -9,6 +9,15 @@
 //! has the greater blake3 digest wins everywhere, so every node converges
 //! on the same layout without coordination, and the loser's changes are
 //! simply staged again on top of it.
+//!
+//! **History.** Taking a newer layout does not forget the one before: the
+//! cluster is then in a *transition* between them (see
+//! [`super::transition`]), writing to both replica sets and reading from
+//! the old until the new owners have pulled what they gained. The older
+//! layouts still active are kept, signed as they came, in
+//! `<data>/cluster/history.cbor`, so a node restarting mid-transition
+//! resumes it; [`LayoutState::collapse_below`] forgets them once the
+//! transition is over.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,9 +44,14 @@ pub struct LayoutState {
     /// `removed.json`, so auto-join never undoes an admin's removal.
     removed: Mutex<BTreeSet<String>>,
     removed_path: PathBuf,
+    /// Older layouts still active (a transition is under way), oldest
+    /// first; empty when the current layout is the only one.
+    older: RwLock<Vec<Held>>,
+    history_path: PathBuf,
 }
 
 /// The layout held, its digest (for ties) and the signed form peers get.
+#[derive(Clone)]
 struct Held {
     layout: Arc<Layout>,
     digest: [u8; 32],
@@ -53,7 +67,7 @@ impl LayoutState {
     /// its signature with `verify`.
     pub fn load(
         dir: &Path,
-        verify: impl FnOnce(&Signed) -> Result<Layout, ClusterError>,
+        verify: impl Fn(&Signed) -> Result<Layout, ClusterError>,
     ) -> Result<Self, ClusterError> {
         let dir = dir.join("cluster");
         std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Io(e.to_string()))?;
@@ -84,6 +98,33 @@ impl LayoutState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => return Err(ClusterError::Io(format!("{}: {e}", removed_path.display()))),
         };
+        let history_path = dir.join("history.cbor");
+        let older = match std::fs::read(&history_path) {
+            Ok(bytes) => {
+                let bad = |e: String| ClusterError::Io(format!("{}: {e}", history_path.display()));
+                let list: Vec<slurp_protocol::wire::Bytes> =
+                    slurp_protocol::wire::from_cbor(&bytes, super::membership::MAX_STATEMENT * 16)
+                        .map_err(|e| bad(e.to_string()))?;
+                let mut older = Vec::with_capacity(list.len());
+                for b in list {
+                    let signed = Signed::decode_limited(&b.0, super::membership::MAX_STATEMENT)
+                        .map_err(|e| bad(e.to_string()))?;
+                    let layout = verify(&signed).map_err(|e| bad(e.to_string()))?;
+                    older.push(Held {
+                        layout: Arc::new(layout),
+                        digest: digest(&signed.statement.0),
+                        signed,
+                    });
+                }
+                older
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(ClusterError::Io(format!("{}: {e}", history_path.display()))),
+        };
+        let mut older = older;
+        if let Some(c) = &current {
+            older.retain(|h: &Held| h.digest != c.digest && h.layout.version() <= c.layout.version());
+        }
         Ok(LayoutState {
             path,
             current: RwLock::new(current),
@@ -91,7 +132,102 @@ impl LayoutState {
             applying: Mutex::new(()),
             removed: Mutex::new(removed),
             removed_path,
+            older: RwLock::new(older),
+            history_path,
         })
+    }
+
+    /// Every active layout, oldest first; the last is the current one.
+    /// Empty before the first layout.
+    pub fn active(&self) -> Vec<Arc<Layout>> {
+        let mut out: Vec<Arc<Layout>> = self
+            .older
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|h| h.layout.clone())
+            .collect();
+        out.extend(self.current());
+        out
+    }
+
+    /// Takes `layout` (signed by the cluster key, as the caller checked) as
+    /// an older active layout: a peer is still in the transition away
+    /// from it and this node has not seen it (it joined, or was away).
+    /// Only a layout older than the current one and not older than
+    /// `floor` (below which this node already ended a transition) is
+    /// taken; returns whether it was.
+    pub fn adopt_older(
+        &self,
+        layout: Layout,
+        signed: Signed,
+        floor: u64,
+    ) -> Result<bool, ClusterError> {
+        let d = digest(&signed.statement.0);
+        let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = cur.as_ref() else {
+            return Ok(false);
+        };
+        if layout.version() >= current.layout.version() || layout.version() < floor {
+            return Ok(false);
+        }
+        let mut older = self.older.write().unwrap_or_else(|e| e.into_inner());
+        if older.iter().any(|h| h.digest == d) {
+            return Ok(false);
+        }
+        let mut next = older.clone();
+        next.push(Held {
+            layout: Arc::new(layout),
+            digest: d,
+            signed,
+        });
+        next.sort_by_key(|h| h.layout.version());
+        self.save_history(&next)?;
+        *older = next;
+        Ok(true)
+    }
+
+    /// The older active layouts as signed, oldest first, for peers.
+    pub fn older_signed(&self) -> Vec<Signed> {
+        self.older
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|h| h.signed.clone())
+            .collect()
+    }
+
+    /// Forgets the older layouts whose version is below `version` (the
+    /// transition to a layout at least that new is over); returns how
+    /// many it forgot.
+    pub fn collapse_below(&self, version: u64) -> Result<usize, ClusterError> {
+        let mut older = self.older.write().unwrap_or_else(|e| e.into_inner());
+        let before = older.len();
+        older.retain(|h| h.layout.version() >= version);
+        let forgotten = before - older.len();
+        if forgotten > 0 {
+            self.save_history(&older)?;
+        }
+        Ok(forgotten)
+    }
+
+    fn save_history(&self, older: &[Held]) -> Result<(), ClusterError> {
+        if older.is_empty() {
+            return match std::fs::remove_file(&self.history_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ClusterError::Io(
+                    format!("{}: {e}", self.history_path.display()),
+                )),
+                _ => Ok(()),
+            };
+        }
+        let list = older
+            .iter()
+            .map(|h| h.signed.encode().map(slurp_protocol::wire::Bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClusterError::Io(e.to_string()))?;
+        let bytes =
+            slurp_protocol::wire::to_cbor(&list).map_err(|e| ClusterError::Io(e.to_string()))?;
+        write_atomic(&self.history_path, &bytes)
     }
 
     pub fn current(&self) -> Option<Arc<Layout>> {
@@ -129,6 +265,17 @@ impl LayoutState {
         let bytes = signed
             .encode()
             .map_err(|e| ClusterError::Io(e.to_string()))?;
+        // The layout replaced stays active until the transition to the new
+        // one is over (a tie's loser too: some nodes may have written under
+        // it). The history is written first: a crash between the two files
+        // leaves the old layout both current and older, which `load` folds.
+        if let Some(h) = cur.as_ref() {
+            let mut older = self.older.write().unwrap_or_else(|e| e.into_inner());
+            let mut next = older.clone();
+            next.push(h.clone());
+            self.save_history(&next)?;
+            *older = next;
+        }
         write_atomic(&self.path, &bytes)?;
         {
             let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
@@ -254,7 +401,7 @@ impl LayoutState {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
     let tmp = path.with_extension("tmp");
     let io = |e: std::io::Error| ClusterError::Io(format!("{}: {e}", path.display()));
     {

@@ -26,6 +26,7 @@ pub mod layout;
 pub mod membership;
 pub mod peers;
 pub mod shares;
+pub mod transition;
 pub mod workers;
 
 use std::str::FromStr;
@@ -303,18 +304,45 @@ impl ClusterError {
     }
 }
 
-/// Where a key lives under the current layout.
+/// Where a key lives under the active layouts (see [`transition`]).
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// The current layout.
     pub layout: Arc<Layout>,
     pub partition: Partition,
-    /// The partition's replicas, in preference order.
+    /// The partition's replicas under the current layout, in preference
+    /// order.
     pub replicas: Vec<PeerId>,
     /// Whether this node is one of them.
     pub local: bool,
+    /// The partition's replica sets under older active layouts that differ
+    /// from `replicas` (empty outside a transition): a write needs its
+    /// quorum in each of them too.
+    pub older: Vec<Vec<PeerId>>,
+    /// Where reads go: `replicas`, or the oldest active layout's set
+    /// until the new owners have pulled the partition.
+    pub read: Vec<PeerId>,
+    /// Whether this node is in `read`.
+    pub read_local: bool,
 }
 
 impl Route {
+    /// Every replica set a write must reach a quorum in, current first.
+    pub fn write_sets(&self) -> impl Iterator<Item = &Vec<PeerId>> {
+        std::iter::once(&self.replicas).chain(&self.older)
+    }
+
+    /// Every peer a write goes to, each once.
+    pub fn write_targets(&self) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = Vec::new();
+        for p in self.write_sets().flatten() {
+            if !out.contains(p) {
+                out.push(*p);
+            }
+        }
+        out
+    }
+
     /// The members after the replicas in the partition's preference list:
     /// where writes for a down replica go (hinted handoff).
     pub fn fallbacks(&self) -> Vec<PeerId> {
@@ -368,7 +396,50 @@ struct Inner {
     layout_pulls: std::sync::Mutex<std::collections::BTreeSet<PeerId>>,
     /// Wakes the `layout-pull` worker.
     layout_pull_wake: tokio::sync::Notify,
+    /// Where this node stands in a layout transition.
+    transitions: transition::Transitions,
+    /// Replica writes being stored under each layout version (the
+    /// transition fence: see [`Cluster::enter_write`]).
+    writes: WriteFence,
 }
+
+/// Counts replica writes in flight by the layout version they were sent
+/// under, so a pull for a newer layout can wait for those sent under older
+/// ones to commit.
+#[derive(Default)]
+struct WriteFence {
+    in_flight: std::sync::Mutex<std::collections::BTreeMap<u64, usize>>,
+    drained: tokio::sync::Notify,
+}
+
+/// A replica write admitted by the fence; leaving it ends the write.
+pub struct FenceGuard {
+    cluster: WeakCluster,
+    version: u64,
+}
+
+impl Drop for FenceGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.cluster.upgrade() {
+            let mut m =
+                c.0.writes
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = m.get_mut(&self.version) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.version);
+                }
+            }
+            drop(m);
+            c.0.writes.drained.notify_waiters();
+        }
+    }
+}
+
+/// Older active layouts taken at most from one answer.
+pub const MAX_HISTORY: usize = 16;
 
 /// Peers remembered at most for a layout pull; requests past it are
 /// dropped (the membership probe compares layouts with every peer anyway).
@@ -481,6 +552,8 @@ impl Cluster {
             tokens: Default::default(),
             layout_pulls: Default::default(),
             layout_pull_wake: tokio::sync::Notify::new(),
+            transitions: transition::Transitions::load(data_dir)?,
+            writes: WriteFence::default(),
         })))
     }
 
@@ -536,11 +609,104 @@ impl Cluster {
             .is_some_and(|l| l.member_index(&self.0.me_id).is_some())
     }
 
+    /// Every active layout, oldest first (see [`transition`]); the last
+    /// is the current one.
+    pub fn active_layouts(&self) -> Vec<Arc<Layout>> {
+        self.0.layout.active()
+    }
+
+    /// Whether a layout transition is under way (older layouts active).
+    pub fn in_transition(&self) -> bool {
+        self.0.layout.active().len() > 1
+    }
+
+    /// The layout whose replica sets reads (and search and listing covers)
+    /// use: the oldest active one until this node reads from the newest.
+    pub fn read_layout(&self) -> Option<Arc<Layout>> {
+        let active = self.0.layout.active();
+        transition::read_layout(&active, self.0.transitions.state().reading).cloned()
+    }
+
+    pub fn transitions(&self) -> &transition::Transitions {
+        &self.0.transitions
+    }
+
+    /// This node's own transition report.
+    pub fn transition_report(&self) -> slurp_protocol::messages::TransitionReport {
+        self.0
+            .transitions
+            .report(&self.0.layout.active(), &self.0.me_id)
+    }
+
+    /// Forgets the layouts older than `version` (the transition to it is
+    /// over).
+    pub fn collapse_below(&self, version: u64) -> Result<usize, ClusterError> {
+        let n = self.0.layout.collapse_below(version)?;
+        if n > 0 {
+            tracing::info!(version, forgotten = n, "layout transition over");
+        }
+        Ok(n)
+    }
+
+    /// Admits a replica write sent under layout `sent_under` (the
+    /// sender's current version; `None` from senders that name none):
+    /// refused with this node's version when that is older than this
+    /// node's current layout, since the sender does not know the newer
+    /// replica sets yet. The guard counts the write as in flight until it
+    /// is dropped (after the commit).
+    pub fn enter_write(&self, sent_under: Option<u64>) -> Result<FenceGuard, u64> {
+        let mut m = self
+            .0
+            .writes
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.layout_version();
+        let version = sent_under.unwrap_or(current);
+        if version < current {
+            return Err(current);
+        }
+        *m.entry(version).or_default() += 1;
+        Ok(FenceGuard {
+            cluster: self.downgrade(),
+            version,
+        })
+    }
+
+    /// Waits until no replica write sent under a layout older than
+    /// `version` is in flight here (they were admitted before this node
+    /// took `version`; none is admitted after).
+    pub async fn writes_before_done(&self, version: u64) {
+        loop {
+            let drained = self.0.writes.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            let busy = self
+                .0
+                .writes
+                .in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .range(..version)
+                .next()
+                .is_some();
+            if !busy {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     /// Whether `peer` may send replication and search requests: a member
-    /// of the current layout.
+    /// of an active layout (an old member keeps serving pulls, and may
+    /// write, until the transition away from it is over).
     pub fn accepts_from(&self, peer: &PeerId) -> bool {
-        self.layout()
-            .is_some_and(|l| l.member_index(&peer.to_base58()).is_some())
+        let id = peer.to_base58();
+        self.0
+            .layout
+            .active()
+            .iter()
+            .any(|l| l.member_index(&id).is_some())
     }
 
     /// Whether this node answers `peer` at all: it is in the current
@@ -677,20 +843,30 @@ impl Cluster {
 
     /// Where `key` lives, or `None` before the first layout.
     pub fn route(&self, key: &str) -> Option<Route> {
-        let layout = self.layout()?;
+        let active = self.0.layout.active();
+        let layout = active.last()?.clone();
         let partition = layout.partition_of(key);
-        let mut replicas: Vec<PeerId> = layout
-            .replicas(partition)
-            .iter()
-            .filter_map(|&m| member_peer(&layout, m))
-            .collect();
+        let reading = self.0.transitions.state().reading;
+        let transition::Sets {
+            newest: mut replicas,
+            mut older,
+            mut read,
+        } = transition::sets(&active, reading, partition)?;
         let local = replicas.contains(&self.0.me);
+        let read_local = read.contains(&self.0.me);
         self.order(&mut replicas);
+        self.order(&mut read);
+        for o in &mut older {
+            self.order(o);
+        }
         Some(Route {
             layout,
             partition,
             replicas,
             local,
+            older,
+            read,
+            read_local,
         })
     }
 
@@ -951,7 +1127,7 @@ impl Cluster {
             }
             // A member that was removed still holds a certificate: it may
             // learn the layout that removed it, and nothing else.
-            ClusterRequest::GetLayout { .. }
+            ClusterRequest::GetLayout { .. } | ClusterRequest::Transition
                 if !self.admits(&peer) && !self.0.membership.certified(&from) =>
             {
                 refuse(NOT_ADMITTED)
@@ -984,21 +1160,26 @@ impl Cluster {
                     .layout
                     .signed()
                     .filter(|_| newer_than.is_none_or(|v| version > v));
-                match layout.map(|l| l.encode()) {
-                    Some(Ok(bytes)) => ClusterResponse::Layout {
+                let history: Result<Vec<slurp_protocol::Bytes>, _> = self
+                    .0
+                    .layout
+                    .older_signed()
+                    .iter()
+                    .map(|s| s.encode().map(Into::into))
+                    .collect();
+                match (layout.map(|l| l.encode()).transpose(), history) {
+                    (Ok(layout), Ok(history)) => ClusterResponse::Layout {
                         version,
-                        layout: Some(bytes.into()),
+                        layout: layout.map(Into::into),
+                        history,
                     },
-                    Some(Err(e)) => ClusterResponse::Error(RemoteError {
+                    (Err(e), _) | (_, Err(e)) => ClusterResponse::Error(RemoteError {
                         code: ErrorCode::Internal,
                         message: e.to_string(),
                     }),
-                    None => ClusterResponse::Layout {
-                        version,
-                        layout: None,
-                    },
                 }
             }
+            ClusterRequest::Transition => ClusterResponse::Transition(self.transition_report()),
             // Answered by the node, which holds the tokens.
             ClusterRequest::GetToken { .. }
             | ClusterRequest::PutTokens { .. }
@@ -1771,15 +1952,49 @@ impl Cluster {
         };
         match self.cluster_request(peer, req).await {
             Ok(ClusterResponse::Layout {
-                layout: Some(bytes),
-                ..
+                layout, history, ..
             }) => {
-                if let Err(e) = self.take_layout(peer, &bytes.0).await {
+                if let Some(bytes) = layout
+                    && let Err(e) = self.take_layout(peer, &bytes.0).await
+                {
                     tracing::warn!(%peer, error = %e, "refused a layout");
                 }
+                self.take_history(peer, &history).await;
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(%peer, error = %e, "layout pull failed"),
+        }
+    }
+
+    /// Takes the older active layouts a peer sent (see
+    /// [`layout::LayoutState::adopt_older`]); at most
+    /// [`MAX_HISTORY`] of them.
+    async fn take_history(&self, from: &PeerId, history: &[slurp_protocol::Bytes]) {
+        let floor = self.0.transitions.state().collapsed;
+        for bytes in history.iter().take(MAX_HISTORY) {
+            let taken = Signed::decode_limited(&bytes.0, membership::MAX_STATEMENT)
+                .map_err(|e| ClusterError::Refused(e.to_string()))
+                .and_then(|signed| {
+                    let layout = self.0.membership.verify_layout(&signed)?;
+                    let version = layout.version();
+                    Ok((version, self.0.layout.adopt_older(layout, signed, floor)?))
+                });
+            match taken {
+                Ok((version, true)) => {
+                    tracing::info!(%from, version, "took an older layout still active on a peer")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let from = from.to_base58();
+                    self.audit(AuditRecord::deny(
+                        from.as_str(),
+                        other("cluster_layout"),
+                        from.as_str(),
+                        format!("older layout refused: {e}"),
+                    ))
+                    .await;
+                }
+            }
         }
     }
 
@@ -1938,6 +2153,9 @@ impl Cluster {
                         {
                             tracing::warn!(error = %e, "refused the layout of the join");
                         }
+                        // A transition may be under way: learn the older
+                        // layouts before serving anything.
+                        self.pull_layout(&issuer).await;
                         self.hello(&issuer).await;
                         self.fetch_keys().await;
                     }

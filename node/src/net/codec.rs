@@ -205,6 +205,7 @@ mod tests {
             let big = ClusterResponse::Layout {
                 version: 1,
                 layout: Some(slurp_protocol::Bytes(vec![0; 32])),
+                history: Vec::new(),
             };
             let mut out = futures::io::Cursor::new(Vec::new());
             let err = codec

@@ -283,14 +283,14 @@ pub(crate) fn serve_fetch(
 }
 
 /// Bytes moved per second at most, over a pass.
-struct Throttle {
+pub(crate) struct Throttle {
     rate: u64,
     start: Instant,
     moved: AtomicU64,
 }
 
 impl Throttle {
-    fn new(rate: u64) -> Self {
+    pub(crate) fn new(rate: u64) -> Self {
         Throttle {
             rate: rate.max(1),
             start: Instant::now(),
@@ -299,7 +299,7 @@ impl Throttle {
     }
 
     /// Accounts `n` bytes and waits until the pass is back under its rate.
-    async fn take(&self, n: u64) {
+    pub(crate) async fn take(&self, n: u64) {
         let total = self.moved.fetch_add(n, Ordering::Relaxed) + n;
         let due = Duration::from_secs_f64(total as f64 / self.rate as f64);
         let elapsed = self.start.elapsed();
@@ -311,12 +311,12 @@ impl Throttle {
 
 /// What one exchange moved.
 #[derive(Debug, Clone, Copy, Default)]
-struct Moved {
-    sent: u64,
-    received: u64,
-    bytes_sent: u64,
-    bytes_received: u64,
-    refused: u64,
+pub(crate) struct Moved {
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) refused: u64,
 }
 
 impl Moved {
@@ -770,7 +770,7 @@ impl AntiEntropy {
     }
 
     /// Every version id of `range` here, by key.
-    fn local_ids(
+    pub(crate) fn local_ids(
         &self,
         range: SlotRange,
     ) -> Result<BTreeMap<String, BTreeSet<VersionId>>, slurp_storage::ReadError> {
@@ -797,10 +797,11 @@ impl AntiEntropy {
     }
 
     /// Every version id of `range` on `peer`, by key.
-    async fn remote_ids(
+    pub(crate) async fn remote_ids(
         &self,
         peer: &PeerId,
         range: SlotRange,
+        settled_under: Option<u64>,
     ) -> Result<BTreeMap<String, BTreeSet<VersionId>>, ReplicationError> {
         let mut out: BTreeMap<String, BTreeSet<VersionId>> = BTreeMap::new();
         let mut after = None;
@@ -813,6 +814,7 @@ impl AntiEntropy {
                     last: range.last,
                     after: after.take(),
                     limit: self.0.config.anti_entropy_batch.max(1) as u32,
+                    settled_under,
                 },
             };
             match self.call(peer, req).await? {
@@ -850,7 +852,7 @@ impl AntiEntropy {
         let mut theirs = BTreeMap::new();
         for run in shared_runs(scheme, range, &shared) {
             ours.extend(self.local_ids(run)?);
-            theirs.extend(self.remote_ids(peer, run).await?);
+            theirs.extend(self.remote_ids(peer, run, None).await?);
         }
         let empty = BTreeSet::new();
         // Newest first within a key, so a tombstone is stored before the
@@ -901,7 +903,7 @@ impl AntiEntropy {
         Ok(moved)
     }
 
-    async fn push(
+    pub(crate) async fn push(
         &self,
         layout: &Layout,
         peer: &PeerId,
@@ -956,7 +958,7 @@ impl AntiEntropy {
         Ok(moved)
     }
 
-    async fn pull(
+    pub(crate) async fn pull(
         &self,
         peer: &PeerId,
         mut wanted: Vec<KeyVersion>,

@@ -141,15 +141,53 @@ pub(crate) struct WriteItem {
     pub version: SealedVersion,
     pub plain: Option<ContextNode>,
     pub route: Route,
-    pub need: usize,
+    /// The write quorum of each of the route's write sets, in the order of
+    /// [`Route::write_sets`].
+    pub needs: Vec<usize>,
 }
 
 /// How one replicated write ended.
 pub(crate) struct WriteTally {
+    /// Whether every write set reached its quorum.
+    pub ok: bool,
+    /// Acknowledgements and quorum of the set that fell short (the
+    /// current layout's set when none did).
     pub acked: usize,
     pub need: usize,
     pub created: bool,
     pub errors: Vec<(PeerId, String)>,
+    /// A replica that refused for holding a newer layout.
+    pub stale_layout: Option<PeerId>,
+}
+
+impl WriteTally {
+    fn new(item: &WriteItem) -> Self {
+        WriteTally {
+            ok: false,
+            acked: 0,
+            need: item.needs.first().copied().unwrap_or(1),
+            created: false,
+            errors: Vec::new(),
+            stale_layout: None,
+        }
+    }
+
+    /// Recounts from the replicas that acknowledged.
+    fn count(&mut self, item: &WriteItem, acked: &[PeerId]) {
+        self.ok = true;
+        let mut first = true;
+        for (set, &need) in item.route.write_sets().zip(&item.needs) {
+            let n = set.iter().filter(|p| acked.contains(p)).count();
+            if first || (self.ok && n < need) {
+                self.acked = n;
+                self.need = need;
+            }
+            first = false;
+            if n < need {
+                self.ok = false;
+            }
+        }
+    }
 }
 
 impl Replicator {
@@ -167,65 +205,59 @@ impl Replicator {
         let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(prepared.len());
         let mut sent = Vec::with_capacity(prepared.len());
         for p in prepared {
-            let Some(route) = cluster.route(&p.meta.key) else {
-                refused.push(Some(StoreError::Unavailable(
-                    "the cluster layout is gone".into(),
-                )));
-                continue;
-            };
-            let need = cluster.write_quorum(opts.w, route.replicas.len());
-            // Refuse before writing anywhere when too few replicas are up,
-            // so a failed write rarely leaves a copy behind.
-            let up: Vec<&PeerId> = route
-                .replicas
-                .iter()
-                .filter(|r| **r == cluster.me() || cluster.peers().is_up(r))
-                .collect();
-            if up.len() < need {
-                self.0.engine.metrics().replication("quorum_failed", 1);
-                let down: Vec<String> = route
-                    .replicas
-                    .iter()
-                    .filter(|r| !up.contains(r))
-                    .map(|r| cluster_peer_label(cluster, r))
-                    .collect();
-                refused.push(Some(StoreError::Quorum {
-                    op: p.op(),
-                    address: p.address.clone(),
-                    during: None,
-                    needed: need,
-                    acked: 0,
-                    detail: format!(
-                        "only {} of the {} replicas are up; down: {}",
-                        up.len(),
-                        route.replicas.len(),
-                        down.join(", ")
-                    ),
-                }));
-                continue;
+            match self.write_item(&p, opts) {
+                Ok(item) => {
+                    refused.push(None);
+                    items.push(item);
+                    sent.push(p);
+                }
+                Err(e) => refused.push(Some(e)),
             }
-            refused.push(None);
-            items.push(WriteItem {
-                version: slurp_protocol::messages::SealedVersion {
-                    meta: p.meta.clone(),
-                    envelope: p.envelope.clone().into(),
-                },
-                plain: p.node.clone(),
-                route,
-                need,
-            });
-            sent.push(p);
         }
-        let tallies = self.quorum_write(items).await;
+        let mut tallies = self.quorum_write(items).await;
+        // A replica that holds a newer layout refused: take it from that
+        // replica and send once more under it (the new replica sets).
+        let stale: Vec<PeerId> = {
+            let mut peers: Vec<PeerId> = tallies.iter().filter_map(|t| t.stale_layout).collect();
+            peers.sort();
+            peers.dedup();
+            peers
+        };
+        if !stale.is_empty() {
+            let before = cluster.layout_version();
+            for peer in &stale {
+                cluster.pull_layout(peer).await;
+            }
+            if cluster.layout_version() > before {
+                let again: Vec<usize> = (0..tallies.len())
+                    .filter(|&i| tallies[i].stale_layout.is_some() && !tallies[i].ok)
+                    .collect();
+                let mut retry = Vec::new();
+                let mut retried = Vec::new();
+                for &i in &again {
+                    if let Ok(item) = self.write_item(&sent[i], opts) {
+                        retry.push(item);
+                        retried.push(i);
+                    }
+                }
+                self.0
+                    .engine
+                    .metrics()
+                    .replication("layout_retry", retry.len() as u64);
+                for (i, t) in retried.into_iter().zip(self.quorum_write(retry).await) {
+                    tallies[i] = t;
+                }
+            }
+        }
         self.0.engine.metrics().record(
             "put",
             "cluster",
-            tallies.iter().all(|t| t.acked >= t.need),
+            tallies.iter().all(|t| t.ok),
             start.elapsed(),
         );
         let mut decided = Vec::with_capacity(sent.len());
         for (p, t) in sent.into_iter().zip(tallies) {
-            if t.acked >= t.need {
+            if t.ok {
                 decided.push(Ok(self.0.engine.after_put(p, t.created, false).await));
             } else {
                 decided.push(Err(quorum_failed(
@@ -248,6 +280,63 @@ impl Replicator {
                     .unwrap_or_else(|| Err(StoreError::Internal("no write result".into()))),
             })
             .collect()
+    }
+
+    /// The write of one prepared version under the current layouts, or
+    /// why it is refused before anything is sent: too few replicas up in
+    /// one of its replica sets (so a failed write rarely leaves a copy
+    /// behind).
+    fn write_item(&self, p: &Prepared, opts: QuorumOpts) -> Result<WriteItem, StoreError> {
+        let cluster = self.cluster();
+        let Some(route) = cluster.route(&p.meta.key) else {
+            return Err(StoreError::Unavailable(
+                "the cluster layout is gone".into(),
+            ));
+        };
+        let mut needs = Vec::with_capacity(1 + route.older.len());
+        for set in route.write_sets() {
+            let need = cluster.write_quorum(opts.w, set.len());
+            let up: Vec<&PeerId> = set
+                .iter()
+                .filter(|r| **r == cluster.me() || cluster.peers().is_up(r))
+                .collect();
+            if up.len() < need {
+                self.0.engine.metrics().replication("quorum_failed", 1);
+                let down: Vec<String> = set
+                    .iter()
+                    .filter(|r| !up.contains(r))
+                    .map(|r| cluster_peer_label(cluster, r))
+                    .collect();
+                let which = if needs.is_empty() {
+                    ""
+                } else {
+                    " (of the layout the cluster is moving away from)"
+                };
+                return Err(StoreError::Quorum {
+                    op: p.op(),
+                    address: p.address.clone(),
+                    during: None,
+                    needed: need,
+                    acked: 0,
+                    detail: format!(
+                        "only {} of the {} replicas{which} are up; down: {}",
+                        up.len(),
+                        set.len(),
+                        down.join(", ")
+                    ),
+                });
+            }
+            needs.push(need);
+        }
+        Ok(WriteItem {
+            version: slurp_protocol::messages::SealedVersion {
+                meta: p.meta.clone(),
+                envelope: p.envelope.clone().into(),
+            },
+            plain: p.node.clone(),
+            route,
+            needs,
+        })
     }
 
     /// A read in a cluster: the newest version from a read quorum (or, for
@@ -358,13 +447,13 @@ impl Replicator {
         with_envelope: bool,
     ) -> Result<HeadsRead, StoreError> {
         let cluster = self.cluster();
-        let strategy = RequestStrategy::read(cluster, r, route.replicas.len());
+        let strategy = RequestStrategy::read(cluster, r, route.read.len());
         let need = strategy.quorum;
         // When this node is a replica, its own copy carries the envelope and
         // the others only say which version they hold: the envelope crosses
         // the network only when a peer has a newer version than ours.
-        let g = try_call_many(&route.replicas, &strategy, |p| {
-            let envelope = with_envelope && (p == cluster.me() || !route.local);
+        let g = try_call_many(&route.read, &strategy, |p| {
+            let envelope = with_envelope && (p == cluster.me() || !route.read_local);
             self.ask_heads(cluster, p, key, envelope)
         })
         .await;
@@ -469,8 +558,8 @@ impl Replicator {
         r: Option<usize>,
     ) -> Result<Vec<RecordMeta>, StoreError> {
         let cluster = self.cluster();
-        let strategy = RequestStrategy::read(cluster, r, route.replicas.len());
-        let g = try_call_many(&route.replicas, &strategy, |peer| async move {
+        let strategy = RequestStrategy::read(cluster, r, route.read.len());
+        let g = try_call_many(&route.read, &strategy, |peer| async move {
             if peer == cluster.me() {
                 return self.0.engine.local().history(key).map_err(|e| {
                     ReplicationError::Rejected {
@@ -521,7 +610,13 @@ impl Replicator {
             return Ok(Some(rec));
         }
         let cluster = self.cluster();
-        for peer in route.replicas.iter().filter(|p| **p != cluster.me()) {
+        let peers = route.read.iter().chain(route.write_sets().flatten());
+        let mut asked: Vec<&PeerId> = Vec::new();
+        for peer in peers.filter(|p| **p != cluster.me()) {
+            if asked.contains(&peer) {
+                continue;
+            }
+            asked.push(peer);
             let req = ReplicateRequest::GetVersions {
                 key: key.to_string(),
                 versions: Some(vec![version.clone()]),
@@ -546,20 +641,15 @@ impl Replicator {
     /// a hint.
     pub(crate) async fn quorum_write(&self, items: Vec<WriteItem>) -> Vec<WriteTally> {
         let cluster = self.cluster().clone();
-        let mut tallies: Vec<WriteTally> = items
-            .iter()
-            .map(|i| WriteTally {
-                acked: 0,
-                need: i.need,
-                created: false,
-                errors: Vec::new(),
-            })
-            .collect();
-        let mut waiting: Vec<usize> = items.iter().map(|i| i.route.replicas.len()).collect();
+        let mut tallies: Vec<WriteTally> = items.iter().map(WriteTally::new).collect();
+        let mut acked: Vec<Vec<PeerId>> = vec![Vec::new(); items.len()];
         let mut groups: HashMap<PeerId, Vec<usize>> = HashMap::new();
+        let mut waiting: Vec<usize> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            for p in &item.route.replicas {
-                groups.entry(*p).or_default().push(i);
+            let targets = item.route.write_targets();
+            waiting.push(targets.len());
+            for p in targets {
+                groups.entry(p).or_default().push(i);
             }
         }
         let items = std::sync::Arc::new(items);
@@ -578,18 +668,18 @@ impl Replicator {
             tokio::spawn(async move {
                 let _permit = permit;
                 let r = this.send_group(&cluster, &peer, &items, &idx, None).await;
-                let failed = r.is_err();
+                // A replica on a newer layout is not down: the write goes
+                // again under that layout instead of to a fallback.
+                let hint = matches!(&r, Err(e) if !e.stale_layout());
                 let _ = tx.send((peer, idx.clone(), r));
-                if failed {
+                if hint {
                     this.hint_to_fallbacks(&cluster, &peer, &items, &idx).await;
                 }
             });
         }
         drop(tx);
         let decided = |t: &[WriteTally], w: &[usize]| {
-            t.iter()
-                .zip(w)
-                .all(|(t, &left)| t.acked >= t.need || left == 0)
+            t.iter().zip(w).all(|(t, &left)| t.ok || left == 0)
         };
         while !decided(&tallies, &waiting) {
             let Some((peer, idx, r)) = rx.recv().await else {
@@ -601,12 +691,13 @@ impl Replicator {
                         waiting[i] -= 1;
                         match o {
                             WirePut::Stored => {
-                                tallies[i].acked += 1;
+                                acked[i].push(peer);
                                 tallies[i].created = true;
                             }
-                            WirePut::AlreadyPresent => tallies[i].acked += 1,
+                            WirePut::AlreadyPresent => acked[i].push(peer),
                             WirePut::Rejected { reason } => tallies[i].errors.push((peer, reason)),
                         }
+                        tallies[i].count(&items[i], &acked[i]);
                     }
                     self.0.engine.metrics().replication("replica_ack", 1);
                 }
@@ -614,13 +705,16 @@ impl Replicator {
                     for &i in &idx {
                         waiting[i] -= 1;
                         tallies[i].errors.push((peer, e.reason()));
+                        if e.stale_layout() {
+                            tallies[i].stale_layout = Some(peer);
+                        }
                     }
                     self.0.engine.metrics().replication("replica_fail", 1);
                 }
             }
         }
         for t in &tallies {
-            if t.acked < t.need {
+            if !t.ok {
                 self.0.engine.metrics().replication("quorum_failed", 1);
             }
         }

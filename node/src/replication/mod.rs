@@ -225,6 +225,13 @@ pub enum ReplicationError {
 }
 
 impl ReplicationError {
+    /// Whether the peer refused for holding a newer layout than the one
+    /// the request was sent under.
+    pub(crate) fn stale_layout(&self) -> bool {
+        matches!(self, ReplicationError::Peer { source, .. }
+            if matches!(**source, ClusterError::Remote(slurp_protocol::messages::ErrorCode::LayoutMismatch, _)))
+    }
+
     pub(crate) fn peer(peer: &PeerId, source: ClusterError) -> Self {
         ReplicationError::Peer {
             peer: *peer,

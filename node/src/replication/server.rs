@@ -34,7 +34,10 @@ impl Replicator {
         let max = self.0.engine.options().batch_size.max(1);
         match req {
             ReplicateRequest::PutVersions {
-                versions, hint_for, ..
+                versions,
+                hint_for,
+                layout_version,
+                ..
             } => {
                 if versions.len() > max {
                     return refuse(
@@ -42,6 +45,20 @@ impl Replicator {
                         format!("{} versions, over the limit of {max}", versions.len()),
                     );
                 }
+                // The transition fence: a sender that does not know this
+                // node's layout would miss the new replica sets.
+                let _admitted = match self.0.cluster.enter_write(layout_version) {
+                    Ok(g) => g,
+                    Err(current) => {
+                        return refuse(
+                            ErrorCode::LayoutMismatch,
+                            format!(
+                                "sent under layout version {}; this node holds version {current}: send again under it",
+                                layout_version.unwrap_or(0)
+                            ),
+                        );
+                    }
+                };
                 let items = versions.into_iter().map(|v| (v, None)).collect();
                 ReplicateResponse::Stored {
                     outcomes: self.0.engine.apply_sealed(items, hint_for.as_deref()).await,
@@ -94,7 +111,21 @@ impl Replicator {
                     last,
                     after,
                     limit,
+                    settled_under,
                 } => {
+                    if let Some(v) = settled_under {
+                        let have = self.0.cluster.layout_version();
+                        if have < v {
+                            self.0.cluster.want_layout_from(peer);
+                            return refuse(
+                                ErrorCode::LayoutMismatch,
+                                format!(
+                                    "a pull for layout version {v}; this node holds version {have} yet"
+                                ),
+                            );
+                        }
+                        self.0.cluster.writes_before_done(v).await;
+                    }
                     let limit = (limit as usize).clamp(1, max);
                     match anti_entropy::serve_slot_ids(
                         self.0.engine.local(),
