@@ -1007,6 +1007,7 @@ async fn status(
 async fn cluster_status(State(node): State<Shared>, Caller(_): Caller) -> impl IntoResponse {
     let mut status = node.cluster.status();
     status.anti_entropy = node.anti_entropy.status();
+    status.transition = node.rebalance.status();
     Json(status)
 }
 
@@ -1419,6 +1420,23 @@ async fn not_found() -> ApiError {
 }
 
 /// Counts and times every request by route.
+/// One request counted in the in-flight gauge until dropped (a request
+/// cut short by its timeout too).
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn enter(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        InFlight(g.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn observe(State(node): State<Shared>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -1427,7 +1445,9 @@ async fn observe(State(node): State<Shared>, req: Request, next: Next) -> Respon
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let start = Instant::now();
+    let in_flight = InFlight::enter(&node.metrics.api_in_flight);
     let resp = next.run(req).await;
+    drop(in_flight);
     node.metrics
         .http_requests
         .get_or_create(&HttpLabels {

@@ -125,6 +125,16 @@ pub struct Metrics {
     /// Partitions this node replicates, by anti-entropy state
     /// (converged, differing, unknown).
     pub anti_entropy_partitions: Family<StateLabels, Gauge>,
+    /// Layout transitions: versions and bytes pulled, partitions pulled
+    /// and dropped, transitions ended, by what.
+    pub rebalance: Family<CauseLabels, Counter>,
+    /// Partitions this node must pull in the current transition, by state
+    /// (done, pending).
+    pub rebalance_partitions: Family<StateLabels, Gauge>,
+    /// Layouts this node holds active (1 outside a transition).
+    pub layouts_active: Gauge,
+    /// API requests being served (background transfers yield to them).
+    pub api_in_flight: Gauge,
     pub net_counters: Family<CounterLabels, Gauge>,
 }
 
@@ -355,6 +365,30 @@ impl Metrics {
             "Partitions this node replicates, by anti-entropy state: converged, differing, unknown (not yet compared with every co-replica)",
             anti_entropy_partitions.clone(),
         );
+        let rebalance = Family::<CauseLabels, Counter>::default();
+        r.register(
+            "rebalance",
+            "Layout transitions: versions_pulled, bytes_pulled, partitions_pulled, versions_handed_off, partitions_dropped, versions_dropped, transitions_ended",
+            rebalance.clone(),
+        );
+        let rebalance_partitions = Family::<StateLabels, Gauge>::default();
+        r.register(
+            "rebalance_partitions",
+            "Partitions this node must pull for the layout it moves to, by state: done, pending",
+            rebalance_partitions.clone(),
+        );
+        let layouts_active = Gauge::default();
+        r.register(
+            "layouts_active",
+            "Layouts this node holds active: 1, or more while a layout transition is under way",
+            layouts_active.clone(),
+        );
+        let api_in_flight = Gauge::default();
+        r.register(
+            "api_requests_in_flight",
+            "API requests being served now",
+            api_in_flight.clone(),
+        );
         let net_counters = Family::<CounterLabels, Gauge>::default();
         r.register(
             "net",
@@ -372,6 +406,10 @@ impl Metrics {
             hints_pending,
             anti_entropy,
             anti_entropy_partitions,
+            rebalance,
+            rebalance_partitions,
+            layouts_active,
+            api_in_flight,
             net_counters,
             ops,
             op_seconds,

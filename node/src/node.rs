@@ -53,6 +53,8 @@ pub struct Node {
     pub forwarder: Forwarder,
     /// Anti-entropy, whose state `slurp cluster status` shows.
     pub anti_entropy: crate::replication::anti_entropy::AntiEntropy,
+    /// The layout-transition worker (its status shows in `cluster status`).
+    pub rebalance: crate::replication::rebalance::Rebalance,
     shutdown: watch::Sender<bool>,
     rebuilds: RebuildControl,
 }
@@ -277,8 +279,16 @@ impl Node {
             metrics.clone(),
             &dir,
         );
+        let rebalance = crate::replication::rebalance::Rebalance::new(
+            store.engine().clone(),
+            cluster.clone(),
+            anti_entropy.clone(),
+            config.replication.clone(),
+            metrics.clone(),
+        );
         let node = Node {
             anti_entropy,
+            rebalance,
             config,
             store,
             tokens,
@@ -371,6 +381,7 @@ impl Node {
                 interval: self.config.cluster.handoff_interval,
             }));
         self.workers.start(Arc::new(self.anti_entropy.clone()));
+        self.workers.start(Arc::new(self.rebalance.clone()));
         self.workers
             .start(Arc::new(crate::replication::gc::TombstoneGc::new(
                 self.store.engine().clone(),

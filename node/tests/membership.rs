@@ -348,6 +348,7 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
                 last: u16::MAX,
                 after: None,
                 limit: 100,
+                settled_under: None,
             },
         },
         ReplicateRequest::Digests {
@@ -590,6 +591,7 @@ async fn a_member_that_serves_an_old_or_forged_layout_is_refused_and_audited() {
                     ClusterRequest::GetLayout { .. } => ClusterResponse::Layout {
                         version: 1000,
                         layout: Some(Bytes(held.lock().unwrap().clone())),
+                        history: Vec::new(),
                     },
                     _ => ClusterResponse::Hello {
                         node: info(&liar_id),

@@ -233,6 +233,7 @@ fn answer(client: &NetClient, request: Request) -> Option<Response> {
         Request::Cluster(ClusterRequest::GetLayout { .. }) => ClusterResponse::Layout {
             version: 7,
             layout: Some(Bytes(vec![1, 2, 3])),
+            history: Vec::new(),
         }
         .into(),
         Request::Cluster(ClusterRequest::GetToken { .. }) => {
@@ -347,6 +348,7 @@ async fn round_trips(from: &NetClient, to: PeerId) {
                     last: 10,
                     after: None,
                     limit: 100,
+                    settled_under: None,
                 },
             },
         )
@@ -444,7 +446,8 @@ async fn round_trips(from: &NetClient, to: PeerId) {
         layout,
         ClusterResponse::Layout {
             version: 7,
-            layout: Some(Bytes(vec![1, 2, 3]))
+            layout: Some(Bytes(vec![1, 2, 3])),
+            history: Vec::new(),
         }
     );
     let health = from.cluster(to, ClusterRequest::Health).await.unwrap();

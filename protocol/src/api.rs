@@ -1021,6 +1021,38 @@ pub struct ClusterStatusResponse {
     pub others: Vec<PeerStatus>,
     pub staged: StagedChanges,
     pub anti_entropy: AntiEntropyStatus,
+    /// The layout transition under way, as this node sees it (absent
+    /// when only one layout is active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<TransitionStatus>,
+}
+
+/// A layout transition as one node sees it (`slurp cluster status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TransitionStatus {
+    /// The active layout versions, oldest first; the last is current.
+    pub active: Vec<u64>,
+    /// What the transition waits for: `pulling` (this node pulls what it
+    /// gained), `syncing` (other new owners still pull), `draining`
+    /// (nodes still read from the old owners), `dropping` (old copies
+    /// are being handed off and removed).
+    pub phase: String,
+    /// The layout version whose replica sets this node reads from.
+    pub reading: u64,
+    /// Partitions this node must pull, and has pulled.
+    pub partitions_total: u32,
+    pub partitions_done: u32,
+    /// Sealed bytes and versions pulled so far.
+    pub bytes: u64,
+    pub versions: u64,
+    /// Pull rate since the transition started, bytes per second.
+    pub bytes_per_sec: f64,
+    /// Estimated seconds until this node has pulled everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<u64>,
+    /// Nodes the next phase waits for, with why (`node2: pulling 12/40`).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
 }
 
 /// A replica of an address's partition.

@@ -638,6 +638,19 @@ impl Cluster {
             .report(&self.0.layout.active(), &self.0.me_id)
     }
 
+    /// `peer`'s own report of where it stands in a layout transition.
+    pub async fn transition_of(
+        &self,
+        peer: &PeerId,
+    ) -> Result<slurp_protocol::messages::TransitionReport, ClusterError> {
+        match self.cluster_request(peer, ClusterRequest::Transition).await? {
+            ClusterResponse::Transition(r) => Ok(r),
+            _ => Err(ClusterError::Refused(
+                "answered a transition request with something else".into(),
+            )),
+        }
+    }
+
     /// Forgets the layouts older than `version` (the transition to it is
     /// over).
     pub fn collapse_below(&self, version: u64) -> Result<usize, ClusterError> {
@@ -2693,8 +2706,10 @@ impl Cluster {
             members,
             others,
             staged: self.0.layout.staged(),
-            // The anti-entropy worker's, which the cluster does not see.
+            // The anti-entropy and rebalance workers', which the cluster
+            // does not see.
             anti_entropy: Default::default(),
+            transition: None,
         }
     }
 }

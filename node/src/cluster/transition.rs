@@ -353,7 +353,7 @@ mod tests {
         for p in &peers[..2] {
             assert_eq!(
                 super::gained(&active, &p.to_base58()).len(),
-                active[1].partitions().count()
+                active[1].partitions().count() as usize
             );
         }
         assert!(super::gained(&active, &peers[2].to_base58()).is_empty());

@@ -119,6 +119,15 @@ impl TombstoneGc {
             .prune_collected(now.saturating_sub(keep), 10_000)
             .await
             .map_err(|e| e.to_string())?;
+        // A tombstone goes once every replica holds it; while a layout
+        // transition moves partitions, "every replica" spans two sets
+        // whose copies are still on their way: collection waits.
+        if self.cluster.in_transition() {
+            return Ok(PassReport {
+                items: pruned,
+                note: "paused: a layout transition is under way".into(),
+            });
+        }
         let Some(layout) = self.cluster.layout() else {
             return Ok(PassReport {
                 items: 0,

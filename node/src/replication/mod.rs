@@ -25,6 +25,7 @@ pub mod server;
 pub use coordinator::QuorumOpts;
 pub mod anti_entropy;
 pub mod gc;
+pub mod rebalance;
 pub mod strategy;
 
 use std::sync::Arc;
@@ -88,6 +89,22 @@ pub struct ReplicationConfig {
     /// Read repairs in flight at most (each a background write), a count;
     /// past it a repair is skipped and left to anti-entropy.
     pub read_repairs_in_flight: usize,
+    /// How often a layout transition is advanced (pull, ask the other
+    /// nodes where they stand, end it), a duration such as `1s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub rebalance_interval: Duration,
+    /// Sealed bytes a node pulls per second at most in a layout
+    /// transition.
+    pub rebalance_bytes_per_sec: u64,
+    /// Partitions pulled at once in a layout transition, a count.
+    pub rebalance_partitions_in_flight: usize,
+    /// How long an old owner waits, once every node reads from the new
+    /// owners, before dropping what it left (reads that began earlier
+    /// finish first), a duration such as `5s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub rebalance_grace: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -105,6 +122,10 @@ impl Default for ReplicationConfig {
             gc_keep_collected: Duration::from_secs(7 * 86_400),
             replica_writes_in_flight: 1024,
             read_repairs_in_flight: 256,
+            rebalance_interval: Duration::from_secs(1),
+            rebalance_bytes_per_sec: 32 * 1024 * 1024,
+            rebalance_partitions_in_flight: 2,
+            rebalance_grace: Duration::from_secs(5),
         }
     }
 }
@@ -114,6 +135,15 @@ impl ReplicationConfig {
         if self.anti_entropy_interval.is_zero() || self.gc_interval.is_zero() {
             return Err(
                 "replication.anti_entropy_interval and replication.gc_interval must be positive"
+                    .into(),
+            );
+        }
+        if self.rebalance_interval.is_zero()
+            || self.rebalance_bytes_per_sec == 0
+            || self.rebalance_partitions_in_flight == 0
+        {
+            return Err(
+                "replication.rebalance_interval, rebalance_bytes_per_sec and rebalance_partitions_in_flight must be positive"
                     .into(),
             );
         }

@@ -151,7 +151,9 @@ impl ContextStore {
     /// place the store forks between a lone node and a cluster.
     pub(crate) fn tier(&self) -> Tier<'_> {
         match &self.0.replicator {
-            Some(r) => match r.cluster().layout() {
+            // Listings and searches cover the partitions where reads go:
+            // the old owners until a layout transition has moved them.
+            Some(r) => match r.cluster().read_layout() {
                 Some(layout) => Tier::Cluster(r, layout),
                 None => Tier::Alone(&self.0.engine),
             },

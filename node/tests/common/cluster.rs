@@ -76,6 +76,7 @@ pub fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> Node
     // write or a read does on its own.
     c.replication.anti_entropy_interval = Duration::from_secs(3600);
     c.replication.gc_interval = Duration::from_secs(3600);
+    c.replication.rebalance_grace = Duration::from_millis(200);
     c
 }
 
