@@ -218,6 +218,7 @@ async fn a_stranger_gets_nothing_from_any_protocol() {
         },
         ClusterRequest::GetLayout { newer_than: None },
         ClusterRequest::Health,
+        ClusterRequest::Transition,
         ClusterRequest::GetToken {
             id: m.n0.tokens.list()[0].id.clone(),
         },

@@ -58,6 +58,28 @@ struct Held {
     signed: Signed,
 }
 
+/// Whether going from `old` to `new` changes who holds some partition:
+/// a change of addresses only (a node restarted elsewhere) moves no data
+/// and needs no transition.
+fn moves_data(old: &Layout, new: &Layout) -> bool {
+    if old.partitions() != new.partitions() {
+        return true;
+    }
+    (0..new.partitions().count()).any(|p| {
+        let p = slurp_protocol::Partition(p as u16);
+        let ids = |l: &Layout| -> Vec<String> {
+            let mut v: Vec<String> = l
+                .replicas(p)
+                .iter()
+                .map(|&m| l.member(m).id.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        ids(old) != ids(new)
+    })
+}
+
 fn digest(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()
 }
@@ -123,7 +145,9 @@ impl LayoutState {
         };
         let mut older = older;
         if let Some(c) = &current {
-            older.retain(|h: &Held| h.digest != c.digest && h.layout.version() <= c.layout.version());
+            older.retain(|h: &Held| {
+                h.digest != c.digest && h.layout.version() <= c.layout.version()
+            });
         }
         Ok(LayoutState {
             path,
@@ -269,7 +293,9 @@ impl LayoutState {
         // one is over (a tie's loser too: some nodes may have written under
         // it). The history is written first: a crash between the two files
         // leaves the old layout both current and older, which `load` folds.
-        if let Some(h) = cur.as_ref() {
+        if let Some(h) = cur.as_ref()
+            && moves_data(&h.layout, &layout)
+        {
             let mut older = self.older.write().unwrap_or_else(|e| e.into_inner());
             let mut next = older.clone();
             next.push(h.clone());
@@ -491,6 +517,45 @@ mod tests {
         again.stage_join(member("a"));
         again.apply(3, 8, sign).unwrap();
         assert!(!again.was_removed("a"));
+    }
+
+    #[test]
+    fn a_newer_layout_keeps_the_one_before_active_until_the_transition_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = load(dir.path());
+        let scheme = PartitionScheme::new(6).unwrap();
+        let l1 = Layout::new(1, 2, scheme, vec![member("a"), member("b")]).unwrap();
+        let l2 = Layout::new(2, 2, scheme, vec![member("a"), member("b"), member("c")]).unwrap();
+        assert!(offer(&state, l1.clone()));
+        assert_eq!(state.active().len(), 1);
+        assert!(offer(&state, l2.clone()));
+        let versions = |s: &LayoutState| s.active().iter().map(|l| l.version()).collect::<Vec<_>>();
+        assert_eq!(versions(&state), [1, 2]);
+        // A restart resumes the transition.
+        let again = load(dir.path());
+        assert_eq!(versions(&again), [1, 2]);
+        // A change of addresses only moves nothing: no transition.
+        let mut moved = member("c");
+        moved.address = "/ip4/127.0.0.1/tcp/2/p2p/c".into();
+        let l3 = Layout::new(3, 2, scheme, vec![member("a"), member("b"), moved]).unwrap();
+        assert!(offer(&again, l3));
+        assert_eq!(versions(&again), [1, 3]);
+        assert_eq!(again.collapse_below(3).unwrap(), 1);
+        assert_eq!(versions(&load(dir.path())), [3]);
+        // An older layout a peer still holds is taken by a node that never
+        // ended a transition past it, and refused (a replay) by one that
+        // did, or when it is not older than the current one.
+        let s1 = sign(&l1).unwrap();
+        assert!(!again.adopt_older(l1.clone(), s1.clone(), 3).unwrap());
+        assert!(again.adopt_older(l1.clone(), s1.clone(), 0).unwrap());
+        assert!(!again.adopt_older(l1.clone(), s1, 0).unwrap(), "taken once");
+        assert_eq!(versions(&again), [1, 3]);
+        let l4 = Layout::new(4, 2, scheme, vec![member("a")]).unwrap();
+        assert!(
+            !again
+                .adopt_older(l4.clone(), sign(&l4).unwrap(), 0)
+                .unwrap()
+        );
     }
 
     #[test]

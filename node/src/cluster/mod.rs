@@ -643,7 +643,10 @@ impl Cluster {
         &self,
         peer: &PeerId,
     ) -> Result<slurp_protocol::messages::TransitionReport, ClusterError> {
-        match self.cluster_request(peer, ClusterRequest::Transition).await? {
+        match self
+            .cluster_request(peer, ClusterRequest::Transition)
+            .await?
+        {
             ClusterResponse::Transition(r) => Ok(r),
             _ => Err(ClusterError::Refused(
                 "answered a transition request with something else".into(),

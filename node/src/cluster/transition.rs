@@ -15,9 +15,9 @@
 //! 2. **New owners pull.** Each node pulls every partition it gained in
 //!    the newest layout from the partition's owners in the oldest (a
 //!    range scan of version ids, then the versions it lacks: the
-//!    anti-entropy machinery), from enough of them that every
-//!    acknowledged write is among what it saw (a read quorum of that
-//!    set). A replica refuses writes sent under an older layout than its
+//!    anti-entropy machinery), from every one that is up and at least
+//!    `set - W + 1` of them, so every acknowledged write (on at least W
+//!    of the set) is among what it saw. A replica refuses writes sent under an older layout than its
 //!    own, and answers a pull only after the writes it accepted under older
 //!    layouts have committed, so nothing acknowledged under the old layout
 //!    alone lands after a pull passed. Pulled partitions are recorded
@@ -236,9 +236,7 @@ pub fn gained(active: &[Arc<Layout>], me: &str) -> Vec<Partition> {
         }
         let needs = older.iter().any(|o| {
             let theirs = o.replicas(partition);
-            let held = o
-                .member_index(me)
-                .is_some_and(|oi| theirs.contains(&oi));
+            let held = o.member_index(me).is_some_and(|oi| theirs.contains(&oi));
             !held || set.len() < theirs.len()
         });
         if needs {
@@ -337,7 +335,10 @@ mod tests {
         // A partition whose owners did not change has no older set.
         let same = (0..new.partitions().count())
             .map(|p| Partition(p as u16))
-            .find(|p| !new.replicas(*p).contains(&new.member_index(&newcomer).unwrap()))
+            .find(|p| {
+                !new.replicas(*p)
+                    .contains(&new.member_index(&newcomer).unwrap())
+            })
             .unwrap();
         let s = sets(&active, 0, same).unwrap();
         assert!(s.older.is_empty());

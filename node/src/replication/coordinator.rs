@@ -289,9 +289,7 @@ impl Replicator {
     fn write_item(&self, p: &Prepared, opts: QuorumOpts) -> Result<WriteItem, StoreError> {
         let cluster = self.cluster();
         let Some(route) = cluster.route(&p.meta.key) else {
-            return Err(StoreError::Unavailable(
-                "the cluster layout is gone".into(),
-            ));
+            return Err(StoreError::Unavailable("the cluster layout is gone".into()));
         };
         let mut needs = Vec::with_capacity(1 + route.older.len());
         for set in route.write_sets() {
@@ -678,9 +676,8 @@ impl Replicator {
             });
         }
         drop(tx);
-        let decided = |t: &[WriteTally], w: &[usize]| {
-            t.iter().zip(w).all(|(t, &left)| t.ok || left == 0)
-        };
+        let decided =
+            |t: &[WriteTally], w: &[usize]| t.iter().zip(w).all(|(t, &left)| t.ok || left == 0);
         while !decided(&tallies, &waiting) {
             let Some((peer, idx, r)) = rx.recv().await else {
                 break;

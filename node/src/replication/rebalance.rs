@@ -29,8 +29,8 @@ use slurp_protocol::{Partition, VersionId};
 
 use super::ReplicationConfig;
 use super::anti_entropy::{AntiEntropy, Throttle};
-use crate::cluster::transition::{self, set_of};
 use super::coordinator::cluster_peer_label as cluster_peer_label_of;
+use crate::cluster::transition::{self, set_of};
 use crate::cluster::{Cluster, layout_peers};
 use crate::metrics::Metrics;
 use crate::store::Engine;
@@ -145,7 +145,9 @@ impl Rebalance {
         g.get_or_create(&crate::metrics::StateLabels { state: "done" })
             .set(i64::from(st.partitions_done));
         g.get_or_create(&crate::metrics::StateLabels { state: "pending" })
-            .set(i64::from(st.partitions_total - st.partitions_done.min(st.partitions_total)));
+            .set(i64::from(
+                st.partitions_total - st.partitions_done.min(st.partitions_total),
+            ));
         *self
             .0
             .status
@@ -200,9 +202,7 @@ impl Rebalance {
         let (pulled, failures) = self.pull_gained(&active, target).await;
         let report = c.transition_report();
         if report.partitions_done == report.partitions_total {
-            c.transitions()
-                .synced(target)
-                .map_err(|e| e.to_string())?;
+            c.transitions().synced(target).map_err(|e| e.to_string())?;
         }
         let mut note = format!(
             "to layout v{target}: pulled {}/{} partitions ({pulled} versions this pass)",
@@ -313,7 +313,9 @@ impl Rebalance {
             .set(c.active_layouts().len() as i64);
         Ok(PassReport {
             items: pulled,
-            note: format!("{note}; transition to layout v{target} ended, {dropped} partitions dropped"),
+            note: format!(
+                "{note}; transition to layout v{target} ended, {dropped} partitions dropped"
+            ),
         })
     }
 
@@ -330,15 +332,14 @@ impl Rebalance {
             return (0, Vec::new());
         }
         let throttle = Throttle::new(self.0.config.rebalance_bytes_per_sec);
-        let results: Vec<(Partition, Result<(u64, u64), String>)> =
-            futures::stream::iter(todo)
-                .map(|p| {
-                    let throttle = &throttle;
-                    async move { (p, self.pull_partition(active, target, p, throttle).await) }
-                })
-                .buffer_unordered(self.0.config.rebalance_partitions_in_flight.max(1))
-                .collect()
-                .await;
+        let results: Vec<(Partition, Result<(u64, u64), String>)> = futures::stream::iter(todo)
+            .map(|p| {
+                let throttle = &throttle;
+                async move { (p, self.pull_partition(active, target, p, throttle).await) }
+            })
+            .buffer_unordered(self.0.config.rebalance_partitions_in_flight.max(1))
+            .collect()
+            .await;
         let mut versions = 0;
         let mut failures = Vec::new();
         for (p, r) in results {
@@ -359,8 +360,8 @@ impl Rebalance {
     }
 
     /// Pulls partition `p` from its owners under the oldest active layout:
-    /// from at least a read quorum of them, so every acknowledged write is
-    /// among what is seen. Returns the bytes and versions stored.
+    /// from enough of them that every acknowledged write is among what is
+    /// seen. Returns the bytes and versions stored.
     async fn pull_partition(
         &self,
         active: &[Arc<Layout>],
@@ -372,7 +373,10 @@ impl Rebalance {
         let ae = &self.0.anti_entropy;
         let oldest = &active[0];
         let owners = set_of(oldest, p);
-        let need = c.read_quorum(None, owners.len());
+        // Every acknowledged write is on at least W of them, so any
+        // `owners - W + 1` include a copy of it; every owner that is up
+        // is asked all the same.
+        let need = owners.len() + 1 - c.write_quorum(None, owners.len()).min(owners.len());
         let range = slots_of(oldest, p);
         let local = ae.local_ids(range).map_err(|e| e.to_string())?;
         let has = |key: &str, v: &VersionId| local.get(key).is_some_and(|s| s.contains(v));
@@ -430,9 +434,10 @@ impl Rebalance {
         for l in active {
             peers.extend(layout_peers(l));
         }
-        let asks = peers.iter().filter(|p| **p != c.me()).map(|p| async move {
-            (*p, c.transition_of(p).await)
-        });
+        let asks = peers
+            .iter()
+            .filter(|p| **p != c.me())
+            .map(|p| async move { (*p, c.transition_of(p).await) });
         let mut out: BTreeMap<PeerId, TransitionReport> = futures::future::join_all(asks)
             .await
             .into_iter()
@@ -539,9 +544,11 @@ impl Rebalance {
         let store = self.0.store.local();
         let mut removed = 0;
         while !all.is_empty() {
-            let batch: Vec<(String, VersionId)> =
-                all.drain(..all.len().min(DROP_BATCH)).collect();
-            let report = store.purge(batch.clone()).await.map_err(|e| e.to_string())?;
+            let batch: Vec<(String, VersionId)> = all.drain(..all.len().min(DROP_BATCH)).collect();
+            let report = store
+                .purge(batch.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             removed += report.removed;
             let mut last: BTreeMap<&str, &VersionId> = BTreeMap::new();
             for (k, v) in &batch {

@@ -77,6 +77,7 @@ pub fn config(dir: &Path, i: usize, listen: libp2p::Multiaddr, o: &Opts) -> Node
     c.replication.anti_entropy_interval = Duration::from_secs(3600);
     c.replication.gc_interval = Duration::from_secs(3600);
     c.replication.rebalance_grace = Duration::from_millis(200);
+    c.replication.rebalance_interval = Duration::from_millis(100);
     c
 }
 
@@ -208,6 +209,14 @@ impl Cluster {
                         && Some(l.version()) == layouts[0].as_ref().map(|f| f.version())
                 })
             })
+        })
+        .await;
+        // A layout change moves data before the old owners let go.
+        wait_until("no layout transition under way", async || {
+            self.nodes
+                .iter()
+                .flatten()
+                .all(|n| !n.cluster.in_transition())
         })
         .await;
         // Peers learn each other's health from probes: wait until every
