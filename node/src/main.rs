@@ -228,6 +228,20 @@ enum NodeCommand {
     },
 }
 
+/// Following a layout change until its data has moved.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// After applying, wait until the layout transition is over (every
+    /// moved partition pulled by its new owners, the old copies dropped),
+    /// showing progress on stderr.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (exit code 1; the transition goes
+    /// on).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub wait_timeout: std::time::Duration,
+}
+
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
     /// Layout version, members and the health of each, as this node sees them.
@@ -274,6 +288,8 @@ enum ClusterCommand {
         #[arg(long)]
         apply: bool,
         #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
         c: ClientArgs,
     },
     /// Certify a member anew for exactly these roles: fewer roles revoke
@@ -288,7 +304,9 @@ enum ClusterCommand {
         #[command(flatten)]
         c: ClientArgs,
     },
-    /// Stage a member's removal.
+    /// Stage a member's removal. Once applied, the member drains: its
+    /// partitions move to their new owners, and it leaves only when they
+    /// hold them (`--wait` follows it).
     Remove {
         /// The peer id of the member to remove.
         peer: String,
@@ -296,10 +314,14 @@ enum ClusterCommand {
         #[arg(long)]
         apply: bool,
         #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
         c: ClientArgs,
     },
     /// Publish the staged changes as the next layout version.
     Apply {
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         c: ClientArgs,
     },

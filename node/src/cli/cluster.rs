@@ -8,7 +8,8 @@ use slurp_protocol::api::{
 use slurp_protocol::{RoleName, UcxlAddress};
 
 use super::output::{client, or_null, print};
-use crate::{ClusterCommand, usage};
+use crate::{ClientArgs, ClusterCommand, WaitArgs, usage};
+use slurp_node::client::Client;
 
 /// Runs one `slurp cluster` command.
 pub async fn run(cmd: ClusterCommand) -> Result<()> {
@@ -73,6 +74,7 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
             zone,
             capacity,
             apply,
+            wait,
             c,
         } => {
             let client = client(&c)?;
@@ -84,8 +86,7 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
                 })
                 .await?;
             if apply {
-                let v = client.cluster_apply().await?;
-                print(&c, &v, applied_text)?;
+                apply_and_wait(&client, &c, &wait).await?;
             } else {
                 print(&c, &v, |v| {
                     format!(
@@ -118,14 +119,18 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
                 )
             })?;
         }
-        ClusterCommand::Remove { peer, apply, c } => {
+        ClusterCommand::Remove {
+            peer,
+            apply,
+            wait,
+            c,
+        } => {
             let client = client(&c)?;
             let v = client
                 .cluster_remove(&RemoveRequest { peer: peer.clone() })
                 .await?;
             if apply {
-                let v = client.cluster_apply().await?;
-                print(&c, &v, applied_text)?;
+                apply_and_wait(&client, &c, &wait).await?;
             } else {
                 print(&c, &v, |_| {
                     format!("staged the removal of {peer}; run `slurp cluster apply` to publish")
@@ -151,12 +156,73 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
                 out
             })?;
         }
-        ClusterCommand::Apply { c } => {
-            let v = client(&c)?.cluster_apply().await?;
-            print(&c, &v, applied_text)?;
+        ClusterCommand::Apply { wait, c } => {
+            apply_and_wait(&client(&c)?, &c, &wait).await?;
         }
     }
     Ok(())
+}
+
+/// Publishes the staged changes; with `--wait`, follows the layout
+/// transition until it is over, a line on stderr whenever it moves on.
+async fn apply_and_wait(client: &Client, c: &ClientArgs, wait: &WaitArgs) -> Result<()> {
+    let v = client.cluster_apply().await?;
+    print(c, &v, applied_text)?;
+    if !wait.wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + wait.wait_timeout;
+    let mut last = String::new();
+    loop {
+        let s = client.cluster_status().await?;
+        let Some(t) = &s.transition else {
+            progress(&format!(
+                "layout v{}: every moved partition is with its new owners",
+                s.layout_version
+            ));
+            return Ok(());
+        };
+        let line = transition_text(t);
+        if line != last {
+            progress(&line);
+            last = line;
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the layout transition was not over within {}: {last}",
+                humantime::format_duration(wait.wait_timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// A progress line on stderr (a closed stderr is not an error).
+fn progress(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// One line on a layout transition.
+fn transition_text(t: &slurp_protocol::api::TransitionStatus) -> String {
+    let versions: Vec<String> = t.active.iter().map(|v| format!("v{v}")).collect();
+    let mut out = format!(
+        "transition {}: {}; pulled {}/{} partitions, {:.1} MB ({:.1} MB/s){}",
+        versions.join(" -> "),
+        t.phase,
+        t.partitions_done,
+        t.partitions_total,
+        t.bytes as f64 / 1e6,
+        t.bytes_per_sec / 1e6,
+        match t.eta_secs {
+            Some(s) if t.partitions_done < t.partitions_total => format!(", about {s}s left"),
+            _ => String::new(),
+        }
+    );
+    if !t.waiting_for.is_empty() {
+        out.push_str(&format!("; waiting for {}", t.waiting_for.join(", ")));
+    }
+    out
 }
 
 fn applied_text(v: &ApplyResponse) -> String {
@@ -232,6 +298,10 @@ fn cluster_text(v: &ClusterStatusResponse) -> String {
                 None => String::new(),
             }
         ));
+    }
+    if let Some(t) = &v.transition {
+        out.push('\n');
+        out.push_str(&transition_text(t));
     }
     let joins = v.staged.join.len();
     let removes = v.staged.remove.len();

@@ -1220,7 +1220,10 @@ impl Cluster {
             status: HealthStatus::Ok,
             layout_version: self.layout_version(),
             uptime_secs: self.0.started.elapsed().as_secs(),
-            partitions_syncing: 0,
+            partitions_syncing: {
+                let r = self.transition_report();
+                r.partitions_total - r.partitions_done.min(r.partitions_total)
+            },
             keys_version: self.keys_version(),
             rewrap: self.rewrap_report(),
             heartbeats,
