@@ -119,7 +119,26 @@ enum Step {
     Ops(Vec<ClientOp>),
     Start(Fault),
     End(Fault),
+    /// A layout change, applied by node 0 (faults may make it fail).
+    Change(Change),
 }
+
+/// A layout change of the layout bench, resolved against the layout
+/// held when it runs (the cluster outlives schedules).
+#[derive(Debug, Clone, PartialEq)]
+enum Change {
+    /// The first started node outside the layout joins.
+    Join,
+    /// A member other than node 0 leaves (the `n`th, modulo their count),
+    /// unless only three are left.
+    Remove(usize),
+    /// A member's capacity changes.
+    Capacity(usize, u32),
+}
+
+/// Nodes of the layout bench, and members at its start.
+const LAYOUT_NODES: usize = 5;
+const LAYOUT_MEMBERS: usize = 4;
 
 /// Addresses per schedule.
 const ADDRESSES: usize = 4;
@@ -129,6 +148,12 @@ const ADDRESSES: usize = 4;
 /// lasts one to four groups (so faults overlap), and every fault has
 /// ended before the last group.
 fn schedule(seed: u64) -> Vec<Step> {
+    schedule_with(seed, false)
+}
+
+/// [`schedule`], with layout changes (joins, removals, capacity changes)
+/// before about one group in six when `layout`.
+fn schedule_with(seed: u64, layout: bool) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed);
     let ops = rng.gen_range(20..=40);
     let mut steps = Vec::new();
@@ -146,6 +171,13 @@ fn schedule(seed: u64) -> Vec<Step> {
             let f = fault(&mut rng);
             steps.push(Step::Start(f.clone()));
             active.push((f, rng.gen_range(1..=4)));
+        }
+        if layout && rng.gen_bool(0.18) {
+            steps.push(Step::Change(match rng.gen_range(0..3) {
+                0 => Change::Join,
+                1 => Change::Remove(rng.gen_range(0..LAYOUT_NODES)),
+                _ => Change::Capacity(rng.gen_range(0..LAYOUT_NODES), rng.gen_range(1..=4) * 100),
+            }));
         }
         let group = rng.gen_range(1..=3usize).min(ops - made);
         let group: Vec<ClientOp> = (0..group).map(|_| client_op(&mut rng)).collect();
@@ -208,15 +240,21 @@ struct Bench {
     c: Cluster,
     faults: Faults,
     disks: Vec<Arc<CommitFailpoint>>,
+    /// Whether schedules change the layout (then not every node holds
+    /// every partition).
+    layout: bool,
+    /// Layout changes applied.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl Bench {
-    async fn start() -> Bench {
+    async fn start(layout: bool) -> Bench {
+        let n = if layout { LAYOUT_NODES } else { NODES };
         let c = Cluster::start_with(
             Opts {
-                n: NODES,
+                n,
                 rf: RF,
-                auto_join: true,
+                auto_join: !layout,
             },
             |c| {
                 c.cluster.partition_bits = 4;
@@ -229,10 +267,25 @@ impl Bench {
             },
         )
         .await;
-        c.converged(NODES).await;
+        if layout {
+            common::wait_until("peers known", async || {
+                let s = c.node(0).cluster.status();
+                s.others.iter().filter(|p| p.name.is_some()).count() == n - 1
+            })
+            .await;
+            let n0 = &c.node(0).cluster;
+            n0.stage_join(None, None, None).unwrap();
+            for i in 1..LAYOUT_MEMBERS {
+                n0.stage_join(Some(&c.peer(i)), None, None).unwrap();
+            }
+            n0.apply().await.unwrap();
+            c.converged(LAYOUT_MEMBERS).await;
+        } else {
+            c.converged(NODES).await;
+        }
         let faults = Faults::new(0);
         let mut disks = Vec::new();
-        for i in 0..NODES {
+        for i in 0..n {
             assert!(c.node(i).net.install_faults(faults.clone()));
             let disk = Arc::new(CommitFailpoint::default());
             c.node(i)
@@ -241,7 +294,45 @@ impl Bench {
                 .set_commit_faults(Some(disk.clone()));
             disks.push(disk);
         }
-        Bench { c, faults, disks }
+        Bench {
+            c,
+            faults,
+            disks,
+            layout,
+            changes: Default::default(),
+        }
+    }
+
+    /// Applies a layout change on node 0; one that faults make fail
+    /// changes nothing (it is staged again by a later change or not).
+    async fn change(&self, change: &Change) {
+        let n0 = &self.c.node(0).cluster;
+        let Some(layout) = n0.layout() else { return };
+        let n = self.c.nodes.len();
+        let members: Vec<usize> = (0..n)
+            .filter(|&i| layout.member_index(&self.c.peer(i)).is_some())
+            .collect();
+        let staged = match *change {
+            Change::Join => (0..n)
+                .find(|i| !members.contains(i))
+                .map(|i| n0.stage_join(Some(&self.c.peer(i)), None, None).map(|_| ())),
+            Change::Remove(k) if members.len() > 3 => {
+                let others: Vec<usize> = members.iter().copied().filter(|&i| i != 0).collect();
+                Some(n0.stage_remove(&self.c.peer(others[k % others.len()])))
+            }
+            Change::Remove(_) => None,
+            Change::Capacity(k, cap) => {
+                let i = members[k % members.len()];
+                Some(
+                    n0.stage_join(Some(&self.c.peer(i)), None, Some(cap))
+                        .map(|_| ()),
+                )
+            }
+        };
+        if matches!(staged, Some(Ok(()))) && n0.apply().await.is_ok() {
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn peer(&self, i: usize) -> libp2p::PeerId {
@@ -361,7 +452,7 @@ impl Bench {
     /// What every node holds of `keys`, and its digest.
     fn final_state(&self, keys: &[String]) -> FinalState {
         let layout = self.c.node(0).cluster.layout().expect("a layout");
-        let nodes = (0..NODES)
+        let nodes = (0..self.c.nodes.len())
             .map(|i| {
                 let me = self.c.peer(i);
                 let local = self.c.node(i).store.local();
@@ -386,7 +477,9 @@ impl Bench {
                     .collect();
                 NodeState {
                     node: format!("node{i}"),
-                    digest: Some(format!("{}:{}", d.versions, hex(&d.digest))),
+                    // Under layout changes nodes hold different partitions:
+                    // their whole-store digests do not compare.
+                    digest: (!self.layout).then(|| format!("{}:{}", d.versions, hex(&d.digest))),
                     holdings,
                 }
             })
@@ -397,7 +490,7 @@ impl Bench {
     /// Runs schedule `seed`; returns its line for the figures, or panics
     /// naming the seed.
     async fn run(&self, seed: u64) -> Figures {
-        let steps = schedule(seed);
+        let steps = schedule_with(seed, self.layout);
         let addresses: Vec<String> = (0..ADDRESSES)
             .map(|a| format!("ucxl://claude:developer@faults:s{seed}/*^/src/f{a}.rs"))
             .collect();
@@ -407,12 +500,14 @@ impl Bench {
             .collect();
         self.faults.reseed(seed ^ 0x5eed_f417);
         let disk_failures_before: u64 = self.disks.iter().map(|d| d.failed()).sum();
+        let changes_before = self.changes.load(std::sync::atomic::Ordering::Relaxed);
         let start = Instant::now();
         let mut ops = Vec::new();
         for step in &steps {
             match step {
                 Step::Start(f) => self.apply(f, true),
                 Step::End(f) => self.apply(f, false),
+                Step::Change(ch) => self.change(ch).await,
                 Step::Ops(group) => {
                     let n = ops.len();
                     let done = futures::future::join_all(
@@ -438,12 +533,31 @@ impl Bench {
         // Converged: every node's whole-store digest and every replica's
         // versions of this schedule's addresses agree.
         let state = loop {
+            // After every layout transition has ended (then every node
+            // agrees on where each address lives).
+            let settled = !self.layout
+                || self
+                    .c
+                    .nodes
+                    .iter()
+                    .flatten()
+                    .all(|n| !n.cluster.in_transition());
             let s = self.final_state(&keys);
             let agree = |n: &NodeState| {
+                if self.layout {
+                    // Each replica of an address holds what every other
+                    // replica of it holds.
+                    return n.holdings.iter().all(|(k, h)| {
+                        s.nodes
+                            .iter()
+                            .filter_map(|o| o.holdings.get(k))
+                            .all(|o| o == h)
+                    });
+                }
                 n.digest == s.nodes[0].digest
                     && n.holdings.values().eq(s.nodes[0].holdings.values())
             };
-            if s.nodes.iter().all(agree) {
+            if settled && s.nodes.iter().all(agree) {
                 break s;
             }
             if healed.elapsed() > LIVENESS {
@@ -476,7 +590,8 @@ impl Bench {
         };
         eprintln!(
             "fault-schedule seed={seed} ops={} acked={} failed={} lost={} resurrected={} \
-             converge_ms={} cut={} dropped={} delayed={} duplicated={} disk_failures={disk_failures}",
+             converge_ms={} cut={} dropped={} delayed={} duplicated={} disk_failures={disk_failures} \
+             layout_changes={}",
             figures.operations,
             figures.acknowledged,
             figures.failed,
@@ -487,6 +602,7 @@ impl Bench {
             injected.dropped_requests + injected.dropped_responses,
             injected.delayed,
             injected.duplicated,
+            self.changes.load(std::sync::atomic::Ordering::Relaxed) - changes_before,
         );
         figures
     }
@@ -527,7 +643,28 @@ struct Figures {
 }
 
 async fn run_part(part: u64) {
-    let seeds = seeds_for(part);
+    run_bench(part, seeds_for(part), false).await
+}
+
+/// The seeds layout-bench function `part` runs: `SLURP_LAYOUT_SEEDS`
+/// (default 24) over [`LAYOUT_PARTS`] functions, from
+/// `SLURP_FAULT_SEED_BASE`; `SLURP_FAULT_SEED` runs one here too.
+fn layout_seeds_for(part: u64) -> Vec<u64> {
+    if let Some(seed) = env_u64("SLURP_FAULT_SEED") {
+        return if part == 0 { vec![seed] } else { vec![] };
+    }
+    let n = env_u64("SLURP_LAYOUT_SEEDS").unwrap_or(DEFAULT_LAYOUT_SEEDS);
+    let base = env_u64("SLURP_FAULT_SEED_BASE").unwrap_or(0);
+    (0..n)
+        .filter(|i| i % LAYOUT_PARTS == part)
+        .map(|i| base + i)
+        .collect()
+}
+
+const LAYOUT_PARTS: u64 = 2;
+const DEFAULT_LAYOUT_SEEDS: u64 = 24;
+
+async fn run_bench(part: u64, seeds: Vec<u64>, layout: bool) {
     if seeds.is_empty() {
         return;
     }
@@ -540,7 +677,7 @@ async fn run_part(part: u64) {
     if budget.is_some_and(|b| first.elapsed() > b) {
         return;
     }
-    let bench = Bench::start().await;
+    let bench = Bench::start(layout).await;
     let mut all = Vec::new();
     for seed in seeds {
         if budget.is_some_and(|b| first.elapsed() > b) {
@@ -552,7 +689,7 @@ async fn run_part(part: u64) {
     ms.sort_unstable();
     let slowest = all.iter().max_by_key(|f| f.converge).map_or(0, |f| f.seed);
     eprintln!(
-        "fault-part part={part} schedules={} ops={} acked={} failed={} lost={} resurrected={} \
+        "fault-part part={part} layout={layout} schedules={} ops={} acked={} failed={} lost={} resurrected={} \
          converge_p50_ms={} converge_max_ms={} slowest_seed={slowest} secs={}",
         all.len(),
         all.iter().map(|f| f.operations).sum::<usize>(),
@@ -586,6 +723,16 @@ async fn seeded_fault_schedules_part_3() {
     run_part(3).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_schedules_with_layout_changes_part_0() {
+    run_bench(0, layout_seeds_for(0), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_schedules_with_layout_changes_part_1() {
+    run_bench(1, layout_seeds_for(1), true).await;
+}
+
 #[test]
 fn a_seed_fixes_its_schedule() {
     let show = |s: u64| format!("{:?}", schedule(s));
@@ -613,7 +760,7 @@ fn a_seed_fixes_its_schedule() {
                 .iter()
                 .map(|st| match st {
                     Step::Ops(g) => g.len(),
-                    Step::Start(_) | Step::End(_) => 0,
+                    Step::Start(_) | Step::End(_) | Step::Change(_) => 0,
                 })
                 .sum();
             (s, n)
@@ -633,9 +780,18 @@ fn a_seed_fixes_its_schedule() {
                         .expect("ends after it starts");
                     open.remove(i);
                 }
-                Step::Ops(_) => {}
+                Step::Ops(_) | Step::Change(_) => {}
             }
         }
         assert!(open.is_empty(), "seed {s} leaves {open:?} on");
     }
+    // Layout schedules add joins, removals and capacity changes; plain
+    // ones have none.
+    let changes: String = (0..20)
+        .map(|s| format!("{:?}", schedule_with(s, true)))
+        .collect();
+    for what in ["Join", "Remove", "Capacity"] {
+        assert!(changes.contains(what), "{what}");
+    }
+    assert!(!all.contains("Change"));
 }

@@ -23,12 +23,14 @@
 //!    alone lands after a pull passed. Pulled partitions are recorded
 //!    (`<data>/cluster/transition.json`), so a restart resumes.
 //! 3. **Reads move, then the old layout goes.** When every member of the
-//!    newest layout reports it synced, a node reads from the newest sets
-//!    (and says so). When every node (members of the newest layout, and
+//!    newest layout reports it synced, a node hands each new owner what
+//!    it still lacks of the partitions the node leaves (a write
+//!    acknowledged by fewer than the configured quorum may be there
+//!    alone), then reads from the newest sets (and says so). When every node (members of the newest layout, and
 //!    old members that are still up) reads from the newest, a node forgets
 //!    the older layouts: its writes go to the new sets only, and it drops
-//!    the partitions it no longer owns, after handing each new owner
-//!    whatever of them it still lacks.
+//!    the partitions it no longer owns (a member hands off once more
+//!    first).
 //!
 //! At no moment has a partition fewer readable copies than the old layout
 //! gave it: old owners keep theirs until every new owner holds the
@@ -68,6 +70,10 @@ pub struct TransitionState {
     /// layouts a peer still holds are not taken back.
     #[serde(default)]
     pub collapsed: u64,
+    /// The newest layout version for which this node handed the new
+    /// owners what they lacked of the partitions it leaves.
+    #[serde(default)]
+    pub handed_off: u64,
 }
 
 /// The transition state of this node, persisted on every change.
@@ -158,6 +164,12 @@ impl Transitions {
     /// Records every gained partition of `target` pulled.
     pub fn synced(&self, target: u64) -> Result<(), ClusterError> {
         self.update(|st| st.synced = st.synced.max(target))
+    }
+
+    /// Records the hand-off of the partitions this node leaves in
+    /// `version`.
+    pub fn handed_off(&self, version: u64) -> Result<(), ClusterError> {
+        self.update(|st| st.handed_off = st.handed_off.max(version))
     }
 
     /// Records the end of the transition to `version`.

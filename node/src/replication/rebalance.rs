@@ -247,7 +247,29 @@ impl Rebalance {
                 note: note + "; waiting for the other new owners",
             });
         }
-        // 3a. Every new owner holds its partitions: read from them.
+        // 3a. Every new owner holds its partitions. Before this node says
+        // it reads from them (after which the others may end the
+        // transition and stop answering a node that leaves), it hands
+        // each new owner whatever it still lacks of the partitions this
+        // node leaves: a write acknowledged by fewer replicas than the
+        // configured quorum (`w=1`) may be here alone.
+        if c.transitions().state().handed_off < target {
+            let (_, failed) = self.leave(&active, false).await;
+            if !failed.is_empty() {
+                self.set_status(TransitionStatus {
+                    phase: "syncing".into(),
+                    waiting_for: failed.clone(),
+                    ..Default::default()
+                });
+                return Ok(PassReport {
+                    items: pulled,
+                    note: format!("{note}; hand-off failed: {}", failed.join("; ")),
+                });
+            }
+            c.transitions()
+                .handed_off(target)
+                .map_err(|e| e.to_string())?;
+        }
         c.transitions()
             .read_from(target)
             .map_err(|e| e.to_string())?;
@@ -292,7 +314,7 @@ impl Rebalance {
         // A read that began before the last node switched may still be
         // asking the old owners: let it finish first.
         tokio::time::sleep(self.0.config.rebalance_grace).await;
-        let (dropped, kept) = self.leave(&active).await;
+        let (dropped, kept) = self.leave(&active, true).await;
         if !kept.is_empty() {
             self.set_status(TransitionStatus {
                 phase: "dropping".into(),
@@ -448,9 +470,9 @@ impl Rebalance {
     }
 
     /// Hands each new owner what it lacks of the partitions this node
-    /// leaves, then drops them. Returns how many were dropped, and the
-    /// partitions kept because a hand-off failed (why).
-    async fn leave(&self, active: &[Arc<Layout>]) -> (usize, Vec<String>) {
+    /// leaves and, with `drop`, then drops them. Returns how many were
+    /// dropped, and the partitions whose hand-off failed (why; kept).
+    async fn leave(&self, active: &[Arc<Layout>], drop: bool) -> (usize, Vec<String>) {
         let c = &self.0.cluster;
         let me = c.me_id();
         let Some((newest, older)) = active.split_last() else {
@@ -474,13 +496,14 @@ impl Rebalance {
         let throttle = Throttle::new(self.0.config.rebalance_bytes_per_sec);
         let mut dropped = 0;
         let mut kept = Vec::new();
-        // A node leaving the cluster hands nothing off: the members no
-        // longer answer it, and the new owners pulled from a read quorum.
-        let hand_off = newest_mi.is_some();
+        // At the end, a node leaving the cluster hands nothing off again:
+        // the members no longer answer it (it did before it said it reads
+        // from the new owners).
+        let hand_off = !drop || newest_mi.is_some();
         for p in leaving {
             let partition = Partition(p);
             match self
-                .hand_off_and_drop(newest, partition, hand_off, &throttle)
+                .hand_off_and_drop(newest, partition, hand_off, drop, &throttle)
                 .await
             {
                 Ok(true) => dropped += 1,
@@ -491,13 +514,15 @@ impl Rebalance {
         (dropped, kept)
     }
 
-    /// Sends every new owner of `p` what it lacks, then removes `p` from
-    /// this node; `Ok(false)` when nothing of `p` was held.
+    /// Sends every new owner of `p` what it lacks (with `hand_off`), then
+    /// (with `drop`) removes `p` from this node; `Ok(true)` when it was
+    /// dropped.
     async fn hand_off_and_drop(
         &self,
         newest: &Arc<Layout>,
         p: Partition,
         hand_off: bool,
+        drop: bool,
         throttle: &Throttle,
     ) -> Result<bool, String> {
         let c = &self.0.cluster;
@@ -536,6 +561,9 @@ impl Rebalance {
                     .map_err(|e| e.to_string())?;
                 self.count("versions_handed_off", moved.sent);
             }
+        }
+        if !drop {
+            return Ok(false);
         }
         let mut all: Vec<(String, VersionId)> = local
             .into_iter()
