@@ -335,7 +335,7 @@ mod tests {
             assert!(super::gained(&active, &p.to_base58()).is_empty());
         }
         // One layout alone is no transition.
-        assert!(super::gained(&[new.clone()], &newcomer).is_empty());
+        assert!(super::gained(std::slice::from_ref(&new), &newcomer).is_empty());
         let p = gained[0];
         let s = sets(&active, 0, p).unwrap();
         assert!(s.newest.contains(&peers[3]));

@@ -39,6 +39,9 @@ use crate::workers::PassReport;
 /// The worker's name in `slurp workers`.
 pub const WORKER: &str = "rebalance";
 
+/// What pulling one partition moved (bytes, versions), or why it failed.
+type Pulled = Result<(u64, u64), String>;
+
 /// Versions purged per transaction when a partition is dropped.
 const DROP_BATCH: usize = 256;
 
@@ -354,7 +357,7 @@ impl Rebalance {
             return (0, Vec::new());
         }
         let throttle = Throttle::new(self.0.config.rebalance_bytes_per_sec);
-        let results: Vec<(Partition, Result<(u64, u64), String>)> = futures::stream::iter(todo)
+        let results: Vec<(Partition, Pulled)> = futures::stream::iter(todo)
             .map(|p| {
                 let throttle = &throttle;
                 async move { (p, self.pull_partition(active, target, p, throttle).await) }
