@@ -1017,6 +1017,37 @@ struct PlacementQuery {
     address: String,
 }
 
+/// Which of the given addresses this node stores a copy of (admin).
+async fn cluster_holdings(
+    State(node): State<Shared>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<slurp_protocol::api::HoldingsRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&node, &caller)?;
+    let max = node.config.store_options.batch_size.max(1);
+    if body.addresses.len() > max {
+        return Err(StoreError::BadRequest(format!(
+            "{} addresses, over the limit of {max}",
+            body.addresses.len()
+        ))
+        .into());
+    }
+    let mut held = Vec::with_capacity(body.addresses.len());
+    for a in &body.addresses {
+        let key = parse_address(a)?.key();
+        let meta = node
+            .store
+            .local()
+            .latest_meta(&key)
+            .map_err(StoreError::from)?;
+        held.push(meta.map(|(m, _)| m.version.to_string()));
+    }
+    Ok(Json(slurp_protocol::api::HoldingsResponse {
+        layout_version: node.cluster.layout_version(),
+        held,
+    }))
+}
+
 /// Where an address lives: its partition and replicas, in the order
 /// requests try them from this node.
 async fn cluster_placement(
@@ -1515,6 +1546,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/workers/{name}/run"),
     ("get", "/v1/cluster"),
     ("get", "/v1/cluster/placement"),
+    ("post", "/v1/cluster/holdings"),
     ("post", "/v1/cluster/init"),
     ("post", "/v1/cluster/invites"),
     ("get", "/v1/cluster/invites"),
@@ -1558,6 +1590,7 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/workers/{name}/run", post(run_worker))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/placement", get(cluster_placement))
+        .route("/v1/cluster/holdings", post(cluster_holdings))
         .route("/v1/cluster/init", post(cluster_init))
         .route(
             "/v1/cluster/invites",

@@ -491,6 +491,18 @@ impl Client {
             .await
     }
 
+    /// Which of `addresses` the node stores a copy of itself.
+    pub async fn cluster_holdings(
+        &self,
+        addresses: Vec<String>,
+    ) -> Result<slurp_protocol::api::HoldingsResponse, ClientError> {
+        self.post_as(
+            "/v1/cluster/holdings",
+            &slurp_protocol::api::HoldingsRequest { addresses },
+        )
+        .await
+    }
+
     pub async fn cluster_init(&self) -> Result<ClusterInitResponse, ClientError> {
         self.post_as("/v1/cluster/init", &serde_json::Map::new())
             .await

@@ -416,3 +416,44 @@ async fn quorum_errors_name_the_write_and_the_nodes_and_recovery_clears_them() {
     assert_eq!(m["last_error"], Value::Null, "{m}");
     assert_eq!(m["name"], "node1", "{m}");
 }
+
+/// `POST /v1/cluster/holdings` says which addresses the node stores a copy
+/// of itself: admins only, bounded, clear errors.
+async fn holdings_name_the_copies_a_node_stores(nodes: &Nodes) {
+    let admin = nodes.token("admin");
+    let dev = nodes.token("developer");
+    let (status, body) = nodes.put(&admin, A, "held here").await;
+    assert_eq!(status, 201, "{body}");
+    let version = body["version"].as_str().unwrap().to_string();
+    let missing = "ucxl://claude:developer@shop:checkout/*^/src/never-written.rs";
+    let ask = |token: &str, addresses: Vec<String>| {
+        let req = nodes
+            .http
+            .post(format!("{}/v1/cluster/holdings", nodes.url))
+            .json(&json!({ "addresses": addresses }));
+        let token = token.to_string();
+        async move { nodes.call(req, &token).await }
+    };
+    let (status, body) = ask(&admin, vec![A.to_string(), missing.to_string()]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["held"], json!([version, null]), "{body}");
+    let (status, body) = ask(&dev, vec![A.to_string()]).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = ask(&admin, vec!["not an address".into()]).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = ask(&admin, vec![A.to_string(); 100_000]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_says_which_copies_it_holds() {
+    let nodes = Nodes::start(1).await;
+    holdings_name_the_copies_a_node_stores(&nodes).await;
+}

@@ -1064,6 +1064,26 @@ pub struct ReplicaView {
     pub up: bool,
 }
 
+/// `POST /v1/cluster/holdings`: which of these addresses the node stores
+/// a copy of itself (admin only; an operator's check of where copies are,
+/// e.g. while a layout transition moves them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HoldingsRequest {
+    /// Addresses (their latest version is looked up), at most the node's
+    /// `store_options.batch_size`.
+    pub addresses: Vec<String>,
+}
+
+/// Answers `POST /v1/cluster/holdings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HoldingsResponse {
+    /// The node's current layout version.
+    pub layout_version: u64,
+    /// Per address, in order: the newest version id this node stores of
+    /// it (a tombstone's too), or `null` when it stores none.
+    pub held: Vec<Option<String>>,
+}
+
 /// `GET /v1/cluster/placement`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlacementResponse {
