@@ -242,3 +242,54 @@ async fn a_node_restarting_mid_transition_resumes_and_a_capacity_change_moves_da
     );
     through_the_transition(&c, &[0, 1, 2, 3], "after a capacity change").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_that_lies_about_having_pulled_still_gets_every_copy() {
+    // Node 3's own pulls never finish (a throttle of one byte a second):
+    // it says it pulled every partition it gained, and reads from the new
+    // layout, without having stored anything. The old owners hand it what
+    // it lacks before they drop anything, so no copy is lost.
+    let c = cluster(4, 3, |cfg| {
+        if cfg.node_name.as_deref() == Some("node3") {
+            cfg.replication.rebalance_bytes_per_sec = 1;
+        }
+    })
+    .await;
+    let n0 = &c.node(0).cluster;
+    n0.stage_join(Some(&c.peer(3)), None, None).unwrap();
+    let target = n0.apply().await.unwrap().version();
+    let liar = &c.node(3).cluster;
+    wait_until("node 3 holds the new layout", async || {
+        liar.layout_version() == target
+    })
+    .await;
+    let active = liar.active_layouts();
+    let t = liar.transitions();
+    t.aim(target).unwrap();
+    for p in slurp_node::cluster::transition::gained(&active, liar.me_id()) {
+        t.pulled(target, p, 0, 0).unwrap();
+    }
+    t.synced(target).unwrap();
+    t.read_from(target).unwrap();
+    assert_eq!(t.state().versions, 0, "node 3 pulled nothing itself");
+    // The others end the transition; node 3 holds every context it owns.
+    wait_until("nodes 0 to 2 end the transition", async || {
+        (0..3).all(|i| !c.node(i).cluster.in_transition())
+    })
+    .await;
+    let layout = n0.layout().unwrap();
+    let mi = layout.member_index(&c.peer(3)).unwrap();
+    let mut owned = 0;
+    for k in 0..CONTEXTS {
+        let key = UcxlAddress::parse(&addr(k)).unwrap().key();
+        if layout.replicas_for_key(&key).contains(&mi) {
+            owned += 1;
+            assert!(
+                c.node(3).store.local().latest_meta(&key).unwrap().is_some(),
+                "node 3 owns context {k} but was never handed it"
+            );
+        }
+    }
+    assert!(owned > 0);
+    read_all(&c, 0, "after a lying new owner").await;
+}

@@ -258,6 +258,33 @@ pub fn gained(active: &[Arc<Layout>], me: &str) -> Vec<Partition> {
     out
 }
 
+/// Which partitions (by number) a transition moves: those whose replica
+/// set differs between two active layouts. Empty outside a transition.
+pub fn moving(active: &[Arc<Layout>]) -> Vec<bool> {
+    let Some((newest, older)) = active.split_last() else {
+        return Vec::new();
+    };
+    if older.is_empty() {
+        return Vec::new();
+    }
+    fn ids(l: &Layout, p: Partition) -> Vec<&str> {
+        let mut v: Vec<&str> = l
+            .replicas(p)
+            .iter()
+            .map(|&m| l.member(m).id.as_str())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    (0..newest.partitions().count())
+        .map(|p| {
+            let p = Partition(p as u16);
+            let now = ids(newest, p);
+            older.iter().any(|o| ids(o, p) != now)
+        })
+        .collect()
+}
+
 /// The layout whose sets reads use: the newest active layout at or below
 /// `reading`, or the oldest active one.
 pub fn read_layout(active: &[Arc<Layout>], reading: u64) -> Option<&Arc<Layout>> {

@@ -66,6 +66,18 @@ const FANOUT: u32 = 16;
 /// Rounds of compare-and-exchange with one peer in one pass.
 const ROUNDS: usize = 3;
 
+/// [`shared_partitions`] less the partitions a layout transition is
+/// moving: the rebalance worker moves those, throttled, and anti-entropy
+/// takes them up again once the transition is over.
+pub fn shared_settled(cluster: &Cluster, layout: &Layout, a: &str, b: &str) -> Vec<bool> {
+    let mut shared = shared_partitions(layout, a, b);
+    let moving = crate::cluster::transition::moving(&cluster.active_layouts());
+    for (s, m) in shared.iter_mut().zip(moving) {
+        *s &= !m;
+    }
+    shared
+}
+
 /// Which partitions members `a` and `b` both replicate under `layout`,
 /// indexed by partition number.
 pub fn shared_partitions(layout: &Layout, a: &str, b: &str) -> Vec<bool> {
@@ -194,7 +206,7 @@ pub(crate) fn serve_digests(
             ),
         });
     }
-    let shared = shared_partitions(&layout, cluster.me_id(), &peer.to_base58());
+    let shared = shared_settled(cluster, &layout, cluster.me_id(), &peer.to_base58());
     let scheme = layout.partitions();
     ReplicateResponse::Digests {
         digests: ranges
@@ -561,7 +573,7 @@ impl AntiEntropy {
             if m.id == me {
                 continue;
             }
-            let shared = shared_partitions(&layout, &me, &m.id);
+            let shared = shared_settled(cluster, &layout, &me, &m.id);
             if !shared.iter().any(|s| *s) {
                 continue;
             }
@@ -847,7 +859,12 @@ impl AntiEntropy {
         count_differing: bool,
     ) -> Result<Moved, ReplicationError> {
         let scheme = layout.partitions();
-        let shared = shared_partitions(layout, self.0.cluster.me_id(), &peer.to_base58());
+        let shared = shared_settled(
+            &self.0.cluster,
+            layout,
+            self.0.cluster.me_id(),
+            &peer.to_base58(),
+        );
         let mut ours = BTreeMap::new();
         let mut theirs = BTreeMap::new();
         for run in shared_runs(scheme, range, &shared) {
