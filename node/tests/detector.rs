@@ -135,6 +135,19 @@ async fn detector_scale() {
                     slurp_node::cluster::ClusterConfig::default().suspicion_pause;
                 cfg.cluster.key_shares = 0;
                 cfg.index.commit_every_ops = 1000;
+                // Lighter nodes, so that a hundred fit one process on two
+                // cores: the smallest index writer, and the periodic jobs
+                // that talk to every member (token lists, audit anchors)
+                // or scan the store (rewrap, handoff) only once an hour.
+                // The membership probe and the failure detector, which
+                // are measured, run at production pace.
+                cfg.index.writer_threads = 1;
+                cfg.index.writer_heap_bytes = 15_000_000;
+                cfg.cluster.token_sync_interval = Duration::from_secs(3600);
+                cfg.cluster.handoff_interval = Duration::from_secs(3600);
+                cfg.audit.anchor_interval = Duration::from_secs(3600);
+                cfg.rotation.rewrap_interval = Duration::from_secs(3600);
+                cfg.replication.rebalance_interval = Duration::from_secs(1);
             },
         )
         .await;
