@@ -293,3 +293,32 @@ async fn a_new_owner_that_lies_about_having_pulled_still_gets_every_copy() {
     assert!(owned > 0);
     read_all(&c, 0, "after a lying new owner").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_while_down_drops_its_copies_when_it_returns() {
+    let mut c = cluster(4, 4, |_| {}).await;
+    // Node 1 is down when an admin removes it: the others move its
+    // partitions without it and end the transition.
+    c.stop(1).await;
+    let n0 = &c.node(0).cluster;
+    n0.stage_remove(&c.peer(1)).unwrap();
+    n0.apply().await.unwrap();
+    through_the_transition(&c, &[0, 2, 3], "after removing a member that is down").await;
+    // Back, it finds the transition over: it ends its own at once and
+    // drops every copy, and the others never answer it again.
+    let listen = c.configs[0].net.listen[0].clone();
+    let boot = format!("{listen}/p2p/{}", c.peer(0)).parse().unwrap();
+    c.restart_in_place(1, vec![boot]).await;
+    wait_until(
+        "the returned node ended its transition and dropped its copies",
+        async || {
+            !c.node(1).cluster.in_transition()
+                && (0..CONTEXTS).all(|k| {
+                    let key = UcxlAddress::parse(&addr(k)).unwrap().key();
+                    c.node(1).store.local().latest_meta(&key).unwrap().is_none()
+                })
+        },
+    )
+    .await;
+    read_all(&c, 0, "after the removed node came back").await;
+}

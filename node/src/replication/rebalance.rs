@@ -42,6 +42,14 @@ pub const WORKER: &str = "rebalance";
 /// What pulling one partition moved (bytes, versions), or why it failed.
 type Pulled = Result<(u64, u64), String>;
 
+/// While API requests are in flight, a transfer waits this many times as
+/// long as its last batch took.
+const FOREGROUND_SHARE: u32 = 3;
+
+/// Versions fetched per request when pulling (small, so a batch's burst of
+/// work is short next to the foreground's requests).
+const PULL_BATCH: usize = 64;
+
 /// Versions purged per transaction when a partition is dropped.
 const DROP_BATCH: usize = 256;
 
@@ -143,6 +151,13 @@ impl Rebalance {
 
     fn set_status(&self, mut st: TransitionStatus) {
         self.fill(&mut st);
+        // One line per node or partition; a long list is cut.
+        const SHOWN: usize = 8;
+        if st.waiting_for.len() > SHOWN {
+            let more = st.waiting_for.len() - SHOWN;
+            st.waiting_for.truncate(SHOWN);
+            st.waiting_for.push(format!("and {more} more"));
+        }
         let m = &self.0.metrics;
         let g = &m.rebalance_partitions;
         g.get_or_create(&crate::metrics::StateLabels { state: "done" })
@@ -168,12 +183,13 @@ impl Rebalance {
         }
     }
 
-    /// Waits while the node serves API requests (a few milliseconds per
-    /// request in flight, bounded): transfers yield to the foreground.
-    async fn yield_to_foreground(&self) {
-        let busy = self.0.metrics.api_in_flight.get().clamp(0, 25) as u64;
-        if busy > 0 {
-            tokio::time::sleep(Duration::from_millis(2 * busy)).await;
+    /// After a batch that took `spent`, waits while the node serves API
+    /// requests: [`FOREGROUND_SHARE`] times as long, so that a transfer
+    /// takes at most a quarter of the time while clients are served, and
+    /// all of it when none are.
+    async fn yield_to_foreground(&self, spent: Duration) {
+        if self.0.metrics.api_in_flight.get() > 0 {
+            tokio::time::sleep((spent * FOREGROUND_SHARE).min(Duration::from_secs(1))).await;
         }
     }
 
@@ -201,6 +217,28 @@ impl Rebalance {
         }
         let target = newest.version();
         c.transitions().aim(target).map_err(|e| e.to_string())?;
+        // 0. A node that was away while the others ended this transition
+        // (one of them holds no older layout any more, which it does only
+        // once every node read from the new owners) ends it at once: the
+        // old owners have let go, and anti-entropy brings what it missed
+        // from its co-replicas under the new layout.
+        let early = self.reports(&active).await;
+        if early
+            .iter()
+            .any(|(p, r)| *p != c.me() && r.active.first().is_some_and(|v| *v >= target))
+        {
+            c.transitions()
+                .read_from(target)
+                .map_err(|e| e.to_string())?;
+            return self
+                .end(
+                    &active,
+                    target,
+                    format!("to layout v{target}: the others ended it already"),
+                    0,
+                )
+                .await;
+        }
         // 1. Pull what this node gained.
         let (pulled, failures) = self.pull_gained(&active, target).await;
         let report = c.transition_report();
@@ -212,7 +250,8 @@ impl Rebalance {
             report.partitions_done, report.partitions_total
         );
         if !failures.is_empty() {
-            note += &format!("; {} failed: {}", failures.len(), failures.join("; "));
+            let shown: Vec<&str> = failures.iter().take(3).map(String::as_str).collect();
+            note += &format!("; {} failed: {}", failures.len(), shown.join("; "));
             self.set_status(TransitionStatus {
                 phase: "pulling".into(),
                 waiting_for: failures.clone(),
@@ -279,9 +318,11 @@ impl Rebalance {
         let mut involved: BTreeSet<PeerId> = newest_members.iter().copied().collect();
         for l in &active[..active.len() - 1] {
             for p in layout_peers(l) {
-                // An old member that is down no longer reads anything; one
-                // that comes back learns the newer layout before it serves.
-                if newest_members.contains(&p) || (p != c.me() && !c.peers().is_up(&p)) {
+                // An old member that does not answer is gone (a member
+                // leaving is no longer probed, so the failure detector
+                // says nothing of it); one that comes back finds the
+                // transition over and ends its own at once.
+                if newest_members.contains(&p) || !reports.contains_key(&p) {
                     continue;
                 }
                 involved.insert(p);
@@ -308,8 +349,20 @@ impl Rebalance {
                 note: note + "; waiting for nodes to read from the new owners",
             });
         }
-        // 3b. End it: hand off and drop what this node leaves, then forget
-        // the older layouts.
+        // 3b. End it.
+        self.end(&active, target, note, pulled).await
+    }
+
+    /// Ends the transition to `target`: hands off and drops what this
+    /// node leaves, then forgets the older layouts.
+    async fn end(
+        &self,
+        active: &[Arc<Layout>],
+        target: u64,
+        note: String,
+        pulled: u64,
+    ) -> Result<PassReport, String> {
+        let c = &self.0.cluster;
         self.set_status(TransitionStatus {
             phase: "dropping".into(),
             ..Default::default()
@@ -317,7 +370,7 @@ impl Rebalance {
         // A read that began before the last node switched may still be
         // asking the old owners: let it finish first.
         tokio::time::sleep(self.0.config.rebalance_grace).await;
-        let (dropped, kept) = self.leave(&active, true).await;
+        let (dropped, kept) = self.leave(active, true).await;
         if !kept.is_empty() {
             self.set_status(TransitionStatus {
                 phase: "dropping".into(),
@@ -440,13 +493,16 @@ impl Rebalance {
         }
         let (mut bytes, mut versions) = (0, 0);
         for (owner, entries) in wanted {
-            self.yield_to_foreground().await;
-            let moved = ae
-                .pull(&owner, entries, throttle)
-                .await
-                .map_err(|e| e.to_string())?;
-            bytes += moved.bytes_received;
-            versions += moved.received;
+            for chunk in entries.chunks(PULL_BATCH) {
+                let started = std::time::Instant::now();
+                let moved = ae
+                    .pull(&owner, chunk.to_vec(), throttle)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                bytes += moved.bytes_received;
+                versions += moved.received;
+                self.yield_to_foreground(started.elapsed()).await;
+            }
         }
         Ok((bytes, versions))
     }
