@@ -164,7 +164,21 @@ async fn detector_scale() {
         for i in 1..size {
             n0.stage_join(Some(&c.peer(i)), None, None).unwrap();
         }
-        n0.apply().await.unwrap();
+        let version = n0.apply().await.unwrap().version();
+        // As above: up to ten minutes for a hundred nodes to take the
+        // layout and end the transition from one member to all.
+        while !c
+            .nodes
+            .iter()
+            .flatten()
+            .all(|n| n.cluster.layout_version() == version && !n.cluster.in_transition())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the layout did not reach every node"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         c.converged(size).await;
         let formed = started.elapsed();
         let window = Duration::from_secs(10);

@@ -624,7 +624,7 @@ impl Cluster {
     /// use: the oldest active one until this node reads from the newest.
     pub fn read_layout(&self) -> Option<Arc<Layout>> {
         let active = self.0.layout.active();
-        transition::read_layout(&active, self.0.transitions.state().reading).cloned()
+        transition::read_layout(&active, self.0.transitions.reading()).cloned()
     }
 
     pub fn transitions(&self) -> &transition::Transitions {
@@ -862,7 +862,7 @@ impl Cluster {
         let active = self.0.layout.active();
         let layout = active.last()?.clone();
         let partition = layout.partition_of(key);
-        let reading = self.0.transitions.state().reading;
+        let reading = self.0.transitions.reading();
         let transition::Sets {
             newest: mut replicas,
             mut older,

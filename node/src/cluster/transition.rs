@@ -108,6 +108,13 @@ impl Transitions {
         self.lock().clone()
     }
 
+    /// The layout version this node reads from (see
+    /// [`TransitionState::reading`]), without copying the state: every
+    /// request's route asks.
+    pub fn reading(&self) -> u64 {
+        self.lock().reading
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, TransitionState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
