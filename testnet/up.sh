@@ -85,6 +85,20 @@ if ! wait_for 120 "the $N nodes to list $N members under one layout version" one
   exit 1
 fi
 
+# Each join was a layout change: wait until every node has ended its
+# transition (the new members pulled what they gained, the old copies went).
+settled() {
+  local i j
+  for i in $(seq 1 "$N"); do
+    j=$(as_node "$i" cluster status --json --timeout 10s 2>/dev/null) || return 1
+    [[ $j != *'"transition"'* ]] || return 1
+  done
+}
+if ! wait_for 120 "every node to end its layout transition" settled; then
+  as_node 1 cluster status >&2 || true
+  exit 1
+fi
+
 cat >"$DIR/env" <<ENV
 export SLURP_NODE=$(node_url 1)
 export SLURP_TOKEN=$(node_token 1)

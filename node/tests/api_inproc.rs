@@ -47,6 +47,8 @@ fn config(dir: &Path, i: usize, cluster: bool) -> NodeConfig {
     c.cluster.write_quorum = 2;
     c.cluster.read_quorum = 2;
     c.cluster.partition_bits = 4;
+    c.replication.rebalance_interval = Duration::from_millis(100);
+    c.replication.rebalance_grace = Duration::from_millis(200);
     c
 }
 
@@ -120,6 +122,16 @@ impl Nodes {
                         && Some(l.version()) == layouts[0].as_ref().map(|f| f.version())
                 })
             })
+        })
+        .await;
+        // The joins were layout changes: their transitions end first.
+        wait_until("no layout transition under way", async || {
+            !self.first.cluster.in_transition()
+                && self
+                    .others
+                    .iter()
+                    .flatten()
+                    .all(|n| !n.cluster.in_transition())
         })
         .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
