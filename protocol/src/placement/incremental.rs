@@ -1,0 +1,582 @@
+//! A layout's table computed against the previous layout's
+//! ([`Layout::next`]).
+//!
+//! Computing each table from scratch with rendezvous hashing moves, when a
+//! member arrives, what rendezvous asks the newcomer to take: its fair share
+//! plus or minus chance (about 5 % at 1,000 members), so a few arrivals in a
+//! hundred moved more than 1.1 times the share. With the previous table in
+//! hand nothing needs to be left to chance: keep what may stay, and move
+//! only what the members' shares ask for.
+//!
+//! 1. **Keep.** Every (partition, member) pair of the previous table whose
+//!    member is still present stays, in its order (the primary stays the
+//!    primary). Where the zone rule no longer allows a row (a member moved
+//!    zone, a zone appeared or the member count crossed the replication
+//!    factor), the member furthest over its share leaves the row.
+//! 2. **Bounds.** Every member gets a band `[low, high]`. A member with a
+//!    previous load scales it by how its fair share changed: `low` is that
+//!    scaled load (never above the share, never below [`LOW_FLOOR`] of it),
+//!    `high` is the scaled load (never below the share, never above the
+//!    cap). A newcomer's band is its share, rounded down and up. So an
+//!    arrival asks the newcomer to take its share and every member above
+//!    its share to give in proportion to how its share shrank; a capacity
+//!    change asks for the change; a departure asks for nothing beyond the
+//!    departed member's replicas.
+//! 3. **Fill.** Every empty slot takes, among the members the row may take
+//!    (not a replica yet, zone rule), the one furthest under its band, then
+//!    the lowest `load / share`.
+//! 4. **Take.** While a member is under `low`, it takes a partition from the
+//!    member furthest over `high`, then the highest `load / share` above
+//!    its own `low`: one move each, to the slot the giver held.
+//! 5. **Give.** While a member is over `high`, it gives a partition to the
+//!    member furthest under its band, then the lowest `load / share` under
+//!    `high` (under the cap if it is over its own cap).
+//!
+//! Each move takes one replica from a member and gives it to one that must
+//! grow, so what moves is what the bands ask for and nothing else; the
+//! bands of an arrival add up to the newcomer's share rounded down. A move
+//! prefers a partition where the giver is primary when the taker holds
+//! fewer primaries than `load / width` and the giver more, and one where it
+//! is not otherwise, so primaries stay spread. Nothing here depends on
+//! hashes, clocks or platform floating point beyond IEEE basic operations;
+//! iteration orders are fixed, ties go to the lower member index.
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use super::{Basis, Layout, Member, MemberIndex, ZoneRule};
+
+/// A slot not filled yet (member indexes stop at [`super::MAX_MEMBERS`]).
+const HOLE: MemberIndex = MemberIndex(u16::MAX);
+
+/// The lowest fraction of its fair share a member is left at, whatever it
+/// held before (a member the previous table starved is topped up).
+pub(super) const LOW_FLOOR: f64 = 0.8;
+
+/// How many further partitions a move inspects, after the first it may
+/// take, for one that keeps primaries spread.
+const PRIMARY_LOOKAHEAD: usize = 32;
+
+/// The table of the layout that follows `previous` with `members` (sorted,
+/// validated) under `basis`, `count` partitions.
+pub(super) fn next_table(
+    previous: &Layout,
+    members: &[Member],
+    basis: &Basis,
+    count: u32,
+) -> Vec<MemberIndex> {
+    let (mut state, orphans) = State::keep(previous, members, basis, count);
+    state.fill(&orphans);
+    // A member stuck in one phase may be helped by the other's moves; a
+    // second round is enough in every case measured, and is cheap when
+    // there is nothing left to do.
+    for _ in 0..2 {
+        let took = state.take();
+        let gave = state.give();
+        if !took && !gave {
+            break;
+        }
+    }
+    state.table
+}
+
+/// A member's place in the order of givers or takers: by class, then by
+/// `ratio` (negated for givers, so both orders are ascending), then index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rank {
+    class: u8,
+    ratio: f64,
+    member: u16,
+}
+
+impl Eq for Rank {}
+
+impl Ord for Rank {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.class
+            .cmp(&other.class)
+            .then(self.ratio.total_cmp(&other.ratio))
+            .then(self.member.cmp(&other.member))
+    }
+}
+
+impl PartialOrd for Rank {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Giver classes.
+const OVER_HIGH: u8 = 0;
+const OVER_LOW: u8 = 1;
+/// Taker classes.
+const UNDER_LOW: u8 = 0;
+const UNDER_HIGH: u8 = 1;
+const UNDER_CAP: u8 = 2;
+
+struct State<'a> {
+    width: usize,
+    /// `count x width`, each row primary first; [`HOLE`] until filled.
+    table: Vec<MemberIndex>,
+    /// The partitions each member holds, in no particular order.
+    held: Vec<Vec<u32>>,
+    loads: Vec<u32>,
+    primaries: Vec<u32>,
+    low: Vec<u32>,
+    high: Vec<u32>,
+    fair: &'a [f64],
+    caps: &'a [u32],
+    zones: &'a ZoneRule,
+    givers: BTreeSet<Rank>,
+    takers: BTreeSet<Rank>,
+}
+
+impl<'a> State<'a> {
+    /// Step 1 and 2: the previous table, less what may not stay, and the
+    /// bands.
+    /// Also returns the rows whose primary left.
+    fn keep(
+        previous: &Layout,
+        members: &[Member],
+        basis: &'a Basis,
+        count: u32,
+    ) -> (Self, Vec<u32>) {
+        let zones = &basis.zones;
+        let width = zones.width;
+        let fair = &basis.fair;
+        let members_now = members.len();
+        // Where each previous member is now.
+        let now: Vec<Option<MemberIndex>> = previous
+            .members()
+            .iter()
+            .map(|m| {
+                members
+                    .binary_search_by(|n| n.id.as_str().cmp(&m.id))
+                    .ok()
+                    .map(|i| MemberIndex(i as u16))
+            })
+            .collect();
+        let before = previous.placement();
+        let mut low = vec![0u32; members_now];
+        let mut high = vec![0u32; members_now];
+        for (i, m) in members.iter().enumerate() {
+            let share = fair[i];
+            let cap = basis.caps[i];
+            // `None` for a member that is unchanged (same zone and
+            // capacity), else the ratio its load is scaled by.
+            let scaled = match previous.member_index(&m.id) {
+                Some(j) if previous.member(j).zone != m.zone => Some(1.0),
+                Some(j) if previous.member(j).capacity == m.capacity => None,
+                Some(j) if before.fair[j.at()] > 0.0 => {
+                    Some(f64::from(before.loads[j.at()]) / before.fair[j.at()])
+                }
+                _ => Some(1.0),
+            };
+            let (lo, hi) = match scaled {
+                None => ((share * LOW_FLOOR + 1e-9).floor(), f64::from(cap)),
+                Some(ratio) => (
+                    (share * ratio.clamp(LOW_FLOOR, 1.0) + 1e-9).floor(),
+                    (share * ratio.max(1.0) - 1e-9).ceil(),
+                ),
+            };
+            low[i] = lo.max(0.0) as u32;
+            high[i] = (hi.max(0.0) as u32).min(cap).max(low[i]);
+        }
+
+        let prev_width = before.width;
+        let mut loads = vec![0u32; members_now];
+        for m in &before.table {
+            if let Some(n) = now[m.at()] {
+                loads[n.at()] += 1;
+            }
+        }
+        let mut table = Vec::with_capacity(count as usize * width);
+        let mut row: Vec<MemberIndex> = Vec::with_capacity(prev_width);
+        let mut orphans = Vec::new();
+        // A row that only lost members can always be completed under the
+        // rule it was made under; only a changed rule needs `repair`.
+        let same_rule = prev_width == width
+            && zone_bounds(
+                &ZoneRule::new(previous.members(), usize::from(previous.replication_factor)),
+                previous.members(),
+            ) == zone_bounds(zones, members)
+            && previous.members().iter().zip(&now).all(|(m, n)| match n {
+                Some(n) => members[n.at()].zone == m.zone,
+                None => true,
+            });
+        for old in before.table.chunks(prev_width) {
+            row.clear();
+            row.extend(old.iter().filter_map(|m| now[m.at()]));
+            if !same_rule {
+                repair(&mut row, zones, fair, &mut loads);
+            }
+            let primary = old.first().and_then(|m| now[m.at()]);
+            if row.first().copied() != primary || primary.is_none() {
+                orphans.push((table.len() / width) as u32);
+            }
+            table.extend_from_slice(&row);
+            table.extend(std::iter::repeat_n(HOLE, width - row.len()));
+        }
+
+        let mut held = vec![Vec::new(); members_now];
+        let mut primaries = vec![0u32; members_now];
+        for (p, row) in table.chunks(width).enumerate() {
+            for (slot, m) in row.iter().enumerate() {
+                if *m != HOLE {
+                    held[m.at()].push(p as u32);
+                    if slot == 0 {
+                        primaries[m.at()] += 1;
+                    }
+                }
+            }
+        }
+        let mut state = State {
+            width,
+            table,
+            held,
+            loads,
+            primaries,
+            low,
+            high,
+            fair,
+            caps: &basis.caps,
+            zones,
+            givers: BTreeSet::new(),
+            takers: BTreeSet::new(),
+        };
+        for m in 0..members_now {
+            state.rank(m);
+        }
+        (state, orphans)
+    }
+
+    fn share(&self, m: usize) -> f64 {
+        self.fair[m].max(f64::MIN_POSITIVE)
+    }
+
+    fn giver_rank(&self, m: usize) -> Rank {
+        let load = self.loads[m];
+        let class = if load > self.high[m] {
+            OVER_HIGH
+        } else if load > self.low[m] {
+            OVER_LOW
+        } else {
+            2
+        };
+        Rank {
+            class,
+            ratio: -(f64::from(load) / self.share(m)),
+            member: m as u16,
+        }
+    }
+
+    fn taker_rank(&self, m: usize) -> Rank {
+        let load = self.loads[m];
+        let class = if load < self.low[m] {
+            UNDER_LOW
+        } else if load < self.high[m] {
+            UNDER_HIGH
+        } else if load < self.caps[m] {
+            UNDER_CAP
+        } else {
+            3
+        };
+        Rank {
+            class,
+            ratio: f64::from(load + 1) / self.share(m),
+            member: m as u16,
+        }
+    }
+
+    fn rank(&mut self, m: usize) {
+        self.givers.insert(self.giver_rank(m));
+        self.takers.insert(self.taker_rank(m));
+    }
+
+    fn unrank(&mut self, m: usize) {
+        self.givers.remove(&self.giver_rank(m));
+        self.takers.remove(&self.taker_rank(m));
+    }
+
+    fn row(&self, partition: u32) -> &[MemberIndex] {
+        let start = partition as usize * self.width;
+        &self.table[start..start + self.width]
+    }
+
+    /// Step 3: every empty slot (they follow the kept replicas) takes the
+    /// first taker the row may take. Slots the zone rule reserves for
+    /// zones under their fewest go first, so that a zone whose share grew
+    /// finds the slots it may take still open. Then every row that lost its
+    /// primary takes as primary the replica with the fewest primaries for
+    /// its load.
+    fn fill(&mut self, orphans: &[u32]) {
+        let count = (self.table.len() / self.width.max(1)) as u32;
+        for reserved_only in [true, false] {
+            for p in 0..count {
+                let start = p as usize * self.width;
+                for slot in 0..self.width {
+                    if self.table[start + slot] != HOLE {
+                        continue;
+                    }
+                    let present = &self.table[start..start + slot];
+                    if reserved_only && self.zones.owed(present) < self.width - slot {
+                        break;
+                    }
+                    self.fill_slot(p, slot);
+                }
+            }
+        }
+        for &p in orphans {
+            self.choose_primary(p);
+        }
+    }
+
+    fn fill_slot(&mut self, p: u32, slot: usize) {
+        let start = p as usize * self.width;
+        let present = &self.table[start..start + slot];
+        let allowed = |m: MemberIndex| !present.contains(&m);
+        let chosen = self
+            .takers
+            .iter()
+            .map(|r| MemberIndex(r.member))
+            .find(|&m| allowed(m) && self.zones.allows(present, m))
+            // Unreachable while the rows kept are completable (`repair`);
+            // a slot is never left empty.
+            .or_else(|| {
+                self.takers
+                    .iter()
+                    .map(|r| MemberIndex(r.member))
+                    .find(|&m| allowed(m))
+            });
+        let Some(m) = chosen else { return };
+        self.unrank(m.at());
+        self.table[start + slot] = m;
+        self.loads[m.at()] += 1;
+        self.held[m.at()].push(p);
+        if slot == 0 {
+            self.primaries[m.at()] += 1;
+        }
+        self.rank(m.at());
+    }
+
+    /// How many primaries a member holds over `load / width`.
+    fn primary_excess(&self, m: usize) -> f64 {
+        f64::from(self.primaries[m]) - f64::from(self.loads[m]) / self.width as f64
+    }
+
+    /// Makes the replica of a row with the fewest primaries for its load
+    /// the primary (the others keep their order).
+    fn choose_primary(&mut self, p: u32) {
+        let start = p as usize * self.width;
+        let current = self.table[start];
+        if current == HOLE {
+            return;
+        }
+        self.primaries[current.at()] -= 1;
+        let row = &self.table[start..start + self.width];
+        let best = (0..row.len())
+            .filter(|&i| row[i] != HOLE)
+            .min_by(|&a, &b| {
+                self.primary_excess(row[a].at())
+                    .total_cmp(&self.primary_excess(row[b].at()))
+                    .then(a.cmp(&b))
+            })
+            .unwrap_or(0);
+        self.table[start..=start + best].rotate_right(1);
+        let chosen = self.table[start];
+        self.primaries[chosen.at()] += 1;
+    }
+
+    /// Step 4: members under `low` take from the members that have most to
+    /// spare. Whether any move was made.
+    fn take(&mut self) -> bool {
+        let mut stuck = vec![false; self.loads.len()];
+        let mut moved = false;
+        loop {
+            let Some(taker) = self
+                .takers
+                .iter()
+                .take_while(|r| r.class == UNDER_LOW)
+                .map(|r| usize::from(r.member))
+                .find(|&m| !stuck[m])
+            else {
+                return moved;
+            };
+            let found = self
+                .givers
+                .iter()
+                .take_while(|r| r.class <= OVER_LOW)
+                .map(|r| usize::from(r.member))
+                .filter(|&giver| giver != taker)
+                .find_map(|giver| self.movable(giver, taker).map(|at| (giver, at)));
+            match found {
+                Some((giver, at)) => {
+                    self.shift(giver, at, taker);
+                    moved = true;
+                }
+                None => stuck[taker] = true,
+            }
+        }
+    }
+
+    /// Step 5: members over `high` give to the members that most need
+    /// replicas. Whether any move was made.
+    fn give(&mut self) -> bool {
+        let mut stuck = vec![false; self.loads.len()];
+        let mut moved = false;
+        loop {
+            let Some(giver) = self
+                .givers
+                .iter()
+                .take_while(|r| r.class == OVER_HIGH)
+                .map(|r| usize::from(r.member))
+                .find(|&m| !stuck[m])
+            else {
+                return moved;
+            };
+            let deepest = if self.loads[giver] > self.caps[giver] {
+                UNDER_CAP
+            } else {
+                UNDER_HIGH
+            };
+            let found = self
+                .takers
+                .iter()
+                .take_while(|r| r.class <= deepest)
+                .map(|r| usize::from(r.member))
+                .filter(|&taker| taker != giver)
+                .find_map(|taker| self.movable(giver, taker).map(|at| (taker, at)));
+            match found {
+                Some((taker, at)) => {
+                    self.shift(giver, at, taker);
+                    moved = true;
+                }
+                None => stuck[giver] = true,
+            }
+        }
+    }
+
+    /// A partition `giver` holds that `taker` may take in its place, as
+    /// `(position in held[giver], slot in the row)`: the taker is not a
+    /// replica yet and the zone rule still holds after the swap. Prefers a
+    /// partition whose primary the giver is, or is not, as keeps
+    /// primaries spread (see the module docs).
+    fn movable(&self, giver: usize, taker: usize) -> Option<(usize, usize)> {
+        let zone_of = &self.zones.zone_of;
+        let (zg, zt) = (zone_of[giver], zone_of[taker]);
+        if zg != zt && self.zones.fixed() {
+            return None;
+        }
+        let want_primary = self.primary_excess(giver) > self.primary_excess(taker);
+        let taker = MemberIndex(taker as u16);
+        let mut first = None;
+        let mut looked = 0;
+        for (i, &p) in self.held[giver].iter().enumerate() {
+            let row = self.row(p);
+            if row.contains(&taker) {
+                continue;
+            }
+            if zg != zt {
+                let count = |z: u16| row.iter().filter(|m| zone_of[m.at()] == z).count();
+                if count(zt) + 1 > self.zones.hi[usize::from(zt)]
+                    || count(zg) <= self.zones.lo[usize::from(zg)]
+                {
+                    continue;
+                }
+            }
+            let Some(slot) = row.iter().position(|m| m.at() == giver) else {
+                continue;
+            };
+            if (slot == 0) == want_primary || self.width == 1 {
+                return Some((i, slot));
+            }
+            if first.is_none() {
+                first = Some((i, slot));
+            }
+            looked += 1;
+            if looked > PRIMARY_LOOKAHEAD {
+                break;
+            }
+        }
+        first
+    }
+
+    /// Moves the replica at `held[giver][at.0]` (slot `at.1` of its row) to
+    /// `taker`.
+    fn shift(&mut self, giver: usize, at: (usize, usize), taker: usize) {
+        let (index, slot) = at;
+        self.unrank(giver);
+        self.unrank(taker);
+        let p = self.held[giver].swap_remove(index);
+        self.table[p as usize * self.width + slot] = MemberIndex(taker as u16);
+        self.held[taker].push(p);
+        self.loads[giver] -= 1;
+        self.loads[taker] += 1;
+        if slot == 0 {
+            self.primaries[giver] -= 1;
+            self.primaries[taker] += 1;
+        }
+        self.rank(giver);
+        self.rank(taker);
+    }
+}
+
+/// Every zone's name with the fewest and most replicas of a partition the
+/// rule gives it.
+fn zone_bounds<'m>(zones: &ZoneRule, members: &'m [Member]) -> Vec<(&'m str, usize, usize)> {
+    let mut bounds: Vec<(&str, usize, usize)> = members
+        .iter()
+        .zip(&zones.zone_of)
+        .map(|(m, &z)| {
+            (
+                m.zone.as_str(),
+                zones.lo[usize::from(z)],
+                zones.hi[usize::from(z)],
+            )
+        })
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    bounds
+}
+
+/// Drops from a row of kept replicas what the zone rule no longer allows:
+/// a zone over its most gives up its member furthest over its share, then,
+/// while the zones under their fewest could not be completed in the slots
+/// left (or the row is over `width`), a zone above its fewest does.
+fn repair(row: &mut Vec<MemberIndex>, zones: &ZoneRule, fair: &[f64], loads: &mut [u32]) {
+    let zone = |m: &MemberIndex| usize::from(zones.zone_of[m.at()]);
+    let count = |row: &[MemberIndex], z: usize| row.iter().filter(|m| zone(m) == z).count();
+    let drop_worst =
+        |row: &mut Vec<MemberIndex>, loads: &mut [u32], eligible: &dyn Fn(usize) -> bool| {
+            let worst = row
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| eligible(zone(m)))
+                .max_by(|(_, a), (_, b)| {
+                    let ra = f64::from(loads[a.at()]) / fair[a.at()].max(f64::MIN_POSITIVE);
+                    let rb = f64::from(loads[b.at()]) / fair[b.at()].max(f64::MIN_POSITIVE);
+                    ra.total_cmp(&rb).then(a.0.cmp(&b.0))
+                })
+                .map(|(i, _)| i);
+            match worst {
+                Some(i) => {
+                    let m = row.remove(i);
+                    loads[m.at()] -= 1;
+                    true
+                }
+                None => false,
+            }
+        };
+    loop {
+        let over = row.iter().map(zone).find(|&z| count(row, z) > zones.hi[z]);
+        let Some(z) = over else { break };
+        drop_worst(row, loads, &|y| y == z);
+    }
+    while row.len() + zones.owed(row) > zones.width {
+        let snapshot = row.clone();
+        if !drop_worst(row, loads, &|z| count(&snapshot, z) > zones.lo[z]) {
+            break;
+        }
+    }
+}
