@@ -1349,36 +1349,42 @@ impl ZoneRule {
     /// Whether a complete row (`width` distinct members) keeps the rule:
     /// every zone holds between its fewest and most.
     fn holds(&self, row: &[MemberIndex]) -> bool {
-        if row.len() != self.width {
-            return false;
-        }
-        let mut covered = 0;
-        for (i, m) in row.iter().enumerate() {
-            let zone = self.zone_of[m.at()];
-            if row[..i].iter().any(|o| self.zone_of[o.at()] == zone) {
-                continue;
-            }
-            let count = row.iter().filter(|o| self.zone_of[o.at()] == zone).count();
-            if count > self.hi[usize::from(zone)] {
-                return false;
-            }
-            covered += count.min(self.lo[usize::from(zone)]);
-        }
-        covered == self.lo_total
+        row.len() == self.width && self.covered(row, true) == Some(self.lo_total)
     }
 
     /// How many replicas a row still owes to zones under their fewest.
     fn owed(&self, row: &[MemberIndex]) -> usize {
-        let mut covered = 0;
-        for (i, m) in row.iter().enumerate() {
-            let zone = self.zone_of[m.at()];
-            if row[..i].iter().any(|o| self.zone_of[o.at()] == zone) {
-                continue;
-            }
-            let count = row.iter().filter(|o| self.zone_of[o.at()] == zone).count();
-            covered += count.min(self.lo[usize::from(zone)]);
-        }
+        let covered = self.covered(row, false).unwrap_or(0);
         self.lo_total.saturating_sub(covered)
+    }
+
+    /// The replicas of a row that count towards their zones' fewest;
+    /// `None` if `strict` and a zone is over its most.
+    fn covered(&self, row: &[MemberIndex], strict: bool) -> Option<usize> {
+        let mut zones = [0u16; MAX_REPLICATION_FACTOR as usize];
+        let mut counts = [0usize; MAX_REPLICATION_FACTOR as usize];
+        let mut distinct = 0;
+        for m in row {
+            let zone = self.zone_of[m.at()];
+            match zones[..distinct].iter().position(|&z| z == zone) {
+                Some(i) => counts[i] += 1,
+                None if distinct < zones.len() => {
+                    zones[distinct] = zone;
+                    counts[distinct] = 1;
+                    distinct += 1;
+                }
+                None => return None,
+            }
+        }
+        let mut covered = 0;
+        for (&zone, &count) in zones[..distinct].iter().zip(&counts[..distinct]) {
+            let zone = usize::from(zone);
+            if strict && count > self.hi[zone] {
+                return None;
+            }
+            covered += count.min(self.lo[zone]);
+        }
+        Some(covered)
     }
 
     /// Whether no replica can ever change zone: every zone holds a fixed
@@ -2763,8 +2769,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
-        /// Adding a member moves about its share; removing one moves about
-        /// what it held. Small clusters at the recommended partition count,
+        /// Adding a member moves at most 1.1 times its share, nearly all of
+        /// it to the newcomer; removing one at most 1.1 times what it held.
+        /// Small clusters at the recommended partition count,
         /// in one zone or as many zones as replicas, where the zones' shares
         /// do not depend on their capacity (see `docs/placement.md` for why
         /// two zones and three replicas move more).
@@ -2780,21 +2787,301 @@ mod tests {
             let old = layout(1, 3, bits, members.clone());
             let mut grown = members.clone();
             grown.push(member("joiner", &format!("zone-{}", seed % zones as u64), new_capacity));
-            let new = layout(2, 3, bits, grown);
+            let new = Layout::next(&old, 2, grown).unwrap();
             let ideal = new.placement().fair_shares()[new.member_index("joiner").unwrap().at()];
             let diff = old.diff(&new);
             let others: usize = diff.changes.iter()
                 .flat_map(|c| &c.gained)
                 .filter(|g| *g != "joiner")
                 .count();
-            prop_assert!(diff.moved_replicas() as f64 <= 1.2 * ideal, "{} vs {}", diff.moved_replicas(), ideal);
-            prop_assert!(others as f64 <= 0.05 * ideal + 2.0, "{} reshuffled", others);
+            prop_assert!(diff.moved_replicas() as f64 <= 1.1 * ideal, "{} vs {}", diff.moved_replicas(), ideal);
+            prop_assert!(others as f64 <= 0.02 * ideal + 1.0, "{} reshuffled", others);
 
             let gone = &members[(seed % n as u64) as usize].id;
             let held = old.partitions_of(gone).len() as f64;
-            let shrunk = layout(2, 3, bits, members.iter().filter(|m| &m.id != gone).cloned().collect());
+            let shrunk = Layout::next(&old, 2, members.iter().filter(|m| &m.id != gone).cloned().collect()).unwrap();
             let moved = old.diff(&shrunk).moved_replicas() as f64;
-            prop_assert!(moved <= 1.05 * held + 2.0, "{} moved for {}", moved, held);
+            prop_assert!(moved <= 1.1 * held, "{} moved for {}", moved, held);
+        }
+    }
+
+    // ---- layouts that follow one another --------------------------------
+
+    #[test]
+    fn next_with_the_same_members_moves_nothing() {
+        let first = layout(1, 3, 9, cluster(20, 3, |i| 1 + (i % 3) as u32));
+        let mut moved_address = first.members().to_vec();
+        moved_address[4].address = "/dns4/elsewhere/tcp/7070".into();
+        let same = Layout::next(&first, 2, moved_address).unwrap();
+        assert!(first.diff(&same).is_empty());
+        assert_eq!(same.version(), 2);
+        assert_eq!(same.replication_factor(), 3);
+        assert_eq!(same.partitions(), first.partitions());
+        assert_ne!(same, first);
+        // Invalid members are refused as by `new`.
+        assert_eq!(Layout::next(&first, 3, vec![]), Err(LayoutError::NoMembers));
+        let mut dup = first.members().to_vec();
+        dup.push(dup[0].clone());
+        assert!(matches!(
+            Layout::next(&first, 3, dup),
+            Err(LayoutError::DuplicateMember(_))
+        ));
+    }
+
+    #[test]
+    fn next_follows_changes_of_width_and_zones() {
+        let scheme_bits = 8;
+        let p = 256.0;
+        // One member, then two and three: every partition on everyone.
+        let one = layout(1, 3, scheme_bits, cluster(1, 1, |_| 1));
+        let two = Layout::next(&one, 2, cluster(2, 1, |_| 1)).unwrap();
+        assert_eq!(two.replicas_per_partition(), 2);
+        assert_eq!(two.placement().loads(), &[256, 256]);
+        assert_eq!(one.diff(&two).moved_replicas(), 256);
+        let four = Layout::next(&two, 3, cluster(4, 1, |_| 1)).unwrap();
+        assert_eq!(four.placement().loads().iter().sum::<u32>(), 768);
+        assert!(four.placement().max_load_ratio() <= MAX_LOAD_RATIO);
+        // Back to one: it holds everything, nothing else to move.
+        let back = Layout::next(&four, 4, cluster(1, 1, |_| 1)).unwrap();
+        assert_eq!(back.replicas_per_partition(), 1);
+        assert_eq!(back.placement().loads(), &[256]);
+        for l in [&two, &four, &back] {
+            assert_rows_hold(l);
+        }
+
+        // Two zones of three, then a member in a third zone: each partition
+        // gives its doubled zone's replica to the newcomer, which holds
+        // every partition, and nothing else moves.
+        let two_zones = layout(1, 3, scheme_bits, cluster(6, 2, |_| 1));
+        let mut grown = two_zones.members().to_vec();
+        grown.push(member("newcomer", "zone-x", 1));
+        let three_zones = Layout::next(&two_zones, 2, grown).unwrap();
+        assert_rows_hold(&three_zones);
+        assert_eq!(
+            three_zones.partitions_of("newcomer").len(),
+            256,
+            "alone in its zone, it holds every partition"
+        );
+        assert_eq!(two_zones.diff(&three_zones).moved_replicas() as f64, p);
+        assert!(three_zones.placement().max_load_ratio() <= MAX_LOAD_RATIO);
+
+        // A member changes zone: what the rule no longer allows moves.
+        let mut moved = three_zones.members().to_vec();
+        let at = moved.iter().position(|m| m.id == "node-00001").unwrap();
+        moved[at].zone = "zone-x".into();
+        let after = Layout::next(&three_zones, 3, moved).unwrap();
+        assert_rows_hold(&after);
+        assert!(after.placement().max_load_ratio() <= MAX_LOAD_RATIO);
+        assert_eq!(after.placement().forced(), 0);
+    }
+
+    #[test]
+    fn capacity_changes_move_about_the_change() {
+        let first = layout(1, 3, 12, cluster(30, 3, |_| 2));
+        let mut bigger = first.members().to_vec();
+        bigger[7].capacity = 3;
+        let id = bigger[7].id.clone();
+        let grown = Layout::next(&first, 2, bigger).unwrap();
+        let at = grown.member_index(&id).unwrap().at();
+        let before = first.placement().loads()[at] as f64;
+        let scaled =
+            before * grown.placement().fair_shares()[at] / first.placement().fair_shares()[at];
+        let moved = first.diff(&grown).moved_replicas() as f64;
+        assert!(
+            moved <= 1.1 * (scaled - before) + 1.0,
+            "{moved} for {}",
+            scaled - before
+        );
+        assert!(
+            moved >= 0.9 * (scaled - before),
+            "{moved} for {}",
+            scaled - before
+        );
+        assert_eq!(first.diff(&grown).gains_of(&id).len() as f64, moved);
+
+        let mut smaller = grown.members().to_vec();
+        smaller[7].capacity = 1;
+        let shrunk = Layout::next(&grown, 3, smaller).unwrap();
+        let held = grown.placement().loads()[at] as f64;
+        let scaled =
+            held * shrunk.placement().fair_shares()[at] / grown.placement().fair_shares()[at];
+        let moved = grown.diff(&shrunk).moved_replicas() as f64;
+        assert!(
+            moved <= 1.1 * (held - scaled) + 1.0,
+            "{moved} for {}",
+            held - scaled
+        );
+        assert_eq!(grown.diff(&shrunk).losses_of(&id).len() as f64, moved);
+        for l in [&grown, &shrunk] {
+            assert!(l.placement().max_load_ratio() <= MAX_LOAD_RATIO);
+        }
+    }
+
+    /// One change of a random sequence; an index picks a member.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Join { zone: usize, capacity: u32 },
+        Leave(prop::sample::Index),
+        Capacity(prop::sample::Index, u32),
+        Zone(prop::sample::Index, usize),
+    }
+
+    fn change(zones: usize) -> impl Strategy<Value = Change> {
+        prop_oneof![
+            3 => (0..zones, 1u32..=4).prop_map(|(zone, capacity)| Change::Join { zone, capacity }),
+            3 => any::<prop::sample::Index>().prop_map(Change::Leave),
+            2 => (any::<prop::sample::Index>(), 1u32..=4).prop_map(|(i, c)| Change::Capacity(i, c)),
+            1 => (any::<prop::sample::Index>(), 0..zones).prop_map(|(i, z)| Change::Zone(i, z)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Over any sequence of joins, departures, capacity and zone
+        /// changes, each layout computed from the one before: the zone rule
+        /// holds, no member is over its cap (so none over 1.15 times its
+        /// share, the shares being large here), the record round-trips, and
+        /// every join and departure moves at most 1.1 times the least it
+        /// must (plus one replica for rounding) where that least is exact
+        /// (see `exact` below), at most 1.5 times elsewhere.
+        #[test]
+        fn next_keeps_its_bounds_over_any_sequence(
+            (zones, start, changes) in (1usize..=4).prop_flat_map(|zones| {
+                (Just(zones), 3usize..=12, proptest::collection::vec(change(zones), 1..40))
+            }),
+        ) {
+            let mut list: Vec<Member> = (0..start)
+                .map(|i| member(&format!("m{i}"), &format!("z{}", i % zones), 1 + (i % 3) as u32))
+                .collect();
+            let mut current = layout(1, 3, 10, list.clone());
+            let mut joined = start;
+            for change in changes {
+                let at = |i: &prop::sample::Index, list: &[Member]| i.index(list.len());
+                // What the change must move at least, and whose it is.
+                let bounded: Option<(String, bool)> = match &change {
+                    Change::Join { zone, capacity } => {
+                        let id = format!("m{joined}");
+                        joined += 1;
+                        list.push(member(&id, &format!("z{zone}"), *capacity));
+                        Some((id, true))
+                    }
+                    Change::Leave(i) if list.len() > 1 => {
+                        Some((list.remove(at(i, &list)).id, false))
+                    }
+                    Change::Leave(_) => None,
+                    Change::Capacity(i, c) => {
+                        let i = at(i, &list);
+                        list[i].capacity = *c;
+                        None
+                    }
+                    Change::Zone(i, z) => {
+                        let i = at(i, &list);
+                        list[i].zone = format!("z{z}");
+                        None
+                    }
+                };
+                let after = Layout::next(&current, current.version() + 1, list.clone()).unwrap();
+                assert_rows_hold(&after);
+                let placement = after.placement();
+                prop_assert_eq!(placement.forced(), 0, "{:?}", change);
+                prop_assert!(placement.max_load_ratio() <= MAX_LOAD_RATIO, "{:?}", change);
+                prop_assert_eq!(&Layout::decode(&after.encode().unwrap()).unwrap(), &after);
+                // Where every zone holds a fixed number of each partition's
+                // replicas and no share is held down by the one replica per
+                // partition limit, the least that must move is what moves.
+                // Elsewhere a change can shift shares between zones or
+                // against that limit, and moving the least can cost a cap.
+                let exact = {
+                    let rf = usize::from(current.replication_factor());
+                    let count = f64::from(current.partitions().count());
+                    let rule = |l: &Layout| {
+                        let zones = ZoneRule::new(l.members(), rf);
+                        let limited = l.placement().fair_shares().iter().any(|&f| f > count - 1e-6);
+                        (zones.fixed() && !limited, zones.width, zones.zones())
+                    };
+                    let (before, after) = (rule(&current), rule(&after));
+                    before.0 && before == after
+                };
+                if let Some((id, joined)) = bounded {
+                    let moved = current.diff(&after).moved_replicas() as f64;
+                    let least = if joined {
+                        placement.fair_shares()[after.member_index(&id).unwrap().at()]
+                    } else {
+                        current.partitions_of(&id).len() as f64
+                    };
+                    let bound = if exact { 1.1 } else { 1.5 };
+                    prop_assert!(
+                        moved <= bound * least + 1.0,
+                        "{:?}: {} moved for {} (exact {})", change, moved, least, exact
+                    );
+                }
+                current = after;
+            }
+        }
+
+        /// A stored table with bytes changed, cut or grown: decoding never
+        /// panics, and what it accepts keeps the rules.
+        #[test]
+        fn mutated_tables_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            resize in proptest::option::of(0usize..200),
+        ) {
+            let l = layout(1, 3, 3, cluster(7, 3, |i| 1 + (i % 2) as u32));
+            let mut table = table_bytes(&l);
+            if let Some(len) = resize {
+                table.resize(len, 1);
+            }
+            for (i, b) in edits {
+                if !table.is_empty() {
+                    let i = i.index(table.len());
+                    table[i] = b;
+                }
+            }
+            match Layout::decode(&record(2, 3, 3, l.members(), Some(table.clone()))) {
+                Ok(back) => {
+                    assert_rows_hold(&back);
+                    prop_assert_eq!(table_bytes(&back), table);
+                }
+                Err(e) => prop_assert!(matches!(e, DecodeError::Malformed(_)), "{:?}", e),
+            }
+        }
+
+        /// Tables of the right length naming arbitrary members, and
+        /// arbitrary bytes: refused or kept, never a panic.
+        #[test]
+        fn arbitrary_tables_never_panic(
+            n in 1usize..=6,
+            zones in 1usize..=3,
+            rf in 1u8..=4,
+            bits in 0u8..=3,
+            entries in proptest::collection::vec(0u16..=7, 64),
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let members = cluster(n, zones, |i| 1 + i as u32);
+            let width = n.min(usize::from(rf));
+            let table: Vec<u8> = entries
+                .iter()
+                .cycle()
+                .take(width << bits)
+                .flat_map(|e| e.to_le_bytes())
+                .collect();
+            for table in [table, bytes] {
+                if let Ok(back) = Layout::decode(&record(2, bits, rf, &members, Some(table))) {
+                    assert_rows_hold(&back);
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_layout_records_never_panic(
+            i in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut bytes = layout(1, 2, 2, cluster(4, 2, |_| 1)).encode().unwrap();
+            let i = i.index(bytes.len());
+            bytes[i] = byte;
+            let _ = Layout::decode(&bytes);
         }
     }
 }

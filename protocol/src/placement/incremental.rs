@@ -42,16 +42,23 @@
 //! iteration orders are fixed, ties go to the lower member index.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use super::{Basis, Layout, Member, MemberIndex, ZoneRule};
 
 /// A slot not filled yet (member indexes stop at [`super::MAX_MEMBERS`]).
 const HOLE: MemberIndex = MemberIndex(u16::MAX);
 
-/// The lowest fraction of its fair share a member is left at, whatever it
-/// held before (a member the previous table starved is topped up).
+/// Below this fraction of its fair share a member is in debt: it is topped
+/// up, from the members most over their share, within [`REPAY_SHARE`].
 pub(super) const LOW_FLOOR: f64 = 0.8;
+
+/// The most a change spends on debts, as a share of what it must move.
+pub(super) const REPAY_SHARE: f64 = 0.05;
+
+/// The most (giver, taker) pairs a chain search of `State::relay`
+/// inspects, which bounds its work in a large cluster.
+const RELAY_BUDGET: usize = 20_000;
 
 /// How many further partitions a move inspects, after the first it may
 /// take, for one that keeps primaries spread.
@@ -65,8 +72,8 @@ pub(super) fn next_table(
     basis: &Basis,
     count: u32,
 ) -> Vec<MemberIndex> {
-    let (mut state, orphans) = State::keep(previous, members, basis, count);
-    state.fill(&orphans);
+    let (mut state, short, orphans) = State::keep(previous, members, basis, count);
+    state.fill(&short, &orphans);
     // A member stuck in one phase may be helped by the other's moves; a
     // second round is enough in every case measured, and is cheap when
     // there is nothing left to do.
@@ -77,6 +84,8 @@ pub(super) fn next_table(
             break;
         }
     }
+    let budget = (state.moves as f64 * REPAY_SHARE) as usize;
+    state.repay(budget);
     state.table
 }
 
@@ -129,18 +138,25 @@ struct State<'a> {
     zones: &'a ZoneRule,
     givers: BTreeSet<Rank>,
     takers: BTreeSet<Rank>,
+    /// Slots given a new member in this change (filled or moved): moving
+    /// one again costs no further copy.
+    fresh: Vec<bool>,
+    /// The partitions where each member holds a fresh slot.
+    fresh_held: Vec<Vec<u32>>,
+    /// Replicas placed on a new member so far.
+    moves: usize,
 }
 
 impl<'a> State<'a> {
-    /// Step 1 and 2: the previous table, less what may not stay, and the
-    /// bands.
-    /// Also returns the rows whose primary left.
+    /// Steps 1 and 2: the previous table less what may not stay, and the
+    /// bands. Also returns the rows that lost replicas and those that lost
+    /// their primary.
     fn keep(
         previous: &Layout,
         members: &[Member],
         basis: &'a Basis,
         count: u32,
-    ) -> (Self, Vec<u32>) {
+    ) -> (Self, Vec<u32>, Vec<u32>) {
         let zones = &basis.zones;
         let width = zones.width;
         let fair = &basis.fair;
@@ -173,7 +189,7 @@ impl<'a> State<'a> {
                 _ => Some(1.0),
             };
             let (lo, hi) = match scaled {
-                None => ((share * LOW_FLOOR + 1e-9).floor(), f64::from(cap)),
+                None => (0.0, f64::from(cap)),
                 Some(ratio) => (
                     (share * ratio.clamp(LOW_FLOOR, 1.0) + 1e-9).floor(),
                     (share * ratio.max(1.0) - 1e-9).ceil(),
@@ -193,6 +209,7 @@ impl<'a> State<'a> {
         let mut table = Vec::with_capacity(count as usize * width);
         let mut row: Vec<MemberIndex> = Vec::with_capacity(prev_width);
         let mut orphans = Vec::new();
+        let mut short = Vec::new();
         // A row that only lost members can always be completed under the
         // rule it was made under; only a changed rule needs `repair`.
         let same_rule = prev_width == width
@@ -205,20 +222,31 @@ impl<'a> State<'a> {
                 None => true,
             });
         for old in before.table.chunks(prev_width) {
-            row.clear();
-            row.extend(old.iter().filter_map(|m| now[m.at()]));
-            if !same_rule {
+            let p = (table.len() / width) as u32;
+            let start = table.len();
+            if same_rule {
+                table.extend(old.iter().filter_map(|m| now[m.at()]));
+            } else {
+                row.clear();
+                row.extend(old.iter().filter_map(|m| now[m.at()]));
                 repair(&mut row, zones, fair, &mut loads);
+                table.extend_from_slice(&row);
             }
             let primary = old.first().and_then(|m| now[m.at()]);
-            if row.first().copied() != primary || primary.is_none() {
-                orphans.push((table.len() / width) as u32);
+            if primary.is_none() || table.get(start).copied() != primary {
+                orphans.push(p);
             }
-            table.extend_from_slice(&row);
-            table.extend(std::iter::repeat_n(HOLE, width - row.len()));
+            if table.len() - start < width {
+                short.push(p);
+                table.resize(start + width, HOLE);
+            }
         }
 
-        let mut held = vec![Vec::new(); members_now];
+        let table_holes: Vec<bool> = table.iter().map(|&m| m == HOLE).collect();
+        let mut held: Vec<Vec<u32>> = loads
+            .iter()
+            .map(|&l| Vec::with_capacity(l as usize + 16))
+            .collect();
         let mut primaries = vec![0u32; members_now];
         for (p, row) in table.chunks(width).enumerate() {
             for (slot, m) in row.iter().enumerate() {
@@ -243,11 +271,14 @@ impl<'a> State<'a> {
             zones,
             givers: BTreeSet::new(),
             takers: BTreeSet::new(),
+            fresh: table_holes,
+            fresh_held: vec![Vec::new(); members_now],
+            moves: 0,
         };
         for m in 0..members_now {
             state.rank(m);
         }
-        (state, orphans)
+        (state, short, orphans)
     }
 
     fn share(&self, m: usize) -> f64 {
@@ -309,10 +340,9 @@ impl<'a> State<'a> {
     /// finds the slots it may take still open. Then every row that lost its
     /// primary takes as primary the replica with the fewest primaries for
     /// its load.
-    fn fill(&mut self, orphans: &[u32]) {
-        let count = (self.table.len() / self.width.max(1)) as u32;
+    fn fill(&mut self, short: &[u32], orphans: &[u32]) {
         for reserved_only in [true, false] {
-            for p in 0..count {
+            for &p in short {
                 let start = p as usize * self.width;
                 for slot in 0..self.width {
                     if self.table[start + slot] != HOLE {
@@ -351,8 +381,10 @@ impl<'a> State<'a> {
         let Some(m) = chosen else { return };
         self.unrank(m.at());
         self.table[start + slot] = m;
+        self.moves += 1;
         self.loads[m.at()] += 1;
         self.held[m.at()].push(p);
+        self.fresh_held[m.at()].push(p);
         if slot == 0 {
             self.primaries[m.at()] += 1;
         }
@@ -451,9 +483,94 @@ impl<'a> State<'a> {
                     self.shift(giver, at, taker);
                     moved = true;
                 }
+                None if deepest == UNDER_CAP && self.relay(giver) => moved = true,
                 None => stuck[giver] = true,
             }
         }
+    }
+
+    /// A member over its cap that no member with room may take a replica
+    /// from directly hands one down a chain: to a member that passes one of
+    /// its own on, and so on to a member with room (breadth first, so the
+    /// shortest chain, each link one move). Whether a chain was found.
+    fn relay(&mut self, from: usize) -> bool {
+        let order: Vec<usize> = self.takers.iter().map(|r| usize::from(r.member)).collect();
+        let mut before = vec![usize::MAX; order.len()];
+        before[from] = from;
+        let mut queue = VecDeque::from([from]);
+        let mut budget = RELAY_BUDGET;
+        while let Some(x) = queue.pop_front() {
+            for &y in &order {
+                if before[y] != usize::MAX {
+                    continue;
+                }
+                if budget == 0 {
+                    return false;
+                }
+                budget -= 1;
+                if self.movable(x, y).is_none() {
+                    continue;
+                }
+                before[y] = x;
+                if self.loads[y] >= self.caps[y] {
+                    queue.push_back(y);
+                    continue;
+                }
+                // Pass replicas on from the end of the chain back to its
+                // start, so no link is ever over its cap.
+                let mut link = y;
+                while link != from {
+                    let giver = before[link];
+                    let Some(at) = self.movable(giver, link) else {
+                        return false;
+                    };
+                    self.shift(giver, at, link);
+                    link = giver;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Step 6: members in debt (under [`LOW_FLOOR`] of their share) take
+    /// from the members furthest over theirs, at most `budget` moves, each
+    /// one narrowing the gap between the two.
+    fn repay(&mut self, budget: usize) {
+        let mut stuck = vec![false; self.loads.len()];
+        let mut left = budget;
+        while left > 0 {
+            let in_debt = |m: usize| f64::from(self.loads[m]) < LOW_FLOOR * self.fair[m];
+            let Some(taker) = self
+                .takers
+                .iter()
+                .map(|r| usize::from(r.member))
+                .filter(|&m| !stuck[m] && in_debt(m))
+                .min_by(|&a, &b| self.ratio(a).total_cmp(&self.ratio(b)).then(a.cmp(&b)))
+            else {
+                return;
+            };
+            let after = f64::from(self.loads[taker] + 1) / self.share(taker);
+            let found = self
+                .givers
+                .iter()
+                .take_while(|r| r.class <= OVER_LOW)
+                .map(|r| usize::from(r.member))
+                .take_while(|&giver| f64::from(self.loads[giver] - 1) / self.share(giver) > after)
+                .filter(|&giver| giver != taker)
+                .find_map(|giver| self.movable(giver, taker).map(|at| (giver, at)));
+            match found {
+                Some((giver, at)) => {
+                    self.shift(giver, at, taker);
+                    left -= 1;
+                }
+                None => stuck[taker] = true,
+            }
+        }
+    }
+
+    fn ratio(&self, m: usize) -> f64 {
+        f64::from(self.loads[m]) / self.share(m)
     }
 
     /// A partition `giver` holds that `taker` may take in its place, as
@@ -467,26 +584,36 @@ impl<'a> State<'a> {
         if zg != zt && self.zones.fixed() {
             return None;
         }
-        let want_primary = self.primary_excess(giver) > self.primary_excess(taker);
         let taker = MemberIndex(taker as u16);
-        let mut first = None;
-        let mut looked = 0;
-        for (i, &p) in self.held[giver].iter().enumerate() {
+        // The slot the giver holds in `p`, if the taker may have it.
+        let slot_of = |p: u32| {
             let row = self.row(p);
             if row.contains(&taker) {
-                continue;
+                return None;
             }
             if zg != zt {
                 let count = |z: u16| row.iter().filter(|m| zone_of[m.at()] == z).count();
                 if count(zt) + 1 > self.zones.hi[usize::from(zt)]
                     || count(zg) <= self.zones.lo[usize::from(zg)]
                 {
-                    continue;
+                    return None;
                 }
             }
-            let Some(slot) = row.iter().position(|m| m.at() == giver) else {
-                continue;
-            };
+            row.iter().position(|m| m.at() == giver)
+        };
+        // A slot this change already gave the giver moves at no cost.
+        if let Some((p, slot)) = self.fresh_held[giver]
+            .iter()
+            .find_map(|&p| slot_of(p).map(|slot| (p, slot)))
+        {
+            let i = self.held[giver].iter().position(|&q| q == p)?;
+            return Some((i, slot));
+        }
+        let want_primary = self.primary_excess(giver) > self.primary_excess(taker.at());
+        let mut first = None;
+        let mut looked = 0;
+        for (i, &p) in self.held[giver].iter().enumerate() {
+            let Some(slot) = slot_of(p) else { continue };
             if (slot == 0) == want_primary || self.width == 1 {
                 return Some((i, slot));
             }
@@ -508,8 +635,18 @@ impl<'a> State<'a> {
         self.unrank(giver);
         self.unrank(taker);
         let p = self.held[giver].swap_remove(index);
-        self.table[p as usize * self.width + slot] = MemberIndex(taker as u16);
+        let at = p as usize * self.width + slot;
+        self.table[at] = MemberIndex(taker as u16);
         self.held[taker].push(p);
+        if self.fresh[at] {
+            if let Some(i) = self.fresh_held[giver].iter().position(|&q| q == p) {
+                self.fresh_held[giver].swap_remove(i);
+            }
+        } else {
+            self.fresh[at] = true;
+            self.moves += 1;
+        }
+        self.fresh_held[taker].push(p);
         self.loads[giver] -= 1;
         self.loads[taker] += 1;
         if slot == 0 {
