@@ -2,14 +2,17 @@
 //!
 //! A key hashes to a slot and a slot to a partition ([`crate::partition`]).
 //! This module decides, for every partition, the ordered list of members
-//! that hold it: its *replicas*, the first of which is the primary. Every
-//! node computes that table by itself from the same [`Layout`] and must get
-//! exactly the same answer without talking to anyone, so the computation is
-//! a pure function of the layout: no clock, no randomness, members sorted by
-//! id (the order they were listed in does not matter), and no floating-point
-//! function whose last bit could differ between platforms — only IEEE
-//! addition, multiplication and division, which are correctly rounded
-//! everywhere; the one logarithm is computed here from those.
+//! that hold it: its *replicas*, the first of which is the primary. The
+//! table travels in the layout record (format version 2); a version 1
+//! record has none, and every node computes it by itself and must get
+//! exactly the same answer, so the computation is a pure function of the
+//! layout: no clock, no randomness, members sorted by id (the order they
+//! were listed in does not matter), and no floating-point function whose
+//! last bit could differ between platforms — only IEEE addition,
+//! multiplication and division, which are correctly rounded everywhere; the
+//! one logarithm is computed here from those. The same rules hold for
+//! [`Layout::next`], so that the one node that computes a layout and the
+//! tests get the same answer.
 //!
 //! The table has to meet three goals that pull against each other: spread
 //! replicas over zones, load every member in proportion to its capacity
@@ -70,8 +73,9 @@ use crate::wire::{Bytes, Framed, kinds};
 mod incremental;
 
 /// Most members a layout may list. A layout arrives from the network and
-/// decoding it computes its placement, so the work it can ask for is
-/// bounded (about a second for 4,096 members and 65,536 partitions).
+/// decoding a version 1 record computes its placement, so the work it can
+/// ask for is bounded (about a second for 4,096 members and 65,536
+/// partitions; a version 2 record is only checked).
 pub const MAX_MEMBERS: usize = 4096;
 
 /// Highest replication factor accepted.

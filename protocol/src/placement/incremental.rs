@@ -6,40 +6,56 @@
 //! plus or minus chance (about 5 % at 1,000 members), so a few arrivals in a
 //! hundred moved more than 1.1 times the share. With the previous table in
 //! hand nothing needs to be left to chance: keep what may stay, and move
-//! only what the members' shares ask for.
+//! only what the change asks for.
 //!
 //! 1. **Keep.** Every (partition, member) pair of the previous table whose
 //!    member is still present stays, in its order (the primary stays the
-//!    primary). Where the zone rule no longer allows a row (a member moved
-//!    zone, a zone appeared or the member count crossed the replication
-//!    factor), the member furthest over its share leaves the row.
-//! 2. **Bounds.** Every member gets a band `[low, high]`. A member with a
-//!    previous load scales it by how its fair share changed: `low` is that
-//!    scaled load (never above the share, never below [`LOW_FLOOR`] of it),
-//!    `high` is the scaled load (never below the share, never above the
-//!    cap). A newcomer's band is its share, rounded down and up. So an
-//!    arrival asks the newcomer to take its share and every member above
-//!    its share to give in proportion to how its share shrank; a capacity
-//!    change asks for the change; a departure asks for nothing beyond the
-//!    departed member's replicas.
+//!    primary). Where the zone rule changed (a member moved zone, a zone
+//!    appeared or emptied, the member count crossed the replication
+//!    factor), a row the new rule does not allow gives up the members
+//!    furthest over their share until it does.
+//! 2. **Bands.** Every member gets a band `[low, high]` of loads:
+//!    * unchanged (same zone, same capacity): `[0, cap]`. It asks for
+//!      nothing and is asked for nothing, except to stay under its cap;
+//!    * new, or moved to another zone: its fair share rounded down and up;
+//!    * capacity changed: its previous load scaled by how its share
+//!      changed, `low` never above the share (nor below [`LOW_FLOOR`] of
+//!      it), `high` never below the share (nor above the cap).
 //! 3. **Fill.** Every empty slot takes, among the members the row may take
-//!    (not a replica yet, zone rule), the one furthest under its band, then
-//!    the lowest `load / share`.
+//!    (not a replica yet, zone rule), the first in taker order: under
+//!    `low`, then under `high`, then under the cap, each by lowest
+//!    `load / share`. Slots the zone rule reserves for zones under their
+//!    fewest go first, so a zone whose share grew finds open slots. A row
+//!    that lost its primary then makes primary the replica with the fewest
+//!    primaries for its load.
 //! 4. **Take.** While a member is under `low`, it takes a partition from the
-//!    member furthest over `high`, then the highest `load / share` above
-//!    its own `low`: one move each, to the slot the giver held.
+//!    first in giver order: over `high`, then over `low`, each by highest
+//!    `load / share`; the taker gets the slot the giver held.
 //! 5. **Give.** While a member is over `high`, it gives a partition to the
-//!    member furthest under its band, then the lowest `load / share` under
-//!    `high` (under the cap if it is over its own cap).
+//!    first in taker order under `high` (under the cap if it is over its
+//!    own cap). A member over its cap that nobody with room may take from
+//!    passes one down the shortest chain of members to one with room.
+//! 6. **Repay.** A member under [`LOW_FLOOR`] of its share (left there by
+//!    earlier changes, see below) takes from the members furthest over
+//!    theirs, at most [`REPAY_SHARE`] of what this change moved.
 //!
-//! Each move takes one replica from a member and gives it to one that must
-//! grow, so what moves is what the bands ask for and nothing else; the
-//! bands of an arrival add up to the newcomer's share rounded down. A move
-//! prefers a partition where the giver is primary when the taker holds
-//! fewer primaries than `load / width` and the giver more, and one where it
-//! is not otherwise, so primaries stay spread. Nothing here depends on
-//! hashes, clocks or platform floating point beyond IEEE basic operations;
-//! iteration orders are fixed, ties go to the lower member index.
+//! Why this moves the least: an arrival's only band that asks for moves is
+//! the newcomer's, so it takes its share rounded down (from the members
+//! furthest over theirs, so balance improves) and nothing else moves,
+//! unless some member is over its lowered cap and the newcomer cannot take
+//! that excess. A departure asks only that its slots be filled. A capacity
+//! change asks for the scaled change of that one member. A slot already
+//! moved in this change is moved again in preference (no second copy).
+//! Where every zone holds a fixed number of each partition's replicas (one
+//! zone, or as many zones as replicas) and no share is held down by the
+//! limit of one replica per partition, this is the least any table could
+//! move. Elsewhere a change can shift shares between zones: the unchanged
+//! members' wide band lets that wait rather than move now; what waits
+//! too long lands under [`LOW_FLOOR`] and is repaid a little at a time, or
+//! over a cap, which is always enforced.
+//!
+//! Deterministic: no hashes, clocks or floating point beyond IEEE basic
+//! operations, fixed iteration orders, ties to the lower member index.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, VecDeque};
@@ -50,7 +66,7 @@ use super::{Basis, Layout, Member, MemberIndex, ZoneRule};
 const HOLE: MemberIndex = MemberIndex(u16::MAX);
 
 /// Below this fraction of its fair share a member is in debt: it is topped
-/// up, from the members most over their share, within [`REPAY_SHARE`].
+/// up from the members furthest over their share, within [`REPAY_SHARE`].
 pub(super) const LOW_FLOOR: f64 = 0.8;
 
 /// The most a change spends on debts, as a share of what it must move.
