@@ -2,14 +2,17 @@
 //!
 //! A key hashes to a slot and a slot to a partition ([`crate::partition`]).
 //! This module decides, for every partition, the ordered list of members
-//! that hold it: its *replicas*, the first of which is the primary. Every
-//! node computes that table by itself from the same [`Layout`] and must get
-//! exactly the same answer without talking to anyone, so the computation is
-//! a pure function of the layout: no clock, no randomness, members sorted by
-//! id (the order they were listed in does not matter), and no floating-point
-//! function whose last bit could differ between platforms — only IEEE
-//! addition, multiplication and division, which are correctly rounded
-//! everywhere; the one logarithm is computed here from those.
+//! that hold it: its *replicas*, the first of which is the primary. The
+//! table travels in the layout record (format version 2); a version 1
+//! record has none, and every node computes it by itself and must get
+//! exactly the same answer, so the computation is a pure function of the
+//! layout: no clock, no randomness, members sorted by id (the order they
+//! were listed in does not matter), and no floating-point function whose
+//! last bit could differ between platforms — only IEEE addition,
+//! multiplication and division, which are correctly rounded everywhere; the
+//! one logarithm is computed here from those. The same rules hold for
+//! [`Layout::next`], so that the one node that computes a layout and the
+//! tests get the same answer.
 //!
 //! The table has to meet three goals that pull against each other: spread
 //! replicas over zones, load every member in proportion to its capacity
@@ -44,9 +47,17 @@
 //! Why this meets both bounds, and the measured figures, are in
 //! `docs/placement.md`.
 //!
-//! The table is computed once when a layout is built or decoded and shared
-//! by every clone; it is never serialized. Changing the algorithm changes
-//! the table, so it needs a new layout format version.
+//! That computes a table from scratch ([`Layout::new`], the first layout).
+//! Every later layout is computed against the one before it
+//! ([`Layout::next`], in `incremental`): keep every replica whose member is
+//! still there and still allowed, fill the gaps, and move only what balance
+//! asks for. Rendezvous alone moves the newcomer's rendezvous demand, which
+//! strays from its fair share by chance; with the previous table in hand the
+//! move is the share itself, for every arrival. The table therefore stops
+//! being a function of the members alone, so it is stored in the layout
+//! record (format version 2) and decoding checks it instead of computing it.
+//! A version 1 record has no table: decoding computes it as above, so the
+//! algorithm of `Placement::compute` stays what version 1 means.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -57,11 +68,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::partition::{Partition, PartitionScheme, PartitionSchemeError};
 use crate::version::WriterId;
-use crate::wire::{Framed, kinds};
+use crate::wire::{Bytes, Framed, kinds};
+
+mod incremental;
 
 /// Most members a layout may list. A layout arrives from the network and
-/// decoding it computes its placement, so the work it can ask for is
-/// bounded (about a second for 4,096 members and 65,536 partitions).
+/// decoding a version 1 record computes its placement, so the work it can
+/// ask for is bounded (about a second for 4,096 members and 65,536
+/// partitions; a version 2 record is only checked).
 pub const MAX_MEMBERS: usize = 4096;
 
 /// Highest replication factor accepted.
@@ -131,18 +145,33 @@ pub enum LayoutError {
     InvalidZone { id: String, zone: String },
     #[error("member {id:?} has an invalid address: {reason}")]
     InvalidAddress { id: String, reason: &'static str },
+    #[error("the replica table is {found} bytes, expected {expected} (2 per replica)")]
+    TableLength { expected: usize, found: usize },
+    #[error("partition {partition} names member {index}, but the layout has {members}")]
+    TableMemberOutOfRange {
+        partition: u16,
+        index: u16,
+        members: usize,
+    },
+    #[error("partition {partition} lists member {id:?} twice")]
+    TableDuplicateReplica { partition: u16, id: String },
+    #[error("partition {partition} breaks the zone rule")]
+    TableZoneRule { partition: u16 },
 }
 
 /// A versioned cluster layout: the members, their zones and capacities, the
-/// replication factor and the partition count, plus the placement computed
-/// from them.
+/// replication factor and the partition count, and the replica table.
 ///
-/// Members are kept sorted by id, so two layouts listing the same members
-/// in different orders are equal and place identically. A replication
-/// factor above the member count is allowed: every partition then has one
-/// replica on every member ([`Layout::replicas_per_partition`] is
-/// `min(replication_factor, members)`), and the layout places fully once
-/// enough members join.
+/// Members are kept sorted by id, so the order they are listed in changes
+/// nothing. A replication factor above the member count is allowed: every
+/// partition then has one replica on every member
+/// ([`Layout::replicas_per_partition`] is `min(replication_factor,
+/// members)`), and the layout places fully once enough members join.
+///
+/// The first layout of a cluster computes its table from the members
+/// ([`Layout::new`]); every later one computes it against the previous
+/// table ([`Layout::next`]), so the table is stored with the layout: two
+/// layouts are equal when their members *and* tables are.
 #[derive(Clone, Deserialize)]
 #[serde(try_from = "LayoutRecord")]
 pub struct Layout {
@@ -153,13 +182,18 @@ pub struct Layout {
     placement: Arc<Placement>,
 }
 
-/// The serialized form of a [`Layout`] (the placement is recomputed).
+/// The serialized form of a [`Layout`]. Format version 2 carries the table:
+/// `partitions x replicas_per_partition` little-endian `u16` positions in
+/// `members` as listed here, partition-major, primary first. A version 1
+/// record has none and its table is computed (`Placement::compute`).
 #[derive(Deserialize)]
 struct LayoutRecord {
     version: u64,
     replication_factor: u8,
     partition_bits: u8,
     members: Vec<Member>,
+    #[serde(default)]
+    table: Option<Bytes>,
 }
 
 #[derive(Serialize)]
@@ -168,45 +202,63 @@ struct LayoutRecordRef<'a> {
     replication_factor: u8,
     partition_bits: u8,
     members: &'a [Member],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table: Option<Bytes>,
 }
 
 impl TryFrom<LayoutRecord> for Layout {
     type Error = LayoutError;
     fn try_from(r: LayoutRecord) -> Result<Self, Self::Error> {
-        Layout::new(
-            r.version,
-            r.replication_factor,
-            PartitionScheme::new(r.partition_bits)?,
-            r.members,
-        )
+        let partitions = PartitionScheme::new(r.partition_bits)?;
+        match r.table {
+            None => Layout::new(r.version, r.replication_factor, partitions, r.members),
+            Some(table) => Layout::with_table(
+                r.version,
+                r.replication_factor,
+                partitions,
+                r.members,
+                &table.0,
+            ),
+        }
     }
 }
 
 impl Serialize for Layout {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let table = self
+            .placement
+            .table
+            .iter()
+            .flat_map(|m| m.0.to_le_bytes())
+            .collect();
         LayoutRecordRef {
             version: self.version,
             replication_factor: self.replication_factor,
             partition_bits: self.partitions.bits(),
             members: &self.members,
+            table: Some(Bytes(table)),
         }
         .serialize(s)
     }
 }
 
+/// Version 1: members only, the table computed by every reader. Version 2:
+/// the table stored (see [`Layout`]). Both are read.
 impl Framed for Layout {
     const KIND: u16 = kinds::LAYOUT;
     const NAME: &'static str = "layout";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = 2;
 }
 
 impl PartialEq for Layout {
-    /// Layouts are equal when their records are; the placement follows.
+    /// Layouts are equal when their records are, table included.
     fn eq(&self, other: &Self) -> bool {
         self.version == other.version
             && self.replication_factor == other.replication_factor
             && self.partitions == other.partitions
             && self.members == other.members
+            && self.placement.width == other.placement.width
+            && self.placement.table == other.placement.table
     }
 }
 
@@ -224,33 +276,105 @@ impl fmt::Debug for Layout {
 }
 
 impl Layout {
-    /// Validates the members and computes the placement.
+    /// Validates the members and computes the placement from scratch: the
+    /// first layout of a cluster. Later layouts come from [`Layout::next`].
     pub fn new(
         version: u64,
         replication_factor: u8,
         partitions: PartitionScheme,
-        mut members: Vec<Member>,
+        members: Vec<Member>,
     ) -> Result<Layout, LayoutError> {
-        if replication_factor == 0 {
-            return Err(LayoutError::ZeroReplicationFactor);
-        }
-        if replication_factor > MAX_REPLICATION_FACTOR {
-            return Err(LayoutError::ReplicationFactorTooLarge(replication_factor));
-        }
-        if members.is_empty() {
-            return Err(LayoutError::NoMembers);
-        }
-        if members.len() > MAX_MEMBERS {
-            return Err(LayoutError::TooManyMembers(members.len()));
-        }
-        for m in &members {
-            check_member(m)?;
-        }
-        members.sort_by(|a, b| a.id.cmp(&b.id));
-        if let Some(w) = members.windows(2).find(|w| w[0].id == w[1].id) {
-            return Err(LayoutError::DuplicateMember(w[0].id.clone()));
-        }
+        let (members, _) = checked_members(replication_factor, members)?;
         let placement = Arc::new(Placement::compute(partitions, replication_factor, &members));
+        Ok(Layout {
+            version,
+            replication_factor,
+            partitions,
+            members,
+            placement,
+        })
+    }
+
+    /// The layout that follows `previous` with these members: same
+    /// replication factor and partition scheme, the table computed against
+    /// the previous one.
+    ///
+    /// Every replica whose member is still present and still allowed there
+    /// (zone rule) stays where it is, primary included; the replicas of
+    /// members that left are handed to the members furthest under their
+    /// share; then members short of their share (a newcomer, a member whose
+    /// capacity grew) take replicas from the members furthest over theirs,
+    /// and members over theirs give some away. One arrival moves about the
+    /// newcomer's fair share and one departure what the member held, each
+    /// time, not only on average; no member ends above its cap
+    /// ([`Placement::caps`]) while any move can prevent it. Deterministic:
+    /// the same inputs give the same table. See `docs/placement.md`.
+    pub fn next(
+        previous: &Layout,
+        version: u64,
+        members: Vec<Member>,
+    ) -> Result<Layout, LayoutError> {
+        let replication_factor = previous.replication_factor;
+        let partitions = previous.partitions;
+        let (members, _) = checked_members(replication_factor, members)?;
+        let basis = Basis::new(partitions, replication_factor, &members);
+        let table = incremental::next_table(previous, &members, &basis, partitions.count());
+        let placement = Arc::new(Placement::with_table(partitions, basis, table));
+        Ok(Layout {
+            version,
+            replication_factor,
+            partitions,
+            members,
+            placement,
+        })
+    }
+
+    /// A layout with a given table (a decoded version 2 record): `table`
+    /// holds little-endian `u16` positions in `members` as listed, `width`
+    /// per partition, primary first. Every replica must be a member, once
+    /// per partition, within the zone rule.
+    fn with_table(
+        version: u64,
+        replication_factor: u8,
+        partitions: PartitionScheme,
+        members: Vec<Member>,
+        table: &[u8],
+    ) -> Result<Layout, LayoutError> {
+        let (members, sorted_at) = checked_members(replication_factor, members)?;
+        let basis = Basis::new(partitions, replication_factor, &members);
+        let width = basis.zones.width;
+        let expected = 2 * width * partitions.count() as usize;
+        if table.len() != expected {
+            return Err(LayoutError::TableLength {
+                expected,
+                found: table.len(),
+            });
+        }
+        let mut replicas = Vec::with_capacity(expected / 2);
+        for (i, pair) in table.chunks_exact(2).enumerate() {
+            let listed = u16::from_le_bytes([pair[0], pair[1]]);
+            let Some(&at) = sorted_at.get(usize::from(listed)) else {
+                return Err(LayoutError::TableMemberOutOfRange {
+                    partition: (i / width) as u16,
+                    index: listed,
+                    members: members.len(),
+                });
+            };
+            replicas.push(MemberIndex(at));
+        }
+        for (p, row) in replicas.chunks(width).enumerate() {
+            let partition = p as u16;
+            if let Some(i) = (1..row.len()).find(|&i| row[..i].contains(&row[i])) {
+                return Err(LayoutError::TableDuplicateReplica {
+                    partition,
+                    id: members[row[i].at()].id.clone(),
+                });
+            }
+            if !basis.zones.holds(row) {
+                return Err(LayoutError::TableZoneRule { partition });
+            }
+        }
+        let placement = Arc::new(Placement::with_table(partitions, basis, replicas));
         Ok(Layout {
             version,
             replication_factor,
@@ -420,8 +544,20 @@ impl Layout {
                 .collect()
         }
         let owned = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+        fn row(layout: &Layout, scheme: PartitionScheme, fine: u32) -> &[MemberIndex] {
+            let shift = scheme.bits() - layout.partitions.bits();
+            layout.replicas(Partition((fine >> shift) as u16))
+        }
         let mut changes = Vec::new();
         for fine in 0..scheme.count() {
+            let (a, b) = (row(self, scheme, fine), row(next, scheme, fine));
+            if a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| self.member(*x).id == next.member(*y).id)
+            {
+                continue;
+            }
             let before = ids(self, scheme, fine);
             let after = ids(next, scheme, fine);
             if before == after {
@@ -452,6 +588,43 @@ impl Layout {
             changes,
         }
     }
+}
+
+/// Checks the replication factor and the members and sorts the members by
+/// id; also returns, for each member as listed, its position once sorted.
+fn checked_members(
+    replication_factor: u8,
+    members: Vec<Member>,
+) -> Result<(Vec<Member>, Vec<u16>), LayoutError> {
+    if replication_factor == 0 {
+        return Err(LayoutError::ZeroReplicationFactor);
+    }
+    if replication_factor > MAX_REPLICATION_FACTOR {
+        return Err(LayoutError::ReplicationFactorTooLarge(replication_factor));
+    }
+    if members.is_empty() {
+        return Err(LayoutError::NoMembers);
+    }
+    if members.len() > MAX_MEMBERS {
+        return Err(LayoutError::TooManyMembers(members.len()));
+    }
+    for m in &members {
+        check_member(m)?;
+    }
+    let mut listed: Vec<(Member, u16)> = members
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (m, i as u16))
+        .collect();
+    listed.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    if let Some(w) = listed.windows(2).find(|w| w[0].0.id == w[1].0.id) {
+        return Err(LayoutError::DuplicateMember(w[0].0.id.clone()));
+    }
+    let mut sorted_at = vec![0u16; listed.len()];
+    for (at, (_, i)) in listed.iter().enumerate() {
+        sorted_at[usize::from(*i)] = at as u16;
+    }
+    Ok((listed.into_iter().map(|(m, _)| m).collect(), sorted_at))
 }
 
 fn check_member(m: &Member) -> Result<(), LayoutError> {
@@ -607,8 +780,10 @@ impl Placement {
         &self.caps
     }
 
-    /// Replicas placed over a member's cap because no swap could complete a
-    /// partition otherwise. Zero except in tiny or lopsided layouts.
+    /// Replicas placed over a member's cap because nothing else could
+    /// complete a partition (computed from scratch: no swap was found; a
+    /// stored or incremental table: the excess over the caps). Zero except
+    /// in tiny or lopsided layouts.
     pub fn forced(&self) -> u32 {
         self.forced
     }
@@ -631,16 +806,15 @@ impl Placement {
             .collect()
     }
 
-    /// Computes the table for members sorted by id (validated).
+    /// Computes the table from scratch for members sorted by id
+    /// (validated): what a version 1 layout means.
     fn compute(partitions: PartitionScheme, replication_factor: u8, members: &[Member]) -> Self {
-        let zones = ZoneRule::new(members, usize::from(replication_factor));
-        let fair = fair_shares(members, &zones, partitions.count());
-        let rates = race_rates(members, &zones, &fair, partitions.count());
-        let scorer = Scorer::new(partitions, members, rates);
-        let caps = fair
-            .iter()
-            .map(|&f| cap_of(f, partitions.count()))
-            .collect();
+        let Basis {
+            zones,
+            fair,
+            caps,
+            scorer,
+        } = Basis::new(partitions, replication_factor, members);
         let mut builder = Builder {
             width: zones.width,
             count: partitions.count(),
@@ -678,6 +852,65 @@ impl Placement {
             fair,
             caps,
             forced,
+            scorer,
+        }
+    }
+
+    /// A placement around a given table (checked by the caller: complete,
+    /// distinct replicas, zone rule). `forced` is the excess over the caps.
+    fn with_table(partitions: PartitionScheme, basis: Basis, table: Vec<MemberIndex>) -> Self {
+        let Basis {
+            zones,
+            fair,
+            caps,
+            scorer,
+        } = basis;
+        let mut loads = vec![0u32; fair.len()];
+        for m in &table {
+            loads[m.at()] += 1;
+        }
+        let forced = loads
+            .iter()
+            .zip(&caps)
+            .map(|(&load, &cap)| load.saturating_sub(cap))
+            .sum();
+        Placement {
+            partitions,
+            width: zones.width,
+            table,
+            loads,
+            fair,
+            caps,
+            forced,
+            scorer,
+        }
+    }
+}
+
+/// What a table is balanced against, a function of the members alone: the
+/// zone rule, the fair shares, the caps and the rendezvous scores (which
+/// also order [`Layout::fallbacks`]).
+struct Basis {
+    zones: ZoneRule,
+    fair: Vec<f64>,
+    caps: Vec<u32>,
+    scorer: Scorer,
+}
+
+impl Basis {
+    fn new(partitions: PartitionScheme, replication_factor: u8, members: &[Member]) -> Self {
+        let zones = ZoneRule::new(members, usize::from(replication_factor));
+        let fair = fair_shares(members, &zones, partitions.count());
+        let rates = race_rates(members, &zones, &fair, partitions.count());
+        let scorer = Scorer::new(partitions, members, rates);
+        let caps = fair
+            .iter()
+            .map(|&f| cap_of(f, partitions.count()))
+            .collect();
+        Basis {
+            zones,
+            fair,
+            caps,
             scorer,
         }
     }
@@ -1115,6 +1348,53 @@ impl ZoneRule {
 
     fn zones(&self) -> usize {
         self.lo.len()
+    }
+
+    /// Whether a complete row (`width` distinct members) keeps the rule:
+    /// every zone holds between its fewest and most.
+    fn holds(&self, row: &[MemberIndex]) -> bool {
+        row.len() == self.width && self.covered(row, true) == Some(self.lo_total)
+    }
+
+    /// How many replicas a row still owes to zones under their fewest.
+    fn owed(&self, row: &[MemberIndex]) -> usize {
+        let covered = self.covered(row, false).unwrap_or(0);
+        self.lo_total.saturating_sub(covered)
+    }
+
+    /// The replicas of a row that count towards their zones' fewest;
+    /// `None` if `strict` and a zone is over its most.
+    fn covered(&self, row: &[MemberIndex], strict: bool) -> Option<usize> {
+        let mut zones = [0u16; MAX_REPLICATION_FACTOR as usize];
+        let mut counts = [0usize; MAX_REPLICATION_FACTOR as usize];
+        let mut distinct = 0;
+        for m in row {
+            let zone = self.zone_of[m.at()];
+            match zones[..distinct].iter().position(|&z| z == zone) {
+                Some(i) => counts[i] += 1,
+                None if distinct < zones.len() => {
+                    zones[distinct] = zone;
+                    counts[distinct] = 1;
+                    distinct += 1;
+                }
+                None => return None,
+            }
+        }
+        let mut covered = 0;
+        for (&zone, &count) in zones[..distinct].iter().zip(&counts[..distinct]) {
+            let zone = usize::from(zone);
+            if strict && count > self.hi[zone] {
+                return None;
+            }
+            covered += count.min(self.lo[zone]);
+        }
+        Some(covered)
+    }
+
+    /// Whether no replica can ever change zone: every zone holds a fixed
+    /// number of each partition's replicas.
+    fn fixed(&self) -> bool {
+        self.lo_total == self.width
     }
 
     /// Whether a partition holding `current` may take `candidate` and still
@@ -1769,50 +2049,201 @@ mod tests {
         assert!((0..16).all(|p| one.replicas(Partition(p)) == [MemberIndex(0)]));
     }
 
+    /// A framed layout record as format version `frame` writes it.
+    fn record(frame: u16, bits: u8, rf: u8, members: &[Member], table: Option<Vec<u8>>) -> Vec<u8> {
+        to_cbor(&(
+            kinds::LAYOUT,
+            frame,
+            LayoutRecordRef {
+                version: 1,
+                replication_factor: rf,
+                partition_bits: bits,
+                members,
+                table: table.map(Bytes),
+            },
+        ))
+        .unwrap()
+    }
+
+    fn table_bytes(l: &Layout) -> Vec<u8> {
+        l.placement()
+            .table
+            .iter()
+            .flat_map(|m| m.0.to_le_bytes())
+            .collect()
+    }
+
     #[test]
-    fn framed_round_trip_recomputes_the_same_placement() {
+    fn framed_round_trip_keeps_the_table() {
         let l = layout(42, 3, 8, cluster(9, 3, |i| 1 + (i % 2) as u32));
         let bytes = l.encode().unwrap();
+        let (kind, frame, _): (u16, u16, serde::de::IgnoredAny) =
+            crate::wire::from_cbor(&bytes, usize::MAX).unwrap();
+        assert_eq!((kind, frame), (kinds::LAYOUT, 2));
         let back = Layout::decode(&bytes).unwrap();
         assert_eq!(back, l);
         assert_eq!(back.version(), 42);
         assert_eq!(back.placement().table, l.placement().table);
+        assert_eq!(back.placement().loads(), l.placement().loads());
+
+        // A table `next` made is not the one `new` would compute from the
+        // same members; it is the one decoded.
+        let mut grown = l.members().to_vec();
+        grown.push(member("joiner", "zone-1", 2));
+        let next = Layout::next(&l, 43, grown.clone()).unwrap();
+        let computed = layout(43, 3, 8, grown);
+        assert_ne!(next.placement().table, computed.placement().table);
+        assert_ne!(next, computed);
+        assert_eq!(Layout::decode(&next.encode().unwrap()).unwrap(), next);
+
+        // Table positions refer to the members as listed in the record,
+        // whatever their order.
+        let reversed: Vec<Member> = next.members().iter().rev().cloned().collect();
+        let last = next.members().len() as u16 - 1;
+        let remapped: Vec<u8> = next
+            .placement()
+            .table
+            .iter()
+            .flat_map(|m| (last - m.0).to_le_bytes())
+            .collect();
+        let decoded = Layout::decode(&record(2, 8, 3, &reversed, Some(remapped))).unwrap();
+        assert_eq!(decoded.placement().table, next.placement().table);
+
         // A record with an invalid field is refused as malformed, whatever
         // serde would have accepted.
-        let record = |bits: u8, rf: u8, members: &[Member]| {
-            to_cbor(&(
-                kinds::LAYOUT,
-                1u16,
-                LayoutRecordRef {
-                    version: 1,
-                    replication_factor: rf,
-                    partition_bits: bits,
-                    members,
-                },
-            ))
-            .unwrap()
-        };
         let members = cluster(3, 1, |_| 1);
-        assert!(Layout::decode(&record(8, 3, &members)).is_ok());
+        assert!(Layout::decode(&record(1, 8, 3, &members, None)).is_ok());
         assert!(matches!(
-            Layout::decode(&record(17, 3, &members)),
+            Layout::decode(&record(1, 17, 3, &members, None)),
             Err(DecodeError::Malformed(_))
         ));
         assert!(matches!(
-            Layout::decode(&record(8, 0, &members)),
+            Layout::decode(&record(1, 8, 0, &members, None)),
             Err(DecodeError::Malformed(_))
         ));
         let mut zero = members.clone();
         zero[0].capacity = 0;
         assert!(matches!(
-            Layout::decode(&record(8, 3, &zero)),
+            Layout::decode(&record(1, 8, 3, &zero, None)),
             Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Layout::decode(&record(3, 8, 3, &members, None)),
+            Err(DecodeError::UnsupportedVersion { found: 3, .. })
         ));
         let other = crate::context::RecordMeta::decode(&bytes);
         assert!(matches!(other, Err(DecodeError::WrongKind { .. })));
         for cut in 0..bytes.len() {
             assert!(Layout::decode(&bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn a_stored_table_is_checked() {
+        // 16 partitions, three zones of two members.
+        let l = layout(1, 3, 4, cluster(6, 3, |_| 1));
+        let members = l.members().to_vec();
+        let table = table_bytes(&l);
+        let scheme = PartitionScheme::new(4).unwrap();
+        let check = |t: &[u8]| Layout::with_table(1, 3, scheme, members.clone(), t);
+        assert_eq!(check(&table).unwrap(), l);
+
+        assert_eq!(
+            check(&table[..table.len() - 1]).unwrap_err(),
+            LayoutError::TableLength {
+                expected: 96,
+                found: 95
+            }
+        );
+        assert!(matches!(
+            check(&[]).unwrap_err(),
+            LayoutError::TableLength { found: 0, .. }
+        ));
+
+        let mut bad = table.clone();
+        bad[6..8].copy_from_slice(&6u16.to_le_bytes());
+        assert_eq!(
+            check(&bad).unwrap_err(),
+            LayoutError::TableMemberOutOfRange {
+                partition: 1,
+                index: 6,
+                members: 6
+            }
+        );
+        bad[6..8].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert!(matches!(
+            check(&bad).unwrap_err(),
+            LayoutError::TableMemberOutOfRange {
+                index: u16::MAX,
+                ..
+            }
+        ));
+
+        // Partition 5 lists its primary twice.
+        let mut bad = table.clone();
+        let row = 5 * 3 * 2;
+        bad.copy_within(row..row + 2, row + 4);
+        let primary = l.member(l.replicas(Partition(5))[0]).id.clone();
+        assert_eq!(
+            check(&bad).unwrap_err(),
+            LayoutError::TableDuplicateReplica {
+                partition: 5,
+                id: primary
+            }
+        );
+
+        // Partition 7 takes the other member of its primary's zone: two
+        // replicas in one zone, none in another.
+        let mut bad = table.clone();
+        let replicas = l.replicas(Partition(7));
+        let zone = &l.member(replicas[0]).zone;
+        let twin = (0..6u16)
+            .map(MemberIndex)
+            .find(|&m| m != replicas[0] && &l.member(m).zone == zone)
+            .unwrap();
+        let row = 7 * 3 * 2;
+        bad[row + 2..row + 4].copy_from_slice(&twin.0.to_le_bytes());
+        assert_eq!(
+            check(&bad).unwrap_err(),
+            LayoutError::TableZoneRule { partition: 7 }
+        );
+        // Through the wire, the same refusals are malformed records.
+        assert!(matches!(
+            Layout::decode(&record(2, 4, 3, &members, Some(bad))),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(Layout::decode(&record(2, 4, 3, &members, Some(table))).is_ok());
+    }
+
+    /// The encoded size of a layout: the table is 2 bytes per replica.
+    #[test]
+    fn a_large_layout_stays_well_under_a_mebibyte() {
+        // Few members keep the computation quick in a debug build; the
+        // table's size does not depend on them.
+        let l = layout(1, 3, 16, cluster(4, 1, |_| 1));
+        let table = 65_536 * 3 * 2;
+        let bytes = l.encode().unwrap();
+        let members = to_cbor(l.members()).unwrap().len();
+        assert!(bytes.len() <= table + members + 128, "{}", bytes.len());
+        // 1,000 members with peer ids and multiaddrs like a cluster's.
+        let member_bytes = to_cbor(
+            &(0..1000)
+                .map(|i| Member {
+                    id: format!("12D3KooW{i:044}"),
+                    zone: format!("eu-west-{}", i % 3),
+                    capacity: 100,
+                    address: format!("/ip4/10.0.{}.{}/tcp/7070", i / 256, i % 256),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .len();
+        println!(
+            "65,536 partitions, RF 3: {} bytes with 4 members, about {} with 1,000",
+            bytes.len(),
+            bytes.len() - members + member_bytes
+        );
+        assert!(bytes.len() - members + member_bytes < 1024 * 1024 / 2 + 100_000);
     }
 
     /// The tables of two fixed layouts, pinned: every node of a cluster must
@@ -1845,6 +2276,13 @@ mod tests {
             ids(&four_zones, 255),
             ["node-00003", "node-00005", "node-00004"]
         );
+        // A version 1 record (no table) still decodes to these tables.
+        for l in [&one_zone, &four_zones] {
+            let bits = l.partitions().bits();
+            let v1 = Layout::decode(&record(1, bits, 3, l.members(), None)).unwrap();
+            assert_eq!(digest(&v1), digest(l));
+            assert_eq!(v1, *l);
+        }
     }
 
     // ---- queries -------------------------------------------------------
@@ -1969,18 +2407,6 @@ mod tests {
 
     // ---- balance and movement, measured --------------------------------
 
-    /// One simulated cluster at the recommended partition count: how far the
-    /// most loaded member is over its fair share, and what adding and
-    /// removing one member moves compared with the least that must move.
-    struct Figures {
-        members: usize,
-        bits: u8,
-        max_ratio: f64,
-        added: f64,
-        removed: f64,
-        forced: u32,
-    }
-
     #[derive(Clone, Copy)]
     struct Case {
         name: &'static str,
@@ -2016,55 +2442,171 @@ mod tests {
         },
     ];
 
-    fn measure(n: usize, case: Case) -> Figures {
-        let bits = Layout::recommended_partition_bits(n, 3);
-        let members = cluster(n, case.zones, case.capacity);
-        let base = layout(1, 3, bits, members.clone());
+    /// The `i`th member of a case: `node-00000`..., zones round robin.
+    fn case_member(case: Case, prefix: &str, i: usize) -> Member {
+        member(
+            &format!("{prefix}-{i:05}"),
+            &format!("zone-{}", i % case.zones),
+            (case.capacity)(i),
+        )
+    }
 
-        let mut grown = members.clone();
-        let zone = format!("zone-{}", n % case.zones);
-        grown.push(member("joiner", &zone, (case.capacity)(n)));
-        let grown = layout(2, 3, bits, grown);
-        let share = grown.placement().fair_shares()[grown.member_index("joiner").unwrap().at()];
-        let added = base.diff(&grown).moved_replicas() as f64 / share;
+    /// What an arrival moved over the newcomer's fair share.
+    fn arrival_ratio(before: &Layout, after: &Layout, id: &str) -> f64 {
+        let share = after.placement().fair_shares()[after.member_index(id).unwrap().at()];
+        before.diff(after).moved_replicas() as f64 / share
+    }
 
-        let gone = members[n / 2].id.clone();
-        let held = base.partitions_of(&gone).len() as f64;
-        let rest = members.iter().filter(|m| m.id != gone).cloned().collect();
-        let shrunk = layout(2, 3, bits, rest);
-        let removed = base.diff(&shrunk).moved_replicas() as f64 / held;
+    /// What a departure moved over what the member held.
+    fn departure_ratio(before: &Layout, after: &Layout, id: &str) -> f64 {
+        let held = before.partitions_of(id).len() as f64;
+        before.diff(after).moved_replicas() as f64 / held
+    }
 
-        let forced = [&base, &grown, &shrunk]
-            .iter()
-            .map(|l| l.placement().forced())
-            .sum();
-        Figures {
-            members: n,
-            bits,
-            max_ratio: base.placement().max_load_ratio(),
-            added,
-            removed,
-            forced,
+    /// Every row keeps the zone rule and lists distinct members.
+    fn assert_rows_hold(l: &Layout) {
+        let zones = ZoneRule::new(l.members(), usize::from(l.replication_factor()));
+        for p in 0..l.partitions().count() {
+            let row = l.replicas(Partition(p as u16));
+            assert!(zones.holds(row), "partition {p}: {row:?}");
+            assert!((1..row.len()).all(|i| !row[..i].contains(&row[i])));
         }
     }
 
-    fn check_figures(sizes: &[usize]) {
-        println!("members  case              bits  max/fair  add moved/ideal  remove moved/ideal");
+    /// The most primaries a member holds over `load / width`.
+    fn primary_spread(l: &Layout) -> f64 {
+        let mut primaries = vec![0u32; l.members().len()];
+        for p in 0..l.partitions().count() {
+            primaries[l.replicas(Partition(p as u16))[0].at()] += 1;
+        }
+        let width = l.replicas_per_partition() as f64;
+        primaries
+            .iter()
+            .zip(l.placement().loads())
+            .map(|(&p, &load)| f64::from(p) * width / f64::from(load.max(1)))
+            .fold(0.0, f64::max)
+    }
+
+    /// One simulated cluster at the recommended partition count.
+    ///
+    /// `changes` different arrivals into the layout computed from scratch
+    /// (`Layout::new`) and as many departures from it, each computed with
+    /// `Layout::next`; then a chain of `changes` alternating arrivals
+    /// and departures, every layout computed with `Layout::next` from the
+    /// one before. Each change's movement is over the least that must move:
+    /// the newcomer's fair share, or what the departed member held.
+    struct Movement {
+        bits: u8,
+        adds: Vec<f64>,
+        removes: Vec<f64>,
+        /// `max_load_ratio` of the layout computed from scratch.
+        first_ratio: f64,
+        /// The largest `max_load_ratio` of every layout `next` made.
+        next_ratio: f64,
+        forced: u32,
+        /// `primary_spread` of the first and the last layout of the chain.
+        primaries: (f64, f64),
+    }
+
+    impl Movement {
+        fn measure(n: usize, case: Case, changes: usize) -> Movement {
+            let bits = Layout::recommended_partition_bits(n, 3);
+            let members: Vec<Member> = (0..n).map(|i| case_member(case, "node", i)).collect();
+            let base = layout(1, 3, bits, members.clone());
+            let mut m = Movement {
+                bits,
+                adds: Vec::new(),
+                removes: Vec::new(),
+                first_ratio: base.placement().max_load_ratio(),
+                next_ratio: 0.0,
+                forced: base.placement().forced(),
+                primaries: (primary_spread(&base), 0.0),
+            };
+            let record = |m: &mut Movement, l: &Layout| {
+                m.next_ratio = m.next_ratio.max(l.placement().max_load_ratio());
+                m.forced += l.placement().forced();
+                assert_rows_hold(l);
+            };
+            for e in 0..changes {
+                let joiner = case_member(case, "joiner", n + e);
+                let mut grown = members.clone();
+                grown.push(joiner.clone());
+                let after = Layout::next(&base, 2, grown).unwrap();
+                m.adds.push(arrival_ratio(&base, &after, &joiner.id));
+                record(&mut m, &after);
+                let gone = members[(e * 7 + 3) % n].id.clone();
+                let rest = members.iter().filter(|m| m.id != gone).cloned().collect();
+                let after = Layout::next(&base, 2, rest).unwrap();
+                m.removes.push(departure_ratio(&base, &after, &gone));
+                record(&mut m, &after);
+            }
+            let mut current = base;
+            let mut list = members;
+            for step in 0..changes {
+                let version = current.version() + 1;
+                if step % 2 == 0 {
+                    let joiner = case_member(case, "chain", n + step);
+                    list.push(joiner.clone());
+                    let after = Layout::next(&current, version, list.clone()).unwrap();
+                    m.adds.push(arrival_ratio(&current, &after, &joiner.id));
+                    record(&mut m, &after);
+                    current = after;
+                } else {
+                    let gone = list.remove(step * 13 % list.len()).id;
+                    let after = Layout::next(&current, version, list.clone()).unwrap();
+                    m.removes.push(departure_ratio(&current, &after, &gone));
+                    record(&mut m, &after);
+                    current = after;
+                }
+            }
+            m.primaries.1 = primary_spread(&current);
+            m.adds.sort_by(f64::total_cmp);
+            m.removes.sort_by(f64::total_cmp);
+            m
+        }
+
+        fn quantile(v: &[f64], q: f64) -> f64 {
+            v[((v.len() - 1) as f64 * q).round() as usize]
+        }
+    }
+
+    /// Measures and checks every case at every size: every single arrival
+    /// and departure moves at most 1.1 times the least that must move, and
+    /// every layout keeps its members under 1.15 times their share.
+    fn check_movement(sizes: &[usize], cases: &[Case], changes: usize) {
+        println!(
+            "members  case              bits  new max/fair  next max/fair  \
+             add: median    p90    max  remove: median    p90    max  primaries"
+        );
         for &n in sizes {
-            for case in CASES {
-                let f = measure(n, case);
+            for &case in cases {
+                let m = Movement::measure(n, case, changes);
+                let q = Movement::quantile;
                 println!(
-                    "{:7}  {:16}  {:4}  {:8.3}  {:15.3}  {:18.3}",
-                    f.members, case.name, f.bits, f.max_ratio, f.added, f.removed
-                );
-                assert_eq!(f.forced, 0, "{n} {}", case.name);
-                assert!(f.max_ratio <= MAX_LOAD_RATIO, "{n} {}", case.name);
-                assert!(f.added <= 1.1, "{n} {}: add moved {}", case.name, f.added);
-                assert!(
-                    f.removed <= 1.1,
-                    "{n} {}: remove moved {}",
+                    "{n:7}  {:16}  {:4}  {:12.3}  {:13.3}  {:13.3} {:6.3} {:6.3}  {:14.3} {:6.3} {:6.3}  {:.2} -> {:.2}",
                     case.name,
-                    f.removed
+                    m.bits,
+                    m.first_ratio,
+                    m.next_ratio,
+                    q(&m.adds, 0.5),
+                    q(&m.adds, 0.9),
+                    q(&m.adds, 1.0),
+                    q(&m.removes, 0.5),
+                    q(&m.removes, 0.9),
+                    q(&m.removes, 1.0),
+                    m.primaries.0,
+                    m.primaries.1,
+                );
+                assert_eq!(m.forced, 0, "{n} {}", case.name);
+                assert!(m.first_ratio <= MAX_LOAD_RATIO, "{n} {}", case.name);
+                assert!(m.next_ratio <= MAX_LOAD_RATIO, "{n} {}", case.name);
+                let worst_add = q(&m.adds, 1.0);
+                let worst_remove = q(&m.removes, 1.0);
+                assert!(worst_add <= 1.1, "{n} {}: add moved {worst_add}", case.name);
+                assert!(
+                    worst_remove <= 1.1,
+                    "{n} {}: remove moved {worst_remove}",
+                    case.name
                 );
             }
         }
@@ -2072,58 +2614,23 @@ mod tests {
 
     #[test]
     fn balance_and_movement_small_clusters() {
-        check_figures(&[10, 50, 100]);
+        check_movement(&[10, 50], &CASES, 10);
     }
 
-    /// The large clusters take a few seconds in a release build:
-    /// `cargo test --release -p slurp-protocol placement -- --ignored --nocapture`
+    /// The bound of the issue, checked by default: every one of 100
+    /// arrivals and 100 departures at 100 members in three zones, and 100
+    /// changes in a chain.
     #[test]
-    #[ignore]
-    fn balance_and_movement_large_clusters() {
-        check_figures(&[500, 1000]);
+    fn every_change_at_100_members_in_3_zones() {
+        check_movement(&[100], &[CASES[2]], 100);
     }
 
-    /// How the movement of one arrival (and one departure) is spread over
-    /// 100 different ones, at 100, 500 and 1,000 members.
+    /// The figures of `docs/placement.md`, a few minutes in a release build:
+    /// `cargo test --release -p slurp-protocol movement_spread -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn movement_spread() {
-        for n in [100, 500, 1000] {
-            for case in [CASES[0], CASES[2]] {
-                let bits = Layout::recommended_partition_bits(n, 3);
-                let members = cluster(n, case.zones, case.capacity);
-                let base = layout(1, 3, bits, members.clone());
-                let mut adds = Vec::new();
-                let mut removes = Vec::new();
-                for e in 0..100 {
-                    let id = format!("joiner-{e}");
-                    let mut grown = members.clone();
-                    grown.push(member(&id, &format!("zone-{}", e % case.zones), 1));
-                    let grown = layout(2, 3, bits, grown);
-                    let at = grown.member_index(&id).unwrap().at();
-                    let share = grown.placement().fair_shares()[at];
-                    adds.push(base.diff(&grown).moved_replicas() as f64 / share);
-                    let gone = &members[e * 7 % n].id;
-                    let held = base.partitions_of(gone).len() as f64;
-                    let rest = members.iter().filter(|m| &m.id != gone).cloned().collect();
-                    let shrunk = layout(2, 3, bits, rest);
-                    removes.push(base.diff(&shrunk).moved_replicas() as f64 / held);
-                }
-                adds.sort_by(f64::total_cmp);
-                removes.sort_by(f64::total_cmp);
-                println!(
-                    "{n:5} {:8} add: median {:.3} p90 {:.3} max {:.3}, {} of 100 over 1.1; \
-                     remove: median {:.3} max {:.3}",
-                    case.name,
-                    adds[50],
-                    adds[90],
-                    adds[99],
-                    adds.iter().filter(|&&a| a > 1.1).count(),
-                    removes[50],
-                    removes[99],
-                );
-            }
-        }
+        check_movement(&[10, 100, 1000], &CASES, 100);
     }
 
     #[test]
@@ -2266,8 +2773,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
-        /// Adding a member moves about its share; removing one moves about
-        /// what it held. Small clusters at the recommended partition count,
+        /// Adding a member moves at most 1.1 times its share, nearly all of
+        /// it to the newcomer; removing one at most 1.1 times what it held.
+        /// Small clusters at the recommended partition count,
         /// in one zone or as many zones as replicas, where the zones' shares
         /// do not depend on their capacity (see `docs/placement.md` for why
         /// two zones and three replicas move more).
@@ -2283,21 +2791,301 @@ mod tests {
             let old = layout(1, 3, bits, members.clone());
             let mut grown = members.clone();
             grown.push(member("joiner", &format!("zone-{}", seed % zones as u64), new_capacity));
-            let new = layout(2, 3, bits, grown);
+            let new = Layout::next(&old, 2, grown).unwrap();
             let ideal = new.placement().fair_shares()[new.member_index("joiner").unwrap().at()];
             let diff = old.diff(&new);
             let others: usize = diff.changes.iter()
                 .flat_map(|c| &c.gained)
                 .filter(|g| *g != "joiner")
                 .count();
-            prop_assert!(diff.moved_replicas() as f64 <= 1.2 * ideal, "{} vs {}", diff.moved_replicas(), ideal);
-            prop_assert!(others as f64 <= 0.05 * ideal + 2.0, "{} reshuffled", others);
+            prop_assert!(diff.moved_replicas() as f64 <= 1.1 * ideal, "{} vs {}", diff.moved_replicas(), ideal);
+            prop_assert!(others as f64 <= 0.02 * ideal + 1.0, "{} reshuffled", others);
 
             let gone = &members[(seed % n as u64) as usize].id;
             let held = old.partitions_of(gone).len() as f64;
-            let shrunk = layout(2, 3, bits, members.iter().filter(|m| &m.id != gone).cloned().collect());
+            let shrunk = Layout::next(&old, 2, members.iter().filter(|m| &m.id != gone).cloned().collect()).unwrap();
             let moved = old.diff(&shrunk).moved_replicas() as f64;
-            prop_assert!(moved <= 1.05 * held + 2.0, "{} moved for {}", moved, held);
+            prop_assert!(moved <= 1.1 * held, "{} moved for {}", moved, held);
+        }
+    }
+
+    // ---- layouts that follow one another --------------------------------
+
+    #[test]
+    fn next_with_the_same_members_moves_nothing() {
+        let first = layout(1, 3, 9, cluster(20, 3, |i| 1 + (i % 3) as u32));
+        let mut moved_address = first.members().to_vec();
+        moved_address[4].address = "/dns4/elsewhere/tcp/7070".into();
+        let same = Layout::next(&first, 2, moved_address).unwrap();
+        assert!(first.diff(&same).is_empty());
+        assert_eq!(same.version(), 2);
+        assert_eq!(same.replication_factor(), 3);
+        assert_eq!(same.partitions(), first.partitions());
+        assert_ne!(same, first);
+        // Invalid members are refused as by `new`.
+        assert_eq!(Layout::next(&first, 3, vec![]), Err(LayoutError::NoMembers));
+        let mut dup = first.members().to_vec();
+        dup.push(dup[0].clone());
+        assert!(matches!(
+            Layout::next(&first, 3, dup),
+            Err(LayoutError::DuplicateMember(_))
+        ));
+    }
+
+    #[test]
+    fn next_follows_changes_of_width_and_zones() {
+        let scheme_bits = 8;
+        let p = 256.0;
+        // One member, then two and three: every partition on everyone.
+        let one = layout(1, 3, scheme_bits, cluster(1, 1, |_| 1));
+        let two = Layout::next(&one, 2, cluster(2, 1, |_| 1)).unwrap();
+        assert_eq!(two.replicas_per_partition(), 2);
+        assert_eq!(two.placement().loads(), &[256, 256]);
+        assert_eq!(one.diff(&two).moved_replicas(), 256);
+        let four = Layout::next(&two, 3, cluster(4, 1, |_| 1)).unwrap();
+        assert_eq!(four.placement().loads().iter().sum::<u32>(), 768);
+        assert!(four.placement().max_load_ratio() <= MAX_LOAD_RATIO);
+        // Back to one: it holds everything, nothing else to move.
+        let back = Layout::next(&four, 4, cluster(1, 1, |_| 1)).unwrap();
+        assert_eq!(back.replicas_per_partition(), 1);
+        assert_eq!(back.placement().loads(), &[256]);
+        for l in [&two, &four, &back] {
+            assert_rows_hold(l);
+        }
+
+        // Two zones of three, then a member in a third zone: each partition
+        // gives its doubled zone's replica to the newcomer, which holds
+        // every partition, and nothing else moves.
+        let two_zones = layout(1, 3, scheme_bits, cluster(6, 2, |_| 1));
+        let mut grown = two_zones.members().to_vec();
+        grown.push(member("newcomer", "zone-x", 1));
+        let three_zones = Layout::next(&two_zones, 2, grown).unwrap();
+        assert_rows_hold(&three_zones);
+        assert_eq!(
+            three_zones.partitions_of("newcomer").len(),
+            256,
+            "alone in its zone, it holds every partition"
+        );
+        assert_eq!(two_zones.diff(&three_zones).moved_replicas() as f64, p);
+        assert!(three_zones.placement().max_load_ratio() <= MAX_LOAD_RATIO);
+
+        // A member changes zone: what the rule no longer allows moves.
+        let mut moved = three_zones.members().to_vec();
+        let at = moved.iter().position(|m| m.id == "node-00001").unwrap();
+        moved[at].zone = "zone-x".into();
+        let after = Layout::next(&three_zones, 3, moved).unwrap();
+        assert_rows_hold(&after);
+        assert!(after.placement().max_load_ratio() <= MAX_LOAD_RATIO);
+        assert_eq!(after.placement().forced(), 0);
+    }
+
+    #[test]
+    fn capacity_changes_move_about_the_change() {
+        let first = layout(1, 3, 12, cluster(30, 3, |_| 2));
+        let mut bigger = first.members().to_vec();
+        bigger[7].capacity = 3;
+        let id = bigger[7].id.clone();
+        let grown = Layout::next(&first, 2, bigger).unwrap();
+        let at = grown.member_index(&id).unwrap().at();
+        let before = first.placement().loads()[at] as f64;
+        let scaled =
+            before * grown.placement().fair_shares()[at] / first.placement().fair_shares()[at];
+        let moved = first.diff(&grown).moved_replicas() as f64;
+        assert!(
+            moved <= 1.1 * (scaled - before) + 1.0,
+            "{moved} for {}",
+            scaled - before
+        );
+        assert!(
+            moved >= 0.9 * (scaled - before),
+            "{moved} for {}",
+            scaled - before
+        );
+        assert_eq!(first.diff(&grown).gains_of(&id).len() as f64, moved);
+
+        let mut smaller = grown.members().to_vec();
+        smaller[7].capacity = 1;
+        let shrunk = Layout::next(&grown, 3, smaller).unwrap();
+        let held = grown.placement().loads()[at] as f64;
+        let scaled =
+            held * shrunk.placement().fair_shares()[at] / grown.placement().fair_shares()[at];
+        let moved = grown.diff(&shrunk).moved_replicas() as f64;
+        assert!(
+            moved <= 1.1 * (held - scaled) + 1.0,
+            "{moved} for {}",
+            held - scaled
+        );
+        assert_eq!(grown.diff(&shrunk).losses_of(&id).len() as f64, moved);
+        for l in [&grown, &shrunk] {
+            assert!(l.placement().max_load_ratio() <= MAX_LOAD_RATIO);
+        }
+    }
+
+    /// One change of a random sequence; an index picks a member.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Join { zone: usize, capacity: u32 },
+        Leave(prop::sample::Index),
+        Capacity(prop::sample::Index, u32),
+        Zone(prop::sample::Index, usize),
+    }
+
+    fn change(zones: usize) -> impl Strategy<Value = Change> {
+        prop_oneof![
+            3 => (0..zones, 1u32..=4).prop_map(|(zone, capacity)| Change::Join { zone, capacity }),
+            3 => any::<prop::sample::Index>().prop_map(Change::Leave),
+            2 => (any::<prop::sample::Index>(), 1u32..=4).prop_map(|(i, c)| Change::Capacity(i, c)),
+            1 => (any::<prop::sample::Index>(), 0..zones).prop_map(|(i, z)| Change::Zone(i, z)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Over any sequence of joins, departures, capacity and zone
+        /// changes, each layout computed from the one before: the zone rule
+        /// holds, no member is over its cap (so none over 1.15 times its
+        /// share, the shares being large here), the record round-trips, and
+        /// every join and departure moves at most 1.1 times the least it
+        /// must (plus one replica for rounding) where that least is exact
+        /// (see `exact` below), at most 1.5 times elsewhere.
+        #[test]
+        fn next_keeps_its_bounds_over_any_sequence(
+            (zones, start, changes) in (1usize..=4).prop_flat_map(|zones| {
+                (Just(zones), 3usize..=12, proptest::collection::vec(change(zones), 1..40))
+            }),
+        ) {
+            let mut list: Vec<Member> = (0..start)
+                .map(|i| member(&format!("m{i}"), &format!("z{}", i % zones), 1 + (i % 3) as u32))
+                .collect();
+            let mut current = layout(1, 3, 10, list.clone());
+            let mut joined = start;
+            for change in changes {
+                let at = |i: &prop::sample::Index, list: &[Member]| i.index(list.len());
+                // What the change must move at least, and whose it is.
+                let bounded: Option<(String, bool)> = match &change {
+                    Change::Join { zone, capacity } => {
+                        let id = format!("m{joined}");
+                        joined += 1;
+                        list.push(member(&id, &format!("z{zone}"), *capacity));
+                        Some((id, true))
+                    }
+                    Change::Leave(i) if list.len() > 1 => {
+                        Some((list.remove(at(i, &list)).id, false))
+                    }
+                    Change::Leave(_) => None,
+                    Change::Capacity(i, c) => {
+                        let i = at(i, &list);
+                        list[i].capacity = *c;
+                        None
+                    }
+                    Change::Zone(i, z) => {
+                        let i = at(i, &list);
+                        list[i].zone = format!("z{z}");
+                        None
+                    }
+                };
+                let after = Layout::next(&current, current.version() + 1, list.clone()).unwrap();
+                assert_rows_hold(&after);
+                let placement = after.placement();
+                prop_assert_eq!(placement.forced(), 0, "{:?}", change);
+                prop_assert!(placement.max_load_ratio() <= MAX_LOAD_RATIO, "{:?}", change);
+                prop_assert_eq!(&Layout::decode(&after.encode().unwrap()).unwrap(), &after);
+                // Where every zone holds a fixed number of each partition's
+                // replicas and no share is held down by the one replica per
+                // partition limit, the least that must move is what moves.
+                // Elsewhere a change can shift shares between zones or
+                // against that limit, and moving the least can cost a cap.
+                let exact = {
+                    let rf = usize::from(current.replication_factor());
+                    let count = f64::from(current.partitions().count());
+                    let rule = |l: &Layout| {
+                        let zones = ZoneRule::new(l.members(), rf);
+                        let limited = l.placement().fair_shares().iter().any(|&f| f > count - 1e-6);
+                        (zones.fixed() && !limited, zones.width, zones.zones())
+                    };
+                    let (before, after) = (rule(&current), rule(&after));
+                    before.0 && before == after
+                };
+                if let Some((id, joined)) = bounded {
+                    let moved = current.diff(&after).moved_replicas() as f64;
+                    let least = if joined {
+                        placement.fair_shares()[after.member_index(&id).unwrap().at()]
+                    } else {
+                        current.partitions_of(&id).len() as f64
+                    };
+                    let bound = if exact { 1.1 } else { 1.5 };
+                    prop_assert!(
+                        moved <= bound * least + 1.0,
+                        "{:?}: {} moved for {} (exact {})", change, moved, least, exact
+                    );
+                }
+                current = after;
+            }
+        }
+
+        /// A stored table with bytes changed, cut or grown: decoding never
+        /// panics, and what it accepts keeps the rules.
+        #[test]
+        fn mutated_tables_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            resize in proptest::option::of(0usize..200),
+        ) {
+            let l = layout(1, 3, 3, cluster(7, 3, |i| 1 + (i % 2) as u32));
+            let mut table = table_bytes(&l);
+            if let Some(len) = resize {
+                table.resize(len, 1);
+            }
+            for (i, b) in edits {
+                if !table.is_empty() {
+                    let i = i.index(table.len());
+                    table[i] = b;
+                }
+            }
+            match Layout::decode(&record(2, 3, 3, l.members(), Some(table.clone()))) {
+                Ok(back) => {
+                    assert_rows_hold(&back);
+                    prop_assert_eq!(table_bytes(&back), table);
+                }
+                Err(e) => prop_assert!(matches!(e, DecodeError::Malformed(_)), "{:?}", e),
+            }
+        }
+
+        /// Tables of the right length naming arbitrary members, and
+        /// arbitrary bytes: refused or kept, never a panic.
+        #[test]
+        fn arbitrary_tables_never_panic(
+            n in 1usize..=6,
+            zones in 1usize..=3,
+            rf in 1u8..=4,
+            bits in 0u8..=3,
+            entries in proptest::collection::vec(0u16..=7, 64),
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let members = cluster(n, zones, |i| 1 + i as u32);
+            let width = n.min(usize::from(rf));
+            let table: Vec<u8> = entries
+                .iter()
+                .cycle()
+                .take(width << bits)
+                .flat_map(|e| e.to_le_bytes())
+                .collect();
+            for table in [table, bytes] {
+                if let Ok(back) = Layout::decode(&record(2, bits, rf, &members, Some(table))) {
+                    assert_rows_hold(&back);
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_layout_records_never_panic(
+            i in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut bytes = layout(1, 2, 2, cluster(4, 2, |_| 1)).encode().unwrap();
+            let i = i.index(bytes.len());
+            bytes[i] = byte;
+            let _ = Layout::decode(&bytes);
         }
     }
 }
