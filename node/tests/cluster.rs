@@ -534,13 +534,9 @@ async fn hints_for_a_replica_that_left_go_to_the_new_replicas() {
                 .filter(|m| m.id != reps[0])
                 .cloned()
                 .collect();
-            let after = slurp_protocol::placement::Layout::new(
-                layout.version() + 1,
-                layout.replication_factor(),
-                layout.partitions(),
-                rest,
-            )
-            .unwrap();
+            let after =
+                slurp_protocol::placement::Layout::next(&layout, layout.version() + 1, rest)
+                    .unwrap();
             ids(&after, &key)
                 .iter()
                 .any(|r| *r != reps[1] && *r != c.peer(0))

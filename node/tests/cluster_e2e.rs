@@ -149,16 +149,12 @@ fn join_forward_and_leave_through_the_cli() {
     let applied = n1.json(&n1.admin, &["cluster", "apply"]);
     let version = applied["version"].as_u64();
     let converged = || {
-        [&n1, &n2, &n3]
-            .iter()
-            .all(|n| {
-                let s = status(n);
-                // The removal is a layout transition: n2 drains, then the
-                // members stop answering it.
-                members(&s) == 2
-                    && s["layout_version"].as_u64() == version
-                    && s["transition"].is_null()
-            })
+        [&n1, &n2, &n3].iter().all(|n| {
+            let s = status(n);
+            // The removal is a layout transition: n2 drains, then the
+            // members stop answering it.
+            members(&s) == 2 && s["layout_version"].as_u64() == version && s["transition"].is_null()
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     while !converged() && Instant::now() < deadline {

@@ -422,8 +422,14 @@ impl LayoutState {
                     .map_err(|e| ClusterError::Layout(e.to_string()))?,
             ),
         };
-        Layout::new(version, rf, scheme, members.into_values().collect())
-            .map_err(|e| ClusterError::Layout(e.to_string()))
+        // Later layouts are computed against the current one, so a change
+        // moves the least it can (`docs/placement.md`).
+        let members = members.into_values().collect();
+        match &current {
+            Some(c) => Layout::next(c, version, members),
+            None => Layout::new(version, rf, scheme, members),
+        }
+        .map_err(|e| ClusterError::Layout(e.to_string()))
     }
 }
 
