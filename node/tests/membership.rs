@@ -650,6 +650,12 @@ async fn a_member_that_serves_an_old_or_forged_layout_is_refused_and_audited() {
     })
     .await;
     assert_eq!(m.n0.cluster.layout_version(), current);
+    // The other member takes the current layout from n0 (in its own
+    // time), never the forged one.
+    wait_until("n1 holds the current layout", async || {
+        m.n1.cluster.layout_version() == current
+    })
+    .await;
     assert_eq!(m.n1.cluster.layout_version(), current);
     drop(liar);
     m.close().await;
