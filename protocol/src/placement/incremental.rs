@@ -57,8 +57,9 @@
 //! Deterministic: no hashes, clocks or floating point beyond IEEE basic
 //! operations, fixed iteration orders, ties to the lower member index.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::{Basis, Layout, Member, MemberIndex, ZoneRule};
 
@@ -131,6 +132,10 @@ impl PartialOrd for Rank {
     }
 }
 
+/// The two lists of `State::held`.
+const KEPT: usize = 0;
+const FRESH: usize = 1;
+
 /// Giver classes.
 const OVER_HIGH: u8 = 0;
 const OVER_LOW: u8 = 1;
@@ -143,8 +148,15 @@ struct State<'a> {
     width: usize,
     /// `count x width`, each row primary first; [`HOLE`] until filled.
     table: Vec<MemberIndex>,
-    /// The partitions each member holds, in no particular order.
-    held: Vec<Vec<u32>>,
+    /// The partitions each member holds: `held[m][KEPT]` as in the previous
+    /// table, `held[m][FRESH]` given it in this change (filled or moved;
+    /// moving one again costs no further copy). In no particular order.
+    held: Vec<[Vec<u32>; 2]>,
+    /// Where the next search of a giver's list for a taker starts: at the
+    /// last partition found, so that the list is not searched again past
+    /// the partitions that failed for that taker (which stay failures: a
+    /// taker only grows while it takes).
+    cursors: RefCell<HashMap<(u16, u16, u8), usize>>,
     loads: Vec<u32>,
     primaries: Vec<u32>,
     low: Vec<u32>,
@@ -154,13 +166,15 @@ struct State<'a> {
     zones: &'a ZoneRule,
     givers: BTreeSet<Rank>,
     takers: BTreeSet<Rank>,
-    /// Slots given a new member in this change (filled or moved): moving
-    /// one again costs no further copy.
-    fresh: Vec<bool>,
-    /// The partitions where each member holds a fresh slot.
-    fresh_held: Vec<Vec<u32>>,
     /// Replicas placed on a new member so far.
     moves: usize,
+    /// (giver, taker) pairs found without a movable partition in the
+    /// current step: not inspected again in it (a member's partitions can
+    /// be many, and a pair that fails once nearly always fails again).
+    dead: RefCell<HashSet<(u16, u16)>>,
+    /// The same for one list of a giver: its length when it last held
+    /// nothing for the taker (searched again only once it changed).
+    exhausted: RefCell<HashMap<(u16, u16, u8), usize>>,
 }
 
 impl<'a> State<'a> {
@@ -258,16 +272,15 @@ impl<'a> State<'a> {
             }
         }
 
-        let table_holes: Vec<bool> = table.iter().map(|&m| m == HOLE).collect();
-        let mut held: Vec<Vec<u32>> = loads
+        let mut held: Vec<[Vec<u32>; 2]> = loads
             .iter()
-            .map(|&l| Vec::with_capacity(l as usize + 16))
+            .map(|&l| [Vec::with_capacity(l as usize), Vec::new()])
             .collect();
         let mut primaries = vec![0u32; members_now];
         for (p, row) in table.chunks(width).enumerate() {
             for (slot, m) in row.iter().enumerate() {
                 if *m != HOLE {
-                    held[m.at()].push(p as u32);
+                    held[m.at()][KEPT].push(p as u32);
                     if slot == 0 {
                         primaries[m.at()] += 1;
                     }
@@ -278,6 +291,7 @@ impl<'a> State<'a> {
             width,
             table,
             held,
+            cursors: RefCell::new(HashMap::new()),
             loads,
             primaries,
             low,
@@ -287,9 +301,9 @@ impl<'a> State<'a> {
             zones,
             givers: BTreeSet::new(),
             takers: BTreeSet::new(),
-            fresh: table_holes,
-            fresh_held: vec![Vec::new(); members_now],
             moves: 0,
+            dead: RefCell::new(HashSet::new()),
+            exhausted: RefCell::new(HashMap::new()),
         };
         for m in 0..members_now {
             state.rank(m);
@@ -399,8 +413,7 @@ impl<'a> State<'a> {
         self.table[start + slot] = m;
         self.moves += 1;
         self.loads[m.at()] += 1;
-        self.held[m.at()].push(p);
-        self.fresh_held[m.at()].push(p);
+        self.held[m.at()][FRESH].push(p);
         if slot == 0 {
             self.primaries[m.at()] += 1;
         }
@@ -438,6 +451,8 @@ impl<'a> State<'a> {
     /// Step 4: members under `low` take from the members that have most to
     /// spare. Whether any move was made.
     fn take(&mut self) -> bool {
+        self.dead.borrow_mut().clear();
+        self.exhausted.borrow_mut().clear();
         let mut stuck = vec![false; self.loads.len()];
         let mut moved = false;
         loop {
@@ -456,7 +471,7 @@ impl<'a> State<'a> {
                 .take_while(|r| r.class <= OVER_LOW)
                 .map(|r| usize::from(r.member))
                 .filter(|&giver| giver != taker)
-                .find_map(|giver| self.movable(giver, taker).map(|at| (giver, at)));
+                .find_map(|giver| self.live_move(giver, taker).map(|at| (giver, at)));
             match found {
                 Some((giver, at)) => {
                     self.shift(giver, at, taker);
@@ -470,6 +485,8 @@ impl<'a> State<'a> {
     /// Step 5: members over `high` give to the members that most need
     /// replicas. Whether any move was made.
     fn give(&mut self) -> bool {
+        self.dead.borrow_mut().clear();
+        self.exhausted.borrow_mut().clear();
         let mut stuck = vec![false; self.loads.len()];
         let mut moved = false;
         loop {
@@ -493,7 +510,7 @@ impl<'a> State<'a> {
                 .take_while(|r| r.class <= deepest)
                 .map(|r| usize::from(r.member))
                 .filter(|&taker| taker != giver)
-                .find_map(|taker| self.movable(giver, taker).map(|at| (taker, at)));
+                .find_map(|taker| self.live_move(giver, taker).map(|at| (taker, at)));
             match found {
                 Some((taker, at)) => {
                     self.shift(giver, at, taker);
@@ -524,7 +541,7 @@ impl<'a> State<'a> {
                     return false;
                 }
                 budget -= 1;
-                if self.movable(x, y).is_none() {
+                if self.live_move(x, y).is_none() {
                     continue;
                 }
                 before[y] = x;
@@ -553,6 +570,8 @@ impl<'a> State<'a> {
     /// from the members furthest over theirs, at most `budget` moves, each
     /// one narrowing the gap between the two.
     fn repay(&mut self, budget: usize) {
+        self.dead.borrow_mut().clear();
+        self.exhausted.borrow_mut().clear();
         let mut stuck = vec![false; self.loads.len()];
         let mut left = budget;
         while left > 0 {
@@ -574,7 +593,7 @@ impl<'a> State<'a> {
                 .map(|r| usize::from(r.member))
                 .take_while(|&giver| f64::from(self.loads[giver] - 1) / self.share(giver) > after)
                 .filter(|&giver| giver != taker)
-                .find_map(|giver| self.movable(giver, taker).map(|at| (giver, at)));
+                .find_map(|giver| self.live_move(giver, taker).map(|at| (giver, at)));
             match found {
                 Some((giver, at)) => {
                     self.shift(giver, at, taker);
@@ -589,12 +608,27 @@ impl<'a> State<'a> {
         f64::from(self.loads[m]) / self.share(m)
     }
 
+    /// [`State::movable`], skipping and recording pairs that found nothing
+    /// earlier in this step.
+    fn live_move(&self, giver: usize, taker: usize) -> Option<(usize, usize, usize)> {
+        let pair = (giver as u16, taker as u16);
+        if self.dead.borrow().contains(&pair) {
+            return None;
+        }
+        let found = self.movable(giver, taker);
+        if found.is_none() {
+            self.dead.borrow_mut().insert(pair);
+        }
+        found
+    }
+
     /// A partition `giver` holds that `taker` may take in its place, as
-    /// `(position in held[giver], slot in the row)`: the taker is not a
-    /// replica yet and the zone rule still holds after the swap. Prefers a
-    /// partition whose primary the giver is, or is not, as keeps
-    /// primaries spread (see the module docs).
-    fn movable(&self, giver: usize, taker: usize) -> Option<(usize, usize)> {
+    /// `(list, position in held[giver][list], slot in the row)`: the taker
+    /// is not a replica yet and the zone rule still holds after the swap.
+    /// Prefers a slot this change already moved, then a partition whose
+    /// primary the giver is, or is not, as keeps primaries spread (see the
+    /// module docs).
+    fn movable(&self, giver: usize, taker: usize) -> Option<(usize, usize, usize)> {
         let zone_of = &self.zones.zone_of;
         let (zg, zt) = (zone_of[giver], zone_of[taker]);
         if zg != zt && self.zones.fixed() {
@@ -617,52 +651,57 @@ impl<'a> State<'a> {
             }
             row.iter().position(|m| m.at() == giver)
         };
-        // A slot this change already gave the giver moves at no cost.
-        if let Some((p, slot)) = self.fresh_held[giver]
-            .iter()
-            .find_map(|&p| slot_of(p).map(|slot| (p, slot)))
-        {
-            let i = self.held[giver].iter().position(|&q| q == p)?;
-            return Some((i, slot));
-        }
         let want_primary = self.primary_excess(giver) > self.primary_excess(taker.at());
-        let mut first = None;
-        let mut looked = 0;
-        for (i, &p) in self.held[giver].iter().enumerate() {
-            let Some(slot) = slot_of(p) else { continue };
-            if (slot == 0) == want_primary || self.width == 1 {
-                return Some((i, slot));
+        let mut cursors = self.cursors.borrow_mut();
+        for list in [FRESH, KEPT] {
+            let partitions = &self.held[giver][list];
+            let key = (giver as u16, taker.0, list as u8);
+            let len = partitions.len();
+            if self.exhausted.borrow().get(&key) == Some(&len) {
+                continue;
             }
-            if first.is_none() {
-                first = Some((i, slot));
+            let start = cursors.get(&key).copied().unwrap_or(0).min(len);
+            let mut first = None;
+            let mut looked = 0;
+            for i in (start..len).chain(0..start) {
+                if first.is_some() {
+                    looked += 1;
+                    if looked > PRIMARY_LOOKAHEAD {
+                        break;
+                    }
+                }
+                let Some(slot) = slot_of(partitions[i]) else {
+                    continue;
+                };
+                if list == FRESH || self.width == 1 || (slot == 0) == want_primary {
+                    cursors.insert(key, i);
+                    return Some((list, i, slot));
+                }
+                if first.is_none() {
+                    first = Some((list, i, slot));
+                }
             }
-            looked += 1;
-            if looked > PRIMARY_LOOKAHEAD {
-                break;
+            if let Some((_, i, _)) = first {
+                cursors.insert(key, i);
+                return first;
             }
+            self.exhausted.borrow_mut().insert(key, len);
         }
-        first
+        None
     }
 
-    /// Moves the replica at `held[giver][at.0]` (slot `at.1` of its row) to
-    /// `taker`.
-    fn shift(&mut self, giver: usize, at: (usize, usize), taker: usize) {
-        let (index, slot) = at;
+    /// Moves the replica at `held[giver][list][index]` (slot `slot` of its
+    /// row) to `taker`.
+    fn shift(&mut self, giver: usize, at: (usize, usize, usize), taker: usize) {
+        let (list, index, slot) = at;
         self.unrank(giver);
         self.unrank(taker);
-        let p = self.held[giver].swap_remove(index);
-        let at = p as usize * self.width + slot;
-        self.table[at] = MemberIndex(taker as u16);
-        self.held[taker].push(p);
-        if self.fresh[at] {
-            if let Some(i) = self.fresh_held[giver].iter().position(|&q| q == p) {
-                self.fresh_held[giver].swap_remove(i);
-            }
-        } else {
-            self.fresh[at] = true;
+        let p = self.held[giver][list].swap_remove(index);
+        self.table[p as usize * self.width + slot] = MemberIndex(taker as u16);
+        self.held[taker][FRESH].push(p);
+        if list == KEPT {
             self.moves += 1;
         }
-        self.fresh_held[taker].push(p);
         self.loads[giver] -= 1;
         self.loads[taker] += 1;
         if slot == 0 {
