@@ -159,10 +159,22 @@ impl Replicator {
                     return refuse(ErrorCode::BadRequest, "too many versions asked");
                 }
                 let budget = self.0.config.message_bytes;
-                match anti_entropy::serve_fetch(self.0.engine.local(), &entries, max, budget) {
-                    Ok(r) => r,
-                    Err(why) => refuse(ErrorCode::Internal, why),
+                let started = std::time::Instant::now();
+                let r =
+                    match anti_entropy::serve_fetch(self.0.engine.local(), &entries, max, budget) {
+                        Ok(r) => r,
+                        Err(why) => refuse(ErrorCode::Internal, why),
+                    };
+                // Fetches feed background transfers (anti-entropy, a
+                // layout transition's pulls): while this node serves API
+                // requests, the answer waits three times as long as it
+                // took, so the puller slows down to the busiest source's
+                // pace and the clients here come first.
+                if self.0.engine.metrics().api_in_flight.get() > 0 {
+                    let wait = (started.elapsed() * 3).min(std::time::Duration::from_secs(1));
+                    tokio::time::sleep(wait).await;
                 }
+                r
             }
             ReplicateRequest::Collect { entries, apply } => {
                 if entries.len() > max {
