@@ -183,6 +183,27 @@ fn children(range: SlotRange) -> Vec<SlotRange> {
     out
 }
 
+/// Version ids per key, as a range listing gives them.
+pub(crate) type Listing = BTreeMap<String, BTreeSet<VersionId>>;
+
+/// The versions `from` lists that `to` lacks, newest first within a key,
+/// so a tombstone is stored before the versions it deletes.
+pub(crate) fn missing(from: &Listing, to: &Listing) -> Vec<KeyVersion> {
+    let mut out = Vec::new();
+    for (key, ids) in from {
+        let have = to.get(key);
+        for v in ids.iter().rev() {
+            if !have.is_some_and(|h| h.contains(v)) {
+                out.push(KeyVersion {
+                    key: key.clone(),
+                    version: v.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The answer to a peer's [`ReplicateRequest::Digests`].
 pub(crate) fn serve_digests(
     store: &Store,
@@ -871,29 +892,8 @@ impl AntiEntropy {
             ours.extend(self.local_ids(run)?);
             theirs.extend(self.remote_ids(peer, run, None).await?);
         }
-        let empty = BTreeSet::new();
-        // Newest first within a key, so a tombstone is stored before the
-        // versions it deletes.
-        let mut push: Vec<KeyVersion> = Vec::new();
-        for (key, ids) in &ours {
-            let have = theirs.get(key).unwrap_or(&empty);
-            for v in ids.iter().rev().filter(|v| !have.contains(*v)) {
-                push.push(KeyVersion {
-                    key: key.clone(),
-                    version: v.clone(),
-                });
-            }
-        }
-        let mut pull: Vec<KeyVersion> = Vec::new();
-        for (key, ids) in &theirs {
-            let have = ours.get(key).unwrap_or(&empty);
-            for v in ids.iter().rev().filter(|v| !have.contains(*v)) {
-                pull.push(KeyVersion {
-                    key: key.clone(),
-                    version: v.clone(),
-                });
-            }
-        }
+        let push = missing(&ours, &theirs);
+        let pull = missing(&theirs, &ours);
         // The partitions that turned out to differ (or, when the lists
         // agree but the digests did not, every shared one of the leaf:
         // versions past their expiry that a sweep has yet to remove).

@@ -262,8 +262,13 @@ impl Rebalance {
                 note,
             });
         }
-        // 2. Where does everyone stand?
-        let reports = self.reports(&active).await;
+        // 2. Where does everyone stand? (Asked again only when pulling
+        // took this pass's time.)
+        let reports = if pulled == 0 {
+            early
+        } else {
+            self.reports(&active).await
+        };
         let newest_members = layout_peers(&newest);
         let mut waiting: Vec<String> = Vec::new();
         for p in &newest_members {
@@ -601,18 +606,7 @@ impl Rebalance {
                 .remote_ids(owner, range, None)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut push = Vec::new();
-            for (key, ids) in &local {
-                let have = theirs.get(key);
-                for v in ids.iter().rev() {
-                    if !have.is_some_and(|h| h.contains(v)) {
-                        push.push(KeyVersion {
-                            key: key.clone(),
-                            version: v.clone(),
-                        });
-                    }
-                }
-            }
+            let push = super::anti_entropy::missing(&local, &theirs);
             if !push.is_empty() {
                 let moved = ae
                     .push(newest, owner, push, throttle)
